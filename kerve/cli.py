@@ -1,0 +1,150 @@
+"""The `kerve` command. Subcommands import their heavy dependencies lazily, so `kerve predict` and
+`kerve models` work in a client-only install without TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="localhost:8500", help="server address host:port (default localhost:8500)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from kerve.server import app, settings
+    except ModuleNotFoundError as exc:
+        return _missing("serve", "server", exc)
+
+    try:
+        server_settings = settings.from_args(args)
+    except ValueError as exc:
+        print(f"kerve serve: {exc}", file=sys.stderr)
+        return 2
+    return app.main(server_settings)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import keras_tuner  # noqa: F401
+
+        from kerve.training import cli as training_cli
+    except ModuleNotFoundError as exc:
+        return _missing("train", "training", exc)
+    return training_cli.main(args)
+
+
+def _parse_input(spec: str) -> tuple[str, Path]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--input expects NAME=FILE.npy, got {spec!r}")
+    return name, Path(path)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from kerve.client import Client, KerveError
+
+    inputs = {}
+    for name, path in args.input:
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            print(f"kerve predict: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            result = client.infer(args.model, inputs, version=args.version, outputs=args.output or None)
+        except KerveError as exc:
+            print(f"kerve predict: {exc}", file=sys.stderr)
+            return 1
+    print(f"model {result.model_name} version {result.model_version}")
+    np.set_printoptions(threshold=64, precision=5, suppress=True)
+    for name, array in result.outputs.items():
+        print(f"{name}: dtype={array.dtype} shape={list(array.shape)}")
+        print(array)
+        if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f":
+            print(f"{name} argmax: {array.argmax(axis=1).tolist()}")
+        if args.save_dir:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            np.save(args.save_dir / f"{name}.npy", array)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from kerve.client import Client, KerveError
+
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            entries = client.models()
+        except KerveError as exc:
+            print(f"kerve models: {exc}", file=sys.stderr)
+            return 1
+    print(f"{'MODEL':<24} {'VERSION':>7}  {'STATE':<10} REASON")
+    for e in entries:
+        print(f"{e.name:<24} {e.version:>7}  {e.state:<10} {e.reason}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    try:
+        import keras_tuner  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ModuleNotFoundError as exc:
+        return _missing("quickstart", "all", exc)
+    from kerve import quickstart
+
+    return quickstart.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kerve", description="Train Keras models and serve them over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC (KServe V2)")
+    from kerve.server.settings import add_arguments as add_server_arguments  # no TF import at this point
+
+    add_server_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    train = sub.add_parser("train", help="tune, train, evaluate and publish a model version")
+    from kerve.training.cli import add_arguments as add_train_arguments  # argparse only, no TF
+
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser("predict", help="send .npy inputs to a served model and print the outputs")
+    _add_target(predict)
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--version", default=None, help="model version (default: latest)")
+    predict.add_argument("--input", action="append", type=_parse_input, required=True, metavar="NAME=FILE.npy")
+    predict.add_argument("--output", action="append", metavar="NAME", help="output to return (default: all)")
+    predict.add_argument("--save-dir", type=Path, help="write each output as NAME.npy here")
+    predict.set_defaults(func=_cmd_predict)
+
+    models = sub.add_parser("models", help="list the model versions a server knows and their state")
+    _add_target(models)
+    models.set_defaults(func=_cmd_models)
+
+    quick = sub.add_parser("quickstart", help="train on digits, serve, predict over gRPC, report accuracy")
+    quick.add_argument("--model-repository", type=Path, default=Path("models"), help="default ./models")
+    quick.add_argument("--port", type=int, default=0, help="gRPC port (default: a free one)")
+    quick.add_argument("--max-trials", type=int, default=2)
+    quick.add_argument("--epochs", type=int, default=8)
+    quick.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def _missing(command: str, extra: str, exc: ModuleNotFoundError) -> int:
+    print(f"kerve {command}: {exc}; install the [{extra}] extra: pip install 'kerve[{extra}]'", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

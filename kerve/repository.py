@@ -1,0 +1,175 @@
+"""The model repository layout: the only contract shared by training (writer) and server (reader).
+
+    <repo>/<model>/config.yaml        optional per-model settings
+    <repo>/<model>/<version>/         a SavedModel (integer version >= 1) with kerve.json beside saved_model.pb
+    <repo>/<model>/.tmp-*/            a publish in progress; readers ignore every dot-directory
+
+Publishing writes into a dot-directory and renames it into place, so a reader sees a version either whole or
+not at all, and a publisher killed half-way leaves only a dot-directory behind. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SAVED_MODEL_FILE = "saved_model.pb"
+METADATA_FILE = "kerve.json"
+CONFIG_FILE = "config.yaml"
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+TMP_PREFIX = ".tmp-"
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RepositoryError(Exception):
+    """A repository path, name or metadata file is invalid."""
+
+
+def validate_model_name(name: str) -> str:
+    """Return name if it is safe to use as one path component, else raise RepositoryError.
+
+    Names come from the network (explicit load RPCs) and from the command line, so path traversal
+    ("..", "/", absolute paths) must be impossible by construction.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.match(name) or name in {".", ".."} or ".." in name:
+        raise RepositoryError(
+            f"invalid model name {name!r}: use 1-128 characters from [A-Za-z0-9_.-], starting with a letter or digit"
+        )
+    return name
+
+
+def model_dir(repo: str | os.PathLike[str], model: str) -> Path:
+    return Path(repo) / validate_model_name(model)
+
+
+def version_dir(repo: str | os.PathLike[str], model: str, version: int) -> Path:
+    if version < 1:
+        raise RepositoryError(f"version must be >= 1, got {version}")
+    return model_dir(repo, model) / str(version)
+
+
+def is_version_dir(path: Path) -> bool:
+    """A version is a directory named by a positive integer; dot-directories are in-progress publishes."""
+    return path.is_dir() and path.name.isdigit() and int(path.name) >= 1 and not path.name.startswith(".")
+
+
+def list_models(repo: str | os.PathLike[str]) -> list[str]:
+    """Model names present in the repository (directories with a valid name), sorted."""
+    root = Path(repo)
+    if not root.is_dir():
+        return []
+    names = []
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.name.startswith(".") and _MODEL_NAME.match(entry.name):
+            names.append(entry.name)
+    return sorted(names)
+
+
+def list_version_dirs(repo: str | os.PathLike[str], model: str) -> list[int]:
+    """Every integer version directory of a model, complete or not, ascending."""
+    root = model_dir(repo, model)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if is_version_dir(p))
+
+
+def list_versions(repo: str | os.PathLike[str], model: str) -> list[int]:
+    """Servable versions: integer directories that contain a saved_model.pb, ascending."""
+    return [v for v in list_version_dirs(repo, model) if (version_dir(repo, model, v) / SAVED_MODEL_FILE).is_file()]
+
+
+def latest_version(repo: str | os.PathLike[str], model: str) -> int | None:
+    versions = list_versions(repo, model)
+    return versions[-1] if versions else None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """kerve.json of a version directory, or {} when the version has none."""
+    meta = Path(path) / METADATA_FILE
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"{meta}: unreadable metadata: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RepositoryError(f"{meta}: metadata must be a JSON object")
+    return data
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(
+    repo: str | os.PathLike[str],
+    model: str,
+    write: Callable[[Path], None],
+    metadata: dict[str, Any],
+    version: int | None = None,
+) -> int:
+    """Atomically publish a new version of `model` and return its number.
+
+    `write(tmp_dir)` must produce a SavedModel inside tmp_dir. kerve.json is added, everything is fsynced,
+    and the directory is renamed to `<repo>/<model>/<version>`. With version=None the next free number is
+    taken; if another publisher wins the race for it, the next one is tried.
+    """
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:  # fail before the expensive export, not after
+        raise RepositoryError(f"metadata is not JSON-serializable: {exc}") from exc
+    root = model_dir(repo, model)
+    created_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    published = False
+    try:
+        write(tmp)
+        if not (tmp / SAVED_MODEL_FILE).is_file():
+            raise RepositoryError(f"writer produced no {SAVED_MODEL_FILE} in {tmp}")
+        for _attempt in range(100):
+            number = version if version is not None else (max(list_version_dirs(repo, model), default=0) + 1)
+            (tmp / METADATA_FILE).write_text(json.dumps({**metadata, "version": number}, indent=2, sort_keys=True))
+            _fsync_tree(tmp)
+            target = root / str(number)
+            if target.exists():
+                if version is not None:
+                    raise RepositoryError(f"{target} already exists")
+                continue
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if version is not None:
+                    raise
+                continue
+            _fsync_dir(root)
+            published = True
+            return number
+        raise RepositoryError(f"could not find a free version number under {root}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created_root and not published:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only if still empty: never leave a model with no versions behind
