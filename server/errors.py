@@ -1,0 +1,45 @@
+"""Errors raised inside the server, independent of any wire protocol.
+
+Protocol adapters map ErrorCode to their own status (gRPC codes for V2 and TF Serving); the batcher, the
+model manager and the models raise ServingError and never import grpc.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    INTERNAL = "INTERNAL"
+
+
+class ServingError(Exception):
+    """A request failed with a status the client can act on."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ServingError({self.code.value}, {self.message!r})"
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(ErrorCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> ServingError:
+    return ServingError(ErrorCode.UNAVAILABLE, message)

@@ -1,0 +1,85 @@
+"""Prometheus metrics, named by Prometheus' rules (base units, `_total` counters).
+
+The engine and manager call these methods with plain values (model, version, protocol, status code name);
+nothing here knows a wire format. Each server owns its own registry so several can run in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+UNKNOWN_MODEL = "<unknown>"  # bounds label cardinality: clients can send any model name
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kerve_requests",
+            "Inference requests by outcome.",
+            ["model", "version", "protocol", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "kerve_request_duration_seconds",
+            "Time from decode to response.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "kerve_queue_duration_seconds",
+            "Time a request waited before its batch ran.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "kerve_compute_duration_seconds",
+            "Model execution time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "kerve_batch_size", "Samples per model execution.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=r)
+        self.inflight = Gauge("kerve_inflight_requests", "Requests being processed.", ["model"], registry=r)
+        self.model_state = Gauge(
+            "kerve_model_state",
+            "1 for the current state of each model version.",
+            ["model", "version", "state"],
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "kerve_model_load_duration_seconds",
+            "Time the last load of a version took.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "kerve_model_reload_events",
+            "Version loads and unloads by result.",
+            ["model", "event"],
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_request(self, model: str, version: str, protocol: str, code: str, seconds: float) -> None:
+        self.requests.labels(model, version, protocol, code).inc()
+        self.request_seconds.labels(model, protocol).observe(seconds)
+
+    def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.queue_seconds.labels(model).observe(queue_s)
+        self.compute_seconds.labels(model).observe(compute_s)
+
+    def set_state(self, model: str, version: int, state: str, all_states: list[str]) -> None:
+        for name in all_states:
+            self.model_state.labels(model, str(version), name).set(1.0 if name == state else 0.0)

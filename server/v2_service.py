@@ -1,0 +1,142 @@
+"""The V2 `inference.GRPCInferenceService` servicer: translate, delegate to the engine, translate back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+import kerve
+from kerve.protos import grpc_service_pb2 as pb
+from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+
+from . import v2_codec
+from .errors import ErrorCode, ServingError
+from .inference import InferenceEngine
+from .manager import ModelManager, VersionState, parse_version
+from .model import PLATFORM
+
+log = logging.getLogger("kerve.server.v2")
+
+EXTENSIONS = ["statistics"]
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    await context.abort(grpc.StatusCode[error.code.value], error.message)
+
+
+class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, manager: ModelManager, engine: InferenceEngine, is_ready: Callable[[], bool]) -> None:
+        self.manager = manager
+        self.engine = engine
+        self._is_ready = is_ready
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self.manager.resolve(request.name, parse_version(request.name, request.version))
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="kerve", version=kerve.__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            entry = self.manager.resolve(request.name, parse_version(request.name, request.version))
+            signature = entry.servable.signature(None)
+        except ServingError as exc:
+            await abort(context, exc)
+            raise
+        return pb.ModelMetadataResponse(
+            name=entry.model,
+            versions=[str(v) for v in self.manager.ready_versions(entry.model)],
+            platform=PLATFORM,
+            inputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.inputs.items())],
+            outputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.outputs.items())],
+        )
+
+    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
+        infer_request = v2_codec.decode_request(request, time_remaining)
+        return v2_codec.encode_response(await self.engine.infer(infer_request))
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        try:
+            return await self._infer(request, context.time_remaining())
+        except ServingError as exc:
+            await abort(context, exc)
+            raise
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, in order; a failed request yields error_message and the stream goes on."""
+        async for request in request_iterator:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request, context.time_remaining()))
+            except ServingError as exc:
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"{exc.code.value}: {exc.message}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    ),
+                )
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        entries = self.manager.entries(request.name or None)
+        if request.version:
+            entries = [e for e in entries if str(e.version) == request.version]
+        if request.name and not entries:
+            what = f"model {request.name!r}" + (f" version {request.version}" if request.version else "")
+            await abort(context, ServingError(ErrorCode.NOT_FOUND, f"{what} not found"))
+        response = pb.ModelStatisticsResponse()
+        for entry in entries:
+            s = entry.stats
+            stats = response.model_stats.add(
+                name=entry.model,
+                version=str(entry.version),
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+            )
+            for field_name in ("success", "fail", "queue", "compute_infer"):
+                duration = getattr(s, field_name)
+                target = getattr(stats.inference_stats, field_name)
+                target.count, target.ns = duration.count, duration.ns
+            for size, duration in sorted(s.batch_sizes.items()):
+                batch = stats.batch_stats.add(batch_size=size)
+                batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
+        return response
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for entry in self.manager.entries():
+            if request.ready and entry.state is not VersionState.READY:
+                continue
+            response.models.add(
+                name=entry.model, version=str(entry.version), state=entry.state.value, reason=entry.reason
+            )
+        return response
