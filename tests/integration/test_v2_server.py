@@ -1,0 +1,309 @@
+"""A real `kerve serve` process on loopback, called by our SDK, tritonclient and raw gRPC stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from helpers import running_server
+from kerve.client import AsyncClient, Client, InvalidArgumentError, NotFoundError
+from kerve.protos import grpc_service_pb2 as pb
+from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((5, 8, 8, 1), dtype=np.float32)
+PAIR = {"features": RNG.random((4, 3), dtype=np.float32), "ids": RNG.integers(0, 16, (4, 2), dtype=np.int64)}
+
+
+@pytest.fixture(scope="module")
+def stub(server: str):
+    with grpc.insecure_channel(server) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def assert_code(call, code: grpc.StatusCode, *fragments: str) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    for fragment in fragments:
+        assert fragment in info.value.details()
+    return info.value.details()
+
+
+# --- our SDK ---------------------------------------------------------------------------------------------
+
+
+def test_sdk_predict_is_bit_identical_to_in_process(server: str, in_process) -> None:
+    with Client(server) as client:
+        assert client.live() and client.ready() and client.ready("cnn") and client.ready("cnn", 1)
+        result = client.infer("cnn", {"image": IMAGES})
+        expected = in_process("cnn", {"image": IMAGES})
+    assert result.model_version == "1"
+    assert set(result.outputs) == set(expected)
+    for name, array in expected.items():
+        assert result.outputs[name].dtype == array.dtype
+        assert result.outputs[name].tobytes() == array.tobytes()
+
+
+def test_sdk_two_inputs_and_metadata(server: str, in_process) -> None:
+    with Client(server) as client:
+        meta = client.metadata("pair")
+        outputs = client.predict("pair", PAIR, version=1)
+    assert meta.platform == "tensorflow_savedmodel" and meta.versions == ("1",)
+    assert {(t.name, t.datatype, t.shape) for t in meta.inputs} == {
+        ("features", "FP32", (-1, 3)),
+        ("ids", "INT64", (-1, 2)),
+    }
+    expected = in_process("pair", PAIR)
+    assert {k: v.tobytes() for k, v in outputs.items()} == {k: v.tobytes() for k, v in expected.items()}
+
+
+def test_sdk_errors_are_typed(server: str) -> None:
+    with Client(server) as client:
+        with pytest.raises(NotFoundError, match="'nope' not found"):
+            client.predict("nope", {"image": IMAGES})
+        with pytest.raises(NotFoundError, match="no version 9"):
+            client.predict("cnn", {"image": IMAGES}, version=9)
+        with pytest.raises(InvalidArgumentError, match="expected datatype FP32, got FP64"):
+            client.predict("cnn", {"image": IMAGES.astype(np.float64)})
+        assert client.ready("nope") is False
+
+
+def test_async_client(server: str, in_process) -> None:
+    async def main() -> list[dict[str, np.ndarray]]:
+        async with AsyncClient(server) as client:
+            assert await client.ready("cnn")
+            return await asyncio.gather(*(client.predict("cnn", {"image": IMAGES[i : i + 1]}) for i in range(5)))
+
+    results = asyncio.run(main())
+    for i, outputs in enumerate(results):
+        expected = in_process("cnn", {"image": IMAGES[i : i + 1]})
+        assert outputs["output_0"].tobytes() == expected["output_0"].tobytes()
+
+
+def test_models_index(server: str) -> None:
+    with Client(server) as client:
+        entries = {(e.name, e.version, e.state) for e in client.models()}
+    assert entries == {("cnn", "1", "READY"), ("pair", "1", "READY")}
+
+
+# --- tritonclient, unchanged ---------------------------------------------------------------------------
+
+
+def test_tritonclient_live_ready_metadata_infer(server: str, in_process) -> None:
+    client = triton.InferenceServerClient(server)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("cnn") and not client.is_model_ready("nope")
+    meta = client.get_model_metadata("cnn", as_json=True)
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
+    assert client.get_server_metadata().name == "kerve"
+
+    inp = triton.InferInput("image", list(IMAGES.shape), "FP32")
+    inp.set_data_from_numpy(IMAGES)
+    result = client.infer("cnn", [inp], outputs=[triton.InferRequestedOutput("output_0")], request_id="r1")
+    expected = in_process("cnn", {"image": IMAGES})["output_0"]
+    assert result.as_numpy("output_0").tobytes() == expected.tobytes()
+    assert result.get_response().id == "r1" and result.get_response().model_version == "1"
+
+    a = triton.InferInput("features", [4, 3], "FP32")
+    a.set_data_from_numpy(PAIR["features"])
+    b = triton.InferInput("ids", [4, 2], "INT64")
+    b.set_data_from_numpy(PAIR["ids"])
+    pair = client.infer("pair", [a, b], model_version="1")
+    assert pair.as_numpy("output_0").tobytes() == in_process("pair", PAIR)["output_0"].tobytes()
+    client.close()
+
+
+def test_tritonclient_errors(server: str) -> None:
+    client = triton.InferenceServerClient(server)
+    inp = triton.InferInput("image", [1, 8, 8], "FP32")
+    inp.set_data_from_numpy(IMAGES[0, :, :, 0][None])
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("cnn", [inp])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "expected shape [-1, 8, 8, 1], got [1, 8, 8]" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    client.close()
+
+
+def test_tritonclient_stream_infer(server: str, in_process) -> None:
+    results: list = []
+    done = threading.Event()
+
+    def callback(result, error) -> None:
+        results.append((result, error))
+        if len(results) == 3:
+            done.set()
+
+    client = triton.InferenceServerClient(server)
+    client.start_stream(callback=callback)
+    for i in range(3):
+        inp = triton.InferInput("image", [1, 8, 8, 1], "FP32")
+        inp.set_data_from_numpy(IMAGES[i : i + 1])
+        client.async_stream_infer("cnn", [inp], request_id=str(i))
+    assert done.wait(30)
+    client.stop_stream()
+    client.close()
+    for i, (result, error) in enumerate(results):
+        assert error is None
+        assert result.get_response().id == str(i)
+        assert (
+            result.as_numpy("output_0").tobytes()
+            == in_process("cnn", {"image": IMAGES[i : i + 1]})["output_0"].tobytes()
+        )
+
+
+# --- malformed requests, one exact status each -----------------------------------------------------------
+
+
+def raw_request(model: str = "cnn", datatype: str = "FP32", shape=(1, 8, 8, 1), raw: bytes | None = None):
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="image", datatype=datatype, shape=list(shape))
+    request.raw_input_contents.append(IMAGES[:1].tobytes() if raw is None else raw)
+    return request
+
+
+def test_wrong_dtype(stub) -> None:
+    request = raw_request(datatype="INT32")
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT,
+                "input 'image'", "expected datatype FP32, got INT32")  # fmt: skip
+
+
+def test_wrong_shape(stub) -> None:
+    request = raw_request(shape=(1, 64), raw=IMAGES[:1].tobytes())
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT,
+                "input 'image'", "expected shape [-1, 8, 8, 1], got [1, 64]")  # fmt: skip
+
+
+def test_raw_content_of_wrong_byte_length(stub) -> None:
+    request = raw_request(raw=IMAGES[:1].tobytes()[:-4])
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT,
+                "input 'image'", "raw content has 252 bytes, expected 256")  # fmt: skip
+
+
+def test_missing_input(stub) -> None:
+    request = pb.ModelInferRequest(model_name="pair")
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 3])
+    request.raw_input_contents.append(np.zeros((1, 3), np.float32).tobytes())
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "missing input 'ids'")
+
+
+def test_unknown_input(stub) -> None:
+    request = raw_request()
+    request.inputs.add(name="extra", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(b"\0\0\0\0")
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "no input 'extra'")
+
+
+def test_empty_request(stub) -> None:
+    assert_code(lambda: stub.ModelInfer(pb.ModelInferRequest()), grpc.StatusCode.INVALID_ARGUMENT,
+                "model_name is required")  # fmt: skip
+    assert_code(lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="cnn")), grpc.StatusCode.INVALID_ARGUMENT,
+                "has no inputs", "['image']")  # fmt: skip
+
+
+def test_unknown_model_and_version(stub) -> None:
+    assert_code(lambda: stub.ModelInfer(raw_request(model="nope")), grpc.StatusCode.NOT_FOUND, "'nope' not found")
+    request = raw_request()
+    request.model_version = "7"
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.NOT_FOUND, "no version 7")
+    request.model_version = "latest"
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.NOT_FOUND, "no version 'latest'")
+    assert_code(lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="nope")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_raw_count_mismatch_and_unknown_datatype(stub) -> None:
+    request = raw_request()
+    request.raw_input_contents.append(b"")
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents has 2")
+    assert_code(lambda: stub.ModelInfer(raw_request(datatype="FP128")), grpc.StatusCode.INVALID_ARGUMENT,
+                "unsupported datatype 'FP128'")  # fmt: skip
+
+
+def test_unknown_output(stub) -> None:
+    request = raw_request()
+    request.outputs.add(name="nope")
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "no output 'nope'")
+
+
+def test_typed_contents_are_accepted_and_checked(stub, in_process) -> None:
+    request = pb.ModelInferRequest(model_name="cnn")
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=[1, 8, 8, 1])
+    tensor.contents.fp32_contents.extend(IMAGES[0].ravel().tolist())
+    response = stub.ModelInfer(request)
+    got = np.frombuffer(response.raw_output_contents[0], np.float32)
+    assert got.tobytes() == in_process("cnn", {"image": IMAGES[:1]})["output_0"].tobytes()
+    del tensor.contents.fp32_contents[-1]
+    assert_code(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents has 63 elements")
+
+
+def test_server_survives_bad_inputs(stub) -> None:
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(raw_request(raw=b"x"))
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+# --- observability and standard services -----------------------------------------------------------------
+
+
+def test_statistics_count_requests(stub) -> None:
+    before = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair")).model_stats[0]
+    for _ in range(3):
+        request = pb.ModelInferRequest(model_name="pair")
+        for name, arr in (("features", PAIR["features"]), ("ids", PAIR["ids"])):
+            request.inputs.add(
+                name=name, datatype="FP32" if arr.dtype == np.float32 else "INT64", shape=list(arr.shape)
+            )
+            request.raw_input_contents.append(arr.tobytes())
+        stub.ModelInfer(request)
+    after = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair")).model_stats[0]
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
+    assert after.inference_count - before.inference_count == 12  # 3 requests x batch 4
+    assert_code(lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_health_and_reflection(server: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in responses[0].list_services_response.service}
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+        responses = list(stub.ServerReflectionInfo(iter([
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")
+        ])))  # fmt: skip
+        assert responses[0].file_descriptor_response.file_descriptor_proto
+
+
+def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> None:
+    """SIGTERM while requests are in flight: every accepted request succeeds, then the process exits 0."""
+    big = RNG.random((20000, 8, 8, 1), dtype=np.float32)
+    with running_server(model_repo, tmp_path) as (target, proc), grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = raw_request(shape=big.shape, raw=big.tobytes())
+        stub.ModelInfer(request, timeout=60)  # warm up
+        futures = [stub.ModelInfer.future(request, timeout=60) for _ in range(6)]
+        futures[0].result()  # the server is busy with the rest, all of which it has received
+        proc.send_signal(signal.SIGTERM)
+        for future in futures:
+            assert future.result().outputs[0].shape == [20000, 10]
+        assert proc.wait(timeout=60) == 0

@@ -1,0 +1,92 @@
+"""kerve.codecs: the V2 tensor encoding shared by client and server (pure numpy, no TF)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerve import codecs
+from kerve.protos import grpc_service_pb2 as pb
+
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_raw_roundtrip_every_numeric_datatype(datatype: str) -> None:
+    dtype = codecs.dtype_of(datatype)
+    array = (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)
+    assert codecs.datatype_of(array.dtype) == datatype
+    raw = codecs.encode_raw(array)
+    assert len(raw) == array.size * dtype.itemsize
+    decoded = codecs.decode_raw(raw, datatype, [2, 3, 4])
+    assert decoded.dtype == dtype and np.array_equal(decoded, array)
+
+
+def test_decode_raw_is_zero_copy() -> None:
+    raw = np.arange(6, dtype=np.float32).tobytes()
+    decoded = codecs.decode_raw(raw, "FP32", [2, 3])
+    assert not decoded.flags.writeable and not decoded.flags.owndata
+
+
+def test_big_endian_input_is_written_little_endian() -> None:
+    array = np.array([1, 256], dtype=">i4")
+    assert codecs.encode_raw(array) == np.array([1, 256], dtype="<i4").tobytes()
+
+
+def test_bytes_roundtrip_with_length_prefix() -> None:
+    array = np.array([[b"a", b""], ["\u00e9", b"xyz"]], dtype=object)
+    raw = codecs.encode_raw(array)
+    assert raw[:5] == b"\x01\x00\x00\x00a"
+    decoded = codecs.decode_raw(raw, "BYTES", [2, 2])
+    assert decoded.tolist() == [[b"a", b""], ["\u00e9".encode(), b"xyz"]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x05\x00\x00\x00ab", "claims 5 bytes"),
+        (b"\x01\x00", "ends after 0 of 1"),
+        (b"\x01\x00\x00\x00ab", "1 trailing bytes"),
+    ],
+)
+def test_malformed_bytes_are_rejected(raw: bytes, message: str) -> None:
+    with pytest.raises(codecs.CodecError, match=message):
+        codecs.decode_raw(raw, "BYTES", [1])
+
+
+def test_wrong_raw_length_names_sizes() -> None:
+    with pytest.raises(codecs.CodecError, match="raw content has 12 bytes, expected 16 for shape \\[2, 2\\] of FP32"):
+        codecs.decode_raw(b"\0" * 12, "FP32", [2, 2])
+
+
+def test_negative_dimension_and_unknown_datatype() -> None:
+    with pytest.raises(codecs.CodecError, match="negative dimension"):
+        codecs.decode_raw(b"", "FP32", [-1, 2])
+    with pytest.raises(codecs.CodecError, match="unsupported datatype 'FP8'"):
+        codecs.dtype_of("FP8")
+    with pytest.raises(codecs.CodecError, match="no V2 datatype"):
+        codecs.datatype_of(np.complex64)
+
+
+@pytest.mark.parametrize("datatype", [d for d in NUMERIC if d != "FP16"] + ["BYTES"])
+def test_typed_contents_roundtrip(datatype: str) -> None:
+    if datatype == "BYTES":
+        array = np.array([b"x", b"yz", b"", b"w"], dtype=object).reshape(2, 2)
+    else:
+        array = (np.arange(4) % 2).astype(codecs.dtype_of(datatype)).reshape(2, 2)
+    contents = pb.InferTensorContents()
+    assert codecs.encode_contents(array, contents) == datatype
+    assert codecs.has_contents(contents)
+    decoded = codecs.decode_contents(contents, datatype, [2, 2])
+    assert decoded.tolist() == array.tolist()
+
+
+def test_typed_contents_checks() -> None:
+    contents = pb.InferTensorContents(fp32_contents=[1.0, 2.0, 3.0])
+    with pytest.raises(codecs.CodecError, match="fp32_contents has 3 elements, expected 4"):
+        codecs.decode_contents(contents, "FP32", [2, 2])
+    contents.int_contents.append(1)
+    with pytest.raises(codecs.CodecError, match="contents set int_contents"):
+        codecs.decode_contents(contents, "FP32", [3])
+    with pytest.raises(codecs.CodecError, match="FP16 has no typed contents field"):
+        codecs.decode_contents(pb.InferTensorContents(), "FP16", [1])
