@@ -1,0 +1,687 @@
+"""Dynamic batching: many small requests become one model call.
+
+A model call has a fixed cost (Python -> TF dispatch, kernel launches, host <-> device copies) that dwarfs the
+per-row cost, so a batch of 64 rows costs little more than a batch of one. The batcher concatenates concurrent
+requests into one call, runs it on a replica in a worker thread (TF releases the GIL, so the event loop keeps
+serving), and hands each caller back its own rows.
+
+Everything except the model call runs on the event loop thread, so the queue needs no locks. There is one
+future per request and no task per request or per batch: submits wake a single coalesced dispatch callback,
+worker completions arrive as future callbacks, and a single ``call_later`` timer bounds how long a request is
+held.
+
+This module imports numpy and nothing heavier (no TensorFlow, no grpc): it takes plain callables, which keeps it
+testable with fakes and usable by any device backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import dataclasses
+import functools
+import itertools
+import logging
+import math
+import numbers
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ErrorCode, ServingError, invalid, unavailable
+
+__all__ = ["BatchStats", "Batcher", "BatchingConfig", "Replica"]
+
+logger = logging.getLogger(__name__)
+
+Replica = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+"""A synchronous model call: input arrays with a leading batch dimension in, output arrays with the same one out."""
+
+# What makes two requests concatenable: the same input names, dtypes and trailing shapes.
+_Key = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+
+# --------------------------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """Batching knobs for one model version, validated once so a bad config.yaml fails at load, not per request.
+
+    - ``max_batch_size``: most rows per model call; larger requests are split into several calls.
+    - ``max_queue_delay_s``: longest a request is held to let a batch fill while the model is under load
+      (0 disables holding: every idle replica takes whatever is queued).
+    - ``allowed_batch_sizes``: static shapes the model was compiled for (TPU/XLA); batches are padded up to the
+      smallest one that fits by repeating the last row, and outputs are sliced back.
+    - ``max_queued``: queued rows beyond which new requests are refused with RESOURCE_EXHAUSTED, so overload
+      turns into fast, retryable errors instead of unbounded latency and memory.
+    - ``pad_to_allowed``: False keeps ``allowed_batch_sizes`` in the config but runs batches at their natural
+      size, so one config.yaml serves both a TPU deployment and a CPU/GPU one.
+    """
+
+    max_batch_size: int = 64
+    max_queue_delay_s: float = 0.001
+    allowed_batch_sizes: tuple[int, ...] = ()
+    max_queued: int = 1024
+    pad_to_allowed: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        set_("max_batch_size", _positive_int("max_batch_size", self.max_batch_size))
+        set_("max_queued", _positive_int("max_queued", self.max_queued))
+        delay = self.max_queue_delay_s
+        if isinstance(delay, bool) or not isinstance(delay, numbers.Real):
+            raise ValueError(f"max_queue_delay_s must be a number of seconds, got {delay!r}")
+        delay = float(delay)
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"max_queue_delay_s must be a finite number >= 0, got {delay!r}")
+        set_("max_queue_delay_s", delay)
+        if not isinstance(self.pad_to_allowed, bool):
+            raise ValueError(f"pad_to_allowed must be true or false, got {self.pad_to_allowed!r}")
+
+        sizes = self.allowed_batch_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)):
+            raise ValueError(f"allowed_batch_sizes must be a list of integers, got {sizes!r}")
+        sizes = tuple(_positive_int("allowed_batch_sizes entry", s) for s in sizes)
+        if any(a >= b for a, b in itertools.pairwise(sizes)):
+            raise ValueError(f"allowed_batch_sizes must be strictly increasing, got {list(sizes)}")
+        if sizes and sizes[-1] != self.max_batch_size:
+            raise ValueError(
+                f"the largest allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size "
+                f"({self.max_batch_size}), otherwise some batches could not be padded to an allowed size"
+            )
+        set_("allowed_batch_sizes", sizes)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> BatchingConfig:
+        """Build from a model's config.yaml ``batching:`` section; typos become errors instead of silent defaults."""
+        if mapping is None:
+            return cls()
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"batching config must be a mapping, got {type(mapping).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if key not in known:
+                raise ValueError(f"unknown batching option {key!r}; expected one of: {', '.join(sorted(known))}")
+            if key == "max_queue_delay_s" and isinstance(value, str):
+                # PyYAML reads `1e-3` (no dot) as a string; accept what a person would write.
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ValueError(f"max_queue_delay_s must be a number of seconds, got {value!r}") from None
+            values[key] = value
+        return cls(**values)
+
+    def padded_size(self, rows: int) -> int:
+        """Size the model is actually called with for ``rows`` real rows."""
+        sizes = self.allowed_batch_sizes
+        if not (self.pad_to_allowed and sizes):
+            return rows
+        return sizes[bisect.bisect_left(sizes, rows)]
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """What one model call did, for metrics (batch size histogram, queue and compute latency)."""
+
+    batch_size: int  # real rows, padding excluded
+    padded_size: int  # rows the model was called with
+    requests: int  # distinct requests (or pieces of split requests) in the batch
+    queue_wait_s: float  # longest time a row of this batch waited before the batch formed
+    compute_s: float  # time inside the replica call
+    replica: int  # index into the replicas the batcher was built with
+    ok: bool  # False when the replica raised or returned malformed outputs
+
+
+# --------------------------------------------------------------------------------------------- internals
+
+
+class _Request:
+    """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
+
+    __slots__ = ("arrival", "dead", "deadline", "future", "inputs", "n", "next_row", "parts", "rows_done", "seq")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        n: int,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        arrival: float,
+        deadline: float | None,
+        seq: int,
+    ) -> None:
+        self.inputs = inputs
+        self.n = n
+        self.future = future
+        self.arrival = arrival
+        self.deadline = deadline
+        self.seq = seq
+        self.next_row = 0  # rows [0, next_row) have been put into batches
+        self.rows_done = 0  # rows whose outputs came back (split requests only)
+        self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
+        self.dead = False  # failed or cancelled: its remaining rows must never run
+
+
+# A slice of a request that goes into one batch: (request, first row, end row).
+_Slice = tuple[_Request, int, int]
+
+
+class _Batch:
+    __slots__ = ("padded", "replica", "rows", "slices", "wait")
+
+    def __init__(self, slices: list[_Slice], rows: int, padded: int, wait: float) -> None:
+        self.slices = slices
+        self.rows = rows
+        self.padded = padded
+        self.wait = wait
+        self.replica = -1
+
+
+# (per-slice outputs, error, compute seconds): the worker never raises, so errors keep their compute time.
+_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", float]
+
+
+def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise invalid("request has no inputs")
+    n = -1
+    first = ""
+    for name, arr in inputs.items():
+        if not isinstance(arr, np.ndarray):
+            raise invalid(f"input {name!r} is a {type(arr).__name__}, expected a numpy array")
+        if arr.ndim == 0:
+            raise invalid(f"input {name!r} is a scalar; inputs need a leading batch dimension")
+        if n < 0:
+            n, first = arr.shape[0], name
+        elif arr.shape[0] != n:
+            raise invalid(
+                f"inputs disagree on the batch dimension: {first!r} has {n} rows, {name!r} has {arr.shape[0]}"
+            )
+    if n == 0:
+        raise invalid("request has an empty batch (leading dimension 0)")
+    if len(inputs) == 1:
+        key: _Key = tuple((name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items())
+    else:
+        key = tuple(sorted(((name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items()), key=_first))
+    return n, key
+
+
+def _first(item: tuple[str, np.dtype, tuple[int, ...]]) -> str:
+    return item[0]
+
+
+def _pad(arr: np.ndarray, extra: int) -> np.ndarray:
+    return np.concatenate([arr, np.repeat(arr[-1:], extra, axis=0)])
+
+
+def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clock: Callable[[], float]) -> _Outcome:
+    """Runs in a worker thread: assemble the batch, call the model, split its outputs per slice."""
+    compute = 0.0
+    try:
+        if len(slices) == 1:
+            req, start, stop = slices[0]
+            batch = req.inputs
+            if stop - start != req.n:
+                batch = {name: arr[start:stop] for name, arr in batch.items()}
+            if padded != rows:
+                batch = {name: _pad(arr, padded - rows) for name, arr in batch.items()}
+        else:
+            batch = {}
+            for name in slices[0][0].inputs:
+                pieces = [req.inputs[name][start:stop] for req, start, stop in slices]
+                if padded != rows:
+                    pieces.append(np.repeat(pieces[-1][-1:], padded - rows, axis=0))
+                batch[name] = np.concatenate(pieces)
+
+        t0 = clock()
+        try:
+            raw = replica(batch)
+        finally:
+            compute = clock() - t0
+        outputs = _check_outputs(raw, padded)
+
+        if len(slices) == 1 and padded == rows:
+            return [outputs], None, compute
+        parts = []
+        offset = 0
+        for _, start, stop in slices:
+            end = offset + stop - start
+            parts.append({name: arr[offset:end] for name, arr in outputs.items()})
+            offset = end
+        return parts, None, compute
+    except Exception as exc:  # delivered to every request of the batch by the loop
+        return None, exc, compute
+
+
+def _check_outputs(raw: object, padded: int) -> dict[str, np.ndarray]:
+    if not isinstance(raw, Mapping):
+        raise ServingError(ErrorCode.INTERNAL, f"model returned {type(raw).__name__}; expected a dict of output arrays")
+    outputs = {}
+    for name, value in raw.items():
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if arr.ndim == 0 or arr.shape[0] != padded:
+            raise ServingError(
+                ErrorCode.INTERNAL,
+                f"model output {name!r} has shape {arr.shape}; expected a leading batch dimension of {padded}",
+            )
+        outputs[name] = arr
+    return outputs
+
+
+def _assemble(parts: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    parts.sort(key=_start)
+    names = parts[0][1].keys()
+    return {name: np.concatenate([out[name] for _, out in parts]) for name in names}
+
+
+def _start(part: tuple[int, dict[str, np.ndarray]]) -> int:
+    return part[0]
+
+
+# --------------------------------------------------------------------------------------------- the batcher
+
+
+class Batcher:
+    """Queues requests for one model version and runs them in batches on its replicas.
+
+    Dispatch policy (the loop thread runs all of it):
+
+    - A request arriving while a replica is idle and the batcher is *cold* (nothing in flight, no batch finished
+      in the last ``max_queue_delay_s``) runs at once: at low load latency wins. Requests arriving in the same
+      event-loop turn still share that batch.
+    - While every replica is busy, requests accumulate.
+    - When a replica is idle but the batcher is *warm* (a batch is running or finished within the last
+      ``max_queue_delay_s``), the head of the queue is held until the *expected* batch is queued or it has
+      waited ``max_queue_delay_s`` since it arrived, whichever comes first. The expected batch is the rows of
+      the last finished batch plus the rows queued when it finished (capped at ``max_batch_size``): with
+      closed-loop clients those are exactly the callers about to come back. Without holding, responses that
+      return a few at a time make batch sizes alternate (1, N-1, 1, ...) and a compute-bound model loses half
+      its throughput; holding for a full ``max_batch_size`` instead would stall a lone sequential client, or a
+      few light-model clients, for the whole delay on every request.
+    - A batch takes up to ``max_batch_size`` rows from the oldest queued request onwards (FIFO, so nothing
+      starves), only from requests concatenable with it; others wait for a later batch. A request larger than
+      the room left is split, and its pieces are reassembled in order.
+    - The batch goes to the replica that has been idle longest (each replica runs one batch at a time, so the
+      idle ones are the least loaded).
+    """
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        config: BatchingConfig | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "",
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if not replicas:
+            raise ValueError("a Batcher needs at least one replica")
+        self._replicas = tuple(replicas)
+        self._config = config if config is not None else BatchingConfig()
+        self._clock = clock
+        self._name = name
+        self.on_batch = on_batch
+        """Called on the event loop after every model call; metrics hook. Exceptions are logged and ignored."""
+        self._owns_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self._replicas), thread_name_prefix=f"kerve-batch-{name or 'model'}"
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: dict[_Key, deque[_Request]] = {}
+        self._queued = 0  # live rows not yet put into a batch
+        self._seq = itertools.count()
+        self._idle: deque[int] = deque(range(len(self._replicas)))
+        self._in_flight = 0
+        self._warm_until = -math.inf
+        self._expected = 1  # rows worth holding for under load; learned at each batch completion
+        self._kick_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_req: _Request | None = None
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # ---- introspection
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> BatchingConfig:
+        return self._config
+
+    @property
+    def queued_samples(self) -> int:
+        """Rows waiting for a batch (queue depth gauge, autoscaling signal)."""
+        return self._queued
+
+    @property
+    def in_flight_batches(self) -> int:
+        return self._in_flight
+
+    @property
+    def replica_count(self) -> int:
+        return len(self._replicas)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def __repr__(self) -> str:
+        return (
+            f"Batcher({self._name!r}, replicas={len(self._replicas)}, queued={self._queued}, "
+            f"in_flight={self._in_flight}, closing={self._closing})"
+        )
+
+    @property
+    def _label(self) -> str:
+        return f"model {self._name!r}" if self._name else "model"
+
+    # ---- public API
+
+    async def submit(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run ``inputs`` (leading batch dimension n >= 1) through the model, batched with other callers.
+
+        ``deadline`` is an absolute time on the batcher's clock; a request still queued when it passes is
+        failed with DEADLINE_EXCEEDED instead of wasting model time on an answer nobody is waiting for.
+        Cancelling the awaiting task removes the request from the queue if it has not started.
+        """
+        if self._closing:
+            raise unavailable(f"{self._label} is draining; not accepting new requests")
+        n, key = _signature(inputs)
+        limit = self._config.max_queued
+        if self._queued + n > limit:
+            if n > limit:
+                message = f"{self._label}: request has {n} samples, more than max_queued={limit}"
+            else:
+                message = (
+                    f"{self._label}: queue is full ({self._queued} samples queued, max_queued={limit}); retry later"
+                )
+            raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, message)
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
+
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        req = _Request(inputs, n, future, now, deadline, next(self._seq))
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(req)
+        self._queued += n
+        if self._idle and not self._kick_scheduled:
+            # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abandon(req)
+            raise
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop accepting requests; run (``drain``) or fail (UNAVAILABLE) the queued ones; wait for in-flight.
+
+        Always waits for batches already running, since a thread cannot be interrupted and the caller is about
+        to unload the replicas they use.
+        """
+        self._closing = True
+        self._cancel_timer()
+        if not drain:
+            for queue in self._queues.values():
+                for req in queue:
+                    if not req.dead:
+                        self._fail(req, unavailable(f"{self._label} is shutting down; the request was not run"))
+            self._queues.clear()
+        elif self._queued and self._idle:
+            self._dispatch(force=False)  # nothing is held while closing
+        if self._queued or self._in_flight:
+            assert self._loop is not None
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
+
+    # ---- dispatch (event loop thread only)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and (self._queued or self._in_flight):
+            raise RuntimeError("Batcher is in use by another event loop")
+        self._loop = loop
+        self._drained = None
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        self._dispatch(force=False)
+
+    def _dispatch(self, force: bool) -> None:
+        """Fill idle replicas from the queue; ``force`` skips holding once (the hold timer expired)."""
+        while self._idle and self._queued:
+            found = self._oldest()
+            if found is None:
+                break
+            queue, head = found
+            if not force and self._hold(head):
+                return
+            force = False
+            batch = self._form(queue)
+            if batch is not None:
+                self._launch(batch)
+        self._cancel_timer()
+
+    def _oldest(self) -> tuple[deque[_Request], _Request] | None:
+        best_queue: deque[_Request] | None = None
+        best: _Request | None = None
+        empty: list[_Key] = []
+        for key, queue in self._queues.items():
+            while queue and queue[0].dead:
+                queue.popleft()
+            if not queue:
+                empty.append(key)
+                continue
+            head = queue[0]
+            if best is None or head.seq < best.seq:
+                best, best_queue = head, queue
+        for key in empty:
+            del self._queues[key]
+        if best is None or best_queue is None:
+            return None
+        return best_queue, best
+
+    def _hold(self, head: _Request) -> bool:
+        """Whether to keep ``head`` queued a little longer for a fuller batch; arms the timer if so."""
+        config = self._config
+        delay = config.max_queue_delay_s
+        if delay <= 0 or self._closing or self._queued >= self._expected:
+            return False
+        now = self._clock()
+        if self._in_flight == 0 and now >= self._warm_until:
+            return False  # cold: latency first
+        wait = head.arrival + delay - now
+        if wait <= 0:
+            return False
+        if self._timer_req is not head:
+            self._cancel_timer()
+            assert self._loop is not None
+            self._timer_req = head
+            self._timer = self._loop.call_later(wait, self._on_timer, head)
+        return True
+
+    def _on_timer(self, head: _Request) -> None:
+        self._timer = None
+        self._timer_req = None
+        # The timer is the authority that the delay has passed (the loop may fire it a hair early, and a test
+        # clock need not move); if its request went away meanwhile, just re-evaluate.
+        self._dispatch(force=not head.dead and head.next_row < head.n)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_req = None
+
+    def _form(self, queue: deque[_Request]) -> _Batch | None:
+        max_rows = self._config.max_batch_size
+        now = self._clock()
+        slices: list[_Slice] = []
+        rows = 0
+        while queue and rows < max_rows:
+            req = queue[0]
+            if req.dead:
+                queue.popleft()
+                continue
+            if req.deadline is not None and req.deadline <= now:
+                queue.popleft()
+                waited = now - req.arrival
+                self._fail(
+                    req,
+                    ServingError(
+                        ErrorCode.DEADLINE_EXCEEDED, f"deadline exceeded after {waited:.3f}s waiting for the model"
+                    ),
+                )
+                continue
+            start = req.next_row
+            stop = start + min(req.n - start, max_rows - rows)
+            req.next_row = stop
+            slices.append((req, start, stop))
+            rows += stop - start
+            if stop == req.n:
+                queue.popleft()
+        if not slices:
+            return None
+        self._queued -= rows
+        return _Batch(slices, rows, self._config.padded_size(rows), now - slices[0][0].arrival)
+
+    def _launch(self, batch: _Batch) -> None:
+        assert self._loop is not None
+        batch.replica = replica = self._idle.popleft()
+        self._in_flight += 1
+        try:
+            future = self._loop.run_in_executor(
+                self._executor, _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock
+            )
+        except RuntimeError as exc:  # the executor was shut down underneath us
+            future = self._loop.create_future()
+            future.set_exception(unavailable(f"{self._label} cannot run batches: {exc}"))
+        future.add_done_callback(functools.partial(self._on_done, batch))
+
+    def _on_done(self, batch: _Batch, future: asyncio.Future[_Outcome]) -> None:
+        self._in_flight -= 1
+        self._idle.append(batch.replica)
+        self._warm_until = self._clock() + self._config.max_queue_delay_s
+        # Before delivering: the callers of this batch have not come back yet, the queued ones already have.
+        self._expected = min(self._config.max_batch_size, batch.rows + self._queued)
+
+        parts: list[dict[str, np.ndarray]] | None = None
+        error: BaseException | None
+        compute = 0.0
+        if future.cancelled():
+            error = unavailable(f"{self._label}: the batch was cancelled")
+        else:
+            error = future.exception()
+            if error is None:
+                parts, error, compute = future.result()
+        if parts is not None:
+            self._deliver(batch, parts)
+        else:
+            self._fail_batch(batch, error)
+
+        # Deliver first: a failed batch must mark its split requests dead before their next piece is batched.
+        if self._queued and self._idle:
+            self._dispatch(force=False)
+        if self._closing:
+            self._check_drained()
+
+        hook = self.on_batch
+        if hook is not None:
+            stats = BatchStats(
+                batch.rows, batch.padded, len(batch.slices), batch.wait, compute, batch.replica, parts is not None
+            )
+            try:
+                hook(stats)
+            except Exception:
+                logger.exception("on_batch hook of %s failed", self._label)
+
+    def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray]]) -> None:
+        for (req, start, stop), out in zip(batch.slices, parts, strict=True):
+            future = req.future
+            if future.done():  # cancelled, or failed through another piece
+                continue
+            if stop - start == req.n:
+                future.set_result(out)
+                continue
+            if req.parts is None:
+                req.parts = []
+            req.parts.append((start, out))
+            req.rows_done += stop - start
+            if req.rows_done == req.n:
+                try:
+                    result = _assemble(req.parts)
+                except Exception as exc:  # pieces disagree on output names or shapes
+                    self._fail(req, ServingError(ErrorCode.INTERNAL, f"cannot reassemble split request: {exc}"))
+                else:
+                    future.set_result(result)
+                req.parts = None
+
+    def _fail_batch(self, batch: _Batch, error: BaseException | None) -> None:
+        if isinstance(error, ServingError):
+            code, message = error.code, error.message
+        else:
+            code, message = ErrorCode.INTERNAL, (str(error) or type(error).__name__)
+            logger.error(
+                "%s failed on a batch of %d rows (replica %d)",
+                self._label,
+                batch.rows,
+                batch.replica,
+                exc_info=error,
+            )
+        for req, _, _ in batch.slices:
+            # One exception object per request: tracebacks grow as each awaiting task re-raises it.
+            exc = ServingError(code, message)
+            exc.__cause__ = error
+            self._fail(req, exc)
+
+    def _fail(self, req: _Request, exc: ServingError) -> None:
+        if not req.dead:
+            req.dead = True
+            self._queued -= req.n - req.next_row
+            req.next_row = req.n
+        if not req.future.done():
+            req.future.set_exception(exc)
+
+    def _abandon(self, req: _Request) -> None:
+        """The caller went away: drop whatever of its request has not started."""
+        if req.dead:
+            return
+        req.dead = True
+        self._queued -= req.n - req.next_row
+        req.next_row = req.n
+        if self._queued == 0:
+            self._queues.clear()  # only dead requests are left; free their arrays now
+        if self._closing:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._queued == 0 and self._in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)

@@ -1,0 +1,706 @@
+"""kerve.server.batcher driven by fake models: no TensorFlow, no grpc, no sleeps.
+
+Replicas that must stay busy block on a threading.Event; the event loop is advanced with `spin` (bounded loop
+turns, no wall-clock waits) and time-dependent decisions use a FakeClock. Real time appears only as bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kerve.server.batcher import Batcher, BatchingConfig, BatchStats
+from kerve.server.errors import ErrorCode, ServingError
+
+BOUND_S = 5.0  # upper bound for anything that waits on a worker thread; never reached when tests pass
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeModel:
+    """y = 2x. Records every batch it sees; with block=True, calls wait until `release` is set."""
+
+    def __init__(self, *, block: bool = False, release: threading.Event | None = None) -> None:
+        self.release = release or threading.Event()
+        if not block:
+            self.release.set()
+        self.started = threading.Event()
+        self.calls: list[dict[str, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.calls.append({name: arr.copy() for name, arr in inputs.items()})
+        self.started.set()
+        if not self.release.wait(BOUND_S):
+            raise RuntimeError("test model was never released")
+        x = inputs[sorted(inputs)[0]]
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return {"y": x * 2}
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(next(iter(call.values()))) for call in self.calls]
+
+    @property
+    def seen(self) -> list[float]:
+        """First column of every row the model saw, in call order."""
+        return [float(v) for call in self.calls for v in next(iter(call.values()))[:, 0]]
+
+
+def rows(*values: float, width: int = 1, dtype: Any = np.float32) -> np.ndarray:
+    return np.array([[v] * width for v in values], dtype=dtype)
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, BOUND_S))
+
+
+async def spin(condition: Callable[[], bool], turns: int = 200) -> None:
+    """Let the event loop run until `condition` holds (loop turns, not time)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def wait_thread_event(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, BOUND_S), "worker never got there"
+
+
+def submit(batcher: Batcher, x: np.ndarray, **kwargs: Any) -> asyncio.Future[dict[str, np.ndarray]]:
+    return asyncio.ensure_future(batcher.submit({"x": x}, **kwargs))
+
+
+async def busy(batcher: Batcher, value: float = 0.0) -> asyncio.Future[dict[str, np.ndarray]]:
+    """Start one request and return once it occupies a replica."""
+    before = batcher.in_flight_batches
+    task = submit(batcher, rows(value))
+    await spin(lambda: batcher.in_flight_batches == before + 1)
+    return task
+
+
+async def error_of(awaitable: Any) -> ServingError:
+    with pytest.raises(ServingError) as info:
+        await awaitable
+    return info.value
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def test_requests_accumulate_into_one_batch_while_the_replica_is_busy() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock)
+        first = await busy(batcher, 0)
+        rest = [submit(batcher, rows(i)) for i in range(1, 6)]
+        await spin(lambda: batcher.queued_samples == 5)
+        assert batcher.in_flight_batches == 1
+        clock.advance(1.0)  # they have waited longer than max_queue_delay_s: no reason to hold them
+        model.release.set()
+        results = await asyncio.gather(first, *rest)
+        assert model.sizes == [1, 5]
+        for i, out in enumerate(results):
+            np.testing.assert_array_equal(out["y"], rows(i) * 2)
+        await batcher.close()
+
+    run(main())
+
+
+def test_lone_request_on_an_idle_batcher_runs_at_once() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel()
+        # A delay nobody could wait out: finishing at all proves the request was not held.
+        batcher = Batcher([model], BatchingConfig(max_queue_delay_s=60.0), clock=clock)
+        out = await batcher.submit({"x": rows(3)})
+        np.testing.assert_array_equal(out["y"], rows(6))
+        clock.advance(61.0)  # the batcher cools down after max_queue_delay_s without batches
+        out = await batcher.submit({"x": rows(4)})
+        np.testing.assert_array_equal(out["y"], rows(8))
+        assert model.sizes == [1, 1]
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_lone_sequential_client_is_never_held() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        # The clock never moves, so the batcher stays warm; the last batch had one row, so one row is enough.
+        batcher = Batcher([model], BatchingConfig(max_queue_delay_s=60.0), clock=FakeClock())
+        for i in range(5):
+            out = await batcher.submit({"x": rows(i)})
+            np.testing.assert_array_equal(out["y"], rows(2 * i))
+        assert model.sizes == [1] * 5
+        await batcher.close()
+
+    run(main())
+
+
+def test_requests_in_the_same_loop_turn_share_a_batch() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=FakeClock())
+        outs = await asyncio.gather(*(batcher.submit({"x": rows(i)}) for i in range(4)))
+        assert model.sizes == [4]
+        assert [float(o["y"][0, 0]) for o in outs] == [0, 2, 4, 6]
+        await batcher.close()
+
+    run(main())
+
+
+def test_under_load_the_queue_is_held_for_the_callers_about_to_return() -> None:
+    """A batch of 1 finishes with 3 rows queued: 4 rows are expected, so the 3 wait for the returning caller."""
+
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=60.0), clock=FakeClock())
+        first = await busy(batcher, 0)
+        held = [submit(batcher, rows(i)) for i in range(1, 4)]
+        await spin(lambda: batcher.queued_samples == 3)
+        model.release.set()
+        await first
+        await turns(20)
+        assert batcher.in_flight_batches == 0 and batcher.queued_samples == 3
+        back = submit(batcher, rows(4))  # the first caller comes back: the expected batch is complete
+        await asyncio.gather(*held, back)
+        assert model.sizes == [1, 4]
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_held_request_waits_no_longer_than_max_queue_delay() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        # The test clock never moves: only the real-time timer can release the held request.
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=0.01), clock=FakeClock())
+        first = await busy(batcher, 0)
+        task = submit(batcher, rows(1))
+        await spin(lambda: batcher.queued_samples == 1)
+        model.release.set()
+        await first  # nobody comes back after this
+        assert batcher.in_flight_batches == 0 and batcher.queued_samples == 1  # held, not dispatched
+        out = await asyncio.wait_for(task, 1.0)
+        np.testing.assert_array_equal(out["y"], rows(2))
+        assert model.sizes == [1, 1]
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- padding, splitting
+
+
+def test_batches_are_padded_to_allowed_sizes_and_sliced_back() -> None:
+    async def main() -> None:
+        stats: list[BatchStats] = []
+        model = FakeModel()
+        config = BatchingConfig(max_batch_size=8, allowed_batch_sizes=(2, 4, 8))
+        batcher = Batcher([model], config, clock=FakeClock(), on_batch=stats.append)
+        out = await batcher.submit({"x": rows(1, 2, 3)})
+        np.testing.assert_array_equal(out["y"], rows(2, 4, 6))
+        assert model.seen == [1, 2, 3, 3]  # padded by repeating the last row
+        # Several requests padded together: 2 + 3 rows -> 8.
+        outs = await asyncio.gather(batcher.submit({"x": rows(4, 5)}), batcher.submit({"x": rows(6, 7, 8)}))
+        np.testing.assert_array_equal(outs[0]["y"], rows(8, 10))
+        np.testing.assert_array_equal(outs[1]["y"], rows(12, 14, 16))
+        assert model.sizes == [4, 8]
+        assert [(s.batch_size, s.padded_size, s.requests) for s in stats] == [(3, 4, 1), (5, 8, 2)]
+        await batcher.close()
+
+    run(main())
+
+
+def test_pad_to_allowed_false_runs_natural_sizes() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        config = BatchingConfig(max_batch_size=8, allowed_batch_sizes=(4, 8), pad_to_allowed=False)
+        batcher = Batcher([model], config, clock=FakeClock())
+        await batcher.submit({"x": rows(1, 2, 3)})
+        assert model.sizes == [3]
+        await batcher.close()
+
+    run(main())
+
+
+def test_oversized_request_is_split_and_reassembled() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        config = BatchingConfig(max_batch_size=4, max_queue_delay_s=0)
+        batcher = Batcher([model], config, clock=FakeClock())
+        x = rows(*range(10))
+        out = await batcher.submit({"x": x, "x2": x + 100})
+        np.testing.assert_array_equal(out["y"], x * 2)
+        assert model.sizes == [4, 4, 2]
+        assert batcher.queued_samples == 0
+        await batcher.close()
+
+    run(main())
+
+
+def test_split_request_runs_on_two_replicas_concurrently_and_keeps_order() -> None:
+    barrier = threading.Barrier(2, timeout=BOUND_S)
+
+    def replica(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        barrier.wait()  # breaks (-> INTERNAL) unless both halves run at the same time
+        return {"y": inputs["x"] * 2}
+
+    async def main() -> None:
+        batcher = Batcher([replica, replica], BatchingConfig(max_batch_size=4), clock=FakeClock())
+        x = rows(*range(8))
+        out = await batcher.submit({"x": x})
+        np.testing.assert_array_equal(out["y"], x * 2)
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- limits
+
+
+def test_queue_full_is_resource_exhausted() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=4, max_queued=4), clock=clock)
+        first = await busy(batcher)
+        queued = [submit(batcher, rows(i)) for i in range(1, 5)]
+        await spin(lambda: batcher.queued_samples == 4)
+        err = await error_of(batcher.submit({"x": rows(9)}))
+        assert err.code is ErrorCode.RESOURCE_EXHAUSTED
+        assert "max_queued=4" in err.message
+        clock.advance(1.0)
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        err = await error_of(batcher.submit({"x": rows(*range(5))}))  # can never fit
+        assert err.code is ErrorCode.RESOURCE_EXHAUSTED and "max_queued=4" in err.message
+        assert model.seen == [0, 1, 2, 3, 4]
+        await batcher.close()
+
+    run(main())
+
+
+def test_expired_deadline_fails_without_running() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock)
+        first = await busy(batcher)
+        late = submit(batcher, rows(7), deadline=clock() + 1.0)
+        fine = submit(batcher, rows(8), deadline=clock() + 10.0)
+        await spin(lambda: batcher.queued_samples == 2)
+        clock.advance(2.0)
+        model.release.set()
+        err = await error_of(late)
+        assert err.code is ErrorCode.DEADLINE_EXCEEDED
+        np.testing.assert_array_equal((await fine)["y"], rows(16))
+        await first
+        assert 7 not in model.seen
+        # Already past when submitted: refused up front, never queued.
+        err = await error_of(batcher.submit({"x": rows(5)}, deadline=clock() - 0.1))
+        assert err.code is ErrorCode.DEADLINE_EXCEEDED
+        assert batcher.queued_samples == 0 and 5 not in model.seen
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- fairness, cancellation
+
+
+def test_fifo_no_starvation_under_a_continuous_stream() -> None:
+    """Each time a batch runs, two new requests arrive (enough to fill every batch on their own); the older
+    requests still go first, so the model sees rows in exactly the order they were submitted."""
+
+    class Stepper(FakeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = threading.Semaphore(0)
+            self.entered = threading.Semaphore(0)
+
+        def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self.entered.release()
+            if not self.go.acquire(timeout=BOUND_S):
+                raise RuntimeError("never stepped")
+            return super().__call__(inputs)
+
+    async def main() -> None:
+        model = Stepper()
+        config = BatchingConfig(max_batch_size=2, max_queue_delay_s=0)
+        batcher = Batcher([model], config, clock=FakeClock())
+        counter = iter(range(1000))
+        tasks = [submit(batcher, rows(next(counter)))]
+        await spin(lambda: batcher.in_flight_batches == 1)
+        tasks += [submit(batcher, rows(next(counter))) for _ in range(3)]  # a backlog older than the stream
+        for _ in range(6):
+            assert await asyncio.to_thread(model.entered.acquire, True, BOUND_S)
+            tasks += [submit(batcher, rows(next(counter))) for _ in range(2)]
+            await spin(lambda: batcher.queued_samples >= 2)
+            model.go.release()
+        for _ in range(len(tasks)):
+            model.go.release()
+        outs = await asyncio.gather(*tasks)
+        assert model.seen == sorted(model.seen) == list(range(len(tasks)))
+        assert [float(o["y"][0, 0]) for o in outs] == [2.0 * i for i in range(len(tasks))]
+        await batcher.close()
+
+    run(main())
+
+
+def test_cancelled_request_never_reaches_the_model() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=0), clock=FakeClock())
+        first = await busy(batcher)
+        gone = submit(batcher, rows(7))
+        split = submit(batcher, rows(*range(20, 40)))  # larger than a batch: cancel before any piece runs
+        kept = submit(batcher, rows(8))
+        await spin(lambda: batcher.queued_samples == 22)
+        gone.cancel()
+        split.cancel()
+        await spin(lambda: gone.done() and split.done())
+        assert gone.cancelled() and split.cancelled()
+        assert batcher.queued_samples == 1
+        model.release.set()
+        np.testing.assert_array_equal((await kept)["y"], rows(16))
+        await first
+        assert model.seen == [0, 8]
+        await batcher.close()
+
+    run(main())
+
+
+def test_cancelling_a_split_request_midway_drops_its_remaining_pieces() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=2, max_queue_delay_s=0), clock=FakeClock())
+        task = submit(batcher, rows(*range(6)))
+        await spin(lambda: batcher.in_flight_batches == 1)
+        assert batcher.queued_samples == 4
+        task.cancel()
+        await spin(task.done)
+        assert batcher.queued_samples == 0
+        model.release.set()
+        out = await batcher.submit({"x": rows(9)})  # keeps working; the running piece finished first
+        np.testing.assert_array_equal(out["y"], rows(18))
+        assert model.seen == [0, 1, 9]
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- failures
+
+
+def test_replica_exception_fails_its_batch_and_the_batcher_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock, name="m")
+        first = await busy(batcher, 1)
+        bad = submit(batcher, rows(-1))
+        innocent = submit(batcher, rows(2))  # same batch as the bad one: fails with it
+        await spin(lambda: batcher.queued_samples == 2)
+        clock.advance(1.0)
+        model.release.set()
+        for task in (bad, innocent):
+            err = await error_of(task)
+            assert err.code is ErrorCode.INTERNAL and "negative input" in err.message
+        await first
+        out = await batcher.submit({"x": rows(3)})
+        np.testing.assert_array_equal(out["y"], rows(6))
+        assert batcher.in_flight_batches == 0 and batcher.queued_samples == 0
+        await batcher.close()
+
+    with caplog.at_level(logging.ERROR, logger="kerve.server.batcher"):
+        run(main())
+    assert "negative input" in caplog.text
+
+
+def test_serving_error_from_the_replica_passes_through() -> None:
+    def replica(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT, "pixel values out of range")
+
+    async def main() -> None:
+        batcher = Batcher([replica], clock=FakeClock())
+        err = await error_of(batcher.submit({"x": rows(1)}))
+        assert err.code is ErrorCode.INVALID_ARGUMENT and err.message == "pixel values out of range"
+        await batcher.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("result", "fragment"),
+    [
+        ([1, 2], "expected a dict"),
+        ({"y": np.zeros((3, 1))}, "leading batch dimension of 1"),
+        ({"y": np.float32(1)}, "leading batch dimension of 1"),
+    ],
+)
+def test_malformed_replica_outputs_are_internal(result: object, fragment: str) -> None:
+    async def main() -> None:
+        batcher = Batcher([lambda inputs: result], clock=FakeClock())
+        err = await error_of(batcher.submit({"x": rows(1)}))
+        assert err.code is ErrorCode.INTERNAL and fragment in err.message
+        await batcher.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("inputs", "fragment"),
+    [
+        ({}, "no inputs"),
+        ({"x": [[1.0]]}, "numpy array"),
+        ({"x": np.array(1.0)}, "scalar"),
+        ({"x": np.zeros((0, 3))}, "empty batch"),
+        ({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))}, "'a' has 2 rows, 'b' has 3"),
+    ],
+)
+def test_malformed_requests_are_invalid_argument(inputs: dict[str, Any], fragment: str) -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = Batcher([model], clock=FakeClock())
+        err = await error_of(batcher.submit(inputs))
+        assert err.code is ErrorCode.INVALID_ARGUMENT and fragment in err.message
+        assert model.calls == [] and batcher.queued_samples == 0
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- replicas, shapes
+
+
+def test_two_replicas_both_take_batches_under_load() -> None:
+    async def main() -> None:
+        release = threading.Event()
+        a, b = FakeModel(block=True, release=release), FakeModel(block=True, release=release)
+        config = BatchingConfig(max_batch_size=4, max_queue_delay_s=0)
+        batcher = Batcher([a, b], config, clock=FakeClock())
+        first = await busy(batcher, 0)
+        second = await busy(batcher, 1)  # the other replica is idle, so it takes this one
+        await wait_thread_event(a.started)
+        await wait_thread_event(b.started)
+        assert batcher.in_flight_batches == 2
+        more = [submit(batcher, rows(i)) for i in range(2, 12)]
+        await spin(lambda: batcher.queued_samples == 10)
+        release.set()
+        outs = await asyncio.gather(first, second, *more)
+        assert [float(o["y"][0, 0]) for o in outs] == [2.0 * i for i in range(12)]
+        assert sorted(a.seen + b.seen) == list(range(12))
+        assert max(a.sizes + b.sizes) <= 4
+        await batcher.close()
+
+    run(main())
+
+
+def test_incompatible_requests_are_never_mixed() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock)
+        first = await busy(batcher)
+        a = submit(batcher, rows(1, width=3))
+        b = submit(batcher, rows(2, width=4))
+        c = submit(batcher, rows(3, width=3, dtype=np.float64))
+        d = submit(batcher, rows(4, width=3))
+        e = asyncio.ensure_future(batcher.submit({"z": rows(5, width=3)}))
+        await spin(lambda: batcher.queued_samples == 5)
+        clock.advance(1.0)
+        model.release.set()
+        outs = await asyncio.gather(first, a, b, c, d, e)
+        for out, value, width in zip(outs[1:], [1, 2, 3, 4, 5], [3, 4, 3, 3, 3], strict=True):
+            np.testing.assert_array_equal(out["y"], rows(2 * value, width=width))
+        assert outs[3]["y"].dtype == np.float64
+        seen = [
+            (name, arr.shape, arr.dtype.name, [float(v) for v in arr[:, 0]])
+            for call in model.calls[1:]
+            for name, arr in call.items()
+        ]
+        assert seen == [  # FIFO by each group's oldest request; a and d share a batch
+            ("x", (2, 3), "float32", [1, 4]),
+            ("x", (1, 4), "float32", [2]),
+            ("x", (1, 3), "float64", [3]),
+            ("z", (1, 3), "float32", [5]),
+        ]
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- close
+
+
+def test_close_drains_queued_work_and_refuses_new_requests() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock)
+        first = await busy(batcher)
+        queued = [submit(batcher, rows(i)) for i in range(1, 4)]
+        await spin(lambda: batcher.queued_samples == 3)
+        closer = asyncio.ensure_future(batcher.close())
+        await spin(lambda: batcher.closing)
+        err = await error_of(batcher.submit({"x": rows(9)}))
+        assert err.code is ErrorCode.UNAVAILABLE and "draining" in err.message
+        assert not closer.done()
+        model.release.set()
+        await closer
+        outs = await asyncio.gather(first, *queued)
+        assert [float(o["y"][0, 0]) for o in outs] == [0, 2, 4, 6]
+        assert model.sizes == [1, 3]
+
+    run(main())
+
+
+def test_close_without_drain_fails_queued_but_finishes_in_flight() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=FakeClock())
+        first = await busy(batcher)
+        queued = [submit(batcher, rows(i)) for i in range(1, 4)]
+        await spin(lambda: batcher.queued_samples == 3)
+        closer = asyncio.ensure_future(batcher.close(drain=False))
+        for task in queued:
+            err = await error_of(task)
+            assert err.code is ErrorCode.UNAVAILABLE
+        assert batcher.queued_samples == 0
+        await turns(10)
+        assert not closer.done()  # the running batch still owns the replica
+        model.release.set()
+        await closer
+        np.testing.assert_array_equal((await first)["y"], rows(0))
+        assert model.sizes == [1]
+
+    run(main())
+
+
+def test_close_leaves_a_caller_supplied_executor_running() -> None:
+    import concurrent.futures
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batcher = Batcher([FakeModel()], executor=pool, clock=FakeClock())
+            await batcher.submit({"x": rows(1)})
+            await batcher.close()
+            assert pool.submit(lambda: 42).result(BOUND_S) == 42
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- hooks
+
+
+def test_on_batch_reports_sizes_and_its_errors_do_not_break_batching() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        stats: list[BatchStats] = []
+
+        def hook(s: BatchStats) -> None:
+            stats.append(s)
+            raise RuntimeError("metrics backend down")
+
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=clock, on_batch=hook)
+        first = await busy(batcher)
+        queued = [submit(batcher, rows(i)) for i in range(1, 4)]
+        await spin(lambda: batcher.queued_samples == 3)
+        clock.advance(0.5)
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        assert [(s.batch_size, s.padded_size, s.requests, s.replica, s.ok) for s in stats] == [
+            (1, 1, 1, 0, True),
+            (3, 3, 3, 0, True),
+        ]
+        assert stats[1].queue_wait_s == pytest.approx(0.5)
+        await batcher.close()
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+        ({"max_batch_size": 2.5}, "max_batch_size must be an integer"),
+        ({"max_batch_size": True}, "max_batch_size must be an integer"),
+        ({"max_queue_delay_s": -1}, "max_queue_delay_s must be a finite number >= 0"),
+        ({"max_queue_delay_s": float("nan")}, "max_queue_delay_s must be a finite number >= 0"),
+        ({"max_queue_delay_s": "soon"}, "max_queue_delay_s must be a number"),
+        ({"max_queued": 0}, "max_queued must be >= 1"),
+        ({"pad_to_allowed": "yes"}, "pad_to_allowed must be true or false"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (4, 2, 8)}, "strictly increasing"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (2, 2, 8)}, "strictly increasing"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (2, 4)}, "must equal max_batch_size (8)"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (0, 8)}, "allowed_batch_sizes entry must be >= 1"),
+        ({"allowed_batch_sizes": "64"}, "allowed_batch_sizes must be a list"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        BatchingConfig(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_config_from_mapping() -> None:
+    config = BatchingConfig.from_mapping(
+        {"max_batch_size": 8, "allowed_batch_sizes": [2, 8], "max_queue_delay_s": "1e-3", "max_queued": 100}
+    )
+    assert config == BatchingConfig(
+        max_batch_size=8, allowed_batch_sizes=(2, 8), max_queue_delay_s=0.001, max_queued=100
+    )
+    assert config.padded_size(3) == 8 and config.padded_size(2) == 2
+    assert BatchingConfig.from_mapping(None) == BatchingConfig() == BatchingConfig.from_mapping({})
+    with pytest.raises(ValueError, match="unknown batching option 'max_batch'"):
+        BatchingConfig.from_mapping({"max_batch": 8})
+    with pytest.raises(ValueError, match="max_queued must be an integer"):
+        BatchingConfig.from_mapping({"max_queued": "lots"})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        BatchingConfig.from_mapping([("max_batch_size", 8)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one replica"):
+        Batcher([], config)
+
+
+# ----------------------------------------------------------------------------------------------- packaging
+
+
+def test_importing_the_batcher_pulls_in_neither_tensorflow_nor_grpc() -> None:
+    code = (
+        "import sys, kerve.server.batcher\n"
+        "heavy = sorted(m for m in ('tensorflow', 'grpc', 'keras') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
