@@ -1,4 +1,4 @@
-"""Classification metrics in plain numpy, returned JSON-ready so they go into kerve.json unchanged.
+"""Classification and regression metrics in plain numpy, returned JSON-ready so they go into kerve.json unchanged.
 
 No TensorFlow or scikit-learn here: the gate that compares versions and the tests both use these numbers.
 """
@@ -50,9 +50,34 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     }
 
 
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Mean squared and mean absolute error (and R^2, 0 when the targets are constant)."""
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} targets but y_pred has {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("cannot evaluate on zero examples")
+    errors = y_pred - y_true
+    total = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "mse": float((errors**2).mean()),
+        "mae": float(np.abs(errors).mean()),
+        "r2": float(1.0 - (errors**2).sum() / total) if total > 0 else 0.0,
+        "num_examples": int(y_true.size),
+    }
+
+
 def evaluate_model(
-    model: Predictor, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int = 256
+    model: Predictor,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    batch_size: int = 256,
+    task: str = "classification",
 ) -> dict[str, Any]:
-    """Metrics of a softmax classifier's argmax predictions on held-out data."""
-    probabilities = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    return classification_metrics(y, probabilities.argmax(axis=-1), num_classes)
+    """Metrics of a softmax classifier's argmax predictions (or a regressor's outputs) on held-out data."""
+    predictions = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if task == "regression":
+        return regression_metrics(y, predictions)
+    return classification_metrics(y, predictions.argmax(axis=-1), num_classes)

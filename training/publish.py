@@ -9,6 +9,7 @@ different tensor names is never published.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def publish_model(
         _verify_export(tmp, input_names[0], output_names, sample, expected)
         if warmup:
             _write_warmup(tmp, model_name, input_names[0], sample)
+        _pause_for_tests(tmp)
 
     version = repository.publish(repo, model_name, write, full_metadata)
     return version, repository.version_dir(repo, model_name, version)
@@ -97,6 +99,21 @@ def _verify_export(
     got = outputs[output_names[0]].numpy()
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise ExportError("the exported SavedModel's predictions differ from the Keras model's")
+
+
+PAUSE_ENV = "KERVE_TEST_PAUSE_PUBLISH"
+
+
+def _pause_for_tests(tmp: Path) -> None:
+    """Test hook: with KERVE_TEST_PAUSE_PUBLISH=FILE, write the in-progress directory's path to FILE and block
+    before the rename, so a test can kill the publisher at the worst moment."""
+    marker = os.environ.get(PAUSE_ENV)
+    if not marker:
+        return
+    Path(marker).write_text(str(tmp))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _warmup_available() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import sys
 import tempfile
@@ -22,83 +23,83 @@ from kerve import repository
 
 from . import data as data_module
 from . import evaluate, models, publish, summary, tune
+from . import gate as gate_module
+from . import strategy as strategy_module
+from .config import ConfigError, TrainConfig, check_cv_folds, check_outside
 
-DATASETS = ("digits",)
-TUNERS = ("random",)
 VALIDATION_FRACTION = 0.2
 WARMUP_EXAMPLES = 8
 
-
-@dataclass
-class TrainConfig:
-    repository: Path
-    model_name: str = "digits"
-    dataset: str = "digits"
-    tuner: str = "random"
-    max_trials: int = 2
-    epochs: int = 5
-    batch_size: int = 64
-    seed: int = 0
-    # Tuner checkpoints and TensorBoard logs. Never inside the repository: the server would scan them.
-    # None: a fresh temporary directory, kept after the run so the logs can be inspected.
-    work_dir: Path | None = None
-    verbose: int = 1
-
-    def validate(self) -> None:
-        """Fail before any training when the run could not publish anyway."""
-        repository.validate_model_name(self.model_name)
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}: choose from {list(DATASETS)}")
-        if self.tuner not in TUNERS:
-            raise ValueError(f"unknown tuner {self.tuner!r}: choose from {list(TUNERS)}")
-        for name in ("max_trials", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.work_dir is not None:
-            _check_outside(Path(self.work_dir), Path(self.repository))
-
-
-def _check_outside(work_dir: Path, repo: Path) -> None:
-    work, root = work_dir.resolve(), repo.resolve()
-    if work == root or work.is_relative_to(root):
-        raise ValueError(f"work dir {work} must be outside the model repository {root}: pass another --work-dir")
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "run_training"]
 
 
 @dataclass
 class TrainResult:
-    version: int
-    path: Path
+    version: int | None  # None: rejected by the gate, nothing published
+    path: Path | None
     metrics: dict[str, Any]
     hyperparameters: dict[str, Any]
     trials: list[dict[str, Any]] = field(default_factory=list)
     work_dir: Path | None = None
+    decision: gate_module.Decision | None = None
+    strategy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def published(self) -> bool:
+        return self.version is not None
 
 
-def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
-    """Run the whole pipeline once and publish its model as the next version of config.model_name."""
+def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: bool = False) -> TrainResult:
+    """Run the whole pipeline once; publish the model as the next version of config.model_name unless the
+    gate rejects it (only when `enforce_gate`: `kerve retrain`). `kerve train` records the comparison with the
+    current version in kerve.json but publishes regardless."""
     config.validate()
     out = out if out is not None else sys.stdout
     started = time.perf_counter()
     if config.work_dir is None:
         # Not inside the repository even when the repository itself lives under the temp root.
-        _check_outside(Path(tempfile.gettempdir()) / "kerve-train-x", Path(config.repository))
+        check_outside(Path(tempfile.gettempdir()) / "kerve-train-x", Path(config.repository))
+    # Before anything else touches TensorFlow: logical CPU devices must be configured first.
+    strategy, strategy_info = strategy_module.create(config.strategy, config.cpu_devices)
+    if config.work_dir is None:
         work_dir = Path(tempfile.mkdtemp(prefix="kerve-train-"))
     else:
         work_dir = Path(config.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
+    removed = repository.clean_stale_tmp(config.repository, config.model_name, config.stale_tmp_seconds)
+    for path in removed:
+        print(f"Removed an unfinished publish left behind by a dead process: {path}", file=out)
+    # One line even with verbose 0: which strategy ran belongs in every CronJob log.
+    print(f"Strategy: {strategy_info['name']} ({strategy_info['reason']}), "
+          f"{strategy_info['replicas']} replica(s)", file=out)  # fmt: skip
     keras.utils.set_random_seed(config.seed)
 
     t0 = time.perf_counter()
-    dataset = data_module.load_digits_split(seed=config.seed)
-    x_fit, y_fit, x_val, y_val = data_module.validation_split(
-        dataset.x_train, dataset.y_train, VALIDATION_FRACTION, config.seed
-    )
+    dataset = data_module.load(config.data, seed=config.seed)
+    check_cv_folds(config.cv_folds, dataset.y_train, dataset.task)
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    if config.cv_folds:
+        # Cross-validation: the tuner splits the whole training split into its folds itself.
+        x_fit, y_fit, x_val, y_val = dataset.x_train, dataset.y_train, None, None
+    else:
+        x_fit, y_fit, x_val, y_val = data_module.validation_split(
+            dataset.x_train, dataset.y_train, VALIDATION_FRACTION, config.seed
+        )
     data_seconds = time.perf_counter() - t0
 
-    hypermodel = models.SeedCNN(dataset.input_shape, dataset.num_classes, dataset.input_name)
+    task = dataset.task
+    family = models.default_family(dataset.kind) if config.family == "auto" else config.family
+    hypermodel = models.make(
+        family, dataset.input_shape, dataset.num_classes, dataset.input_name, kind=dataset.kind, task=task,
+        decay_steps=math.ceil(len(y_fit) / config.batch_size) * config.epochs, augment=config.augment,
+        vocab_size=len(dataset.vocabulary),
+    )  # fmt: skip
+    objective = tune.objective_for(task)
     tuner = tune.make_tuner(
-        config.tuner, hypermodel, config.max_trials, config.seed, work_dir / "tuner", config.model_name
-    )
+        config.tuner, hypermodel, config.max_trials, config.seed, work_dir / "tuner", config.model_name,
+        objective=objective, max_epochs=config.epochs, strategy=strategy, cv_folds=config.cv_folds,
+    )  # fmt: skip
     tuned = tune.search(
         tuner,
         x_fit,
@@ -109,6 +110,8 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
         batch_size=config.batch_size,
         log_dir=work_dir / "tensorboard",
         verbose=config.verbose,
+        patience=config.early_stopping_patience,
+        seed=config.seed,
     )
 
     # The search held out a validation split to rank trials; the published model is retrained on the
@@ -117,31 +120,83 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
         print(f"Training the best trial's model on all {len(dataset.y_train)} training examples", file=out)
     t0 = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
-    model = hypermodel.build(tuned.best_hp)
-    model.fit(
-        dataset.x_train,
-        dataset.y_train,
+    with strategy.scope():
+        model = hypermodel.build(tuned.best_hp)
+    hypermodel.fit(
+        tuned.best_hp,
+        model,
+        tune.make_dataset(dataset.x_train, dataset.y_train, config.batch_size, shuffle_seed=config.seed),
         epochs=tuned.best_epochs,
-        batch_size=config.batch_size,
         callbacks=[keras.callbacks.TensorBoard(log_dir=str(work_dir / "tensorboard" / "final"))],
         verbose=config.verbose,
     )
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    metrics = evaluate.evaluate_model(model, dataset.x_test, dataset.y_test, dataset.num_classes)
+    metrics = evaluate.evaluate_model(
+        model, dataset.x_test, dataset.y_test, dataset.num_classes, batch_size=config.batch_size, task=task
+    )
     evaluate_seconds = time.perf_counter() - t0
 
+    # The gate: the version in the repository now, scored like the server would run it, on the same data.
+    t0 = time.perf_counter()
+    try:
+        current = gate_module.evaluate_current(
+            config.repository, config.model_name, dataset.input_name, dataset.x_test, dataset.y_test,
+            dataset.num_classes, task,
+        )  # fmt: skip
+        baseline_error = None
+    except gate_module.BaselineError as exc:
+        if enforce_gate:
+            raise
+        current, baseline_error = None, str(exc)
+    decision = gate_module.decide(
+        metrics, current[1] if current else None, config.gate, current[0] if current else None, enforce_gate
+    )
+    if baseline_error:
+        decision = dataclasses.replace(decision, reason=f"current version not comparable: {baseline_error}")
+    gate_seconds = time.perf_counter() - t0
+
     trials = [dataclasses.asdict(t) for t in tuned.trials]
+    best = tuned.best_trial
+    cross_validation = (
+        {
+            "folds": config.cv_folds,
+            "stratified": task == "classification",
+            "best_trial": best.trial_id,
+            "fold_scores": list(best.fold_scores),
+            "mean": best.score,
+            "std": best.score_std,
+        }
+        if config.cv_folds and best is not None
+        else None
+    )
+    lower_is_better = objective.direction == "min"
+    if not decision.publish:
+        print("", file=out)
+        print(summary.format_summary(trials, metrics, None, None, objective.name, decision.reason, lower_is_better),
+              file=out)  # fmt: skip
+        print(f"Rejected by the gate: {decision.reason}", file=out)
+        return TrainResult(
+            version=None, path=None, metrics=metrics, hyperparameters=tuned.hyperparameters, trials=trials,
+            work_dir=work_dir, decision=decision, strategy=strategy_info,
+        )  # fmt: skip
+
     metadata = {
         "model_name": config.model_name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": task,
+        "family": family,
         "dataset": {
-            "name": config.dataset,
+            "name": dataset.name,
+            "source": config.data.source,
+            "kind": dataset.kind,
             "fingerprint": data_module.fingerprint([dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test]),
             "num_train": int(len(dataset.y_train)),
             "num_test": int(len(dataset.y_test)),
             "class_names": list(dataset.class_names),
+            **({"vocabulary": list(dataset.vocabulary)} if dataset.vocabulary else {}),
+            **dataset.details,
         },
         # The gate compares versions only on identical evaluation data; this says which data that was.
         "evaluation": {
@@ -149,16 +204,21 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
             "fingerprint": data_module.fingerprint([dataset.x_test, dataset.y_test]),
         },
         "metrics": metrics,
+        "gate": {**decision.to_json(), "baseline_metrics": current[1] if current else None},
         "hyperparameters": tuned.hyperparameters,
+        "strategy": strategy_info,
         "training": {
             "tuner": config.tuner,
-            "objective": tune.OBJECTIVE,
+            "objective": objective.name,
             "max_trials": config.max_trials,
             "epochs": config.epochs,
             "final_epochs": tuned.best_epochs,
             "batch_size": config.batch_size,
+            "early_stopping_patience": config.early_stopping_patience,
+            "augment": config.augment,
             "seed": config.seed,
-            "validation_fraction": VALIDATION_FRACTION,
+            "validation_fraction": None if config.cv_folds else VALIDATION_FRACTION,
+            "cross_validation": cross_validation,
             "trials": trials,
         },
         "durations": {
@@ -166,6 +226,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
             "tuning_seconds": round(tuned.seconds, 3),
             "training_seconds": round(train_seconds, 3),
             "evaluation_seconds": round(evaluate_seconds, 3),
+            "gate_seconds": round(gate_seconds, 3),
             "total_seconds_before_publish": round(time.perf_counter() - started, 3),
         },
         "versions": {
@@ -182,7 +243,8 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
     )
 
     print("", file=out)
-    print(summary.format_summary(trials, metrics, version, path, tune.OBJECTIVE), file=out)
+    print(summary.format_summary(trials, metrics, version, path, objective.name, decision.reason, lower_is_better),
+          file=out)  # fmt: skip
     print(f"TensorBoard logs: {work_dir / 'tensorboard'}", file=out)
     return TrainResult(
         version=version,
@@ -191,4 +253,6 @@ def run_training(config: TrainConfig, out: TextIO | None = None) -> TrainResult:
         hyperparameters=tuned.hyperparameters,
         trials=trials,
         work_dir=work_dir,
+        decision=decision,
+        strategy=strategy_info,
     )

@@ -10,9 +10,28 @@ from typing import Any
 import keras
 import keras_tuner
 import numpy as np
+import tensorflow as tf
 from keras_tuner.engine.trial import TrialStatus
 
+from . import crossval
+
 OBJECTIVE = "val_accuracy"
+TUNERS = ("random", "grid", "bayesian", "hyperband")
+
+
+def objective_for(task: str) -> keras_tuner.Objective:
+    """Classification ranks trials by validation accuracy, regression by validation loss (MSE)."""
+    if task == "regression":
+        return keras_tuner.Objective("val_loss", direction="min")
+    return keras_tuner.Objective(OBJECTIVE, direction="max")
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """An in-memory tf.data pipeline: cached, shuffled (training only), batched, prefetched."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(min(len(y), 10_000), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 class TuningError(RuntimeError):
@@ -26,6 +45,9 @@ class TrialSummary:
     score: float | None
     best_epoch: int | None
     hyperparameters: dict[str, Any]
+    # Cross-validated trials only: the objective on each fold (score is their mean) and their std.
+    fold_scores: tuple[float, ...] = ()
+    score_std: float | None = None
 
 
 @dataclass
@@ -35,35 +57,78 @@ class TuneResult:
     best_epochs: int
     trials: list[TrialSummary] = field(default_factory=list)
     seconds: float = 0.0
+    best_trial_id: str = ""
+
+    @property
+    def best_trial(self) -> TrialSummary | None:
+        return next((t for t in self.trials if t.trial_id == self.best_trial_id), None)
 
 
 def make_tuner(
-    kind: str, hypermodel: keras_tuner.HyperModel, max_trials: int, seed: int, directory: Path, project: str
+    kind: str,
+    hypermodel: keras_tuner.HyperModel,
+    max_trials: int,
+    seed: int,
+    directory: Path,
+    project: str,
+    *,
+    objective: keras_tuner.Objective | str = OBJECTIVE,
+    max_epochs: int = 5,
+    strategy: Any = None,
+    cv_folds: int = 0,
 ) -> keras_tuner.Tuner:
-    if kind != "random":
-        raise ValueError(f"unknown tuner {kind!r}: choose from ['random']")
-    return keras_tuner.RandomSearch(
-        hypermodel,
-        objective=OBJECTIVE,
-        max_trials=max_trials,
-        seed=seed,
-        directory=str(directory),
-        project_name=project,
-        overwrite=True,
-    )
+    """random, grid (every combination of the space, in order, up to max_trials), bayesian (Gaussian process
+    over the space) or hyperband (successive halving up to max_epochs; it sizes its own trial count).
+
+    cv_folds >= 2: every trial is scored by k-fold cross-validation (not with hyperband, whose brackets resume
+    one model across rounds); `search` then takes the whole training split and no validation split."""
+    if cv_folds >= 2:
+        bases = {"random": keras_tuner.RandomSearch, "grid": keras_tuner.GridSearch}
+        bases["bayesian"] = keras_tuner.BayesianOptimization
+        if kind not in bases:
+            raise ValueError(f"cross-validation works with the {sorted(bases)} tuners, not {kind!r}")
+        extra: dict[str, Any] = {"num_initial_points": min(2, max_trials)} if kind == "bayesian" else {}
+        return crossval.cross_validated(bases[kind])(
+            hypermodel, max_trials=max_trials, objective=objective, seed=seed, directory=str(directory),
+            project_name=project, overwrite=True, distribution_strategy=strategy, cv_folds=cv_folds, cv_seed=seed,
+            **extra,
+        )  # fmt: skip
+    common: dict[str, Any] = {
+        "objective": objective,
+        "seed": seed,
+        "directory": str(directory),
+        "project_name": project,
+        "overwrite": True,
+        "distribution_strategy": strategy,
+    }
+    if kind == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    if kind == "grid":
+        return keras_tuner.GridSearch(hypermodel, max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.BayesianOptimization(
+            hypermodel, max_trials=max_trials, num_initial_points=min(2, max_trials), **common
+        )
+    if kind == "hyperband":
+        return keras_tuner.Hyperband(
+            hypermodel, max_epochs=max(2, max_epochs), factor=3, hyperband_iterations=1, **common
+        )
+    raise ValueError(f"unknown tuner {kind!r}: choose from {list(TUNERS)}")
 
 
 def search(
     tuner: keras_tuner.Tuner,
     x_fit: np.ndarray,
     y_fit: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
     *,
     epochs: int,
     batch_size: int,
     log_dir: Path,
     verbose: int = 1,
+    patience: int = 3,
+    seed: int = 0,
 ) -> TuneResult:
     """Run the search and return the best hyperparameters and how many epochs they needed.
 
@@ -71,23 +136,29 @@ def search(
     broken model or pipeline looks like an empty but successful search. Each trial's status is checked
     here, and a search without a single completed, scored trial raises TuningError carrying the
     traceback of the last failure.
+
+    A cross-validated tuner (`make_tuner(cv_folds=k)`) splits (x_fit, y_fit) into its folds itself; x_val and
+    y_val are then ignored (pass None).
     """
     started = time.perf_counter()
+    objective = tuner.oracle.objective
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=3),
+        keras.callbacks.EarlyStopping(monitor=objective.name, mode=objective.direction, patience=patience),
         # KerasTuner gives each trial its own subdirectory of log_dir.
         keras.callbacks.TensorBoard(log_dir=str(log_dir)),
     ]
     try:
-        tuner.search(
-            x_fit,
-            y_fit,
-            validation_data=(x_val, y_val),
-            epochs=epochs,
-            batch_size=batch_size,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        if isinstance(tuner, crossval.CrossValidation):
+            tuner.search(x_fit, y_fit, batch_size=batch_size, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                         seed=seed)  # fmt: skip
+        else:
+            tuner.search(
+                make_dataset(x_fit, y_fit, batch_size, shuffle_seed=seed),
+                validation_data=make_dataset(x_val, y_val, batch_size),
+                epochs=epochs,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
     except RuntimeError as exc:
         # Raised by the oracle after max_consecutive_failed_trials failures, with the last traceback.
         raise TuningError(f"KerasTuner stopped the search: {exc}") from exc
@@ -100,25 +171,37 @@ def search(
 
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best_epoch = best_trial.best_step if best_trial.best_step is not None else epochs - 1
+    if best_trial.metrics.exists(crossval.BEST_EPOCH):  # the mean of the folds' best epochs
+        best_epoch = max(0, round(best_trial.metrics.get_last_value(crossval.BEST_EPOCH)) - 1)
     return TuneResult(
         best_hp=best_trial.hyperparameters,
         hyperparameters=dict(best_trial.hyperparameters.values),
         best_epochs=int(best_epoch) + 1,
         trials=trials,
         seconds=time.perf_counter() - started,
+        best_trial_id=best_trial.trial_id,
     )
 
 
 def summarize_trials(oracle: keras_tuner.Oracle) -> list[TrialSummary]:
     summaries = []
     for trial_id, trial in sorted(oracle.trials.items(), key=lambda item: _trial_order(item[0])):
+        cross_validated = trial.metrics.exists(crossval.BEST_EPOCH)
         summaries.append(
             TrialSummary(
                 trial_id=trial_id,
                 status=str(trial.status),
                 score=None if trial.score is None else float(trial.score),
-                best_epoch=None if trial.best_step is None else int(trial.best_step) + 1,
+                best_epoch=(
+                    round(trial.metrics.get_last_value(crossval.BEST_EPOCH))
+                    if cross_validated
+                    else None
+                    if trial.best_step is None
+                    else int(trial.best_step) + 1
+                ),  # fmt: skip
                 hyperparameters=dict(trial.hyperparameters.values),
+                fold_scores=tuple(crossval.fold_scores(trial.metrics)),
+                score_std=float(trial.metrics.get_last_value(crossval.STD)) if cross_validated else None,
             )
         )
     return summaries

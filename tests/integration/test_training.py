@@ -46,7 +46,12 @@ def test_publishes_version_1_with_metadata(first_run: tuple[TrainResult, str], r
         assert meta["metrics"][key] == result.metrics[key]
     assert meta["metrics"]["accuracy"] > 0.5
     assert len(meta["metrics"]["confusion_matrix"]) == 10
-    assert set(meta["hyperparameters"]) == {"filters1", "filters2", "dropout", "learning_rate"}
+    regularization = {"dropout", "l1", "l2", "batch_norm", "learning_rate", "optimizer", "lr_schedule"}
+    assert set(meta["hyperparameters"]) == {"filters1", "filters2"} | regularization
+    assert meta["family"] == "cnn" and meta["task"] == "classification"
+    assert meta["strategy"]["kind"] == "default" and meta["strategy"]["replicas"] == 1
+    assert meta["gate"]["publish"] is True and meta["gate"]["baseline_version"] is None
+    assert meta["durations"]["gate_seconds"] >= 0
     assert meta["hyperparameters"] == result.hyperparameters
     assert meta["dataset"]["name"] == "digits"
     d = data.load_digits_split(seed=0)
@@ -128,7 +133,7 @@ def test_search_where_every_trial_fails_raises(tmp_path: Path, max_trials: int) 
 
 @pytest.mark.parametrize(
     "changes",
-    [{"model_name": "../escape"}, {"epochs": 0}, {"dataset": "mnist"}, {"work_dir": "INSIDE"}],
+    [{"model_name": "../escape"}, {"epochs": 0}, {"data": "mnist"}, {"tuner": "evolution"}, {"work_dir": "INSIDE"}],
 )
 def test_invalid_config_fails_before_training(tmp_path: Path, changes: dict[str, object]) -> None:
     if changes.get("work_dir") == "INSIDE":
@@ -144,12 +149,17 @@ def test_default_work_dir_never_lands_in_a_repository_at_the_temp_root() -> None
         run_training(TrainConfig(repository=Path(tempfile.gettempdir()), verbose=0))
 
 
-def test_cli_main_reports_errors_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_main_reports_errors_with_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["--model-repository", str(tmp_path), "--model-name", "../x"])
-    assert cli.main(args) == 1
+    assert cli.main(args) == cli.EXIT_BAD_CONFIG == 2  # invalid configuration: nothing was attempted
     assert "invalid model name" in capsys.readouterr().err
+    args = parser.parse_args(
+        ["--model-repository", str(tmp_path / "r"), "--dataset=npz", f"--data-path={tmp_path}/x.npz"]
+    )
+    assert cli.main(args) == cli.EXIT_FAILED == 1  # the run failed
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_second_run_publishes_version_2(
@@ -169,7 +179,13 @@ def test_second_run_publishes_version_2(
         ]
     )
     assert cli.main(args) == 0
-    assert "Published version 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Published version 2" in printed
     assert repository.list_versions(repo, "digits") == [1, 2]
+    # `kerve train` compares with the current version and records it, but does not enforce the gate.
+    gate = repository.read_metadata(repo / "digits" / "2")["gate"]
+    assert gate["baseline_version"] == 1 and gate["enforced"] is False and gate["publish"] is True
+    assert gate["baseline"] == pytest.approx(first_run[0].metrics["accuracy"])
+    assert gate["baseline_metrics"]["accuracy"] == pytest.approx(first_run[0].metrics["accuracy"])
     assert json.loads((repo / "digits" / "2" / repository.METADATA_FILE).read_text())["version"] == 2
     assert repository.read_metadata(first_run[0].path)["version"] == 1

@@ -18,6 +18,8 @@ def test_tf_free_modules_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
         "import kerve.training.cli, kerve.training.data, kerve.training.evaluate, kerve.training.summary\n"
+        "import kerve.training.config, kerve.training.gate, kerve.training.strategy, kerve.cli\n"
+        "kerve.cli.build_parser()\n"
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
@@ -151,11 +153,11 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_defaults() -> None:
-    args = parse("--model-repository", "/tmp/repo")
-    assert args.model_repository == Path("/tmp/repo")
-    assert (args.model_name, args.dataset, args.tuner) == ("digits", "digits", "random")
-    assert (args.max_trials, args.epochs, args.batch_size, args.seed) == (2, 5, 64, 0)
-    assert args.work_dir is None
+    config = cli.config_from_args(parse("--model-repository", "/tmp/repo"))
+    assert config.repository == Path("/tmp/repo")
+    assert (config.model_name, config.dataset, config.tuner, config.family) == ("digits", "digits", "random", "auto")
+    assert (config.max_trials, config.epochs, config.batch_size, config.seed) == (2, 5, 64, 0)
+    assert config.work_dir is None and config.strategy == "auto"
 
 
 def test_cli_all_flags() -> None:
@@ -165,14 +167,18 @@ def test_cli_all_flags() -> None:
     )  # fmt: skip
     assert (args.model_name, args.max_trials, args.epochs, args.batch_size, args.seed) == ("m", 3, 4, 16, 9)
     assert args.work_dir == Path("w") and args.verbose == 0
+    config = cli.config_from_args(args)
+    assert (config.model_name, config.max_trials, config.epochs, config.batch_size, config.seed) == ("m", 3, 4, 16, 9)
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        [],
+        ["--config"],
         ["--model-repository=r", "--dataset=mnist"],
-        ["--model-repository=r", "--tuner=bayesian"],
+        ["--model-repository=r", "--tuner=evolution"],
+        ["--model-repository=r", "--family=vgg"],
+        ["--model-repository=r", "--strategy=horovod"],
         ["--model-repository=r", "--epochs=0"],
         ["--model-repository=r", "--max-trials=-1"],
         ["--model-repository=r", "--batch-size=x"],
@@ -181,3 +187,8 @@ def test_cli_all_flags() -> None:
 def test_cli_rejects_bad_flags(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse(*argv)
+
+
+def test_cli_without_a_repository_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(parse()) == cli.EXIT_BAD_CONFIG
+    assert "repository is required" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""MirroredStrategy over two logical CPU devices, end to end: train -> export -> `kerve serve` -> predict.
+
+Training runs in a subprocess: logical devices must be configured before TensorFlow initialises, which this
+test process has long done.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import running_server
+from kerve import repository
+from kerve.client import Client
+from kerve.training import data
+
+pytestmark = pytest.mark.integration
+
+
+def test_mirrored_strategy_on_two_cpu_devices_trains_exports_and_serves(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    cfg = {
+        "repository": str(repo),
+        "model_name": "digits",
+        "data": {"source": "digits"},
+        "family": "cnn",
+        "tuner": "random",
+        "max_trials": 1,
+        "epochs": 2,
+        "batch_size": 32,
+        "strategy": "mirrored",
+        "cpu_devices": 2,
+        "verbose": 0,
+        "work_dir": str(tmp_path / "work"),
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerve", "train", "--config", str(tmp_path / "train.yaml")],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Strategy: MirroredStrategy" in proc.stdout and "2 replica(s)" in proc.stdout
+
+    meta = repository.read_metadata(repo / "digits" / "1")
+    assert meta["strategy"] == {
+        "name": "MirroredStrategy",
+        "kind": "mirrored",
+        "requested": "mirrored",
+        "reason": "requested in the configuration",
+        "replicas": 2,
+    }
+    output = meta["signature"]["outputs"][0]
+    d = data.load_digits_split(seed=0)
+    with running_server(repo, tmp_path) as (target, _proc), Client(target) as client:
+        result = client.infer("digits", {"image": d.x_test})
+    assert result.model_version in ("1", 1)
+    probabilities = result.outputs[output]
+    assert probabilities.shape == (len(d.y_test), 10)
+    accuracy = float((probabilities.argmax(axis=1) == d.y_test).mean())
+    assert accuracy == pytest.approx(meta["metrics"]["accuracy"], abs=1e-6)

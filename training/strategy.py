@@ -1,0 +1,111 @@
+"""Which tf.distribute strategy a training run uses.
+
+`auto` picks, in order: MultiWorkerMirroredStrategy when TF_CONFIG is set (the CronJob with several
+workers), TPUStrategy when a TPU resolves (tried only when TPU_NAME is set or /dev/accel0 exists: the GCE
+metadata server is never probed), MirroredStrategy over several GPUs (or over `cpu_devices` logical CPUs),
+and the default strategy otherwise. Any of them can be forced with `strategy:` in the config.
+
+The decision (`choose`) is plain Python so it is testable without TensorFlow; `create` builds the strategy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TPU_DEVICE = Path("/dev/accel0")
+
+
+class StrategyError(RuntimeError):
+    """The requested strategy cannot run here."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    kind: str  # default | mirrored | multiworker | tpu
+    reason: str
+
+
+def tpu_hint(env: Mapping[str, str], accel_device: Path = TPU_DEVICE) -> str | None:
+    """The TPU to resolve ("local" for an attached one), or None when there is no sign of a TPU at all."""
+    if env.get("TPU_NAME"):
+        return env["TPU_NAME"]
+    if accel_device.exists():
+        return "local"
+    return None
+
+
+def choose(requested: str, env: Mapping[str, str], tpu: str | None, num_gpus: int, cpu_devices: int) -> Choice:
+    """The strategy kind for `requested` (auto | default | mirrored | multiworker | tpu)."""
+    if requested == "auto":
+        if env.get("TF_CONFIG"):
+            return Choice("multiworker", "TF_CONFIG is set")
+        if tpu is not None:
+            return Choice("tpu", f"TPU {tpu!r} (falls back when it does not resolve)")
+        if num_gpus > 1:
+            return Choice("mirrored", f"{num_gpus} GPUs")
+        if cpu_devices > 1:
+            return Choice("mirrored", f"{cpu_devices} logical CPU devices")
+        return Choice("default", "one device")
+    if requested in ("default", "mirrored", "multiworker", "tpu"):
+        return Choice(requested, "requested in the configuration")
+    raise StrategyError(f"unknown strategy {requested!r}")
+
+
+def configure_cpu_devices(count: int) -> None:
+    """Split the first physical CPU into `count` logical devices; must run before TensorFlow initialises."""
+    import tensorflow as tf
+
+    if count <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as exc:
+        if len(tf.config.list_logical_devices("CPU")) == count:
+            return  # this process already configured the same split
+        raise StrategyError(
+            f"cannot split the CPU into {count} devices: TensorFlow is already initialised in this process ({exc})"
+        ) from exc
+
+
+def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(strategy, description for kerve.json)."""
+    import tensorflow as tf
+
+    env = os.environ if env is None else env
+    configure_cpu_devices(cpu_devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    tpu = tpu_hint(env)
+    choice = choose(requested, env, tpu, len(gpus), cpu_devices)
+    strategy: Any = None
+    reason = choice.reason
+    if choice.kind == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            strategy = tf.distribute.TPUStrategy(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+            if requested == "tpu":
+                raise StrategyError(f"no TPU resolved ({tpu or 'local'}): {exc}") from exc
+            reason = f"TPU {tpu!r} did not resolve ({type(exc).__name__}); one device"
+            choice = Choice("default", reason)
+    if choice.kind == "multiworker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif choice.kind == "mirrored":
+        pool = gpus if len(gpus) > 1 else tf.config.list_logical_devices("CPU")
+        devices = [d.name for d in pool]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+    elif choice.kind == "default":
+        strategy = tf.distribute.get_strategy()
+    return strategy, {
+        "name": type(strategy).__name__,
+        "kind": choice.kind,
+        "requested": requested,
+        "reason": reason,
+        "replicas": int(strategy.num_replicas_in_sync),
+    }
