@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,31 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RepositoryError(f"{meta}: metadata must be a JSON object")
     return data
+
+
+def clean_stale_tmp(
+    repo: str | os.PathLike[str], model: str, max_age_seconds: float, now: float | None = None
+) -> list[Path]:
+    """Remove `.tmp-*` directories of `model` not modified for `max_age_seconds`: publishes whose process died.
+
+    Younger ones are left alone: they may belong to a publisher that is still writing. Readers ignore both.
+    """
+    root = model_dir(repo, model)
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for entry in root.iterdir():
+        if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir():
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        if age >= max_age_seconds:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return sorted(removed)
 
 
 def _fsync_tree(root: Path) -> None:
