@@ -1,16 +1,30 @@
-"""Owns which model versions exist, their lifecycle state, and resolution of (model, version) to a servable.
+"""Owns which model versions exist, their lifecycle state, and resolution of (model, version|label) to a servable.
 
-A version moves loading -> ready -> unloading -> unloaded, or loading -> failed; only this class changes
-state. Loading runs in a worker thread so the event loop keeps answering health and other models.
+A version moves LOADING -> READY -> UNLOADING -> UNLOADED, or LOADING -> FAILED; only this class changes state,
+always on the event loop thread. One mechanism does all lifecycle work: `_sync(model)` reads the model's
+config.yaml and versions on disk, loads (and warms up, in a worker thread) the versions the policy aspires to,
+then unloads the ones it no longer wants. The initial load, every repository poll, and the explicit-control RPCs
+all call it, serialized per model by a lock.
+
+- Availability first: a version that fails to load (or to warm up) is FAILED and the policy is applied again
+  without it, so `latest: 1` keeps serving the previous version. A FAILED version is retried only when its
+  files change.
+- Atomic switch: a new version takes traffic the moment it is READY (warmup included); versions leaving the
+  policy go UNLOADING at once (no new requests), and are unloaded after their in-flight requests drain
+  (`acquire`/`release` count them).
+- A broken config.yaml fails that model (it keeps serving what it had, with its last good config); other models
+  are untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +32,17 @@ from typing import Any
 
 from kerve import repository
 
-from .errors import ErrorCode, ServingError, not_found, unavailable
+from .errors import ErrorCode, ServingError, invalid, not_found, unavailable
 from .metrics import Metrics
+from .model_config import ModelConfig, ModelConfigError, load_model_config
 from .stats import VersionStats
 
 log = logging.getLogger("kerve.server.manager")
+
+POLL = "poll"
+EXPLICIT = "explicit"
+MODEL_CONTROL_MODES = (POLL, EXPLICIT)
+DRAIN_TIMEOUT_S = 120.0  # in-flight requests of an unloading version: longer than any sane request deadline
 
 
 class VersionState(enum.Enum):
@@ -31,6 +51,10 @@ class VersionState(enum.Enum):
     UNLOADING = "UNLOADING"
     UNLOADED = "UNLOADED"
     FAILED = "FAILED"
+
+
+STATES = [s.value for s in VersionState]
+_LIVE = (VersionState.LOADING, VersionState.READY, VersionState.UNLOADING)
 
 
 @dataclass
@@ -43,88 +67,382 @@ class ModelVersion:
     servable: Any = None
     load_seconds: float = 0.0
     stats: VersionStats = field(default_factory=VersionStats)
+    batchers: dict[str, Any] = field(default_factory=dict)  # signature key -> Batcher, owned by the engine
+    config: ModelConfig = field(default_factory=ModelConfig)  # the model's config when this version loaded
+    fingerprint: tuple[int, ...] = ()  # of the files on disk when it loaded: a FAILED version retries on change
+    warmup_requests: int = 0
+    inflight: int = 0
+    _drained: asyncio.Event | None = field(default=None, repr=False)
 
 
-Loader = Callable[[Path], Any]
+@dataclass
+class IndexRow:
+    """One line of the repository index: a version, or the model itself (version "") when it has a problem."""
+
+    model: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class _Model:
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    config: ModelConfig = field(default_factory=ModelConfig)  # last valid config
+    config_error: str = ""
+    wanted: bool = True  # explicit control: loaded by request (poll mode: always)
+    overrides: dict[str, Any] = field(default_factory=dict)  # config keys given by HandleReloadConfigRequest
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+
+Loader = Callable[[Path, str], Any]  # (version dir, device_mode) -> servable
+Warmup = Callable[[str, Path, Any], int]  # (model, version dir, servable) -> requests replayed
+
+
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    try:
+        pb = (path / repository.SAVED_MODEL_FILE).stat()
+        directory = path.stat()
+        variables = (path / "variables").stat().st_mtime_ns if (path / "variables").is_dir() else 0
+    except OSError:
+        return ()
+    return (pb.st_mtime_ns, pb.st_size, pb.st_ino, directory.st_mtime_ns, variables)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ModelManager:
-    def __init__(self, repository_path: str | Path, loader: Loader, executor: Executor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        repository_path: str | Path,
+        loader: Loader,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        warmup: Warmup | None = None,
+        control: str = POLL,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
+        if control not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model control must be one of {MODEL_CONTROL_MODES}, got {control!r}")
         self.repository = Path(repository_path)
+        self.control = control
         self._loader = loader
+        self._warmup = warmup
         self._executor = executor
         self._metrics = metrics
-        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._drain_timeout_s = drain_timeout_s
+        self._models: dict[str, _Model] = {}
+        self._poller: asyncio.Task[None] | None = None
         self.initial_load_done = False
 
+    # --- lifecycle entry points ---------------------------------------------------------------------------
+
     async def load_all(self) -> None:
-        """Load the latest version of every model in the repository; failures are recorded, not raised."""
+        """Load every model in the repository (both control modes); failures are recorded, not raised."""
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
-        tasks = []
-        for model in repository.list_models(self.repository):
-            latest = repository.latest_version(self.repository, model)
-            if latest is None:
-                log.warning("model %s has no servable version under %s", model, self.repository / model)
-                self._models.setdefault(model, {})
-                continue
-            tasks.append(self.load_version(model, latest))
-        await asyncio.gather(*tasks)
+        await self._sync_many(repository.list_models(self.repository))
         self.initial_load_done = True
 
-    async def load_version(self, model: str, version: int) -> ModelVersion:
-        path = repository.version_dir(self.repository, model, version)
-        entry = ModelVersion(model, version, path)
-        self._models.setdefault(model, {})[version] = entry
+    async def poll(self) -> None:
+        """Apply the repository as it is now: new models and versions, removed ones, config changes.
+
+        Explicit control ignores polls: only the repository RPCs change what is served."""
+        if self.control != POLL:
+            return
+        if not self.repository.is_dir():  # an unmounted volume must not unload everything
+            log.error("model repository %s is missing; keeping the loaded models", self.repository)
+            return
+        await self._sync_many(sorted(set(repository.list_models(self.repository)) | set(self._models)))
+
+    def start_polling(self, interval_s: float) -> None:
+        """Poll the repository every interval_s seconds (poll control only; 0 disables)."""
+        if self.control != POLL or interval_s <= 0 or self._poller is not None:
+            return
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.poll()
+                except Exception:  # the poller must survive anything the filesystem throws at it
+                    log.exception("repository poll failed")
+
+        self._poller = asyncio.get_running_loop().create_task(run(), name="kerve-repository-poll")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    def require_explicit(self, what: str) -> None:
+        if self.control != EXPLICIT:
+            raise ServingError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{what} needs explicit model control (kerve serve --model-control explicit); "
+                f"this server polls its repository",
+            )
+
+    def _checked_name(self, name: str) -> str:
+        try:
+            repository.validate_model_name(name)
+        except repository.RepositoryError as exc:
+            raise invalid(str(exc)) from None
+        return name
+
+    def _require_on_disk(self, name: str) -> None:
+        if not (self.repository / name).is_dir():
+            raise not_found(f"model {name!r} is not in the model repository")
+
+    async def load_model(self, name: str, overrides: Mapping[str, Any] | None = None) -> None:
+        """Explicit control: (re)load a model from disk with its current config and versions."""
+        await self.apply_models({name: dict(overrides or {})}, exclusive=False)
+
+    async def unload_model(self, name: str) -> None:
+        """Explicit control: unload every version of a model (after in-flight requests drain)."""
+        self.require_explicit("unloading a model")
+        self._checked_name(name)
+        record = self._models.get(name)
+        if record is None:
+            self._require_on_disk(name)
+            record = self._models.setdefault(name, _Model(name))
+        record.wanted = False
+        record.overrides = {}
+        await self._sync(name)
+
+    async def apply_models(self, models: Mapping[str, Mapping[str, Any]], exclusive: bool = True) -> None:
+        """Explicit control: load these models (name -> config overrides); with exclusive, unload all others.
+
+        Everything is validated before anything changes. Raises FAILED_PRECONDITION naming the models that
+        ended up with no ready version.
+        """
+        self.require_explicit("loading models")
+        for name, overrides in models.items():
+            self._checked_name(name)
+            self._require_on_disk(name)
+            try:
+                load_model_config(self.repository / name, overrides)
+            except ModelConfigError as exc:
+                if overrides:
+                    raise invalid(f"model {name!r}: {exc}") from None
+        for name, overrides in models.items():
+            record = self._models.setdefault(name, _Model(name))
+            record.wanted, record.overrides = True, dict(overrides)
+        others = [n for n, r in self._models.items() if n not in models and r.wanted] if exclusive else []
+        for name in others:
+            self._models[name].wanted, self._models[name].overrides = False, {}
+        await self._sync_many([*models, *others])
+        failed = []
+        for name in models:
+            if not self.ready_versions(name):
+                record = self._models[name]
+                reasons = [record.config_error] if record.config_error else []
+                reasons += [f"version {e.version}: {e.reason}" for e in self.entries(name) if e.reason]
+                failed.append(f"{name!r} ({'; '.join(reasons) or 'no servable version'})")
+        if failed:
+            raise ServingError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {', '.join(failed)}")
+
+    # --- the one place versions change --------------------------------------------------------------------
+
+    async def _sync_many(self, names: list[str]) -> None:
+        await asyncio.gather(*(self._sync(name) for name in names))
+
+    def _scan(self, record: _Model) -> tuple[ModelConfig | None, str, dict[int, tuple[int, ...]]]:
+        """Read config.yaml and the servable versions on disk (in a thread: the disk may be remote)."""
+        model_dir = self.repository / record.name
+        versions = {
+            v: _fingerprint(repository.version_dir(self.repository, record.name, v))
+            for v in repository.list_versions(self.repository, record.name)
+        }
+        try:
+            return load_model_config(model_dir, record.overrides), "", versions
+        except ModelConfigError as exc:
+            return None, str(exc), versions
+
+    async def _sync(self, name: str) -> None:
+        record = self._models.setdefault(name, _Model(name))
+        async with record.lock:
+            config, error, on_disk = await asyncio.to_thread(self._scan, record)
+            if record.wanted and config is None:
+                self._set_model_error(record, error)
+                return  # keep serving what is loaded, with the last good config
+            self._set_model_error(record, "")
+            aspired: set[int] = set()
+            if record.wanted and config is not None:
+                for _ in range(len(on_disk) + 1):  # each round settles at least one version: bounded
+                    failed = {
+                        v
+                        for v, e in record.versions.items()
+                        if e.state is VersionState.FAILED and v in on_disk and e.fingerprint == on_disk[v]
+                    }
+                    aspired = config.aspired(v for v in on_disk if v not in failed)
+                    to_load = sorted(v for v in aspired if self._needs_load(record, v))
+                    if not to_load:
+                        break
+                    await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
+                record.config = config  # labels move now, together with the versions they may point to
+            leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
+            await self._unload(leaving)
+            for v in [v for v, e in record.versions.items() if v not in on_disk and e.state not in _LIVE]:
+                self._forget(record.versions.pop(v))
+            if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
+                self._set_model_error(record, "")
+                del self._models[name]
+
+    @staticmethod
+    def _needs_load(record: _Model, version: int) -> bool:
+        entry = record.versions.get(version)
+        return entry is None or entry.state in (VersionState.UNLOADED, VersionState.FAILED)
+
+    def _load_and_warm(self, model: str, path: Path, device_mode: str) -> tuple[Any, int]:
+        servable = self._loader(path, device_mode)
+        warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
+        return servable, warmed
+
+    async def _load(self, record: _Model, version: int, config: ModelConfig, fingerprint: tuple[int, ...]) -> None:
+        path = repository.version_dir(self.repository, record.name, version)
+        entry = ModelVersion(record.name, version, path, config=config, fingerprint=fingerprint)
+        record.versions[version] = entry
         self._set_state(entry, VersionState.LOADING)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            entry.servable = await loop.run_in_executor(self._executor, self._loader, path)
+            entry.servable, entry.warmup_requests = await loop.run_in_executor(
+                self._executor, self._load_and_warm, record.name, path, config.device_mode
+            )
         except Exception as exc:  # a broken version must never take the server down
-            entry.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            entry.reason = _first_line(exc)
             self._set_state(entry, VersionState.FAILED)
-            self._metrics.reloads.labels(model, "load_failed").inc()
-            log.error("failed to load %s version %d from %s: %s", model, version, path, entry.reason)
+            self._metrics.reloads.labels(record.name, "load_failed").inc()
+            log.error("failed to load %s version %d from %s: %s", record.name, version, path, entry.reason)
         else:
             self._set_state(entry, VersionState.READY)
-            self._metrics.reloads.labels(model, "loaded").inc()
-            log.info("loaded %s version %d in %.2fs", model, version, time.monotonic() - started)
+            self._metrics.reloads.labels(record.name, "loaded").inc()
+            warmed = f", {entry.warmup_requests} warmup requests" if entry.warmup_requests else ""
+            log.info("loaded %s version %d in %.2fs%s", record.name, version, time.monotonic() - started, warmed)
         entry.load_seconds = time.monotonic() - started
-        self._metrics.load_seconds.labels(model, str(version)).set(entry.load_seconds)
-        return entry
+        self._metrics.load_seconds.labels(record.name, str(version)).set(entry.load_seconds)
+
+    async def _unload(self, entries: list[ModelVersion]) -> None:
+        for entry in entries:  # all stop taking requests at once, before any waiting
+            self._set_state(entry, VersionState.UNLOADING)
+        await asyncio.gather(*(self._drain_and_unload(e) for e in entries))
+
+    async def _drain_and_unload(self, entry: ModelVersion) -> None:
+        if entry.inflight:
+            entry._drained = asyncio.Event()
+            log.info("unloading %s version %d: %d requests in flight", entry.model, entry.version, entry.inflight)
+            try:
+                await asyncio.wait_for(entry._drained.wait(), self._drain_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("%s version %d: requests still in flight after %.0fs; unloading anyway",
+                            entry.model, entry.version, self._drain_timeout_s)  # fmt: skip
+        for batcher in list(entry.batchers.values()):
+            await batcher.close(drain=True)
+        entry.batchers.clear()
+        close = getattr(entry.servable, "close", None)
+        if callable(close):
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+        entry.servable = None
+        self._set_state(entry, VersionState.UNLOADED)
+        self._metrics.reloads.labels(entry.model, "unloaded").inc()
+        log.info("unloaded %s version %d", entry.model, entry.version)
 
     def _set_state(self, entry: ModelVersion, state: VersionState) -> None:
         entry.state = state
-        self._metrics.set_state(entry.model, entry.version, state.value, [s.value for s in VersionState])
+        self._metrics.set_state(entry.model, entry.version, state.value, STATES)
+
+    def _forget(self, entry: ModelVersion) -> None:
+        self._metrics.clear_state(entry.model, entry.version, STATES)
+
+    def _set_model_error(self, record: _Model, error: str) -> None:
+        if error == record.config_error:
+            return
+        if error:
+            log.error("model %s: %s", record.name, error)
+            self._metrics.set_state(record.name, "", VersionState.FAILED.value, STATES)
+        else:
+            self._metrics.clear_state(record.name, "", STATES)
+        record.config_error = error
+
+    # --- requests -----------------------------------------------------------------------------------------
 
     def models(self) -> list[str]:
         return sorted(self._models)
 
+    def knows(self, model: str) -> bool:
+        return model in self._models
+
+    def labels(self, model: str) -> Mapping[str, int]:
+        record = self._models.get(model)
+        return dict(record.config.labels) if record is not None else {}
+
     def entries(self, model: str | None = None) -> list[ModelVersion]:
         names = [model] if model is not None else sorted(self._models)
-        return [self._models[n][v] for n in names if n in self._models for v in sorted(self._models[n])]
+        return [
+            self._models[n].versions[v] for n in names if n in self._models for v in sorted(self._models[n].versions)
+        ]
+
+    def index(self) -> list[IndexRow]:
+        """Every version the manager knows, plus a row per model that is failed or not loaded as a whole."""
+        rows = []
+        for name in sorted(set(self._models) | set(repository.list_models(self.repository))):
+            record = self._models.get(name)
+            if record is None or not (record.wanted or any(e.state in _LIVE for e in record.versions.values())):
+                rows.append(IndexRow(name, "", VersionState.UNLOADED.value, "not loaded"))
+            elif record.config_error:
+                rows.append(IndexRow(name, "", VersionState.FAILED.value, record.config_error))
+            for entry in self.entries(name):
+                rows.append(IndexRow(name, str(entry.version), entry.state.value, entry.reason))
+        return rows
 
     def ready_versions(self, model: str) -> list[int]:
-        return sorted(v for v, e in self._models.get(model, {}).items() if e.state is VersionState.READY)
+        record = self._models.get(model)
+        if record is None:
+            return []
+        return sorted(v for v, e in record.versions.items() if e.state is VersionState.READY)
 
-    def resolve(self, model: str, version: int | None = None) -> ModelVersion:
+    def resolve(self, model: str, version: int | None = None, label: str | None = None) -> ModelVersion:
         """The ready version to serve, raising NOT_FOUND/UNAVAILABLE with a message the caller can act on."""
-        versions = self._models.get(model)
-        if versions is None:
+        record = self._models.get(model)
+        if record is None and not self.initial_load_done:  # the model may be about to appear: retry, not 404
+            raise unavailable(f"server is starting: model {model!r} is not loaded yet")
+        if record is None:
             known = ", ".join(self.models()) or "none"
             raise not_found(f"model {model!r} not found; models served: {known}")
+        versions = record.versions
+        if label is not None:
+            if version is not None:
+                raise invalid(f"request for model {model!r} names both version {version} and label {label!r}")
+            if label not in record.config.labels:
+                raise not_found(f"model {model!r} has no label {label!r}; labels: {sorted(record.config.labels)}")
+            version = record.config.labels[label]
         if version is None:
             ready = self.ready_versions(model)
             if ready:
                 return versions[ready[-1]]
             if any(e.state is VersionState.LOADING for e in versions.values()):
                 raise unavailable(f"model {model!r} is loading")
-            reasons = "; ".join(f"version {v}: {e.reason}" for v, e in sorted(versions.items()) if e.reason)
-            raise unavailable(f"model {model!r} has no ready version" + (f" ({reasons})" if reasons else ""))
+            if not record.wanted:
+                raise not_found(f"model {model!r} is not loaded")
+            reasons = [record.config_error] if record.config_error else []
+            reasons += [f"version {v}: {e.reason}" for v, e in sorted(versions.items()) if e.reason]
+            raise unavailable(f"model {model!r} has no ready version" + (f" ({'; '.join(reasons)})" if reasons else ""))
         entry = versions.get(version)
         if entry is None:
-            raise not_found(f"model {model!r} has no version {version}; versions: {sorted(versions)}")
+            raise not_found(f"model {model!r} has no version {version}; versions: {self.ready_versions(model)}")
+        if entry.state is VersionState.UNLOADED:
+            raise not_found(f"model {model!r} version {version} is not loaded; versions: {self.ready_versions(model)}")
         if entry.state is VersionState.READY:
             return entry
         if entry.state is VersionState.LOADING:
@@ -134,6 +452,17 @@ class ModelManager:
             f"model {model!r} version {version} is {entry.state.value.lower()}"
             + (f": {entry.reason}" if entry.reason else ""),
         )
+
+    def acquire(self, model: str, version: int | None = None, label: str | None = None) -> ModelVersion:
+        """resolve(), counting the request in flight on that version until release(): unloading waits for it."""
+        entry = self.resolve(model, version, label)
+        entry.inflight += 1
+        return entry
+
+    def release(self, entry: ModelVersion) -> None:
+        entry.inflight -= 1
+        if entry.inflight == 0 and entry._drained is not None:
+            entry._drained.set()
 
 
 def parse_version(model: str, text: str) -> int | None:

@@ -19,7 +19,7 @@ from .model import PLATFORM
 
 log = logging.getLogger("kerve.server.v2")
 
-EXTENSIONS = ["statistics"]
+EXTENSIONS = ["statistics", "model_repository"]
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
@@ -74,7 +74,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
-        infer_request = v2_codec.decode_request(request, time_remaining)
+        try:
+            infer_request = v2_codec.decode_request(request, time_remaining)
+        except ServingError as exc:
+            self.engine.count_rejected(request.model_name, "v2", exc)
+            raise
         return v2_codec.encode_response(await self.engine.infer(infer_request))
 
     async def ModelInfer(
@@ -132,11 +136,50 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
+        """Every known version, plus a version-less row for a model that failed as a whole (config.yaml) or is not
+        loaded (explicit control)."""
         response = pb.RepositoryIndexResponse()
-        for entry in self.manager.entries():
-            if request.ready and entry.state is not VersionState.READY:
+        for row in self.manager.index():
+            if request.ready and row.state != VersionState.READY.value:
                 continue
-            response.models.add(
-                name=entry.model, version=str(entry.version), state=entry.state.value, reason=entry.reason
-            )
+            response.models.add(name=row.model, version=row.version, state=row.state, reason=row.reason)
         return response
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """(Re)load a model from the repository with its current config.yaml and versions (explicit control)."""
+        try:
+            self.manager.require_explicit("RepositoryModelLoad")
+            _check_repository_request(request, allowed=())
+            await self.manager.load_model(request.model_name)
+        except ServingError as exc:
+            await abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Unload every version of a model once its in-flight requests finish (explicit control)."""
+        try:
+            self.manager.require_explicit("RepositoryModelUnload")
+            _check_repository_request(request, allowed=("unload_dependents",))  # tritonclient sends it
+            await self.manager.unload_model(request.model_name)
+        except ServingError as exc:
+            await abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _check_repository_request(
+    request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest, allowed: tuple[str, ...]
+) -> None:
+    if not request.model_name:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT, "model_name is required")
+    if request.repository_name:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT, "kerve serves one model repository; leave repository_name empty")
+    unsupported = sorted(set(request.parameters) - set(allowed))
+    if unsupported:
+        raise ServingError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"parameters {unsupported} are not supported: put model settings in <repository>/<model>/config.yaml",
+        )

@@ -1,0 +1,334 @@
+"""TensorFlow Serving's gRPC API (`tensorflow.serving.PredictionService` and `ModelService`) on kerve's port.
+
+Thin servicers: they translate with tfs_codec, resolve through the ModelManager and run through the same
+InferenceEngine as V2, so batching, statistics, metrics and hot reload behave identically. Status codes follow
+TF Serving's: unknown model or version NOT_FOUND; unknown version label INVALID_ARGUMENT ("Unrecognized servable
+version label"); unknown signature FAILED_PRECONDITION for Predict and INVALID_ARGUMENT for Classify/Regress;
+malformed inputs INVALID_ARGUMENT naming the input.
+
+Classify and Regress follow TF Serving's rules for a SignatureDef: its method_name is
+`tensorflow/serving/classify` (or `.../regress`), or `tensorflow/serving/predict` with the classification
+(regression) structure, which is what native TF2 exports write and what TF Serving accepts by default
+(`--enable_signature_method_name_check=false`): one string input `inputs`; outputs `classes` and/or `scores`
+(regression: one output `outputs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+    status_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from kerve import repository
+
+from . import tfs_codec
+from .errors import ErrorCode, ServingError, invalid, not_found
+from .inference import InferenceEngine
+from .manager import ModelManager, ModelVersion, VersionState
+from .types import InferRequest
+
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SERVICES = (PREDICTION_SERVICE, MODEL_SERVICE)
+PROTO_FILES = (prediction_service_pb2.DESCRIPTOR, model_service_pb2.DESCRIPTOR)  # for the reflection pool
+SIGNATURE_DEF_FIELD = "signature_def"
+SERVING_TAG = "serve"
+
+_STATES = {
+    VersionState.LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
+    VersionState.READY: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+    VersionState.UNLOADING: get_model_status_pb2.ModelVersionStatus.UNLOADING,
+    VersionState.UNLOADED: get_model_status_pb2.ModelVersionStatus.END,
+    VersionState.FAILED: get_model_status_pb2.ModelVersionStatus.END,
+}
+_UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    await context.abort(grpc.StatusCode[error.code.value], error.message)
+
+
+def _failed_precondition(message: str) -> ServingError:
+    return ServingError(ErrorCode.FAILED_PRECONDITION, message)
+
+
+def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDef map of the SavedModel's `serve` MetaGraph, as TF Serving reports and checks it."""
+    saved = saved_model_pb2.SavedModel.FromString((version_dir / repository.SAVED_MODEL_FILE).read_bytes())
+    graphs = [g for g in saved.meta_graphs if SERVING_TAG in g.meta_info_def.tags] or list(saved.meta_graphs)
+    return dict(graphs[0].signature_def) if graphs else {}
+
+
+class _Target:
+    """Resolution shared by the servicers: model spec -> ready version, with TF Serving's label errors."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self._signature_defs: dict[tuple[str, int], tuple[ModelVersion, dict[str, meta_graph_pb2.SignatureDef]]] = {}
+
+    def check_label(self, model: str, label: str | None) -> None:
+        if label is not None and self.manager.knows(model) and label not in self.manager.labels(model):
+            raise invalid(f"Unrecognized servable version label: {label}")
+
+    def resolve(self, model: str, version: int | None, label: str | None) -> ModelVersion:
+        if not model:
+            raise invalid("model_spec.name is required")
+        self.check_label(model, label)
+        return self.manager.resolve(model, version, label)
+
+    async def signature_defs(self, entry: ModelVersion) -> dict[str, meta_graph_pb2.SignatureDef]:
+        key = (entry.model, entry.version)
+        cached = self._signature_defs.get(key)
+        if cached is None or cached[0] is not entry:  # a reload makes a new entry
+            defs = await asyncio.to_thread(read_signature_defs, entry.path)
+            gone = [k for k, (e, _) in self._signature_defs.items() if e.state is VersionState.UNLOADED]
+            for old in gone:  # forget unloaded versions, so the cache follows what is loaded
+                del self._signature_defs[old]
+            cached = self._signature_defs[key] = (entry, defs)
+        return cached[1]
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, engine: InferenceEngine) -> None:
+        self.engine = engine
+        self._target = _Target(manager)
+
+    def _rejected(self, model: str, error: ServingError) -> None:
+        """Count a request refused before the engine saw it (unknown label or signature, undecodable input)."""
+        self.engine.count_rejected(model, tfs_codec.PROTOCOL, error)
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        try:
+            try:
+                version, label = tfs_codec.spec_version(request.model_spec)
+                entry = self._target.resolve(request.model_spec.name, version, label)
+                key = request.model_spec.signature_name or tfs_codec.DEFAULT_SIGNATURE
+                if key not in entry.servable.signatures:
+                    raise _failed_precondition(f'Serving signature key "{key}" not found.')
+                infer = tfs_codec.decode_predict(request, context.time_remaining())
+            except ServingError as exc:
+                self._rejected(request.model_spec.name, exc)
+                raise
+            response = await self.engine.infer(infer)
+            return tfs_codec.encode_predict(response.model, response.version, key, response.outputs)
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+
+    async def _examples_request(
+        self,
+        request: classification_pb2.ClassificationRequest | regression_pb2.RegressionRequest,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        what: str,
+    ) -> tuple[InferRequest, str]:
+        """Check the signature like TF Serving and build the request: (request, signature key)."""
+        spec = request.model_spec
+        version, label = tfs_codec.spec_version(spec)
+        entry = self._target.resolve(spec.name, version, label)
+        key = spec.signature_name or tfs_codec.DEFAULT_SIGNATURE
+        signature = (await self._target.signature_defs(entry)).get(key)
+        if signature is None or key not in entry.servable.signatures:
+            raise invalid(f"No signature was found with the name: {key}")
+        kind = "classification" if method == tfs_codec.CLASSIFY_METHOD else "regression"
+        if signature.method_name not in (method, tfs_codec.PREDICT_METHOD):
+            raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
+        if len(signature.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        if tfs_codec.EXAMPLES_INPUT not in signature.inputs:
+            raise invalid(f"No {kind} inputs found in SignatureDef {key!r}: it needs an input named 'inputs'")
+        if method == tfs_codec.CLASSIFY_METHOD:
+            wanted = [n for n in (tfs_codec.CLASSES_OUTPUT, tfs_codec.SCORES_OUTPUT) if n in signature.outputs]
+            if len(signature.outputs) not in (1, 2):
+                raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+            if not wanted:
+                raise invalid(
+                    f'Expected classification signature outputs to contain at least one of "classes" or "scores"; '
+                    f"signature {key!r} has {sorted(signature.outputs)}"
+                )
+        else:
+            wanted = [tfs_codec.REGRESS_OUTPUT]
+            if len(signature.outputs) != 1:
+                raise invalid("Expected one output Tensor.")
+            if tfs_codec.REGRESS_OUTPUT not in signature.outputs:
+                raise invalid(f"No regression outputs found in SignatureDef {key!r}: it needs an output 'outputs'")
+        infer = tfs_codec.decode_examples_request(request, what, context.time_remaining())
+        infer.outputs = wanted
+        return infer, key
+
+    async def _run_examples(
+        self,
+        request: classification_pb2.ClassificationRequest | regression_pb2.RegressionRequest,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        what: str,
+    ) -> tuple[str, int, int, dict[str, Any]]:
+        """(signature key, version, rows, outputs) of a Classify or Regress request."""
+        try:
+            infer, key = await self._examples_request(request, context, method, what)
+        except ServingError as exc:
+            self._rejected(request.model_spec.name, exc)
+            raise
+        response = await self.engine.infer(infer)
+        return key, response.version, len(infer.inputs[tfs_codec.EXAMPLES_INPUT]), response.outputs
+
+    async def Classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        try:
+            key, version, rows, outputs = await self._run_examples(
+                request, context, tfs_codec.CLASSIFY_METHOD, "ClassificationRequest"
+            )
+            response = classification_pb2.ClassificationResponse()
+            tfs_codec.response_spec(response.model_spec, request.model_spec.name, version, key)
+            tfs_codec.encode_classification(response.result, outputs, rows)
+            return response
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+
+    async def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        try:
+            key, version, rows, outputs = await self._run_examples(
+                request, context, tfs_codec.REGRESS_METHOD, "RegressionRequest"
+            )
+            response = regression_pb2.RegressionResponse()
+            tfs_codec.response_spec(response.model_spec, request.model_spec.name, version, key)
+            tfs_codec.encode_regression(response.result, outputs, rows)
+            return response
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        try:
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            if not request.metadata_field:
+                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            for name in request.metadata_field:
+                if name != SIGNATURE_DEF_FIELD:
+                    raise invalid(f"Metadata field {name} is not supported")
+            version, label = tfs_codec.spec_version(request.model_spec)
+            entry = self._target.resolve(request.model_spec.name, version, label)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            for key, signature in (await self._target.signature_defs(entry)).items():
+                signatures.signature_def[key].CopyFrom(signature)
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        tfs_codec.response_spec(response.model_spec, entry.model, entry.version)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self._target = _Target(manager)
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        try:
+            return self._status(request)
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+
+    def _status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        if not request.HasField("model_spec") or not spec.name:
+            raise invalid("Missing ModelSpec")
+        if not self.manager.knows(spec.name):
+            raise not_found(f"Could not find any versions of model {spec.name}")
+        version, label = tfs_codec.spec_version(spec)
+        self._target.check_label(spec.name, label)
+        if label is not None:
+            version = self.manager.labels(spec.name)[label]
+        entries = self.manager.entries(spec.name)
+        if version is not None:
+            entries = [e for e in entries if e.version == version]
+            if not entries:
+                raise not_found(f"Could not find version {version} of model {spec.name}")
+        if not entries:
+            failure = next((r.reason for r in self.manager.index() if r.model == spec.name and not r.version), "")
+            raise not_found(f"Could not find any versions of model {spec.name}" + (f": {failure}" if failure else ""))
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for entry in entries:
+            status = response.model_version_status.add(version=entry.version, state=_STATES[entry.state])
+            status.status.SetInParent()  # OK, as TF Serving reports a healthy version
+            if entry.state is VersionState.FAILED:
+                status.status.CopyFrom(status_pb2.StatusProto(error_code=_UNKNOWN, error_message=entry.reason))
+        return response
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Serve exactly the listed models (explicit model control): load them, unload every other one."""
+        try:
+            self.manager.require_explicit("HandleReloadConfigRequest")
+            await self.manager.apply_models(self._model_list(request.config))
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+        return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+    def _model_list(self, config: model_server_config_pb2.ModelServerConfig) -> dict[str, dict[str, object]]:
+        if config.WhichOneof("config") != "model_config_list":
+            raise invalid("ModelServerConfig must set model_config_list (custom_model_config is not supported)")
+        models: dict[str, dict[str, object]] = {}
+        for model in config.model_config_list.config:
+            name = model.name
+            try:
+                repository.validate_model_name(name)
+            except repository.RepositoryError as exc:
+                raise invalid(str(exc)) from None
+            if name in models:
+                raise invalid(f"model {name!r} is listed more than once")
+            if model.model_platform not in ("", "tensorflow"):
+                raise invalid(f"model {name!r}: model_platform {model.model_platform!r} is not supported")
+            expected = (self.manager.repository / name).resolve()
+            if model.base_path and Path(model.base_path).resolve() != expected:
+                raise invalid(
+                    f"model {name!r}: base_path must be empty or {expected}: kerve serves its model repository"
+                )
+            overrides: dict[str, object] = {}
+            policy = model.model_version_policy
+            choice = policy.WhichOneof("policy_choice")
+            if choice == "latest":
+                overrides["version_policy"] = {"latest": policy.latest.num_versions or 1}
+            elif choice == "all":
+                overrides["version_policy"] = "all"
+            elif choice == "specific":
+                overrides["version_policy"] = {"specific": [int(v) for v in policy.specific.versions]}
+            if model.version_labels:
+                overrides["labels"] = {k: int(v) for k, v in model.version_labels.items()}
+            models[name] = overrides
+        return models

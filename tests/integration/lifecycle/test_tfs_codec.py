@@ -1,0 +1,105 @@
+"""TensorProto <-> numpy against TensorFlow's own tf.make_tensor_proto / tf.make_ndarray (no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+from kerve.server import tfs_codec
+from kerve.server.errors import ServingError
+from kerve.server.tfs_codec import TensorProtoError, decode_tensor, encode_tensor
+
+pytestmark = pytest.mark.integration
+
+RNG = np.random.default_rng(1)
+ARRAYS = [
+    RNG.random((2, 3), dtype=np.float32),
+    RNG.random((4,), dtype=np.float64),
+    RNG.integers(-100, 100, (2, 2, 2), dtype=np.int32),
+    RNG.integers(-(2**40), 2**40, (3,), dtype=np.int64),
+    RNG.integers(0, 255, (5,), dtype=np.uint8),
+    RNG.integers(-100, 100, (5,), dtype=np.int8),
+    RNG.integers(-1000, 1000, (5,), dtype=np.int16),
+    RNG.integers(0, 60000, (5,), dtype=np.uint16),
+    RNG.integers(0, 2**31, (2,), dtype=np.uint32),
+    RNG.integers(0, 2**62, (2,), dtype=np.uint64),
+    RNG.random((3,)).astype(np.float16),
+    np.array([[True, False, True]]),
+    np.array([b"a", b"", "\u00e9".encode()], dtype=object),
+    np.float32(2.5).reshape(()),
+    np.zeros((0, 3), np.float32),
+]
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
+def test_decode_reads_what_tensorflow_writes(array: np.ndarray) -> None:
+    got = decode_tensor(tf.make_tensor_proto(array))  # TF picks tensor_content or typed fields per dtype
+    assert got.dtype == (object if array.dtype == object else array.dtype) and got.shape == array.shape
+    assert got.tolist() == array.tolist()
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
+def test_tensorflow_reads_what_encode_writes(array: np.ndarray) -> None:
+    back = tf.make_ndarray(encode_tensor(array))
+    assert back.shape == array.shape and back.tolist() == array.tolist()
+    if array.dtype != object:
+        assert back.dtype == array.dtype and back.tobytes() == array.tobytes()
+
+
+def test_tensor_content_is_viewed_not_copied_per_element() -> None:
+    proto = tf.make_tensor_proto(RNG.random((64, 64), dtype=np.float32))
+    assert proto.tensor_content
+    got = decode_tensor(proto)
+    assert not got.flags.writeable and not got.flags.owndata  # a view over the field's bytes
+
+
+def test_typed_fields_follow_tensorflow_fill_rules() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (2, 3):
+        proto.tensor_shape.dim.add(size=size)
+    proto.float_val.extend([1.5, 2.5])  # fewer than 6 values: the last one repeats
+    assert decode_tensor(proto).tolist() == tf.make_ndarray(proto).tolist() == [[1.5, 2.5, 2.5], [2.5, 2.5, 2.5]]
+    del proto.float_val[:]
+    assert decode_tensor(proto).tolist() == [[0.0] * 3] * 2  # none: zeros
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda p: setattr(p, "dtype", types_pb2.DT_COMPLEX64), "dtype DT_COMPLEX64 is not supported"),
+        (lambda p: setattr(p, "tensor_content", p.tensor_content[:-1]), "tensor_content has 23 bytes, expected 24"),
+        (lambda p: p.tensor_shape.dim.add(size=-1), "negative dimension"),
+        (lambda p: setattr(p.tensor_shape, "unknown_rank", True), "unknown rank"),
+        (lambda p: p.int_val.append(3), "reads float_val, but int_val is set"),
+        (lambda p: p.float_val.append(3.0), "both tensor_content and float_val are set"),
+    ],
+)
+def test_malformed_tensors_are_rejected(mutate, fragment: str) -> None:  # noqa: ANN001
+    proto = tf.make_tensor_proto(np.zeros((2, 3), np.float32))
+    mutate(proto)
+    with pytest.raises(TensorProtoError, match=fragment):
+        decode_tensor(proto)
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    proto.tensor_shape.dim.add(size=1)
+    proto.float_val.extend([1.0, 2.0])
+    with pytest.raises(TensorProtoError, match="more than the 1 elements"):
+        decode_tensor(proto)
+
+
+def test_predict_request_names_the_bad_input() -> None:
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.model_spec.version_label = "stable"
+    request.inputs["good"].CopyFrom(tf.make_tensor_proto(np.ones(2, np.float32)))
+    request.output_filter.append("y")
+    decoded = tfs_codec.decode_predict(request, time_remaining=5.0)
+    assert (decoded.model, decoded.version, decoded.label) == ("m", None, "stable")
+    assert decoded.signature == "serving_default"
+    assert decoded.outputs == ["y"] and decoded.protocol == "tfs" and decoded.deadline is not None
+    request.inputs["bad"].dtype = types_pb2.DT_RESOURCE
+    with pytest.raises(ServingError, match="input 'bad': dtype DT_RESOURCE is not supported"):
+        tfs_codec.decode_predict(request)

@@ -1,0 +1,259 @@
+"""ModelManager lifecycle without TensorFlow: a fake loader reads the word in each version's saved_model.pb."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kerve.server.errors import ErrorCode, ServingError
+from kerve.server.manager import EXPLICIT, ModelManager, VersionState
+from kerve.server.metrics import Metrics
+
+
+class FakeServable:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, path: Path, device_mode: str) -> FakeServable:
+        assert device_mode in ("replica", "mirrored")
+        self.calls.append((path.parent.name, int(path.name)))
+        if (path / "saved_model.pb").read_text() != "ok":
+            raise ValueError(f"corrupt SavedModel at {path.name}")
+        return FakeServable(path)
+
+
+def version(repo: Path, model: str, number: int, content: str = "ok") -> Path:
+    path = repo / model / str(number)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "saved_model.pb").write_text(content)
+    return path
+
+
+def run(repo: Path, body: Callable[[ModelManager, Loader], Awaitable[None]], **kwargs: Any) -> None:
+    loader = Loader()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            manager = ModelManager(repo, loader, executor, Metrics(), **kwargs)
+            await manager.load_all()
+            await body(manager, loader)
+            await manager.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def states(manager: ModelManager, model: str) -> dict[int, str]:
+    return {e.version: e.state.value for e in manager.entries(model)}
+
+
+def code_of(call: Callable[[], object]) -> ErrorCode:
+    with pytest.raises(ServingError) as info:
+        call()
+    return info.value.code
+
+
+def test_manager_does_not_import_tensorflow() -> None:
+    code = "import sys, kerve.server.manager; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_version_policies_and_labels(tmp_path: Path) -> None:
+    for model, config in (("latest2", "version_policy: {latest: 2}"), ("every", "version_policy: all"),
+                          ("some", "version_policy: {specific: [1, 3]}"), ("plain", "")):  # fmt: skip
+        for number in (1, 2, 3):
+            version(tmp_path, model, number)
+        (tmp_path / model / "config.yaml").write_text(config + "\n")
+    (tmp_path / "plain" / "config.yaml").write_text("labels: {stable: 1, canary: 3}\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.ready_versions("latest2") == [2, 3]
+        assert manager.ready_versions("every") == [1, 2, 3]
+        assert manager.ready_versions("some") == [1, 3]
+        assert manager.ready_versions("plain") == [1, 3]  # latest 1, plus the labelled version 1
+        assert manager.resolve("plain", label="stable").version == 1
+        assert manager.resolve("plain").version == 3
+        assert code_of(lambda: manager.resolve("plain", label="beta")) is ErrorCode.NOT_FOUND
+        assert code_of(lambda: manager.resolve("plain", 1, "stable")) is ErrorCode.INVALID_ARGUMENT
+        assert code_of(lambda: manager.resolve("some", 2)) is ErrorCode.NOT_FOUND
+        # a policy change applies on the next poll: 2 loads, 1 and 3 unload
+        (tmp_path / "some" / "config.yaml").write_text("version_policy: {specific: [2]}\n")
+        await manager.poll()
+        assert states(manager, "some") == {1: "UNLOADED", 2: "READY", 3: "UNLOADED"}
+        assert code_of(lambda: manager.resolve("some", 1)) is ErrorCode.NOT_FOUND
+
+    run(tmp_path, body)
+
+
+def test_broken_version_is_isolated_and_retried_only_when_its_files_change(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        v1 = manager.resolve("m")
+        version(tmp_path, "m", 2, "garbage")
+        await manager.poll()
+        assert states(manager, "m") == {1: "READY", 2: "FAILED"}
+        assert manager.resolve("m") is v1  # the previous version keeps serving
+        assert "corrupt SavedModel" in manager.entries("m")[1].reason
+        assert code_of(lambda: manager.resolve("m", 2)) is ErrorCode.UNAVAILABLE
+        calls = len(loader.calls)
+        await manager.poll()
+        assert len(loader.calls) == calls  # not retried while unchanged
+        (tmp_path / "m" / "2" / "saved_model.pb").write_text("ok")
+        os.utime(tmp_path / "m" / "2" / "saved_model.pb", ns=(1, 1))  # a different fingerprint, whatever the clock
+        await manager.poll()
+        assert states(manager, "m") == {1: "UNLOADED", 2: "READY"}
+        assert v1.servable is None
+
+    run(tmp_path, body)
+
+
+def test_first_load_falls_back_to_the_newest_healthy_version(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+    version(tmp_path, "m", 2, "garbage")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert states(manager, "m") == {1: "READY", 2: "FAILED"}
+
+    run(tmp_path, body)
+
+
+def test_unload_waits_for_in_flight_requests(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        held = manager.acquire("m")
+        servable = held.servable
+        version(tmp_path, "m", 2)
+        poll = asyncio.create_task(manager.poll())
+        for _ in range(200):  # bounded: until v2 serves and v1 waits for its request
+            if held.state is VersionState.UNLOADING:
+                break
+            await asyncio.sleep(0.01)
+        assert held.state is VersionState.UNLOADING
+        assert manager.resolve("m").version == 2  # new requests already go to v2
+        assert not poll.done() and not servable.closed
+        manager.release(held)
+        await asyncio.wait_for(poll, 5)
+        assert held.state is VersionState.UNLOADED and servable.closed
+
+    run(tmp_path, body)
+
+
+def test_deleted_version_unloads_and_is_forgotten(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+    version(tmp_path, "m", 2)
+    (tmp_path / "m" / "config.yaml").write_text("version_policy: all\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        shutil.rmtree(tmp_path / "m" / "2")
+        await manager.poll()
+        assert states(manager, "m") == {1: "READY"}
+        shutil.rmtree(tmp_path / "m")
+        await manager.poll()
+        assert manager.models() == []
+
+    run(tmp_path, body)
+
+
+def test_invalid_config_fails_only_that_model(tmp_path: Path) -> None:
+    version(tmp_path, "good", 1)
+    version(tmp_path, "bad", 1)
+    (tmp_path / "bad" / "config.yaml").write_text("version_policy: {latest: 0}\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.ready_versions("good") == [1]
+        assert manager.ready_versions("bad") == []
+        rows = [(r.model, r.version, r.state) for r in manager.index()]
+        assert ("bad", "", "FAILED") in rows
+        with pytest.raises(ServingError, match="latest must be a positive integer"):
+            manager.resolve("bad")
+        (tmp_path / "bad" / "config.yaml").write_text("version_policy: {latest: 1}\n")
+        await manager.poll()
+        assert manager.ready_versions("bad") == [1]
+        assert [r for r in manager.index() if r.model == "bad" and not r.version] == []
+        # a config broken while serving keeps the loaded versions and their last good config
+        (tmp_path / "bad" / "config.yaml").write_text("labels: nope\n")
+        version(tmp_path, "bad", 2)
+        await manager.poll()
+        assert manager.ready_versions("bad") == [1]
+
+    run(tmp_path, body)
+
+
+def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+    warmed: list[int] = []
+
+    def warmup(model: str, path: Path, servable: Any) -> int:
+        if path.name == "2":
+            raise RuntimeError("warmup request 1 of 1 failed: input 'x': bad")
+        warmed.append(int(path.name))
+        return 3
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.entries("m")[0].warmup_requests == 3
+        version(tmp_path, "m", 2)
+        await manager.poll()
+        assert states(manager, "m") == {1: "READY", 2: "FAILED"}
+        assert "warmup request 1 of 1 failed" in manager.entries("m")[1].reason
+        assert warmed == [1]
+
+    run(tmp_path, body, warmup=warmup)
+
+
+def test_explicit_control(tmp_path: Path) -> None:
+    version(tmp_path, "a", 1)
+    version(tmp_path, "b", 1)
+
+    async def poll_mode(manager: ModelManager, _loader: Loader) -> None:
+        with pytest.raises(ServingError) as info:
+            await manager.load_model("a")
+        assert info.value.code is ErrorCode.FAILED_PRECONDITION
+
+    run(tmp_path, poll_mode)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.models() == ["a", "b"]  # what is there at start is loaded
+        version(tmp_path, "a", 2)
+        await manager.poll()  # explicit control ignores polls ...
+        assert manager.ready_versions("a") == [1]
+        await manager.load_model("a")  # ... and applies the repository when told
+        assert manager.ready_versions("a") == [2]
+        await manager.unload_model("b")
+        assert code_of(lambda: manager.resolve("b")) is ErrorCode.NOT_FOUND
+        assert ("b", "", "UNLOADED") in [(r.model, r.version, r.state) for r in manager.index()]
+        for bad, code in (("../a", ErrorCode.INVALID_ARGUMENT), ("/etc", ErrorCode.INVALID_ARGUMENT),
+                          ("nope", ErrorCode.NOT_FOUND)):  # fmt: skip
+            with pytest.raises(ServingError) as info:
+                await manager.load_model(bad)
+            assert info.value.code is code
+        version(tmp_path, "c", 1, "garbage")
+        with pytest.raises(ServingError, match="failed to load model 'c'"):
+            await manager.load_model("c")
+        await manager.apply_models({"b": {"labels": {"stable": 1}}})  # exclusive: a and c go
+        assert manager.ready_versions("b") == [1] and manager.ready_versions("a") == []
+        assert manager.resolve("b", label="stable").version == 1
+        with pytest.raises(ServingError) as info:
+            await manager.apply_models({"b": {"version_policy": {"latest": 0}}})
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+        assert manager.ready_versions("b") == [1]
+
+    run(tmp_path, body, control=EXPLICIT)
