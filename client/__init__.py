@@ -12,6 +12,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from .options import Keepalive, RetryPolicy, TLSConfig, read_token_file
 from .wire import InferResult, ModelIndexEntry, ModelMetadata, TensorInfo
 
 __all__ = [
@@ -21,13 +22,17 @@ __all__ = [
     "FailedPreconditionError",
     "InferResult",
     "InvalidArgumentError",
+    "Keepalive",
     "KerveError",
     "ModelIndexEntry",
     "ModelMetadata",
     "NotFoundError",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "ServerError",
+    "TLSConfig",
     "TensorInfo",
     "UnauthenticatedError",
     "UnavailableError",
+    "read_token_file",
 ]

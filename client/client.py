@@ -1,8 +1,13 @@
-"""Client and AsyncClient: the same methods, blocking and asyncio, over the V2 gRPC protocol."""
+"""Client and AsyncClient: the same methods and options, blocking and asyncio, over the V2 gRPC protocol.
+
+Options (TLS, bearer token, retries, keepalive, load balancing) are built once by `options.client_config`, so
+the two clients cannot drift apart; only the I/O (blocking vs awaitable) differs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,15 +20,33 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import wire
 from .errors import UnavailableError, from_rpc_error
+from .options import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    NO_RETRY,
+    Keepalive,
+    RetryPolicy,
+    TLSConfig,
+    acall_with_retry,
+    call_with_retry,
+    client_config,
+)
 from .wire import InferResult, ModelIndexEntry, ModelMetadata
 
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRY = RetryPolicy()
 
 
 class Client:
     """Blocking client. One channel per instance; gRPC multiplexes concurrent calls over it.
 
-    `timeout` is seconds per call (the gRPC deadline); each method accepts its own to override it.
+    - `target`: `host:port`, or `dns:///host:port` for every address a name resolves to (a headless Service:
+      one per pod), or `ipv4:a:p,b:q`; `load_balancing="round_robin"` (default) spreads calls over them.
+    - `timeout`: seconds per call, retries included (the overall deadline); each method accepts its own.
+    - `retry`: a RetryPolicy (default: up to 4 attempts on UNAVAILABLE, exponential backoff with jitter, never
+      past the deadline); None disables retries. `ready()`/`wait_ready()` poll and do not retry.
+    - `tls`: a TLSConfig (root CA, client certificate and key for mutual TLS, server name override), or True
+      for TLS with the system roots. `token`: sent as `authorization: Bearer <token>` on every call.
+    - `keepalive`: a Keepalive to ping idle connections and notice dead peers early.
     """
 
     def __init__(
@@ -31,18 +54,40 @@ class Client:
         target: str,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
-        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TLSConfig | bool | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        keepalive: Keepalive | None = None,
+        load_balancing: str = "round_robin",
     ) -> None:
+        self.config = client_config(
+            target,
+            timeout=timeout,
+            max_message_bytes=max_message_bytes,
+            tls=tls,
+            token=token,
+            retry=retry,
+            keepalive=keepalive,
+            load_balancing=load_balancing,
+        )
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=wire.channel_options(max_message_bytes))
+        self._rng = random.Random()
+        self._channel = self.config.sync_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
+        metadata = self.config.metadata
+
+        def attempt(remaining: float | None) -> Any:
+            try:
+                return method(request, timeout=remaining, metadata=metadata)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        policy = self.config.retry if retry else NO_RETRY
+        return call_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
 
     def live(self, timeout: float | None = None) -> bool:
         return bool(self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live)
@@ -51,9 +96,9 @@ class Client:
         """Server readiness, or one model's; False (not an error) when the server cannot be reached."""
         try:
             if model is None:
-                return bool(self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready)
+                return bool(self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout, retry=False).ready)
             request = pb.ModelReadyRequest(name=model, version="" if version is None else str(version))
-            return bool(self._call(self._stub.ModelReady, request, timeout).ready)
+            return bool(self._call(self._stub.ModelReady, request, timeout, retry=False).ready)
         except UnavailableError:
             return False
 
@@ -113,25 +158,47 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio twin of Client, with the same method names and arguments."""
+    """asyncio twin of Client, with the same method names, arguments and options."""
 
     def __init__(
         self,
         target: str,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
-        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TLSConfig | bool | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        keepalive: Keepalive | None = None,
+        load_balancing: str = "round_robin",
     ) -> None:
+        self.config = client_config(
+            target,
+            timeout=timeout,
+            max_message_bytes=max_message_bytes,
+            tls=tls,
+            token=token,
+            retry=retry,
+            keepalive=keepalive,
+            load_balancing=load_balancing,
+        )
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=wire.channel_options(max_message_bytes))
+        self._rng = random.Random()
+        self._channel = self.config.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    async def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
+        metadata = self.config.metadata
+
+        async def attempt(remaining: float | None) -> Any:
+            try:
+                return await method(request, timeout=remaining, metadata=metadata)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        policy = self.config.retry if retry else NO_RETRY
+        return await acall_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
 
     async def live(self, timeout: float | None = None) -> bool:
         return bool((await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live)
@@ -141,9 +208,10 @@ class AsyncClient:
     ) -> bool:
         try:
             if model is None:
-                return bool((await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout)).ready)
+                response = await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout, retry=False)
+                return bool(response.ready)
             request = pb.ModelReadyRequest(name=model, version="" if version is None else str(version))
-            return bool((await self._call(self._stub.ModelReady, request, timeout)).ready)
+            return bool((await self._call(self._stub.ModelReady, request, timeout, retry=False)).ready)
         except UnavailableError:
             return False
 

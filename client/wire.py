@@ -13,8 +13,6 @@ from kerve.protos import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError, ServerError
 
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -46,13 +44,6 @@ class ModelIndexEntry:
     version: str
     state: str
     reason: str
-
-
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
 
 
 def build_infer_request(

@@ -7,11 +7,40 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="localhost:8500", help="server address host:port (default localhost:8500)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    parser.add_argument(
+        "--target",
+        default="localhost:8500",
+        help="server address host:port, or dns:///host:port for every address behind a name (default localhost:8500)",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call, retries included")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle that signed the server certificate: use TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for servers that require mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-server-name", help="name to verify the server certificate against (default: host)")
+    parser.add_argument("--token-file", type=Path, help="file holding a bearer token sent as 'authorization: Bearer'")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A Client from the --target/--timeout/--tls-*/--token-file flags; ValueError for unusable flags or files."""
+    from kerve.client import Client, TLSConfig, read_token_file
+
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{flag} {path} is not a file")
+        tls = TLSConfig(
+            root_certificates=args.tls_ca,
+            certificate_chain=args.tls_cert,
+            private_key=args.tls_key,
+            server_name=args.tls_server_name,
+        )
+    token = read_token_file(args.token_file) if args.token_file else None
+    return Client(args.target, timeout=args.timeout, tls=tls, token=token)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -38,6 +67,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return training_cli.main(args)
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    try:
+        import keras_tuner  # noqa: F401
+
+        from kerve.training import cli as training_cli
+    except ModuleNotFoundError as exc:
+        return _missing("retrain", "training", exc)
+    return training_cli.retrain_main(args)
+
+
 def _parse_input(spec: str) -> tuple[str, Path]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
@@ -48,7 +87,7 @@ def _parse_input(spec: str) -> tuple[str, Path]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from kerve.client import Client, KerveError
+    from kerve.client import KerveError
 
     inputs = {}
     for name, path in args.input:
@@ -57,7 +96,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"kerve predict: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-    with Client(args.target, timeout=args.timeout) as client:
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        print(f"kerve predict: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             result = client.infer(args.model, inputs, version=args.version, outputs=args.output or None)
         except KerveError as exc:
@@ -77,9 +121,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from kerve.client import Client, KerveError
+    from kerve.client import KerveError
 
-    with Client(args.target, timeout=args.timeout) as client:
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        print(f"kerve models: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             entries = client.models()
         except KerveError as exc:
@@ -117,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="scheduled retraining: train, gate against the current version, publish if not worse",
+        description="Exit codes: 0 published, 3 rejected by the gate (nothing published), 1 failed, 2 bad config.",
+    )
+    from kerve.training.cli import add_retrain_arguments  # argparse only, no TF
+
+    add_retrain_arguments(retrain)
+    retrain.set_defaults(func=_cmd_retrain)
 
     predict = sub.add_parser("predict", help="send .npy inputs to a served model and print the outputs")
     _add_target(predict)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,10 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(repository: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    repository: Path, port: int, log_path: Path, extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """`kerve serve` on loopback without metrics; `extra_args` come last, so they can override those flags."""
     cmd = [
         sys.executable, "-m", "kerve", "serve",
         "--model-repository", str(repository), "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+        *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     with open(log_path, "wb") as log:

@@ -6,6 +6,8 @@ nothing here knows a wire format. Each server owns its own registry so several c
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -47,6 +49,7 @@ class Metrics:
         self.batch_size = Histogram(
             "kerve_batch_size", "Samples per model execution.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
+        self.batches = Counter("kerve_batches", "Model executions by device replica.", ["model", "device"], registry=r)
         self.queue_depth = Gauge("kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=r)
         self.inflight = Gauge("kerve_inflight_requests", "Requests being processed.", ["model"], registry=r)
         self.model_state = Gauge(
@@ -75,11 +78,27 @@ class Metrics:
         self.requests.labels(model, version, protocol, code).inc()
         self.request_seconds.labels(model, protocol).observe(seconds)
 
+    def count_request(self, model: str, version: str, protocol: str, code: str) -> None:
+        """A request that ended before timing started (rejected while decoding)."""
+        self.requests.labels(model, version, protocol, code).inc()
+
     def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.queue_seconds.labels(model).observe(queue_s)
         self.compute_seconds.labels(model).observe(compute_s)
 
-    def set_state(self, model: str, version: int, state: str, all_states: list[str]) -> None:
+    def set_state(self, model: str, version: int | str, state: str, all_states: list[str]) -> None:
+        """version "" is the model as a whole (e.g. FAILED for an invalid config.yaml)."""
         for name in all_states:
             self.model_state.labels(model, str(version), name).set(1.0 if name == state else 0.0)
+        if state == "READY":
+            # export the per-model gauges at 0 from the first load on: autoscalers and alerts then read 0 for
+            # an idle model instead of "no data"
+            self.queue_depth.labels(model)
+            self.inflight.labels(model)
+
+    def clear_state(self, model: str, version: int | str, all_states: list[str]) -> None:
+        """Drop the series of a version the server no longer knows, so removed versions do not linger."""
+        for name in all_states:
+            with contextlib.suppress(KeyError):
+                self.model_state.remove(model, str(version), name)

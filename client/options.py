@@ -1,0 +1,348 @@
+"""Connection options shared by Client and AsyncClient: TLS, bearer token, keepalive, load balancing, retries.
+
+Everything here is plain data and pure functions (no I/O besides reading certificate files), so both clients
+build their channel, call metadata and retry decisions from one code path:
+
+- `channel_options(...)`: the gRPC channel arguments (message size, load-balancing service config, keepalive,
+  reconnect backoff, TLS server-name override).
+- `TLSConfig`: root certificates (None: the system roots), client certificate and key for mutual TLS.
+- `call_metadata(token)`: `authorization: Bearer <token>` for every call.
+- `RetryPolicy`: exponential backoff with jitter on retryable status codes, never past the caller's deadline.
+  `call_with_retry` / `acall_with_retry` run it with an injectable clock, sleep and random source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from .errors import KerveError
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+LOAD_BALANCING_POLICIES = ("round_robin", "pick_first")
+MIN_KEEPALIVE_S = 10.0  # kerve serve accepts pings this often; most servers reject more frequent ones
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------- TLS
+
+
+def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {value}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the channel. Each PEM field takes bytes or a file path.
+
+    - `root_certificates`: CA bundle that signed the server's certificate; None uses the system roots.
+    - `certificate_chain` + `private_key`: the client certificate, for servers that require mutual TLS.
+    - `server_name`: the name to verify the server certificate against when it differs from the target's host
+      (an IP address, a load balancer); sets `grpc.ssl_target_name_override`.
+    """
+
+    root_certificates: bytes | str | Path | None = None
+    certificate_chain: bytes | str | Path | None = None
+    private_key: bytes | str | Path | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("TLS client certificate and private key go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.root_certificates, "TLS root certificates"),
+            private_key=_pem(self.private_key, "TLS private key"),
+            certificate_chain=_pem(self.certificate_chain, "TLS certificate chain"),
+        )
+
+
+# --------------------------------------------------------------------------------------------- keepalive
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive pings: detect a dead peer (a pod gone without closing its connections) within
+    `time_s + timeout_s` instead of at the next call's deadline."""
+
+    time_s: float = 30.0  # ping after this long without activity
+    timeout_s: float = 10.0  # close the connection if the ping is not answered within this
+    permit_without_calls: bool = True  # also ping idle connections (kerve serve allows it)
+
+    def __post_init__(self) -> None:
+        if self.time_s < MIN_KEEPALIVE_S:
+            raise ValueError(f"keepalive time_s must be >= {MIN_KEEPALIVE_S:g} (servers reject faster pings)")
+        if self.timeout_s <= 0:
+            raise ValueError("keepalive timeout_s must be > 0")
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.keepalive_time_ms", int(self.time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+# ----------------------------------------------------------------------------------------------- retries
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry a call that failed with one of `retry_on` codes, waiting an exponentially growing, jittered delay.
+
+    Before attempt n+1 (n = 1, 2, ...) the client waits `base * uniform(1 - jitter, 1)`, where
+    `base = min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))`; jitter 1.0 is "full jitter".
+    Attempts stop at `max_attempts`, and never run past the caller's deadline: a delay that would end after
+    it is not slept, the last error is raised instead. Only idempotent calls are retried (inference, metadata,
+    model index, liveness). RESOURCE_EXHAUSTED (a full queue) is worth adding to `retry_on` when other replicas
+    may have room.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    retry_on: frozenset[str] = field(default_factory=lambda: frozenset({"UNAVAILABLE"}))
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("need 0 < initial_backoff_s <= max_backoff_s")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be in [0, 1]")
+        object.__setattr__(self, "retry_on", frozenset(code.upper() for code in self.retry_on))
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return base * (1.0 - self.jitter * rng.random())
+
+    def next_delay(
+        self, attempt: int, error: KerveError, remaining_s: float | None, rng: random.Random
+    ) -> float | None:
+        """The delay before the next attempt, or None to give up and raise `error`."""
+        if error.code not in self.retry_on or attempt >= self.max_attempts:
+            return None
+        delay = self.backoff(attempt, rng)
+        if remaining_s is not None and delay >= remaining_s:
+            return None
+        return delay
+
+    def reconnect_options(self) -> list[tuple[str, Any]]:
+        """Reconnect to a failed address on the retry schedule (gRPC's default waits 1 s, then longer)."""
+        return [
+            ("grpc.initial_reconnect_backoff_ms", max(1, int(self.initial_backoff_s * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, int(self.max_backoff_s * 1000))),
+        ]
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def call_with_retry(
+    attempt: Callable[[float | None], T],
+    policy: RetryPolicy,
+    timeout_s: float | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """Run `attempt(timeout_for_this_attempt)` until it succeeds, the policy gives up or the deadline passes.
+
+    `timeout_s` is the caller's overall budget; each attempt gets what is left of it."""
+    rng = rng or random.Random()
+    deadline = None if timeout_s is None else clock() + timeout_s
+    number = 1
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - clock())
+        try:
+            return attempt(remaining)
+        except KerveError as error:
+            left = None if deadline is None else deadline - clock()
+            delay = policy.next_delay(number, error, left, rng)
+            if delay is None:
+                raise
+        sleep(delay)
+        number += 1
+
+
+async def acall_with_retry(
+    attempt: Callable[[float | None], Awaitable[T]],
+    policy: RetryPolicy,
+    timeout_s: float | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """asyncio twin of `call_with_retry`, with the same decisions."""
+    rng = rng or random.Random()
+    deadline = None if timeout_s is None else clock() + timeout_s
+    number = 1
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - clock())
+        try:
+            return await attempt(remaining)
+        except KerveError as error:
+            left = None if deadline is None else deadline - clock()
+            delay = policy.next_delay(number, error, left, rng)
+            if delay is None:
+                raise
+        await sleep(delay)
+        number += 1
+
+
+# ------------------------------------------------------------------------------------------ channel setup
+
+
+def service_config(load_balancing: str) -> str:
+    if load_balancing not in LOAD_BALANCING_POLICIES:
+        raise ValueError(f"load_balancing must be one of {LOAD_BALANCING_POLICIES}, got {load_balancing!r}")
+    return json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})
+
+
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    load_balancing: str = "round_robin",
+    keepalive: Keepalive | None = None,
+    retry: RetryPolicy | None = None,
+    tls: TLSConfig | None = None,
+) -> list[tuple[str, Any]]:
+    """gRPC channel arguments for a kerve client channel.
+
+    `round_robin` (the default) connects to every address the target resolves to (`dns:///kerve-headless:8500`
+    gives one per pod) and spreads calls over them; with one address it behaves like `pick_first`."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", service_config(load_balancing)),
+        # an explicit service config wins over one a resolver may return (DNS TXT records)
+        ("grpc.service_config_disable_resolution", 1),
+    ]
+    if keepalive is not None:
+        options += keepalive.channel_options()
+    if retry is not None:
+        options += retry.reconnect_options()
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    if token is None:
+        return None
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("the bearer token must be non-empty and contain no whitespace")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def read_token_file(path: str | Path) -> str:
+    """The first non-blank, non-comment line of a token file (the format `kerve serve --auth-token-file` reads)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    for line in lines:
+        if line.strip() and not line.strip().startswith("#"):
+            return line.strip()
+    raise ValueError(f"token file {path} holds no token")
+
+
+# ----------------------------------------------------------------------------------------- client config
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything Client and AsyncClient take besides the target, validated once; builds their channel."""
+
+    target: str
+    timeout: float = 30.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    tls: TLSConfig | None = None
+    token: str | None = None
+    retry: RetryPolicy = NO_RETRY
+    keepalive: Keepalive | None = None
+    load_balancing: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise ValueError("target is empty: pass host:port or dns:///host:port")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        service_config(self.load_balancing)  # validates the policy name
+        call_metadata(self.token)  # validates the token
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return call_metadata(self.token)
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return channel_options(
+            self.max_message_bytes,
+            load_balancing=self.load_balancing,
+            keepalive=self.keepalive,
+            retry=self.retry if self.retry.max_attempts > 1 else None,
+            tls=self.tls,
+        )
+
+    def sync_channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.target, options=self.channel_options())
+        return grpc.secure_channel(self.target, self.tls.credentials(), options=self.channel_options())
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self.channel_options())
+        return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.channel_options())
+
+
+def client_config(
+    target: str,
+    *,
+    timeout: float,
+    max_message_bytes: int,
+    tls: TLSConfig | bool | None,
+    token: str | None,
+    retry: RetryPolicy | None,
+    keepalive: Keepalive | None,
+    load_balancing: str,
+) -> ClientConfig:
+    """The keyword arguments of Client/AsyncClient -> ClientConfig (`tls=True`: TLS with the system roots)."""
+    if tls is True:
+        tls = TLSConfig()
+    elif tls is False:
+        tls = None
+    return ClientConfig(
+        target=target,
+        timeout=timeout,
+        max_message_bytes=max_message_bytes,
+        tls=tls,
+        token=token,
+        retry=retry if retry is not None else NO_RETRY,
+        keepalive=keepalive,
+        load_balancing=load_balancing,
+    )
