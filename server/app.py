@@ -10,19 +10,24 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
+from . import tfs_service, warmup
+from .devices import configure_devices
 from .inference import InferenceEngine
 from .manager import ModelManager
 from .metrics import Metrics
-from .model import load_servable
+from .model import replica_loader
+from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings
 from .v2_service import V2Servicer
 
@@ -32,11 +37,28 @@ V2_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
-    """Our protos live in a private pool (see tools/gen_protos.py); reflection needs every served file."""
+    """Our protos live in a private pool (see tools/gen_protos.py); reflection needs every served file, and the
+    TF Serving ones bring their TensorFlow and google.protobuf imports along (added first, once each)."""
     pool = descriptor_pool.DescriptorPool()
-    for module in (pb, health_pb2, reflection_pb2):
-        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    added: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name not in added:
+            added.add(file.name)
+            for dependency in file.dependencies:
+                add(dependency)
+            pool.AddSerializedFile(file.serialized_pb)
+
+    for file in (pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR, *tfs_service.PROTO_FILES):
+        add(file)
     return pool
+
+
+def _connection_age_options(age_s: float) -> list[tuple[str, int]]:
+    if age_s <= 0:
+        return []
+    age_ms = int(age_s * 1000)
+    return [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", max(age_ms // 10, 5000))]
 
 
 class KerveServer:
@@ -44,8 +66,22 @@ class KerveServer:
         self.settings = settings
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kerve-infer")
-        self.manager = ModelManager(settings.model_repository, load_servable, self.executor, self.metrics)
-        self.engine = InferenceEngine(self.manager, self.executor, self.metrics)
+        # before any model loads: TensorFlow fixes its device list when its runtime starts
+        self.devices = configure_devices(settings.devices, settings.cpu_replicas)
+        names = ", ".join(self.devices.names)
+        log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
+        loader = replica_loader(self.devices.names)
+        self.manager = ModelManager(
+            settings.model_repository,
+            loader,
+            self.executor,
+            self.metrics,
+            warmup=warmup.replay,
+            control=settings.model_control,
+        )
+        self.engine = InferenceEngine(
+            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches
+        )
         self.health = health.aio.HealthServicer()
         self.draining = False
         self.port = 0
@@ -53,26 +89,49 @@ class KerveServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # accept client keepalive pings (kerve.client keepalive, at least 10 s apart) on idle connections too
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            *_connection_age_options(settings.max_connection_age_s),
         ]
-        self.server = grpc.aio.server(options=options)
+        # read certificates, keys and tokens now, so a bad file fails the start before the port opens
+        self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        self.server = grpc.aio.server(options=options, interceptors=server_interceptors(settings.auth_token_file))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             V2Servicer(self.manager, self.engine, self.ready), self.server
         )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            tfs_service.PredictionServicer(self.manager, self.engine), self.server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(tfs_service.ModelServicer(self.manager), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server, pool=_reflection_pool()
+            [V2_SERVICE, *tfs_service.SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self.server,
+            pool=_reflection_pool(),
         )
+
+    def _transport(self) -> str:
+        if self.credentials is None:
+            return "plaintext"
+        return "mutual TLS (client certificates required)" if self.settings.tls_client_ca else "TLS"
+
+    def _auth(self) -> str:
+        return "none" if self.settings.auth_token_file is None else "bearer token (health checks exempt)"
 
     def ready(self) -> bool:
         return self.manager.initial_load_done and not self.draining
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", V2_SERVICE):
+        for service in ("", V2_SERVICE, *tfs_service.SERVICES):
             await self.health.set(service, status)
 
     async def start(self) -> None:
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(address, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -85,13 +144,22 @@ class KerveServer:
             self.port,
             self.settings.model_repository,
         )
+        log.info("transport: %s; auth: %s", self._transport(), self._auth())
+        if self.settings.auth_token_file is not None and self.credentials is None:
+            log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key")
         await self.manager.load_all()
+        self.manager.start_polling(self.settings.poll_interval_s)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         ready = [f"{e.model}:{e.version}" for e in self.manager.entries() if e.servable is not None]
         log.info("ready on port %d serving %s", self.port, ", ".join(ready) or "no models")
+        if self.settings.model_control == "explicit":
+            log.info("model control: explicit (load/unload through the repository RPCs only)")
+        elif self.settings.poll_interval_s > 0:
+            log.info("model control: polling the repository every %gs", self.settings.poll_interval_s)
 
     async def stop(self) -> None:
         self.draining = True
+        await self.manager.close()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining: finishing in-flight requests (grace %.1fs)", self.settings.grace_s)
         await self.server.stop(self.settings.grace_s)
@@ -113,4 +181,8 @@ async def serve(settings: ServerSettings) -> int:
 
 def main(settings: ServerSettings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except SecurityConfigError as exc:
+        log.error("%s", exc)
+        return 2

@@ -43,13 +43,15 @@ class Signature:
             try:
                 result = self._fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
             except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-                raise ServingError(
-                    ErrorCode.INVALID_ARGUMENT, f"model rejected the inputs: {_first_line(exc)}"
-                ) from None
+                raise _rejected(exc) from None
             except tf.errors.ResourceExhaustedError as exc:
                 raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, _first_line(exc)) from None
         names = output_names or sorted(result)
         return {name: result[name].numpy() for name in names}
+
+
+def _rejected(exc: BaseException) -> ServingError:
+    return ServingError(ErrorCode.INVALID_ARGUMENT, f"model rejected the inputs: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -91,5 +93,85 @@ class SavedModelServable:
             raise not_found(f"signature {key!r} not found; available: {sorted(self.signatures)}") from None
 
 
-def load_servable(path: str | Path, device: str | None = None) -> SavedModelServable:
-    return SavedModelServable(path, device)
+class ReplicatedServable:
+    """The same version loaded once per device (device_mode: replica); specs come from the first replica.
+
+    The batcher gets one runner per device and sends each batch to an idle one.
+    """
+
+    platform = PLATFORM
+
+    def __init__(self, path: str | Path, devices: Sequence[str]) -> None:
+        if not devices:
+            raise ValueError("at least one device is needed")
+        self.path = Path(path)
+        self.replicas = [SavedModelServable(path, device) for device in devices]
+        self.signatures = self.replicas[0].signatures
+        self.runner_devices = [replica.device or "default" for replica in self.replicas]
+
+    def signature(self, key: str | None = None) -> Signature:
+        return self.replicas[0].signature(key)
+
+    def runners(self, key: str) -> list[Any]:
+        """One callable per device for the batcher: inputs with a batch dim -> all outputs."""
+        return [replica.signatures[key].run for replica in self.replicas]
+
+
+class MirroredServable:
+    """One copy whose variables MirroredStrategy mirrors on every device (device_mode: mirrored).
+
+    Each batch is split into one shard per device and run on all of them at once: for large batches of a
+    compute-heavy model, latency drops with the number of devices instead of only throughput rising.
+    """
+
+    platform = PLATFORM
+
+    def __init__(self, path: str | Path, devices: Sequence[str]) -> None:
+        if not devices:
+            raise ValueError("at least one device is needed")
+        self.path = Path(path)
+        self.strategy = tf.distribute.MirroredStrategy(list(devices))
+        with self.strategy.scope():
+            self._model = SavedModelServable(path)
+        self.signatures = self._model.signatures
+        self.runner_devices = ["mirrored:" + ",".join(devices)]
+
+    def signature(self, key: str | None = None) -> Signature:
+        return self._model.signature(key)
+
+    def runners(self, key: str) -> list[Any]:
+        return [self._sharded_runner(self.signatures[key])]
+
+    def _sharded_runner(self, signature: Signature) -> Any:
+        strategy = self.strategy
+        shards = strategy.num_replicas_in_sync
+        fn = signature._fn
+
+        @tf.function(reduce_retracing=True)
+        def step(values: Any) -> Any:
+            return strategy.run(lambda v: fn(**v), args=(values,))
+
+        def run(inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+            split = {name: np.array_split(value, shards) for name, value in inputs.items()}
+            values = strategy.experimental_distribute_values_from_function(
+                lambda ctx: {name: tf.constant(parts[ctx.replica_id_in_sync_group]) for name, parts in split.items()}
+            )
+            try:
+                per_replica = strategy.experimental_local_results(step(values))
+            except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+                raise _rejected(exc) from None
+            names = output_names or sorted(per_replica[0])
+            return {name: np.concatenate([part[name].numpy() for part in per_replica]) for name in names}
+
+        return run
+
+
+def replica_loader(devices: Sequence[str]) -> Any:
+    """The manager's loader: (path, device_mode) -> a servable over the configured devices."""
+
+    def load(path: Path, device_mode: str = "replica") -> ReplicatedServable | MirroredServable:
+        if device_mode == "mirrored":
+            return MirroredServable(path, devices)
+        return ReplicatedServable(path, devices)
+
+    return load

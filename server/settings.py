@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .batcher import BatchingConfig
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -16,7 +18,17 @@ class ServerSettings:
     metrics_port: int = 8501  # 0 disables the Prometheus endpoint
     workers: int = max(2, os.cpu_count() or 2)
     grace_s: float = 15.0
+    max_connection_age_s: float = 0.0  # >0: close connections this old (with a grace) so clients re-resolve DNS
     max_message_bytes: int = 256 * 1024 * 1024
+    tls_cert: Path | None = None  # PEM; with tls_key the gRPC port speaks TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA bundle: require and verify client certificates (mutual TLS)
+    auth_token_file: Path | None = None  # accepted bearer tokens, one per line
+    batching: BatchingConfig | None = BatchingConfig()  # server-wide defaults; None turns dynamic batching off
+    devices: str = "auto"  # auto | cpu | gpu | tpu
+    cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
+    poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
+    model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -25,10 +37,34 @@ class ServerSettings:
             raise ValueError("--metrics-port must differ from --port")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.devices not in ("auto", "cpu", "gpu", "tpu"):
+            raise ValueError(f"--devices must be auto, cpu, gpu or tpu, got {self.devices!r}")
+        if self.cpu_replicas < 1:
+            raise ValueError(f"--cpu-replicas must be >= 1, got {self.cpu_replicas}")
+        if not (self.poll_interval_s >= 0):  # also rejects NaN
+            raise ValueError(f"--poll-interval must be >= 0 seconds, got {self.poll_interval_s}")
+        if self.model_control not in ("poll", "explicit"):
+            raise ValueError(f"--model-control must be poll or explicit, got {self.model_control!r}")
         if self.grace_s < 0:
             raise ValueError(f"--grace-period must be >= 0, got {self.grace_s}")
+        if self.max_connection_age_s < 0:
+            raise ValueError(f"--max-connection-age-s must be >= 0, got {self.max_connection_age_s}")
         if not self.model_repository.is_dir():
             raise ValueError(f"--model-repository {self.model_repository} is not a directory")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"--max-message-mb must be >= 1, got {self.max_message_bytes // (1024 * 1024)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+            ("--auth-token-file", self.auth_token_file),
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{flag} {path} is not a file")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -53,7 +89,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2), help="inference threads")
     parser.add_argument("--grace-period", type=float, default=15.0, help="seconds to drain on SIGTERM")
+    parser.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        default=float(_env("MAX_CONNECTION_AGE_S", "0") or 0),
+        help="close client connections after this many seconds (in-flight calls finish first), so round_robin "
+        "clients re-resolve DNS and find pods added by a scale-up; 0 = never (env KERVE_MAX_CONNECTION_AGE_S)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(_env("POLL_INTERVAL", "30") or 30),
+        help="seconds between model repository polls for new/removed versions and config.yaml changes; "
+        "0 = off (env KERVE_POLL_INTERVAL)",
+    )
+    parser.add_argument(
+        "--model-control",
+        choices=["poll", "explicit"],
+        default=_env("MODEL_CONTROL", "poll"),
+        help="poll: follow the repository; explicit: load what is there at start, then change models only "
+        "through RepositoryModelLoad/Unload and HandleReloadConfigRequest (env KERVE_MODEL_CONTROL)",
+    )
     parser.add_argument("--max-message-mb", type=int, default=256, help="max gRPC message size in MiB")
+    parser.add_argument(
+        "--tls-cert", type=Path, default=_env("TLS_CERT"), help="PEM certificate chain: serve TLS (env KERVE_TLS_CERT)"
+    )
+    parser.add_argument("--tls-key", type=Path, default=_env("TLS_KEY"), help="PEM private key (env KERVE_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=_env("TLS_CLIENT_CA"),
+        help="PEM CA bundle: require client certificates signed by it, mutual TLS (env KERVE_TLS_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=_env("AUTH_TOKEN_FILE"),
+        help="file of accepted bearer tokens, one per line; calls need 'authorization: Bearer <token>' "
+        "metadata, health checks stay open (env KERVE_AUTH_TOKEN_FILE)",
+    )
+    _add_batching_arguments(parser)
+
+
+def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dynamic batching and devices (a model's config.yaml can override batching)")
+    group.add_argument(
+        "--batching", action=argparse.BooleanOptionalAction, default=True, help="dynamic batching (default on)"
+    )
+    group.add_argument("--max-batch-size", type=int, default=64, help="rows per model execution (64)")
+    group.add_argument(
+        "--batch-timeout-us", type=int, default=1000, help="longest a request waits for others to join its batch"
+    )
+    group.add_argument(
+        "--allowed-batch-sizes", default="", help="comma-separated sizes to pad batches up to (default: TPU only)"
+    )
+    group.add_argument("--max-queued", type=int, default=4096, help="queued rows per model before RESOURCE_EXHAUSTED")
+    group.add_argument("--devices", default="auto", choices=["auto", "cpu", "gpu", "tpu"], help="serving devices")
+    group.add_argument("--cpu-replicas", type=int, default=1, help="logical CPU devices, one model replica each")
+
+
+def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
+    if not args.batching:
+        return None
+    sizes = tuple(int(x) for x in args.allowed_batch_sizes.split(",") if x.strip())
+    return BatchingConfig(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_s=args.batch_timeout_us / 1e6,
+        allowed_batch_sizes=sizes,
+        max_queued=args.max_queued,
+    )
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None or str(value) == "" else Path(value)
 
 
 def from_args(args: argparse.Namespace) -> ServerSettings:
@@ -64,5 +172,15 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_port=args.metrics_port,
         workers=args.workers,
         grace_s=args.grace_period,
+        max_connection_age_s=args.max_connection_age_s,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
+        tls_cert=_path(args.tls_cert),
+        tls_key=_path(args.tls_key),
+        tls_client_ca=_path(args.tls_client_ca),
+        auth_token_file=_path(args.auth_token_file),
+        batching=batching_from_args(args),
+        devices=args.devices,
+        cpu_replicas=args.cpu_replicas,
+        poll_interval_s=args.poll_interval,
+        model_control=args.model_control,
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kerve.client import Client
 from kerve.quickstart import free_port, start_server, wait_until_ready
@@ -35,13 +38,17 @@ def build_models(repo: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, log_dir: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_server(
+    repo: Path, log_dir: Path, *extra: str, client: dict[str, Any] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`kerve serve` on a free loopback port with `extra` flags appended; `client` holds the Client keyword
+    arguments (tls, token) the readiness poll needs."""
     port = free_port()
-    proc = start_server(repo, port, log_dir / f"server-{port}.log")
+    proc = start_server(repo, port, log_dir / f"server-{port}.log", extra_args=extra)
     target = f"127.0.0.1:{port}"
     try:
-        with Client(target) as client:
-            wait_until_ready(client, proc, 120.0)
+        with Client(target, **(client or {})) as ready_client:
+            wait_until_ready(ready_client, proc, 120.0)
         yield target, proc
     finally:
         if proc.poll() is None:
@@ -51,3 +58,206 @@ def running_server(repo: Path, log_dir: Path, *extra: str) -> Iterator[tuple[str
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@dataclass(frozen=True)
+class TestPKI:
+    """A throwaway CA with a server certificate (SAN localhost, 127.0.0.1) and a client certificate, plus a
+    second, unrelated CA with its own client certificate (what a stranger would present)."""
+
+    __test__ = False  # not a pytest test class
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+    other_client_cert: Path
+    other_client_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _new_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN=kerve test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    return cert, key
+
+
+def _new_leaf(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+    cert, key, csr, ext = (directory / f"{name}{suffix}" for suffix in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text(extensions)
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+        "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2", "-sha256",
+        "-extfile", str(ext), "-out", str(cert),
+        cwd=directory,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_test_pki(directory: Path) -> TestPKI:
+    """Generate the certificates with the openssl CLI (EC P-256 keys, valid for two days)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _new_ca(directory, "ca")
+    other = _new_ca(directory, "other-ca")
+    leaf = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    san = "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    server = _new_leaf(directory, "localhost", ca, leaf + "extendedKeyUsage=serverAuth\n" + san)
+    client = _new_leaf(directory, "client", ca, leaf + "extendedKeyUsage=clientAuth\n")
+    stranger = _new_leaf(directory, "stranger", other, leaf + "extendedKeyUsage=clientAuth\n")
+    return TestPKI(ca[0], *server, *client, other[0], *stranger)
+
+
+# --- model lifecycle and TF Serving: more tiny models and repository edits --------------------------------
+
+
+def build_text_lstm(path: Path) -> None:
+    """Token ids (int32, [batch, 6]) -> Embedding -> LSTM -> softmax over 3 classes."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    tokens = keras.Input(shape=(6,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(50, 4)(tokens)
+    x = keras.layers.LSTM(4)(x)
+    probs = keras.layers.Dense(3, activation="softmax")(x)
+    keras.Model(tokens, probs).export(str(path), format="tf_saved_model", verbose=False)
+
+
+def build_strings_model(path: Path) -> None:
+    """A tf.string input ([batch] texts) -> its length (int32), a hash bucket (int64) and its upper case."""
+    import tensorflow as tf
+
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {
+                "length": tf.strings.length(text),
+                "bucket": tf.strings.to_hash_bucket_fast(text, 1000),
+                "upper": tf.strings.upper(text),
+            }
+
+    module = Strings()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def set_method_names(path: Path, methods: dict[str, str]) -> None:
+    """Rewrite SignatureDef method names in saved_model.pb: TF2's saver always writes the predict method, and
+    classify/regress method names are what TF1 exporters (and TF Serving's strict mode) use."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = path / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    for graph in saved.meta_graphs:
+        for key, method in methods.items():
+            graph.signature_def[key].method_name = method
+    pb.write_bytes(saved.SerializeToString())
+
+
+def build_examples_model(path: Path) -> None:
+    """A tf.Module parsing serialized tf.Example {x: 2 floats}: `classify` (classes + scores) and `regress`
+    signatures with TF Serving's method names, a `regress_tf2` one left with the predict method (native TF2),
+    and a float `serving_default`."""
+    import tensorflow as tf
+
+    class Examples(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
+            self.b = tf.Variable([0.1, -0.2])
+
+        def _features(self, serialized: tf.Tensor) -> tf.Tensor:
+            return tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([2], tf.float32)})["x"]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            scores = tf.nn.softmax(tf.matmul(self._features(inputs), self.w) + self.b)
+            classes = tf.tile(tf.constant([["neg", "pos"]]), [tf.shape(scores)[0], 1])
+            return {"classes": classes, "scores": scores}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"outputs": tf.reduce_sum(tf.matmul(self._features(inputs), self.w), axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.matmul(x, self.w) + self.b}
+
+    module = Examples()
+    signatures = {
+        "serving_default": module.predict,
+        "classify": module.classify,
+        "regress": module.regress,
+        "regress_tf2": module.regress,
+    }
+    tf.saved_model.save(module, str(path), signatures=signatures)
+    set_method_names(path, {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD})
+
+
+def build_no_signature_model(path: Path) -> None:
+    """A valid SavedModel with nothing to serve."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(path))
+
+
+def example(x: tuple[float, float]) -> Any:
+    import tensorflow as tf
+
+    feature = tf.train.Feature(float_list=tf.train.FloatList(value=list(x)))
+    return tf.train.Example(features=tf.train.Features(feature={"x": feature}))
+
+
+def write_warmup(version_dir: Path, requests: list[Any]) -> None:
+    """assets.extra/tf_serving_warmup_requests with one PredictionLog per PredictRequest."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    target = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def copy_version(source: Path, repo: Path, model: str, version: int | None = None) -> int:
+    """Publish a copy of a SavedModel directory as a new version, atomically (kerve.repository.publish)."""
+    import shutil
+
+    from kerve import repository
+
+    return repository.publish(repo, model, lambda tmp: shutil.copytree(source, tmp), {}, version=version)
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 60.0, interval_s: float = 0.05) -> Any:
+    """Poll condition() until it returns something truthy (returned), or fail after timeout_s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")

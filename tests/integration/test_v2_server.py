@@ -89,7 +89,9 @@ def test_async_client(server: str, in_process) -> None:
     results = asyncio.run(main())
     for i, outputs in enumerate(results):
         expected = in_process("cnn", {"image": IMAGES[i : i + 1]})
-        assert outputs["output_0"].tobytes() == expected["output_0"].tobytes()
+        # concurrent requests may be batched together, and a batch of n can take another kernel path than a
+        # batch of 1: equal to float32 rounding, not bit for bit (single requests are checked bit for bit above)
+        np.testing.assert_allclose(outputs["output_0"], expected["output_0"], rtol=1e-5, atol=1e-7)
 
 
 def test_models_index(server: str) -> None:

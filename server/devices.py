@@ -1,0 +1,75 @@
+"""Which devices serve: TPU cores, GPUs or CPU, one model replica per device.
+
+Device configuration must happen before TensorFlow initialises its runtime (before the first model loads),
+so KerveServer calls `configure_devices` once at start-up.
+
+A TPU is looked for only when asked (`--devices tpu`) or when the environment names one (TPU_NAME, or a
+local TPU VM's /dev/accel0): TPUClusterResolver otherwise probes the cloud metadata server over the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+log = logging.getLogger("kerve.server.devices")
+
+DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
+
+
+@dataclass(frozen=True)
+class DeviceSet:
+    kind: str  # "tpu" | "gpu" | "cpu"
+    names: tuple[str, ...]  # logical device names, e.g. "/device:GPU:0"
+
+    @property
+    def pad_batches(self) -> bool:
+        """XLA on TPU compiles one program per shape: pad batches to a few fixed sizes there."""
+        return self.kind == "tpu"
+
+
+def _tpu_wanted(kind: str) -> bool:
+    return kind == "tpu" or (kind == "auto" and (bool(os.environ.get("TPU_NAME")) or Path("/dev/accel0").exists()))
+
+
+def _connect_tpu() -> list[str]:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", "local"))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+        log.warning("no TPU available: %s", exc)
+        return []
+    return [d.name for d in tf.config.list_logical_devices("TPU")]
+
+
+def configure_devices(kind: str = "auto", cpu_replicas: int = 1) -> DeviceSet:
+    """Pick the serving devices. On CPU, cpu_replicas > 1 splits the CPU into that many logical devices,
+    each with its own replica (useful to overlap batches on many-core hosts, and to test the multi-replica
+    path on a laptop)."""
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"unknown device kind {kind!r}; choose from {DEVICE_KINDS}")
+    if cpu_replicas < 1:
+        raise ValueError(f"cpu replicas must be >= 1, got {cpu_replicas}")
+    if _tpu_wanted(kind):
+        tpus = _connect_tpu()
+        if tpus:
+            return DeviceSet("tpu", tuple(tpus))
+        if kind == "tpu":
+            raise RuntimeError("--devices tpu was requested but no TPU could be initialised")
+    if kind in ("auto", "gpu"):
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)  # replicas of several models share the card
+        if gpus:
+            return DeviceSet("gpu", tuple(d.name for d in tf.config.list_logical_devices("GPU")))
+        if kind == "gpu":
+            raise RuntimeError("--devices gpu was requested but TensorFlow sees no GPU")
+    if cpu_replicas > 1:
+        (cpu,) = tf.config.list_physical_devices("CPU")[:1]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    return DeviceSet("cpu", tuple(d.name for d in tf.config.list_logical_devices("CPU")))

@@ -1,0 +1,100 @@
+"""Dynamic batching and device replicas in a real server: two logical CPU devices both serve batches."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import running_server
+from kerve.client import Client
+from kerve.quickstart import free_port
+
+pytestmark = pytest.mark.integration
+
+IMAGES = np.random.default_rng(11).random((64, 8, 8, 1), dtype=np.float32)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def send_concurrently(target: str, threads: int, rounds: int) -> list[tuple[int, np.ndarray, str]]:
+    with Client(target) as client:
+
+        def one(i: int) -> tuple[int, np.ndarray, str]:
+            result = client.infer("cnn", {"image": IMAGES[i % 64 : i % 64 + 1]})
+            return i % 64, result.outputs["output_0"], result.model_version
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, range(threads * rounds)))
+
+
+def test_two_cpu_replicas_both_serve_batches(model_repo: Path, tmp_path: Path, in_process) -> None:
+    metrics_port = free_port()
+    args = ("--cpu-replicas", "2", "--max-batch-size", "8", "--batch-timeout-us", "3000")
+    with running_server(model_repo, tmp_path, *args, "--metrics-port", str(metrics_port)) as (target, _):
+        results = send_concurrently(target, threads=16, rounds=20)
+        text = scrape(metrics_port)
+    reference = in_process("cnn", {"image": IMAGES})["output_0"]
+    for i, output, version in results:
+        assert version == "1"
+        # batched rows may take another kernel path than a batch of 64: equal to float32 rounding
+        np.testing.assert_allclose(output[0], reference[i], rtol=1e-5, atol=1e-7)
+    per_device = {
+        d: metric(text, "kerve_batches_total", model="cnn", device=d) for d in ("/device:CPU:0", "/device:CPU:1")
+    }
+    assert all(count > 0 for count in per_device.values()), per_device
+    executions = metric(text, "kerve_batch_size_count", model="cnn")
+    samples = metric(text, "kerve_batch_size_sum", model="cnn")
+    assert samples == 320 and executions < samples  # 16 x 20 single-row requests merged into fewer executions
+    assert re.search(r'kerve_requests_total\{code="OK",model="cnn",protocol="v2",version="1"\} 320\.0', text)
+
+
+def test_padding_to_allowed_sizes_returns_only_real_rows(model_repo: Path, tmp_path: Path, in_process) -> None:
+    args = ("--max-batch-size", "8", "--allowed-batch-sizes", "4,8")
+    with running_server(model_repo, tmp_path, *args) as (target, _), Client(target) as client:
+        for rows in (1, 3, 5, 11):
+            out = client.predict("cnn", {"image": IMAGES[:rows]})["output_0"]
+            assert out.shape == (rows, 10)
+            np.testing.assert_allclose(
+                out, in_process("cnn", {"image": IMAGES[:rows]})["output_0"], rtol=1e-5, atol=1e-7
+            )
+
+
+def test_batching_can_be_turned_off(model_repo: Path, tmp_path: Path, in_process) -> None:
+    with running_server(model_repo, tmp_path, "--no-batching") as (target, _), Client(target) as client:
+        out = client.predict("cnn", {"image": IMAGES[:3]})["output_0"]
+    assert out.tobytes() == in_process("cnn", {"image": IMAGES[:3]})["output_0"].tobytes()
+
+
+def test_mirrored_device_mode_splits_each_batch_over_devices(model_repo: Path, tmp_path: Path, in_process) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "cnn", repo / "cnn")
+    (repo / "cnn" / "config.yaml").write_text("device_mode: mirrored\n")
+    metrics_port = free_port()
+    args = ("--cpu-replicas", "2", "--metrics-port", str(metrics_port))
+    with running_server(repo, tmp_path, *args) as (target, _), Client(target) as client:
+        for rows in (1, 2, 7):
+            out = client.predict("cnn", {"image": IMAGES[:rows]})["output_0"]
+            expected = in_process("cnn", {"image": IMAGES[:rows]})["output_0"]
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+        text = scrape(metrics_port)
+    assert metric(text, "kerve_batches_total", model="cnn", device="mirrored:/device:CPU:0,/device:CPU:1") == 3

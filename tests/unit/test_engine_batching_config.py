@@ -1,0 +1,52 @@
+"""How the engine combines the server's batching flags with a model's config.yaml (no TF, no server)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kerve.server.batcher import BatchingConfig
+from kerve.server.errors import ErrorCode, ServingError
+from kerve.server.inference import InferenceEngine, tpu_batch_sizes
+from kerve.server.manager import ModelVersion
+from kerve.server.metrics import Metrics
+from kerve.server.model_config import parse_model_config
+
+
+def engine(batching: BatchingConfig | None, pad: bool = False) -> InferenceEngine:
+    return InferenceEngine(
+        manager=None, executor=ThreadPoolExecutor(1), metrics=Metrics(), batching=batching, pad_batches=pad
+    )  # type: ignore[arg-type]
+
+
+def version(batching: dict | None = None) -> ModelVersion:
+    return ModelVersion("m", 1, Path("/nowhere"), config=parse_model_config({"batching": batching or {}}))
+
+
+def test_server_defaults_apply_without_overrides() -> None:
+    server = BatchingConfig(max_batch_size=16)
+    assert engine(server).config_for(version()) is server
+
+
+def test_model_overrides_win_key_by_key() -> None:
+    merged = engine(BatchingConfig(max_batch_size=16, max_queued=99)).config_for(version({"max_batch_size": 4}))
+    assert merged == BatchingConfig(max_batch_size=4, max_queued=99)
+
+
+def test_model_or_server_can_turn_batching_off() -> None:
+    assert engine(BatchingConfig()).config_for(version({"enabled": False})) is None
+    assert engine(None).config_for(version({"max_batch_size": 4})) is None
+
+
+def test_tpu_padding_defaults_to_powers_of_two() -> None:
+    assert tpu_batch_sizes(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert engine(BatchingConfig(max_batch_size=8), pad=True).batching.allowed_batch_sizes == (1, 2, 4, 8)
+
+
+def test_override_that_clashes_with_server_flags_is_a_failed_precondition() -> None:
+    server = BatchingConfig(max_batch_size=64, allowed_batch_sizes=(32, 64))
+    with pytest.raises(ServingError) as info:
+        engine(server).config_for(version({"max_batch_size": 8}))
+    assert info.value.code is ErrorCode.FAILED_PRECONDITION and "does not combine" in info.value.message
