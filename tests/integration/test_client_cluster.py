@@ -4,8 +4,6 @@ with backoff while a server comes up, and the caller's deadline bounding every r
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import running_server
+from helpers import running_server, stop_server
 from kerve.client import AsyncClient, Client, KerveError, RetryPolicy, UnavailableError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -139,12 +137,7 @@ def test_retry_succeeds_once_the_server_comes_up(model_repo: Path, tmp_path: Pat
         assert outcome["result"]["output_0"].shape == (1, 10)
         assert len(log) >= 2 and all(code == "UNAVAILABLE" and delay is not None for _, code, delay in log)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 SLACK_S = 1.0
