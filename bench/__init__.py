@@ -1,0 +1,1 @@
+"""kerve benchmarks: in-process limit vs bare gRPC vs kerve, side by side (see docs/benchmarks.md)."""

@@ -1,0 +1,139 @@
+"""Render a results file as the markdown tables of docs/benchmarks.md.
+
+    .venv/bin/python -m bench.report bench/results/latest.json > /tmp/tables.md
+
+Prints the machine and configuration, the in-process table, the RPC table (unary, then streaming) and the targets of
+issue 6 checked against this run, so the doc can be refreshed from any run without copying numbers by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+COMPUTE_BOUND = ("resnet", "lstm")
+LIGHT = "seed_cnn"
+
+
+def _f(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def machine(results: dict[str, Any]) -> list[str]:
+    m, c = results["machine"], results["config"]
+    dirty = " + uncommitted changes" if c.get("kerve_dirty") else ""
+    args = " ".join(c.get("server_args") or []) or "(none: defaults)"
+    if c.get("server_env"):
+        args += f"`, server environment: `{' '.join(c['server_env'])}"
+    return [
+        f"- Machine: {m['cpu_model']} ({m.get('cpu_mhz', '?')} MHz, AVX2 {m.get('cpu_flags_avx2')}, AVX-512 "
+        f"{m.get('cpu_flags_avx512')}), {m['cores']} cores, {m.get('memory_gib')} GiB, Linux {m.get('kernel')}",
+        f"- Software: Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, grpcio {m['grpcio']}",
+        f"- Run: {m['date']}, kerve commit `{c.get('kerve_commit')}`{dirty}, extra server flags: `{args}`",
+        f"- Load: {c['duration_s']:g} s window after {c['warmup_s']:g} s warm-up per case, up to "
+        f"{c['client_procs']} load generator processes, loadavg at start {' '.join(m.get('loadavg_at_start') or [])}",
+    ]
+
+
+def inprocess(results: dict[str, Any]) -> list[str]:
+    limit = results["config"].get("max_other_cpu", 0.25)
+    lines = [
+        "| model | batch | samples/s | p50 ms/call | ms/sample | other CPU |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in results["inprocess"].items():
+        for batch, row in m["batches"].items():
+            best = " **best**" if int(batch) == m["best"]["batch"] else ""
+            lines.append(
+                f"| {name} | {batch}{best} | {row['samples_per_s']:.0f}"
+                f"{' †' if row.get('other_cpu_cores', 0.0) > limit else ''} | {row['p50_ms']:.3f} | "
+                f"{row['ms_per_sample']:.3f} | {_f(row.get('other_cpu_cores'), '.2f')} |"
+            )
+    return lines
+
+
+def rpc(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | mode | c | ceiling samples/s | ceiling p50 / p99 ms | kerve samples/s | kerve p50 / p99 ms "
+        "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | kerve mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+        ceiling = results["grpc_ceiling"].get(mode, {})
+        for key, k in rows.items():
+            if "/c" not in key or not isinstance(k, dict) or "samples_per_s" not in k:
+                continue
+            model, conc = key.split("/c")
+            c = ceiling.get(key, {})
+            mark = " †" if k.get("disturbed") else ""
+            lines.append(
+                f"| {model} | {mode} | {conc} | {_f(c.get('samples_per_s'), '.0f')} | "
+                f"{_f(c.get('p50_ms'), '.2f')} / {_f(c.get('p99_ms'), '.2f')} | {k['samples_per_s']:.0f}{mark} | "
+                f"{k['p50_ms']:.2f} / {k['p99_ms']:.2f} | {_f(k['ratio_vs_grpc_ceiling'], '.2f')} | "
+                f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
+                f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} |"
+            )
+    return lines
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    lines = ["| target (issue 6) | measured | met |", "|---|---|---|"]
+    for model in COMPUTE_BOUND:
+        for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+            k = rows.get(f"{model}/c64")
+            if k:
+                r = k["ratio_vs_inprocess_best"]
+                lines.append(
+                    f"| {model} c64 ({mode}) >= 0.9 of in-process best | {_f(r, '.2f')} | "
+                    f"{'yes' if r and r >= 0.9 else 'no'} |"
+                )
+    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+        for c in (1, 8, 64):
+            k = rows.get(f"{LIGHT}/c{c}")
+            if k:
+                r = k["ratio_vs_grpc_ceiling"]
+                met = "yes" if r and r >= 0.9 else "no"
+                lines.append(f"| {LIGHT} c{c} ({mode}) >= 0.9 of bare gRPC | {_f(r, '.2f')} | {met} |")
+    for model in results.get("inprocess", {}):
+        for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+            k = rows.get(f"{model}/c1")
+            if k and k.get("p50_minus_inprocess_b1_ms") is not None:
+                d = k["p50_minus_inprocess_b1_ms"]
+                lines.append(
+                    f"| {model} c1 ({mode}) p50 within 1 ms of in-process batch 1 | {d:+.2f} ms | "
+                    f"{'yes' if d <= 1.0 else 'no'} |"
+                )
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    parts = [
+        *machine(results),
+        "",
+        "In process († = other processes used more than "
+        f"{results['config'].get('max_other_cpu', 0.25)} cores during the measurement even after re-measuring):",
+        "",
+        *inprocess(results),
+        "",
+        "Over gRPC (batch-1 requests; † = other processes used more than "
+        f"{results['config'].get('max_other_cpu', 0.25)} cores during the window even after re-measuring):",
+        "",
+        *rpc(results),
+        "",
+        *targets(results),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, nargs="?", default=Path(__file__).parent / "results" / "latest.json")
+    args = parser.parse_args()
+    print(render(json.loads(args.results.read_text())), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The benchmark runs end to end (quick mode, one tiny model) and writes results in the documented schema.
+
+No performance thresholds here: timings on a shared 2-core machine are not something a test can assert.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY_KEYS = {"samples_per_s", "p50_ms", "p99_ms", "ratio_vs_inprocess_best", "ratio_vs_grpc_ceiling"}
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "-m", "bench.run", "--quick", "--models", "tiny", "--concurrency", "1,4",
+        "--duration", "1", "--modes", "unary,stream", "--retries", "0", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "vs ceil" in proc.stdout  # the side-by-side table was printed
+
+    results = json.loads(out.read_text())
+    for section in (results, results["streaming"]):
+        for key in ("tiny/c1", "tiny/c4"):
+            entry = section[key]
+            assert set(entry) >= ENTRY_KEYS, (key, entry)
+            assert all(_positive(entry[k]) for k in ENTRY_KEYS), (key, entry)
+            assert entry["p99_ms"] >= entry["p50_ms"]
+            assert entry["errors"] == 0
+    for mode in ("unary", "stream"):
+        for key in ("tiny/c1", "tiny/c4"):
+            ceiling = results["grpc_ceiling"][mode][key]
+            assert all(_positive(ceiling[k]) for k in ("samples_per_s", "p50_ms", "p99_ms")), ceiling
+
+    inprocess = results["inprocess"]["tiny"]
+    assert set(inprocess["batches"]) == {"1", "8", "32"}
+    assert all(_positive(row["samples_per_s"]) and _positive(row["p50_ms"]) for row in inprocess["batches"].values())
+    assert inprocess["best"]["samples_per_s"] == max(r["samples_per_s"] for r in inprocess["batches"].values())
+
+    machine = results["machine"]
+    assert machine["cpu_model"] and _positive(machine["cores"])
+    assert machine["tensorflow"] and machine["date"]
+    assert results["config"]["server_exit_codes"] == {"grpc_ceiling": 0, "kerve": 0}
+
+
+def test_profile_summary_splits_samples_by_component() -> None:
+    from bench import profile
+
+    stacks = profile.parse(
+        "thread (0x1);run (asyncio/base_events.py:1);_infer (kerve/server/inference.py:50) 3\n"
+        "thread (0x1);run (asyncio/base_events.py:1);_handle (grpc/_cython/cygrpc.pyx:9) 1\n"
+    )
+    summary = profile.summarize(stacks)
+    assert summary["samples"] == 4
+    assert dict(map(tuple, summary["components_pct"])) == {"kerve.server": 75.0, "grpc": 25.0}
+    assert summary["self_pct"][0] == ["_infer (kerve/server/inference.py)", 75.0]
