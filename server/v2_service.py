@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +21,7 @@ from .model import PLATFORM
 log = logging.getLogger("kerve.server.v2")
 
 EXTENSIONS = ["statistics", "model_repository"]
+STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
@@ -93,17 +95,44 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request, in order; a failed request yields error_message and the stream goes on."""
-        async for request in request_iterator:
+        """One response per request, in request order; a failed request yields error_message and the stream goes on.
+
+        Requests are pipelined: each starts as soon as it is read (up to STREAM_WINDOW at once), so the messages of
+        one stream share batches instead of running one after another. Responses still leave in order.
+        """
+        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request, context.time_remaining()))
-            except ServingError as exc:
-                yield pb.ModelStreamInferResponse(
-                    error_message=f"{exc.code.value}: {exc.message}",
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id
-                    ),
-                )
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._stream_one(request, context.time_remaining())))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # surfaces an error that ended the request stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest, time_remaining: float | None
+    ) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, time_remaining))
+        except ServingError as exc:
+            return pb.ModelStreamInferResponse(
+                error_message=f"{exc.code.value}: {exc.message}",
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                ),
+            )
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext

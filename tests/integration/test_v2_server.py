@@ -162,10 +162,9 @@ def test_tritonclient_stream_infer(server: str, in_process) -> None:
     for i, (result, error) in enumerate(results):
         assert error is None
         assert result.get_response().id == str(i)
-        assert (
-            result.as_numpy("output_0").tobytes()
-            == in_process("cnn", {"image": IMAGES[i : i + 1]})["output_0"].tobytes()
-        )
+        # a stream's messages run concurrently and may share a batch: equal to float32 rounding
+        expected = in_process("cnn", {"image": IMAGES[i : i + 1]})["output_0"]
+        np.testing.assert_allclose(result.as_numpy("output_0"), expected, rtol=1e-5, atol=1e-7)
 
 
 # --- malformed requests, one exact status each -----------------------------------------------------------
@@ -309,3 +308,24 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
         for future in futures:
             assert future.result().outputs[0].shape == [20000, 10]
         assert proc.wait(timeout=60) == 0
+
+
+def test_stream_is_pipelined_in_order_with_errors_in_place(stub, in_process) -> None:
+    """Many messages on one stream, one of them bad: answers come back in request order, the bad one as an
+    error_message, and the stream goes on (requests of one stream run concurrently, so they can share batches)."""
+    requests = []
+    for i in range(40):
+        request = raw_request(raw=None if i != 17 else b"short")
+        request.id = str(i)
+        request.raw_input_contents[0] = IMAGES[i % 5 : i % 5 + 1].tobytes() if i != 17 else b"short"
+        requests.append(request)
+    responses = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert [r.infer_response.id for r in responses] == [str(i) for i in range(40)]
+    for i, response in enumerate(responses):
+        if i == 17:
+            assert response.error_message.startswith("INVALID_ARGUMENT: input 'image': raw content has 5 bytes")
+            continue
+        assert response.error_message == ""
+        got = np.frombuffer(response.infer_response.raw_output_contents[0], np.float32)
+        expected = in_process("cnn", {"image": IMAGES[i % 5 : i % 5 + 1]})["output_0"].ravel()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)  # batched with its neighbours
