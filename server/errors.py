@@ -33,6 +33,12 @@ class ServingError(Exception):
         return f"ServingError({self.code.value}, {self.message!r})"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, '' if it has none: TensorFlow errors carry pages after it."""
+    text = (getattr(exc, "message", None) or str(exc)).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def invalid(message: str) -> ServingError:
     return ServingError(ErrorCode.INVALID_ARGUMENT, message)
 

@@ -88,17 +88,16 @@ class InferenceEngine:
             output_names = select_outputs(request.model, request.outputs, signature.outputs)
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request could run")
+            rows = _batch_size(request)
             batcher = self._batcher(entry, signature)
-            if batcher is not None and not _runs_alone(batcher.config, _batch_size(request)):
+            if batcher is not None and not _runs_alone(batcher.config, rows):
                 outputs = await batcher.submit(request.inputs, request.deadline)
                 outputs = {name: outputs[name] for name in output_names}
             else:
                 loop = asyncio.get_running_loop()
                 compute_started = time.monotonic()
                 outputs = await loop.run_in_executor(self._executor, signature.run, request.inputs, output_names)
-                self._record_batch(
-                    entry, _batch_size(request), compute_started - started, time.monotonic() - compute_started
-                )
+                self._record_batch(entry, rows, compute_started - started, time.monotonic() - compute_started)
         except ServingError:
             entry.stats.record_failure(time.monotonic() - started)
             raise
@@ -107,7 +106,7 @@ class InferenceEngine:
             raise ServingError(ErrorCode.INTERNAL, f"model {request.model!r} failed: {exc}") from exc
         finally:
             self.manager.release(entry)
-        entry.stats.record_success(time.monotonic() - started, _batch_size(request))
+        entry.stats.record_success(time.monotonic() - started, rows)
         return InferResponse(
             model=entry.model,
             version=entry.version,

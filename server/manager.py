@@ -32,7 +32,7 @@ from typing import Any
 
 from kerve import repository
 
-from .errors import ErrorCode, ServingError, invalid, not_found, unavailable
+from .errors import ErrorCode, ServingError, first_line, invalid, not_found, unavailable
 from .metrics import Metrics
 from .model_config import ModelConfig, ModelConfigError, load_model_config
 from .stats import VersionStats
@@ -110,9 +110,8 @@ def _fingerprint(path: Path) -> tuple[int, ...]:
     return (pb.st_mtime_ns, pb.st_size, pb.st_ino, directory.st_mtime_ns, variables)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    text = text.strip().splitlines()[0] if text.strip() else ""
+def _load_failure(exc: BaseException) -> str:
+    text = first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -319,7 +318,7 @@ class ModelManager:
                 self._executor, self._load_and_warm, record.name, path, config.device_mode
             )
         except Exception as exc:  # a broken version must never take the server down
-            entry.reason = _first_line(exc)
+            entry.reason = _load_failure(exc)
             self._set_state(entry, VersionState.FAILED)
             self._metrics.reloads.labels(record.name, "load_failed").inc()
             log.error("failed to load %s version %d from %s: %s", record.name, version, path, entry.reason)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .errors import ErrorCode, ServingError, not_found
+from .errors import ErrorCode, ServingError, first_line, not_found
 from .types import TensorSpec
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -45,18 +45,14 @@ class Signature:
             except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
                 raise _rejected(exc) from None
             except tf.errors.ResourceExhaustedError as exc:
-                raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, _first_line(exc)) from None
+                raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, first_line(exc) or type(exc).__name__) from None
         names = output_names or sorted(result)
         return {name: result[name].numpy() for name in names}
 
 
 def _rejected(exc: BaseException) -> ServingError:
-    return ServingError(ErrorCode.INVALID_ARGUMENT, f"model rejected the inputs: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    reason = first_line(exc) or type(exc).__name__
+    return ServingError(ErrorCode.INVALID_ARGUMENT, f"model rejected the inputs: {reason}")
 
 
 class SavedModelServable:
