@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from kerve.server import app, settings
+        from kerve.server import settings
+
+        for module in ("tensorflow", "grpc_health"):  # found, not imported: a --processes parent needs neither
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}", name=module)
     except ModuleNotFoundError as exc:
         return _missing("serve", "server", exc)
 
@@ -54,6 +59,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kerve serve: {exc}", file=sys.stderr)
         return 2
+    if server_settings.processes > 1:
+        from kerve.server import processes  # the supervisor: no TensorFlow or grpc in this process
+
+        return processes.supervise(server_settings, args.argv)
+    from kerve.server import app
+
     return app.main(server_settings)
 
 
@@ -205,5 +216,7 @@ def _missing(command: str, extra: str, exc: ModuleNotFoundError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `serve --processes N` starts its children with the same arguments
     return int(args.func(args))

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import tfs_service, warmup
+from . import processes, tfs_service, warmup
 from .devices import configure_devices
 from .inference import InferenceEngine
 from .manager import ModelManager
@@ -88,7 +88,9 @@ class KerveServer:
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # off when standalone, so a second server on a taken port fails instead of silently sharing it;
+            # on for the processes of one --processes group, which share the port on purpose
+            ("grpc.so_reuseport", 0 if settings.process_index is None else 1),
             # accept client keepalive pings (kerve.client keepalive, at least 10 s apart) on idle connections too
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -127,6 +129,28 @@ class KerveServer:
             await self.health.set(service, status)
 
     async def start(self) -> None:
+        grouped = self.settings.process_index is not None
+        if grouped:
+            # One of several processes on the port: the kernel hands each new connection to any process that
+            # listens, and a connection stays where it landed. So every process loads first and all start
+            # listening together: no connection lands on a loading process, none piles onto the first one ready.
+            await self.manager.load_all()
+            if self.settings.group_fds is not None:
+                await processes.wait_for_group(*self.settings.group_fds, self.settings.process_index or 0)
+        await self._listen()
+        if not grouped:
+            await self.manager.load_all()
+        self.manager.start_polling(self.settings.poll_interval_s)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        ready = [f"{e.model}:{e.version}" for e in self.manager.entries() if e.servable is not None]
+        log.info("ready on port %d serving %s", self.port, ", ".join(ready) or "no models")
+        if self.settings.model_control == "explicit":
+            log.info("model control: explicit (load/unload through the repository RPCs only)")
+        elif self.settings.poll_interval_s > 0:
+            log.info("model control: polling the repository every %gs", self.settings.poll_interval_s)
+
+    async def _listen(self) -> None:
+        """Bind and start the gRPC server (live; ready once models are loaded) and the metrics endpoint."""
         address = f"{self.settings.host}:{self.settings.port}"
         if self.credentials is not None:
             self.port = self.server.add_secure_port(address, self.credentials)
@@ -139,23 +163,15 @@ class KerveServer:
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         log.info(
-            "listening on %s:%d; loading models from %s",
+            "listening on %s:%d; %s models from %s",
             self.settings.host,
             self.port,
+            "serving" if self.manager.initial_load_done else "loading",
             self.settings.model_repository,
         )
         log.info("transport: %s; auth: %s", self._transport(), self._auth())
         if self.settings.auth_token_file is not None and self.credentials is None:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key")
-        await self.manager.load_all()
-        self.manager.start_polling(self.settings.poll_interval_s)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        ready = [f"{e.model}:{e.version}" for e in self.manager.entries() if e.servable is not None]
-        log.info("ready on port %d serving %s", self.port, ", ".join(ready) or "no models")
-        if self.settings.model_control == "explicit":
-            log.info("model control: explicit (load/unload through the repository RPCs only)")
-        elif self.settings.poll_interval_s > 0:
-            log.info("model control: polling the repository every %gs", self.settings.poll_interval_s)
 
     async def stop(self) -> None:
         self.draining = True
@@ -179,8 +195,14 @@ async def serve(settings: ServerSettings) -> int:
     return 0
 
 
+def log_format(process_index: int | None) -> str:
+    """Processes of a --processes group tag their lines (p0, p1, ...): they share one stdout."""
+    tag = "" if process_index is None else f"[p{process_index}] "
+    return f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
+
+
 def main(settings: ServerSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=log_format(settings.process_index))
     try:
         return asyncio.run(serve(settings))
     except SecurityConfigError as exc:

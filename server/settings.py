@@ -29,6 +29,9 @@ class ServerSettings:
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
+    processes: int = 1  # >1: that many server processes share the port (server/processes.py)
+    process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
+    group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -45,6 +48,13 @@ class ServerSettings:
             raise ValueError(f"--poll-interval must be >= 0 seconds, got {self.poll_interval_s}")
         if self.model_control not in ("poll", "explicit"):
             raise ValueError(f"--model-control must be poll or explicit, got {self.model_control!r}")
+        if self.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.processes > 1 and self.model_control == "explicit":
+            raise ValueError(
+                "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
+                "got the call, so the processes would serve different models"
+            )
         if self.grace_s < 0:
             raise ValueError(f"--grace-period must be >= 0, got {self.grace_s}")
         if self.max_connection_age_s < 0:
@@ -110,6 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="poll: follow the repository; explicit: load what is there at start, then change models only "
         "through RepositoryModelLoad/Unload and HandleReloadConfigRequest (env KERVE_MODEL_CONTROL)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=int(_env("PROCESSES", "1") or 1),
+        help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop and model "
+        "replicas: Python gRPC uses about one core per process; needs --model-control poll (env KERVE_PROCESSES)",
+    )
+    # set by the --processes supervisor in its children (server/processes.py)
+    parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--group-fds", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-message-mb", type=int, default=256, help="max gRPC message size in MiB")
     parser.add_argument(
         "--tls-cert", type=Path, default=_env("TLS_CERT"), help="PEM certificate chain: serve TLS (env KERVE_TLS_CERT)"
@@ -183,4 +203,14 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         cpu_replicas=args.cpu_replicas,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
+        processes=args.processes,
+        process_index=args.process_index,
+        group_fds=_fd_pair(args.group_fds),
     )
+
+
+def _fd_pair(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    loaded, go = (int(fd) for fd in text.split(","))
+    return loaded, go

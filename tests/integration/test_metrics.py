@@ -4,16 +4,14 @@ every series moved by exactly what was sent."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import running_server
+from helpers import Samples, running_server, scrape, value
 from kerve.client import AsyncClient, Client, InvalidArgumentError, NotFoundError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -24,8 +22,6 @@ pytestmark = pytest.mark.integration
 RNG = np.random.default_rng(3)
 PAIR = {"features": RNG.random((4, 3), dtype=np.float32), "ids": RNG.integers(0, 16, (4, 2), dtype=np.int64)}
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 @pytest.fixture(scope="module")
 def metrics_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
@@ -34,26 +30,6 @@ def metrics_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
     logs = tmp_path_factory.mktemp("metrics-logs")
     with running_server(model_repo, logs, "--metrics-port", str(metrics_port)) as (target, _proc):
         yield target, f"http://127.0.0.1:{metrics_port}/metrics"
-
-
-def scrape(url: str) -> tuple[Samples, dict[str, str]]:
-    """Every sample by (name, labels), and every family's type."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples: Samples = {}
-    types: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return samples, types
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the samples named `name` whose labels include `labels` (0 when there is none)."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:

@@ -1,0 +1,141 @@
+"""`kerve serve --processes 2`: two server processes on one port. Connections are spread over both, each answers
+correctly, the parent's /metrics sums them, SIGTERM drains the group, and a child that dies takes it down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from helpers import running_server, scrape, stop_server, value
+from kerve.protos import grpc_service_pb2 as pb
+from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+from kerve.quickstart import free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+CONNECTIONS = 16  # all on one process by chance: 2**-15
+
+
+@pytest.fixture(scope="module")
+def group(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    metrics_port = free_port()
+    logs = tmp_path_factory.mktemp("processes-logs")
+    with running_server(model_repo, logs, "--processes", "2", "--metrics-port", str(metrics_port)) as (target, proc):
+        yield target, f"http://127.0.0.1:{metrics_port}/metrics", proc
+
+
+def children(proc: subprocess.Popen) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+
+
+def _infer_request(rows: int) -> pb.ModelInferRequest:
+    images = np.random.default_rng(rows).random((rows, 8, 8, 1), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="cnn")
+    request.inputs.add(name="image", datatype="FP32", shape=list(images.shape))
+    request.raw_input_contents.append(images.tobytes())
+    return request
+
+
+def _served_rows(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="cnn"), timeout=10)
+    return sum(s.inference_count for s in stats.model_stats)
+
+
+def test_connections_are_spread_over_both_processes(group, in_process) -> None:
+    target, metrics_url, proc = group
+    assert len(children(proc)) == 2
+    # one TCP connection per channel: without a local subchannel pool, grpc would share one between them
+    channels = [
+        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)
+    ]
+    try:
+        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+        before = value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK")
+        # ModelStatistics is per process: a request on one connection moves the count seen through the
+        # connections to the same process only, which sorts the connections into processes.
+        groups: list[list[int]] = []
+        unassigned = list(range(len(stubs)))
+        sent = 0
+        while unassigned:
+            counts = {i: _served_rows(stubs[i]) for i in unassigned}
+            request = _infer_request(2)
+            response = stubs[unassigned[0]].ModelInfer(request, timeout=30)
+            sent += 1
+            got = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
+            images = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(2, 8, 8, 1)
+            np.testing.assert_array_equal(got, in_process("cnn", {"image": images})["output_0"])
+            same = [i for i in unassigned if _served_rows(stubs[i]) == counts[i] + 2]
+            assert unassigned[0] in same
+            groups.append(same)
+            unassigned = [i for i in unassigned if i not in same]
+        assert len(groups) == 2, f"connections by process: {groups}"
+        # the parent's /metrics adds up both processes
+        after = value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK")
+        assert after - before == sent == 2
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_parent_exports_group_metrics(group) -> None:
+    _target, metrics_url, _proc = group
+    samples, types = scrape(metrics_url)
+    assert types["kerve_queue_depth"] == "gauge"
+    assert value(samples, "kerve_model_state", model="cnn", version="1", state="READY") == 1.0
+    assert value(samples, "kerve_inflight_requests", model="cnn") == 0.0
+
+
+def test_a_child_that_dies_stops_the_group(model_repo: Path, tmp_path: Path) -> None:
+    with running_server(model_repo, tmp_path, "--processes", "2") as (_target, proc):
+        first, second = children(proc)
+        os.kill(first, signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        assert _gone(second)  # stopped and reaped by the parent before it exited
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert "exited with status -9: stopping the group" in log
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_sigterm_drains_every_process(model_repo: Path, tmp_path: Path) -> None:
+    with running_server(model_repo, tmp_path, "--processes", "2") as (_target, proc):
+        pids = children(proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    for index in range(2):
+        assert f"[p{index}] kerve.server: stopped" in log
+    assert "all 2 server processes loaded their models: listening" in log
+    assert "all 2 server processes stopped" in log
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_port_held_by_another_process_fails_the_start(model_repo: Path, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = start_server(model_repo, port, tmp_path / "server.log", extra_args=("--processes", "2"))
+        try:
+            assert proc.wait(timeout=60) == 1
+        finally:
+            stop_server(proc)
+    assert f"cannot bind 127.0.0.1:{port}" in (tmp_path / "server.log").read_text()
+
+
+def test_explicit_model_control_needs_one_process(model_repo: Path, tmp_path: Path) -> None:
+    proc = start_server(
+        model_repo, free_port(), tmp_path / "server.log", extra_args=("--processes", "2", "--model-control", "explicit")
+    )
+    assert proc.wait(timeout=60) == 2
+    assert "--model-control explicit needs --processes 1" in (tmp_path / "server.log").read_text()

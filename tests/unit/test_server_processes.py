@@ -1,0 +1,81 @@
+"""`--processes` pieces that need no server: flag validation, the child command line, the port reservation and the
+start barrier between the supervisor and its children."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from kerve.server import processes, settings
+
+
+def _settings(tmp_path: Path, *argv: str) -> settings.ServerSettings:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    return settings.from_args(parser.parse_args(["--model-repository", str(tmp_path), *argv]))
+
+
+def test_processes_flag_is_validated(tmp_path: Path) -> None:
+    assert _settings(tmp_path).processes == 1
+    assert _settings(tmp_path, "--processes", "3").processes == 3
+    with pytest.raises(ValueError, match="--processes must be >= 1"):
+        _settings(tmp_path, "--processes", "0")
+    with pytest.raises(ValueError, match="explicit needs --processes 1"):
+        _settings(tmp_path, "--processes", "2", "--model-control", "explicit")
+
+
+def test_child_command_overrides_the_group_flags_last(tmp_path: Path) -> None:
+    argv = ["serve", "--model-repository", str(tmp_path), "--processes", "4", "--port", "0", "--metrics-port", "9"]
+    command = processes.child_command(argv, 2, 8512, (5, 6))
+    assert command[1:3] == ["-m", "kerve"]
+    child = _settings(tmp_path, *command[4:])  # argparse keeps the last value of a repeated flag
+    assert (child.processes, child.process_index, child.port, child.metrics_port) == (1, 2, 8512, 0)
+    assert child.group_fds == (5, 6)
+
+
+def test_reserved_port_is_shared_only_with_reuseport_sockets() -> None:
+    reservation = processes.reserve_port("127.0.0.1", 0)
+    port = reservation.getsockname()[1]
+    try:
+        assert port > 0
+        with socket.socket() as member:  # a process of the group: SO_REUSEPORT, same user
+            member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            member.bind(("127.0.0.1", port))
+        with socket.socket() as stranger, pytest.raises(OSError):
+            stranger.bind(("127.0.0.1", port))
+    finally:
+        reservation.close()
+
+
+def test_barrier_opens_when_every_child_has_loaded() -> None:
+    barrier = processes._Barrier(2)
+    loaded_w, go_r = barrier.child_fds
+    # the children's copies of their ends (the real ones are inherited through pass_fds)
+    children = [(os.dup(loaded_w), os.dup(go_r)) for _ in range(2)]
+    barrier.start()
+
+    async def child(index: int) -> None:
+        await processes.wait_for_group(*children[index], index)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(child(0))
+        done, _ = await asyncio.wait([first], timeout=0.3)
+        assert not done  # one of two loaded: still held back
+        await asyncio.wait_for(asyncio.gather(first, child(1)), timeout=10)
+
+    asyncio.run(main())
+
+
+def test_barrier_release_lets_waiting_children_go() -> None:
+    barrier = processes._Barrier(3)
+    loaded_w, go_r = barrier.child_fds
+    fds = (os.dup(loaded_w), os.dup(go_r))
+    barrier.start()
+    barrier.release()  # the group is stopping before everyone loaded
+    barrier.release()  # idempotent
+    asyncio.run(asyncio.wait_for(processes.wait_for_group(*fds, 0), timeout=10))
