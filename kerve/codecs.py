@@ -173,5 +173,8 @@ def encode_contents(array: np.ndarray, contents: Any) -> str:
     return datatype
 
 
+_CONTENTS_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
+
+
 def has_contents(contents: Any) -> bool:
-    return any(len(getattr(contents, f)) for f in set(_CONTENTS_FIELD.values()))
+    return any(len(getattr(contents, f)) for f in _CONTENTS_FIELDS)

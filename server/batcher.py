@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -574,19 +575,28 @@ class Batcher:
         return _Batch(slices, rows, self._config.padded_size(rows), now - slices[0][0].arrival)
 
     def _launch(self, batch: _Batch) -> None:
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         batch.replica = replica = self._idle.popleft()
         self._in_flight += 1
         try:
-            future = self._loop.run_in_executor(
-                self._executor, _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock
+            future = self._executor.submit(
+                _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock
             )
         except RuntimeError as exc:  # the executor was shut down underneath us
-            future = self._loop.create_future()
-            future.set_exception(unavailable(f"{self._label} cannot run batches: {exc}"))
-        future.add_done_callback(functools.partial(self._on_done, batch))
+            failed: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
+            failed.set_exception(unavailable(f"{self._label} cannot run batches: {exc}"))
+            loop.call_soon(self._on_done, batch, failed)
+            return
 
-    def _on_done(self, batch: _Batch, future: asyncio.Future[_Outcome]) -> None:
+        def done(future: concurrent.futures.Future[_Outcome]) -> None:
+            # One hop back to the loop per batch; leaner than run_in_executor's chained asyncio future.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self._on_done, batch, future)
+
+        future.add_done_callback(done)
+
+    def _on_done(self, batch: _Batch, future: concurrent.futures.Future[_Outcome]) -> None:
         self._in_flight -= 1
         self._idle.append(batch.replica)
         self._warm_until = self._clock() + self._config.max_queue_delay_s

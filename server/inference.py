@@ -50,7 +50,7 @@ class InferenceEngine:
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.monotonic()
         model_label = request.model if self.manager.knows(request.model) else UNKNOWN_MODEL
-        inflight = self.metrics.inflight.labels(model_label)
+        inflight = self.metrics.inflight_gauge(model_label)
         inflight.inc()
         version_label = ""  # until a version is resolved: a client-chosen number must not become a label value
         try:
@@ -125,12 +125,21 @@ class InferenceEngine:
         batchable = all(spec.batched for spec in signature.inputs.values())
         if config is None or not batchable or not hasattr(entry.servable, "runners"):
             return None
+        depth = self.metrics.queue_depth.labels(entry.model)
+        per_device = [self.metrics.batches.labels(entry.model, device) for device in entry.servable.runner_devices]
+
+        def on_batch(stats: BatchStats) -> None:
+            depth.set(batcher.queued_samples)
+            if stats.ok:
+                self._record_batch(entry, stats.batch_size, stats.queue_wait_s, stats.compute_s)
+                per_device[stats.replica].inc()
+
         batcher = Batcher(
             entry.servable.runners(key),
             config,
             executor=self._executor,
             name=f"{entry.model}:{entry.version}:{key}",
-            on_batch=lambda stats: self._on_batch(entry, batcher, stats),
+            on_batch=on_batch,
         )
         entry.batchers[key] = batcher
         return batcher
@@ -150,12 +159,6 @@ class InferenceEngine:
                 ErrorCode.FAILED_PRECONDITION,
                 f"model {entry.model!r}: config.yaml batching does not combine with the server's batching flags: {exc}",
             ) from None
-
-    def _on_batch(self, entry: ModelVersion, batcher: Batcher, stats: BatchStats) -> None:
-        self.metrics.queue_depth.labels(entry.model).set(batcher.queued_samples)
-        if stats.ok:
-            self._record_batch(entry, stats.batch_size, stats.queue_wait_s, stats.compute_s)
-            self.metrics.batches.labels(entry.model, entry.servable.runner_devices[stats.replica]).inc()
 
     def _record_batch(self, entry: ModelVersion, size: int, queue_s: float, compute_s: float) -> None:
         entry.stats.record_execution(size, queue_s, compute_s)

@@ -37,7 +37,8 @@ def decode_request(message: pb.ModelInferRequest, time_remaining: float | None =
             raise invalid(f"input {name!r} appears more than once")
         try:
             if raw:
-                if codecs.has_contents(tensor.contents):
+                # HasField first: a client that never touched `contents` (the raw path) skips the field scan
+                if tensor.HasField("contents") and codecs.has_contents(tensor.contents):
                     raise codecs.CodecError("set both contents and raw_input_contents; use one")
                 inputs[name] = codecs.decode_raw(raw[i], tensor.datatype, tensor.shape)
             else:
