@@ -1,10 +1,12 @@
 """A lean multi-process gRPC load generator: closed loop, fixed concurrency, warm-up, fixed measurement window.
 
-Each worker process runs one asyncio loop with one grpc.aio channel and drives its share of the concurrency:
-`slots` coroutines, each keeping exactly one request in flight (closed loop). Requests are serialized once up front;
-calls go through `channel.unary_unary(path)` / `channel.stream_stream(path)` with no serializers, so the bytes go
-to the wire as they are and responses come back as bytes: no protobuf work per request on the client side (a
-response is only checked by its length against the first, fully parsed, one).
+Each worker process runs one asyncio loop with `channels` grpc.aio channels (one TCP connection each) and drives its
+share of the concurrency as `slots` closed-loop slots, each keeping exactly one request in flight: a coroutine per
+slot for unary calls; for streaming, a coroutine per stream carrying `stream_depth` slots (messages in flight).
+Requests are serialized once up front; calls go through `channel.unary_unary(path)` /
+`channel.stream_stream(path)` with no serializers, so the bytes go to the wire as they are and responses come back
+as bytes: no protobuf work per request on the client side (a response is only checked by its length against the
+first, fully parsed, one).
 
 Timeline of one run: workers connect and prime every slot (one request each, fully checked) -> the parent gives a
 common start -> warm-up (not counted) -> the measurement window (completions inside it are counted and their
@@ -24,6 +26,7 @@ import multiprocessing as mp
 import os
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -49,6 +52,8 @@ class Job:
     offset: int  # first payload index for this worker, so workers do not send in lockstep
     timeout_s: float
     max_requests: int
+    channels: int = 1  # TCP connections of this worker; slots take them in turn
+    stream_depth: int = 1  # stream mode: messages in flight per stream (slots per stream)
 
 
 @dataclass
@@ -133,25 +138,29 @@ async def _unary_slot(
 
 
 async def _stream_slot(
-    stream: Any, job: Job, index: int, expected_len: int, window: tuple[float, float], c: _Counters
+    stream: Any, job: Job, index: int, depth: int, expected_len: int, window: tuple[float, float], c: _Counters
 ) -> None:
+    """`depth` closed-loop slots on one stream: up to `depth` messages in flight, a new one sent as each response
+    (they come back in request order) arrives."""
     t_measure, t_end = window
     payloads, n, k = job.payloads, len(job.payloads), job.offset + index + 1
     append, now = c.latencies.append, time.monotonic
+    sent: deque[float] = deque()
     try:
-        while c.sent < c.max_requests and c.errors < MAX_ERRORS:
-            t0 = now()
-            if t0 >= t_end:
+        while True:
+            while len(sent) < depth and c.sent < c.max_requests and c.errors < MAX_ERRORS and now() < t_end:
+                c.sent += 1
+                sent.append(now())
+                await stream.write(payloads[k % n])
+                k += 1
+            if not sent:
                 break
-            c.sent += 1
-            await stream.write(payloads[k % n])
             response = await stream.read()
-            t1 = now()
+            t1, t0 = now(), sent.popleft()
             if not isinstance(response, bytes) or len(response) != expected_len:
                 c.error(f"stream response {response!r:.200}, expected {expected_len} bytes")
             elif t_measure <= t1 < t_end:
                 append(t1 - t0)
-            k += 1
         await stream.done_writing()
     except Exception as exc:
         c.error(f"{type(exc).__name__}: {exc}")
@@ -170,25 +179,37 @@ async def _run_job(job: Job, conn: Connection) -> dict[str, Any]:
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # a connection per channel (grpc would otherwise share one between channels with the same target and
+        # options): a server of several processes sharing its port gets connections, not requests, spread over it
+        ("grpc.use_local_subchannel_pool", 1),
     ]
-    async with grpc.aio.insecure_channel(job.target, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        # Priming: one full round trip per slot, checked, before the clock starts.
-        streams: list[Any] = []
+    depths = [min(job.stream_depth, job.slots - start) for start in range(0, job.slots, job.stream_depth)]
+    units = job.slots if job.mode == UNARY else len(depths)  # unary slots or streams, spread over the channels
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(job.target, options=options))
+            for _ in range(max(1, min(job.channels, units)))
+        ]
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        # Priming: one full round trip per unary slot or per stream, checked, before the clock starts.
+        streams: list[tuple[Any, int]] = []  # (stream, depth)
         expected: list[int] = []
+        calls = [channel.unary_unary(UNARY_METHOD) for channel in channels]
         if job.mode == UNARY:
-            call = channel.unary_unary(UNARY_METHOD)
             for i in range(job.slots):
-                raw = await call(job.payloads[(job.offset + i) % len(job.payloads)], timeout=job.timeout_s)
+                raw = await calls[i % len(calls)](
+                    job.payloads[(job.offset + i) % len(job.payloads)], timeout=job.timeout_s
+                )
                 _check_first(job.mode, raw)
                 expected.append(len(raw))
         else:
-            for i in range(job.slots):
-                stream = channel.stream_stream(STREAM_METHOD)()
+            for i, depth in enumerate(depths):
+                stream = channels[i % len(channels)].stream_stream(STREAM_METHOD)()
                 await stream.write(job.payloads[(job.offset + i) % len(job.payloads)])
                 raw = await asyncio.wait_for(stream.read(), timeout=job.timeout_s)
                 _check_first(job.mode, raw)
-                streams.append(stream)
+                streams.append((stream, depth))
                 expected.append(len(raw))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.send, ("ready", None))
@@ -200,9 +221,13 @@ async def _run_job(job: Job, conn: Connection) -> dict[str, Any]:
         cpu: list[float] = []
         sampler = asyncio.create_task(_sample_cpu(window, cpu))
         if job.mode == UNARY:
-            slots = [_unary_slot(call, job, i, expected[i], window, counters) for i in range(job.slots)]
+            slots = [
+                _unary_slot(calls[i % len(calls)], job, i, expected[i], window, counters) for i in range(job.slots)
+            ]
         else:
-            slots = [_stream_slot(s, job, i, expected[i], window, counters) for i, s in enumerate(streams)]
+            slots = [
+                _stream_slot(s, job, i, depth, expected[i], window, counters) for i, (s, depth) in enumerate(streams)
+            ]
         tasks = [asyncio.ensure_future(slot) for slot in slots]
         _, pending = await asyncio.wait(tasks, timeout=window[1] - time.monotonic() + job.timeout_s)
         for task in pending:  # a request still unanswered `timeout_s` after the window: cancelled and counted
@@ -309,14 +334,18 @@ class LoadGenerator:
         max_requests: int = 2_000_000,
         observe_pids: Sequence[int] = (),
         on_window_start: Callable[[], None] | None = None,
+        channels: int = 1,
+        stream_depth: int = 1,
     ) -> LoadResult:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if channels < 1 or stream_depth < 1:
+            raise ValueError(f"channels and stream_depth must be >= 1, got {channels} and {stream_depth}")
         procs = min(self.procs, concurrency)
         self._ensure(procs)
         try:
             return self._run(target, mode, payloads, concurrency, procs, warmup_s, duration_s, timeout_s,
-                             max_requests, observe_pids, on_window_start)  # fmt: skip
+                             max_requests, observe_pids, on_window_start, channels, stream_depth)  # fmt: skip
         except BaseException:
             self._kill()  # a worker may be mid-job: start afresh next time
             raise
@@ -334,11 +363,13 @@ class LoadGenerator:
         max_requests: int,
         observe_pids: Sequence[int],
         on_window_start: Callable[[], None] | None,
+        channels: int,
+        stream_depth: int,
     ) -> LoadResult:
         workers = self._workers[:procs]
         shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
         for i, ((_, conn), slots) in enumerate(zip(workers, shares, strict=True)):
-            job = Job(target, mode, list(payloads), slots, i * 7919, timeout_s, max_requests)
+            job = Job(target, mode, list(payloads), slots, i * 7919, timeout_s, max_requests, channels, stream_depth)
             conn.send(("job", job))
         setup_deadline = time.monotonic() + 60 + timeout_s
         for _, conn in workers:

@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short windows and fewer batch sizes, for smoke tests")
     p.add_argument("--client-procs", type=int, default=os.cpu_count() or 1, help="load generator processes (at most c)")
     p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC connections per load generator process (a `--processes N` server needs several: the kernel "
+        "spreads connections, not requests, over its processes)",
+    )
+    p.add_argument(
+        "--stream-depth",
+        type=int,
+        default=1,
+        help="stream mode: requests in flight per stream (c/depth streams, pipelined; 1 = a stream per request)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -157,8 +170,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.inprocess_seconds = args.inprocess_seconds if args.inprocess_seconds is not None else (0.3 if quick else 1.5)
     if args.duration <= 0 or args.warmup < 0 or args.inprocess_seconds <= 0:
         raise SystemExit("--duration and --inprocess-seconds must be > 0, --warmup >= 0")
-    if args.client_procs < 1:
-        raise SystemExit("--client-procs must be >= 1")
+    if args.client_procs < 1 or args.channels < 1 or args.stream_depth < 1:
+        raise SystemExit("--client-procs, --channels and --stream-depth must be >= 1")
     bad = [item for item in args.server_env if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         raise SystemExit(f"--server-env expects KEY=VALUE, got {bad}")
@@ -233,9 +246,18 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Server:
     """A server subprocess on a free loopback port, with its log in the work directory."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        metrics_url: str | None = None,
+    ) -> None:
         self.name, self.cmd, self.port, self.log_path = name, cmd, port, log_path
         self.target = f"127.0.0.1:{port}"
+        self.metrics_url = metrics_url
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(env), cwd=ROOT)
 
@@ -250,6 +272,14 @@ class Server:
                     wait_until_ready(client, self.proc, deadline_s, model)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{self.name} did not become ready: {exc}\n{self.log_tail()}") from None
+
+    def pids(self) -> list[int]:
+        """The server process and its children (the processes of `kerve serve --processes N`)."""
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.proc.pid, *map(int, children)]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -294,8 +324,9 @@ def build_payloads(model: str, seed: int = 1) -> list[bytes]:
 # ------------------------------------------------------------------------------------------------ results
 
 
-def _entry(result: loadgen.LoadResult, server_pid: int) -> dict[str, Any]:
+def _entry(result: loadgen.LoadResult) -> dict[str, Any]:
     window = result.duration_s
+    server_cpu_s = sum(result.observed_cpu_s.values())  # every process of the server under test
     return {
         "samples_per_s": round(result.per_s, 2),  # batch-1 requests: samples/s == requests/s
         "p50_ms": round(result.percentile_ms(50), 4),
@@ -303,16 +334,14 @@ def _entry(result: loadgen.LoadResult, server_pid: int) -> dict[str, Any]:
         "p99_ms": round(result.percentile_ms(99), 4),
         "requests": result.requests,
         "errors": result.errors,
-        "server_cpu_cores": round(result.observed_cpu_s.get(server_pid, 0.0) / window, 3),
+        "server_cpu_cores": round(server_cpu_s / window, 3),
         "client_cpu_cores": round(result.client_cpu_s / window, 3),
         # Whatever else kept the cores busy in the window (other processes, the kernel's network stack
         # not charged to either side): near 0 on an otherwise idle machine.
-        "other_cpu_cores": round(
-            max(0.0, result.machine_busy_s - result.client_cpu_s - sum(result.observed_cpu_s.values())) / window, 3
-        ),
+        "other_cpu_cores": round(max(0.0, result.machine_busy_s - result.client_cpu_s - server_cpu_s) / window, 3),
         "client_procs": result.procs,
         # CPU time per request: what one request costs each side, whatever the concurrency
-        "server_cpu_ms_per_req": round(result.observed_cpu_s.get(server_pid, 0.0) / max(1, result.requests) * 1e3, 4),
+        "server_cpu_ms_per_req": round(server_cpu_s / max(1, result.requests) * 1e3, 4),
         "client_cpu_ms_per_req": round(result.client_cpu_s / max(1, result.requests) * 1e3, 4),
         **({"first_error": result.first_error} if result.first_error else {}),
     }
@@ -421,22 +450,24 @@ def response_len(target: str, payload: bytes) -> int:
         return len(channel.unary_unary(loadgen.UNARY_METHOD)(payload, timeout=30))
 
 
-def model_counts(target: str, model: str) -> tuple[int, int] | None:
-    """(inference_count, execution_count) of a model from V2 ModelStatistics; None when the server has none."""
-    import grpc
+def batch_counts(metrics_url: str, model: str) -> tuple[float, float] | None:
+    """(samples, model executions) of a model so far, from kerve's Prometheus histogram kerve_batch_size (summed
+    over the processes of a `--processes N` server, where ModelStatistics would answer for one process)."""
+    import urllib.request
 
-    from kerve.protos import grpc_service_pb2 as pb
-    from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+    from prometheus_client.parser import text_string_to_metric_families
 
-    with grpc.insecure_channel(target) as channel:
-        try:
-            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-                pb.ModelStatisticsRequest(name=model), timeout=10
-            )
-        except grpc.RpcError:
-            return None
-    stats = list(response.model_stats)
-    return (sum(s.inference_count for s in stats), sum(s.execution_count for s in stats)) if stats else None
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    totals = {"kerve_batch_size_sum": 0.0, "kerve_batch_size_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals and sample.labels.get("model") == model:
+                totals[sample.name] += sample.value
+    return totals["kerve_batch_size_sum"], totals["kerve_batch_size_count"]
 
 
 def measure_case(
@@ -453,13 +484,14 @@ def measure_case(
     for name, server in servers.items():
         if server.proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {server.proc.returncode}\n{server.log_tail()}")
-        before = model_counts(server.target, model) if name == "kerve" else None
+        before = batch_counts(server.metrics_url, model) if server.metrics_url else None
         result = gen.run(
             server.target, mode, payloads, concurrency, args.warmup, args.duration,
-            timeout_s=args.timeout, observe_pids=[server.proc.pid],
+            timeout_s=args.timeout, observe_pids=server.pids(), channels=args.channels,
+            stream_depth=args.stream_depth,
         )  # fmt: skip
-        row[name] = _entry(result, server.proc.pid)
-        after = model_counts(server.target, model) if before is not None else None
+        row[name] = _entry(result)
+        after = batch_counts(server.metrics_url, model) if before is not None else None
         if before is not None and after is not None and after[1] > before[1]:
             # Samples per model execution over warm-up + window: how well the server batched.
             row[name]["mean_batch"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
@@ -527,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     (work / "responses.json").write_text(json.dumps({name: m["outputs"] for name, m in inprocess.items()}))
     payloads = {name: build_payloads(name) for name in args.models}
 
+    metrics_port = free_port()
     kerve_cmd = [
         sys.executable, "-m", "kerve", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-        "--metrics-port", "0", *args.server_arg,
+        "--metrics-port", str(metrics_port), *args.server_arg,
     ]  # fmt: skip
     server_env = dict(item.split("=", 1) for item in args.server_env)
     h2load_exe = h2load.find() if args.h2load else None
@@ -555,7 +588,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         port = free_port()
         servers["kerve"] = Server(
-            "kerve", [*kerve_cmd, "--port", str(port)], port, work / "kerve-server.log", env=server_env
+            "kerve",
+            [*kerve_cmd, "--port", str(port)],
+            port,
+            work / "kerve-server.log",
+            env=server_env,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         for server in servers.values():
             server.wait_ready(300.0, args.models)
@@ -649,10 +687,12 @@ def main(argv: list[str] | None = None) -> int:
         "inprocess_batches": args.batches,
         "inprocess_seconds_per_batch": args.inprocess_seconds,
         "client_procs": args.client_procs,
+        "channels_per_client_proc": args.channels,
+        "stream_depth": args.stream_depth,
         "max_other_cpu": args.max_other_cpu,
         "retries": args.retries,
         "waited_for_quiet_s": round(quiet.waited_s, 1),
-        "server_cmd": "python -m kerve serve --model-repository REPO --host 127.0.0.1 --port PORT --metrics-port 0",
+        "server_cmd": "python -m kerve serve --model-repository REPO --host 127.0.0.1 --port PORT --metrics-port MPORT",
         "server_args": args.server_arg,
         "server_env": args.server_env,
         "kerve_commit": _git("rev-parse", "--short", "HEAD"),

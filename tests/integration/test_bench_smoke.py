@@ -28,6 +28,8 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "bench.run", "--quick", "--models", "tiny", "--concurrency", "1,4",
         "--duration", "1", "--modes", "unary,stream", "--retries", "0", "--out", str(out),
+        # the options for a server of several processes: connections per generator process, pipelined streams
+        "--channels", "2", "--stream-depth", "2", "--server-arg=--processes=2",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,6 +43,7 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert all(_positive(entry[k]) for k in ENTRY_KEYS), (key, entry)
             assert entry["p99_ms"] >= entry["p50_ms"]
             assert entry["errors"] == 0
+            assert entry["mean_batch"] >= 1  # from the group's summed /metrics
     for mode in ("unary", "stream"):
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]
@@ -55,6 +58,8 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
     assert machine["cpu_model"] and _positive(machine["cores"])
     assert machine["tensorflow"] and machine["date"]
     assert results["config"]["server_exit_codes"] == {"grpc_ceiling": 0, "kerve": 0}
+    assert results["config"]["server_args"] == ["--processes=2"]
+    assert (results["config"]["channels_per_client_proc"], results["config"]["stream_depth"]) == (2, 2)
 
 
 def test_profile_summary_splits_samples_by_component() -> None:
