@@ -10,8 +10,8 @@ This parent imports neither TensorFlow nor grpc. It reserves the port (so `--por
 whole group), starts the children with the same flags, holds them back until all have loaded their models (a
 start barrier over two pipes) so that they begin listening together, serves the Prometheus metrics they all write
 to a shared directory (prometheus_client's multiprocess mode: counters and histograms are summed over the
-processes), and forwards SIGTERM/SIGINT so every child drains. If a child dies on its own, the parent stops the others and exits
-non-zero: the orchestrator restarts the group as a whole, as it would a single server.
+processes), and forwards SIGTERM/SIGINT so every child drains. If a child dies on its own, the parent stops the
+others and exits non-zero: the orchestrator restarts the group as a whole, as it would a single server.
 """
 
 from __future__ import annotations
