@@ -22,13 +22,13 @@ from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import processes, tfs_service, warmup
-from .devices import configure_devices
+from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
 from .manager import ModelManager
 from .metrics import Metrics
 from .model import replica_loader
 from .security import SecurityConfigError, server_credentials, server_interceptors
-from .settings import ServerSettings
+from .settings import ServerSettings, apply_gil_switch_interval
 from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
@@ -67,9 +67,12 @@ class KerveServer:
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kerve-infer")
         # before any model loads: TensorFlow fixes its device list when its runtime starts
-        self.devices = configure_devices(settings.devices, settings.cpu_replicas)
+        self.devices = configure_devices(
+            settings.devices, settings.cpu_replicas, settings.intra_op_threads, settings.inter_op_threads
+        )
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
+        log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
         loader = replica_loader(self.devices.names)
         self.manager = ModelManager(
             settings.model_repository,
@@ -203,6 +206,7 @@ def log_format(process_index: int | None) -> str:
 
 def main(settings: ServerSettings) -> int:
     logging.basicConfig(level=logging.INFO, format=log_format(settings.process_index))
+    apply_gil_switch_interval(settings.gil_switch_interval_us)
     try:
         return asyncio.run(serve(settings))
     except SecurityConfigError as exc:

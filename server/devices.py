@@ -47,14 +47,46 @@ def _connect_tpu() -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("TPU")]
 
 
-def configure_devices(kind: str = "auto", cpu_replicas: int = 1) -> DeviceSet:
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """TensorFlow's thread pools (0 leaves TF's default, one thread per core); only before its runtime starts."""
+    if intra_op > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def thread_counts() -> tuple[int, int]:
+    """(intra-op, inter-op) threads as TensorFlow holds them; 0 is its default, one per core."""
+    return (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+
+
+def configure_devices(
+    kind: str = "auto", cpu_replicas: int = 1, intra_op_threads: int = 0, inter_op_threads: int = 0
+) -> DeviceSet:
     """Pick the serving devices. On CPU, cpu_replicas > 1 splits the CPU into that many logical devices,
-    each with its own replica (useful to overlap batches on many-core hosts, and to test the multi-replica
-    path on a laptop)."""
+    each with its own replica, so that several batches run at once.
+
+    Unless intra_op_threads says otherwise, the replicas then also split the cores: each op gets
+    cores // cpu_replicas threads. Running batches side by side on one thread each beats running one batch at a
+    time on every core (no hand-off to a thread pool per op, which dominates small batches; no pool threads
+    idling between the ops of one batch): docs/benchmarks.md measures ~1.4x more samples/s for the compute-bound
+    models and a cheaper batch-1 call.
+    """
     if kind not in DEVICE_KINDS:
         raise ValueError(f"unknown device kind {kind!r}; choose from {DEVICE_KINDS}")
     if cpu_replicas < 1:
         raise ValueError(f"cpu replicas must be >= 1, got {cpu_replicas}")
+    configure_threads(intra_op_threads, inter_op_threads)
     if _tpu_wanted(kind):
         tpus = _connect_tpu()
         if tpus:
@@ -70,6 +102,8 @@ def configure_devices(kind: str = "auto", cpu_replicas: int = 1) -> DeviceSet:
         if kind == "gpu":
             raise RuntimeError("--devices gpu was requested but TensorFlow sees no GPU")
     if cpu_replicas > 1:
+        if intra_op_threads == 0:
+            configure_threads(max(1, usable_cores() // cpu_replicas), 0)
         (cpu,) = tf.config.list_physical_devices("CPU")[:1]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
     return DeviceSet("cpu", tuple(d.name for d in tf.config.list_logical_devices("CPU")))

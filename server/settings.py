@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,14 @@ class ServerSettings:
     batching: BatchingConfig | None = BatchingConfig()  # server-wide defaults; None turns dynamic batching off
     devices: str = "auto"  # auto | cpu | gpu | tpu
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
+    intra_op_threads: int = 0  # TF threads per op; 0: TF's default (cores), or cores // cpu_replicas
+    inter_op_threads: int = 0  # TF threads running independent ops; 0: TF's default (cores)
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
     processes: int = 1  # >1: that many server processes share the port (server/processes.py)
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
+    gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -44,6 +48,12 @@ class ServerSettings:
             raise ValueError(f"--devices must be auto, cpu, gpu or tpu, got {self.devices!r}")
         if self.cpu_replicas < 1:
             raise ValueError(f"--cpu-replicas must be >= 1, got {self.cpu_replicas}")
+        for flag, threads in (
+            ("--intra-op-threads", self.intra_op_threads),
+            ("--inter-op-threads", self.inter_op_threads),
+        ):
+            if threads < 0:
+                raise ValueError(f"{flag} must be >= 0, got {threads}")
         if not (self.poll_interval_s >= 0):  # also rejects NaN
             raise ValueError(f"--poll-interval must be >= 0 seconds, got {self.poll_interval_s}")
         if self.model_control not in ("poll", "explicit"):
@@ -55,6 +65,8 @@ class ServerSettings:
                 "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
                 "got the call, so the processes would serve different models"
             )
+        if self.gil_switch_interval_us < 0:
+            raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
             raise ValueError(f"--grace-period must be >= 0, got {self.grace_s}")
         if self.max_connection_age_s < 0:
@@ -127,6 +139,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop and model "
         "replicas: Python gRPC uses about one core per process; needs --model-control poll (env KERVE_PROCESSES)",
     )
+    parser.add_argument(
+        "--gil-switch-interval-us",
+        type=int,
+        default=int(_env("GIL_SWITCH_INTERVAL_US", "0") or 0),
+        help="longest a Python thread keeps the GIL while another waits for it (sys.setswitchinterval); the event "
+        "loop and the inference threads hand requests to each other, so a shorter interval cuts latency; "
+        "0 = Python's default, 5000 (env KERVE_GIL_SWITCH_INTERVAL_US)",
+    )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-fds", default=None, help=argparse.SUPPRESS)
@@ -165,7 +185,27 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-queued", type=int, default=4096, help="queued rows per model before RESOURCE_EXHAUSTED")
     group.add_argument("--devices", default="auto", choices=["auto", "cpu", "gpu", "tpu"], help="serving devices")
-    group.add_argument("--cpu-replicas", type=int, default=1, help="logical CPU devices, one model replica each")
+    group.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=int(_env("CPU_REPLICAS", "1") or 1),
+        help="logical CPU devices, one model replica each, so that batches run side by side; with the default "
+        "--intra-op-threads they split the cores between them (env KERVE_CPU_REPLICAS)",
+    )
+    group.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=int(_env("INTRA_OP_THREADS", "0") or 0),
+        help="TensorFlow threads per op (TF Serving's --tensorflow_intra_op_parallelism); 0 = one per core, or "
+        "cores / --cpu-replicas when that is > 1 (env KERVE_INTRA_OP_THREADS)",
+    )
+    group.add_argument(
+        "--inter-op-threads",
+        type=int,
+        default=int(_env("INTER_OP_THREADS", "0") or 0),
+        help="TensorFlow threads for independent ops (TF Serving's --tensorflow_inter_op_parallelism); "
+        "0 = one per core (env KERVE_INTER_OP_THREADS)",
+    )
 
 
 def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
@@ -201,11 +241,14 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         batching=batching_from_args(args),
         devices=args.devices,
         cpu_replicas=args.cpu_replicas,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
         processes=args.processes,
         process_index=args.process_index,
         group_fds=_fd_pair(args.group_fds),
+        gil_switch_interval_us=args.gil_switch_interval_us,
     )
 
 
@@ -214,3 +257,11 @@ def _fd_pair(text: str | None) -> tuple[int, int] | None:
         return None
     loaded, go = (int(fd) for fd in text.split(","))
     return loaded, go
+
+
+def apply_gil_switch_interval(interval_us: int) -> None:
+    """The event loop and the inference threads share one GIL, and a thread that wants it waits until the holder
+    blocks or the switch interval runs out; with Python's 5 ms, a batch-1 request can wait milliseconds at its
+    hand-offs between them (measured in docs/benchmarks.md)."""
+    if interval_us > 0:
+        sys.setswitchinterval(interval_us / 1e6)

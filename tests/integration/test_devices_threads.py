@@ -1,0 +1,44 @@
+"""TensorFlow's thread pools as `configure_devices` leaves them (each case in a fresh process: TF fixes its
+threading when its runtime starts, once per process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kerve.server.devices import usable_cores
+
+PROBE = """
+import json, sys
+from kerve.server.devices import configure_devices, thread_counts
+devices = configure_devices("cpu", *json.loads(sys.argv[1]))
+print(json.dumps([list(devices.names), list(thread_counts())]))
+"""
+
+
+def _configure(cpu_replicas: int, intra: int = 0, inter: int = 0) -> tuple[list[str], list[int]]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = json.dumps([cpu_replicas, intra, inter])
+    done = subprocess.run([sys.executable, "-c", PROBE, args], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names, threads = json.loads(done.stdout.strip().splitlines()[-1])
+    return names, threads
+
+
+def test_one_replica_keeps_tensorflows_default_threads() -> None:
+    assert _configure(1) == (["/device:CPU:0"], [0, 0])
+
+
+def test_cpu_replicas_split_the_cores_between_them() -> None:
+    names, threads = _configure(2)
+    assert names == ["/device:CPU:0", "/device:CPU:1"]
+    assert threads == [max(1, usable_cores() // 2), 0]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_explicit_thread_counts_win(replicas: int) -> None:
+    assert _configure(replicas, 3, 2)[1] == [3, 2]

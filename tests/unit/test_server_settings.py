@@ -1,0 +1,55 @@
+"""Server settings that are not about one subsystem: the interpreter's GIL switch interval and TF's threads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kerve.server import settings
+
+
+def _settings(tmp_path: Path, *argv: str) -> settings.ServerSettings:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    return settings.from_args(parser.parse_args(["--model-repository", str(tmp_path), *argv]))
+
+
+@pytest.fixture
+def restore_switch_interval() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_gil_switch_interval_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path, "--gil-switch-interval-us", "250").gil_switch_interval_us == 250
+    monkeypatch.setenv("KERVE_GIL_SWITCH_INTERVAL_US", "700")
+    assert _settings(tmp_path).gil_switch_interval_us == 700
+    with pytest.raises(ValueError, match="--gil-switch-interval-us must be >= 0, got -1"):
+        _settings(tmp_path, "--gil-switch-interval-us", "-1")
+
+
+def test_gil_switch_interval_is_applied_and_zero_keeps_pythons(restore_switch_interval: None) -> None:
+    sys.setswitchinterval(0.005)
+    settings.apply_gil_switch_interval(0)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    settings.apply_gil_switch_interval(250)
+    assert sys.getswitchinterval() == pytest.approx(0.00025)
+
+
+def test_thread_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = _settings(tmp_path)
+    assert (default.cpu_replicas, default.intra_op_threads, default.inter_op_threads) == (1, 0, 0)
+    chosen = _settings(tmp_path, "--cpu-replicas", "2", "--intra-op-threads", "1", "--inter-op-threads", "2")
+    assert (chosen.cpu_replicas, chosen.intra_op_threads, chosen.inter_op_threads) == (2, 1, 2)
+    monkeypatch.setenv("KERVE_CPU_REPLICAS", "4")
+    monkeypatch.setenv("KERVE_INTRA_OP_THREADS", "3")
+    from_env = _settings(tmp_path)
+    assert (from_env.cpu_replicas, from_env.intra_op_threads) == (4, 3)
+    for flag in ("--intra-op-threads", "--inter-op-threads"):
+        with pytest.raises(ValueError, match=f"{flag} must be >= 0, got -1"):
+            _settings(tmp_path, flag, "-1")
