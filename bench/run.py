@@ -7,8 +7,9 @@
 1. In process: each model's `serving_default` signature called directly at batch 1..512 (child process).
 2. Bare gRPC ceiling: `bench.ceiling`, a trivial grpc.aio server answering ModelInfer/ModelStreamInfer with a canned
    response of the model's output size, driven by the same load generator at the same concurrency.
-3. kerve: `python -m kerve serve` on a free loopback port (metrics off, plus any `--server-arg`), batch-1 requests
-   at each concurrency, unary ModelInfer and (unless `--modes unary`) ModelStreamInfer.
+3. kerve: `python -m kerve serve` on a free loopback port (its Prometheus port on another, read for the mean batch
+   size; plus any `--server-arg`), batch-1 requests at each concurrency, unary ModelInfer and (unless `--modes
+   unary`) ModelStreamInfer.
 
 The ceiling and kerve run at the same time (each idle while the other is measured) and are measured one after the
 other for each case, so slow drift on the machine hits both alike. Results: a table on stdout and a JSON file
