@@ -59,7 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kerve serve: {exc}", file=sys.stderr)
         return 2
-    if server_settings.processes > 1:
+    if server_settings.processes > 1 and server_settings.process_index is None:
         from kerve.server import processes  # the supervisor: no TensorFlow or grpc in this process
 
         return processes.supervise(server_settings, args.argv)

@@ -68,7 +68,11 @@ class KerveServer:
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kerve-infer")
         # before any model loads: TensorFlow fixes its device list when its runtime starts
         self.devices = configure_devices(
-            settings.devices, settings.cpu_replicas, settings.intra_op_threads, settings.inter_op_threads
+            settings.devices,
+            settings.cpu_replicas,
+            settings.intra_op_threads,
+            settings.inter_op_threads,
+            processes=settings.processes,
         )
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)

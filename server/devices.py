@@ -71,16 +71,20 @@ def thread_counts() -> tuple[int, int]:
 
 
 def configure_devices(
-    kind: str = "auto", cpu_replicas: int = 1, intra_op_threads: int = 0, inter_op_threads: int = 0
+    kind: str = "auto",
+    cpu_replicas: int = 1,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    processes: int = 1,
 ) -> DeviceSet:
     """Pick the serving devices. On CPU, cpu_replicas > 1 splits the CPU into that many logical devices,
     each with its own replica, so that several batches run at once.
 
-    Unless intra_op_threads says otherwise, the replicas then also split the cores: each op gets
-    cores // cpu_replicas threads. Running batches side by side on one thread each beats running one batch at a
-    time on every core (no hand-off to a thread pool per op, which dominates small batches; no pool threads
-    idling between the ops of one batch): docs/benchmarks.md measures ~1.4x more samples/s for the compute-bound
-    models and a cheaper batch-1 call.
+    Serving on CPU, several replicas (and several server processes, `--processes`) also split the cores unless
+    intra_op_threads says otherwise: each op gets cores // (cpu_replicas * processes) threads instead of every
+    core each. Batches side by side on a thread each beat one batch at a time on all cores (no hand-off to a
+    thread pool inside every op, which dominates small batches; no pool threads spinning between ops), and
+    several TF runtimes each sized for the whole host would oversubscribe it (docs/benchmarks.md).
     """
     if kind not in DEVICE_KINDS:
         raise ValueError(f"unknown device kind {kind!r}; choose from {DEVICE_KINDS}")
@@ -101,9 +105,9 @@ def configure_devices(
             return DeviceSet("gpu", tuple(d.name for d in tf.config.list_logical_devices("GPU")))
         if kind == "gpu":
             raise RuntimeError("--devices gpu was requested but TensorFlow sees no GPU")
+    if intra_op_threads == 0 and cpu_replicas * processes > 1:
+        configure_threads(max(1, usable_cores() // (cpu_replicas * processes)), 0)
     if cpu_replicas > 1:
-        if intra_op_threads == 0:
-            configure_threads(max(1, usable_cores() // cpu_replicas), 0)
         (cpu,) = tf.config.list_physical_devices("CPU")[:1]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
     return DeviceSet("cpu", tuple(d.name for d in tf.config.list_logical_devices("CPU")))

@@ -53,10 +53,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def child_command(argv: Sequence[str], index: int, port: int, fds: tuple[int, int]) -> list[str]:
-    """The parent's own `serve` arguments with the group's overrides appended (argparse keeps the last value)."""
+    """The parent's own `serve` arguments with the group's overrides appended (argparse keeps the last value).
+    `--processes N` stays: a child knows it is one of N (it splits the cores with the others) and, having a
+    `--process-index`, serves instead of supervising."""
     return [
         sys.executable, "-m", "kerve", *argv,
-        "--processes", "1", "--process-index", str(index), "--port", str(port), "--metrics-port", "0",
+        "--process-index", str(index), "--port", str(port), "--metrics-port", "0",
         "--group-fds", f"{fds[0]},{fds[1]}",
     ]  # fmt: skip
 

@@ -28,11 +28,11 @@ class ServerSettings:
     batching: BatchingConfig | None = BatchingConfig()  # server-wide defaults; None turns dynamic batching off
     devices: str = "auto"  # auto | cpu | gpu | tpu
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
-    intra_op_threads: int = 0  # TF threads per op; 0: TF's default (cores), or cores // cpu_replicas
+    intra_op_threads: int = 0  # TF threads per op; 0: TF's default (cores), or cores // (cpu_replicas * processes)
     inter_op_threads: int = 0  # TF threads running independent ops; 0: TF's default (cores)
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
-    processes: int = 1  # >1: that many server processes share the port (server/processes.py)
+    processes: int = 1  # >1: that many server processes share the port (server/processes.py), children included
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
@@ -197,7 +197,7 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=int(_env("INTRA_OP_THREADS", "0") or 0),
         help="TensorFlow threads per op (TF Serving's --tensorflow_intra_op_parallelism); 0 = one per core, or "
-        "cores / --cpu-replicas when that is > 1 (env KERVE_INTRA_OP_THREADS)",
+        "cores / (--cpu-replicas x --processes) on CPU when that is > 1 (env KERVE_INTRA_OP_THREADS)",
     )
     group.add_argument(
         "--inter-op-threads",

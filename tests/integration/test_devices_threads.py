@@ -15,14 +15,15 @@ from kerve.server.devices import usable_cores
 PROBE = """
 import json, sys
 from kerve.server.devices import configure_devices, thread_counts
-devices = configure_devices("cpu", *json.loads(sys.argv[1]))
+replicas, intra, inter, processes = json.loads(sys.argv[1])
+devices = configure_devices("cpu", replicas, intra, inter, processes=processes)
 print(json.dumps([list(devices.names), list(thread_counts())]))
 """
 
 
-def _configure(cpu_replicas: int, intra: int = 0, inter: int = 0) -> tuple[list[str], list[int]]:
+def _configure(cpu_replicas: int, intra: int = 0, inter: int = 0, processes: int = 1) -> tuple[list[str], list[int]]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = json.dumps([cpu_replicas, intra, inter])
+    args = json.dumps([cpu_replicas, intra, inter, processes])
     done = subprocess.run([sys.executable, "-c", PROBE, args], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     names, threads = json.loads(done.stdout.strip().splitlines()[-1])
@@ -37,6 +38,11 @@ def test_cpu_replicas_split_the_cores_between_them() -> None:
     names, threads = _configure(2)
     assert names == ["/device:CPU:0", "/device:CPU:1"]
     assert threads == [max(1, usable_cores() // 2), 0]
+
+
+def test_server_processes_split_the_cores_too() -> None:
+    assert _configure(1, processes=2) == (["/device:CPU:0"], [max(1, usable_cores() // 2), 0])
+    assert _configure(2, processes=2)[1] == [max(1, usable_cores() // 4), 0]
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

@@ -34,7 +34,7 @@ def test_child_command_overrides_the_group_flags_last(tmp_path: Path) -> None:
     command = processes.child_command(argv, 2, 8512, (5, 6))
     assert command[1:3] == ["-m", "kerve"]
     child = _settings(tmp_path, *command[4:])  # argparse keeps the last value of a repeated flag
-    assert (child.processes, child.process_index, child.port, child.metrics_port) == (1, 2, 8512, 0)
+    assert (child.processes, child.process_index, child.port, child.metrics_port) == (4, 2, 8512, 0)
     assert child.group_fds == (5, 6)
 
 
