@@ -73,3 +73,22 @@ def test_profile_summary_splits_samples_by_component() -> None:
     assert summary["samples"] == 4
     assert dict(map(tuple, summary["components_pct"])) == {"kerve.server": 75.0, "grpc": 25.0}
     assert summary["self_pct"][0] == ["_infer (kerve/server/inference.py)", 75.0]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_tf_threads_bench_measures_each_thread_count(tmp_path: Path) -> None:
+    out = tmp_path / "threads.json"
+    cmd = [
+        sys.executable, "-m", "bench.tf_threads", "--models", "tiny", "--intra", "0,1", "--gaps", "0,0.5",
+        "--seconds", "0.2", "--batch", "4", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())["tiny"]
+    assert set(results) == {"0", "1"}
+    for figures in results.values():
+        assert set(figures["batch1_p50_ms_by_gap_ms"]) == {"0.0", "0.5"}
+        assert all(_positive(v) for v in figures["batch1_p50_ms_by_gap_ms"].values())
+        assert set(figures["by_callers"]) == {"1", "2"}
+        assert all(_positive(c["samples_per_s"]) for c in figures["by_callers"].values())
