@@ -16,6 +16,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from .cpus import schedulable_cores, usable_cores
+
 log = logging.getLogger("kerve.server.devices")
 
 DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
@@ -47,13 +49,6 @@ def _connect_tpu() -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("TPU")]
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def configure_threads(intra_op: int, inter_op: int) -> None:
     """TensorFlow's thread pools (0 leaves TF's default, one thread per core); only before its runtime starts."""
     if intra_op > 0:
@@ -80,17 +75,21 @@ def configure_devices(
     """Pick the serving devices. On CPU, cpu_replicas > 1 splits the CPU into that many logical devices,
     each with its own replica, so that several batches run at once.
 
-    Serving on CPU, several replicas (and several server processes, `--processes`) also split the cores unless
-    intra_op_threads says otherwise: each op gets cores // (cpu_replicas * processes) threads instead of every
-    core each. Batches side by side on a thread each beat one batch at a time on all cores (no hand-off to a
-    thread pool inside every op, which dominates small batches; no pool threads spinning between ops), and
-    several TF runtimes each sized for the whole host would oversubscribe it (docs/benchmarks.md).
+    Thread counts left at 0 are sized from the cores this process may use (`cpus.usable_cores`: a container's CPU
+    quota caps the host's cores, which TF alone would not notice). Serving on CPU, several replicas (and several
+    server processes, `--processes`) also split those cores unless intra_op_threads says otherwise: each op gets
+    cores // (cpu_replicas * processes) threads instead of every core each. Batches side by side on a thread each
+    beat one batch at a time on all cores (no hand-off to a thread pool inside every op, which dominates small
+    batches; no pool threads spinning between ops), and several TF runtimes each sized for the whole host would
+    oversubscribe it (docs/benchmarks.md).
     """
     if kind not in DEVICE_KINDS:
         raise ValueError(f"unknown device kind {kind!r}; choose from {DEVICE_KINDS}")
     if cpu_replicas < 1:
         raise ValueError(f"cpu replicas must be >= 1, got {cpu_replicas}")
-    configure_threads(intra_op_threads, inter_op_threads)
+    cores = usable_cores()
+    default = cores if cores < schedulable_cores() else 0  # under a CPU quota TF's default would oversubscribe
+    configure_threads(intra_op_threads or default, inter_op_threads or default)
     if _tpu_wanted(kind):
         tpus = _connect_tpu()
         if tpus:
@@ -106,7 +105,7 @@ def configure_devices(
         if kind == "gpu":
             raise RuntimeError("--devices gpu was requested but TensorFlow sees no GPU")
     if intra_op_threads == 0 and cpu_replicas * processes > 1:
-        configure_threads(max(1, usable_cores() // (cpu_replicas * processes)), 0)
+        configure_threads(max(1, cores // (cpu_replicas * processes)), 0)
     if cpu_replicas > 1:
         (cpu,) = tf.config.list_physical_devices("CPU")[:1]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)

@@ -28,8 +28,8 @@ class ServerSettings:
     batching: BatchingConfig | None = BatchingConfig()  # server-wide defaults; None turns dynamic batching off
     devices: str = "auto"  # auto | cpu | gpu | tpu
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
-    intra_op_threads: int = 0  # TF threads per op; 0: TF's default (cores), or cores // (cpu_replicas * processes)
-    inter_op_threads: int = 0  # TF threads running independent ops; 0: TF's default (cores)
+    intra_op_threads: int = 0  # TF threads per op; 0: usable cores (server/cpus.py) // (cpu_replicas * processes)
+    inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
     processes: int = 1  # >1: that many server processes share the port (server/processes.py), children included
@@ -196,15 +196,16 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         "--intra-op-threads",
         type=int,
         default=int(_env("INTRA_OP_THREADS", "0") or 0),
-        help="TensorFlow threads per op (TF Serving's --tensorflow_intra_op_parallelism); 0 = one per core, or "
-        "cores / (--cpu-replicas x --processes) on CPU when that is > 1 (env KERVE_INTRA_OP_THREADS)",
+        help="TensorFlow threads per op (TF Serving's --tensorflow_intra_op_parallelism); 0 = one per usable core "
+        "(affinity capped by a container CPU quota), or cores / (--cpu-replicas x --processes) on CPU when that is "
+        "> 1 (env KERVE_INTRA_OP_THREADS)",
     )
     group.add_argument(
         "--inter-op-threads",
         type=int,
         default=int(_env("INTER_OP_THREADS", "0") or 0),
         help="TensorFlow threads for independent ops (TF Serving's --tensorflow_inter_op_parallelism); "
-        "0 = one per core (env KERVE_INTER_OP_THREADS)",
+        "0 = one per usable core (env KERVE_INTER_OP_THREADS)",
     )
 
 

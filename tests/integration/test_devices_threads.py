@@ -10,39 +10,52 @@ import sys
 
 import pytest
 
-from kerve.server.devices import usable_cores
+from kerve.server.cpus import schedulable_cores, usable_cores
+
+# TF's default (0) unless a CPU quota caps the cores: then kerve sizes both pools for the quota
+DEFAULT = usable_cores() if usable_cores() < schedulable_cores() else 0
 
 PROBE = """
 import json, sys
+from kerve.server import devices as d
 from kerve.server.devices import configure_devices, thread_counts
-replicas, intra, inter, processes = json.loads(sys.argv[1])
+replicas, intra, inter, processes, quota = json.loads(sys.argv[1])
+if quota:  # as in a pod limited to `quota` CPUs on an 8-core node
+    d.usable_cores, d.schedulable_cores = (lambda: quota), (lambda: 8)
 devices = configure_devices("cpu", replicas, intra, inter, processes=processes)
 print(json.dumps([list(devices.names), list(thread_counts())]))
 """
 
 
-def _configure(cpu_replicas: int, intra: int = 0, inter: int = 0, processes: int = 1) -> tuple[list[str], list[int]]:
+def _configure(
+    cpu_replicas: int, intra: int = 0, inter: int = 0, processes: int = 1, quota: int = 0
+) -> tuple[list[str], list[int]]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = json.dumps([cpu_replicas, intra, inter, processes])
+    args = json.dumps([cpu_replicas, intra, inter, processes, quota])
     done = subprocess.run([sys.executable, "-c", PROBE, args], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     names, threads = json.loads(done.stdout.strip().splitlines()[-1])
     return names, threads
 
 
-def test_one_replica_keeps_tensorflows_default_threads() -> None:
-    assert _configure(1) == (["/device:CPU:0"], [0, 0])
+def test_one_replica_gets_tensorflows_default_or_the_cpu_quota() -> None:
+    assert _configure(1) == (["/device:CPU:0"], [DEFAULT, DEFAULT])
 
 
 def test_cpu_replicas_split_the_cores_between_them() -> None:
     names, threads = _configure(2)
     assert names == ["/device:CPU:0", "/device:CPU:1"]
-    assert threads == [max(1, usable_cores() // 2), 0]
+    assert threads == [max(1, usable_cores() // 2), DEFAULT]
 
 
 def test_server_processes_split_the_cores_too() -> None:
-    assert _configure(1, processes=2) == (["/device:CPU:0"], [max(1, usable_cores() // 2), 0])
-    assert _configure(2, processes=2)[1] == [max(1, usable_cores() // 4), 0]
+    assert _configure(1, processes=2) == (["/device:CPU:0"], [max(1, usable_cores() // 2), DEFAULT])
+    assert _configure(2, processes=2)[1] == [max(1, usable_cores() // 4), DEFAULT]
+
+
+def test_a_cpu_quota_sizes_both_pools() -> None:
+    assert _configure(1, quota=2)[1] == [2, 2]
+    assert _configure(2, quota=4)[1] == [2, 4]  # the replicas split the quota's cores
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
