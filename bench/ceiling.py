@@ -88,9 +88,17 @@ def main() -> int:
     parser.add_argument(
         "--responses", type=Path, required=True, help='JSON {model: [{"name", "dtype", "shape"}, ...]} (per sample)'
     )
+    parser.add_argument(
+        "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="the same loop kerve runs on"
+    )
     args = parser.parse_args()
     spec = json.loads(args.responses.read_text())
-    asyncio.run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}))
+    run = asyncio.run
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
+    run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}))
     return 0
 
 

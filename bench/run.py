@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="stream mode: requests in flight per stream (c/depth streams, pipelined; 1 = a stream per request)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop of both servers, kerve and the bare ceiling (auto: uvloop when installed, as kerve does)",
     )
     p.add_argument(
         "--server-arg",
@@ -561,9 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {name: build_payloads(name) for name in args.models}
 
     metrics_port = free_port()
+    loop = args.event_loop
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
     kerve_cmd = [
         sys.executable, "-m", "kerve", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-        "--metrics-port", str(metrics_port), *args.server_arg,
+        "--metrics-port", str(metrics_port), "--event-loop", loop, *args.server_arg,
     ]  # fmt: skip
     server_env = dict(item.split("=", 1) for item in args.server_env)
     h2load_exe = h2load.find() if args.h2load else None
@@ -581,9 +591,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"[2/3] starting the gRPC ceiling and kerve ({' '.join(kerve_cmd[1:4])} ... {' '.join(args.server_arg)})")
         port = free_port()
+        ceiling_cmd = [
+            sys.executable,
+            "-m",
+            "bench.ceiling",
+            "--port",
+            str(port),
+            "--responses",
+            str(work / "responses.json"),
+        ]
+        ceiling_cmd += ["--event-loop", loop]
         servers["grpc_ceiling"] = Server(
             "grpc_ceiling",
-            [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--responses", str(work / "responses.json")],
+            ceiling_cmd,
             port,
             work / "ceiling.log",
         )
@@ -693,7 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_other_cpu": args.max_other_cpu,
         "retries": args.retries,
         "waited_for_quiet_s": round(quiet.waited_s, 1),
-        "server_cmd": "python -m kerve serve --model-repository REPO --host 127.0.0.1 --port PORT --metrics-port MPORT",
+        "server_cmd": "python -m kerve serve --model-repository REPO --host 127.0.0.1 --port PORT --metrics-port MPORT "
+        "--event-loop LOOP",
+        "event_loop": loop,
         "server_args": args.server_arg,
         "server_env": args.server_env,
         "kerve_commit": _git("rev-parse", "--short", "HEAD"),

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import processes, tfs_service, warmup
+from . import event_loop, processes, tfs_service, warmup
 from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
 from .manager import ModelManager
@@ -211,8 +211,10 @@ def log_format(process_index: int | None) -> str:
 def main(settings: ServerSettings) -> int:
     logging.basicConfig(level=logging.INFO, format=log_format(settings.process_index))
     apply_gil_switch_interval(settings.gil_switch_interval_us)
+    loop_name, run = event_loop.runner(settings.event_loop)
+    log.info("event loop: %s", loop_name)
     try:
-        return asyncio.run(serve(settings))
+        return run(serve(settings))
     except SecurityConfigError as exc:
         log.error("%s", exc)
         return 2

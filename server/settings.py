@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .batcher import BatchingConfig
+from .event_loop import EVENT_LOOPS
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ServerSettings:
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -65,6 +68,10 @@ class ServerSettings:
                 "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
                 "got the call, so the processes would serve different models"
             )
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("--event-loop uvloop: uvloop is not installed (pip install 'kerve[server]')")
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
@@ -146,6 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest a Python thread keeps the GIL while another waits for it (sys.setswitchinterval); the event "
         "loop and the inference threads hand requests to each other, so a shorter interval cuts latency; "
         "0 = Python's default, 5000 (env KERVE_GIL_SWITCH_INTERVAL_US)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=_env("EVENT_LOOP", "auto"),
+        help="asyncio event loop: uvloop (faster request path) or asyncio's own; auto = uvloop when installed "
+        "(env KERVE_EVENT_LOOP)",
     )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -250,6 +264,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         process_index=args.process_index,
         group_fds=_fd_pair(args.group_fds),
         gil_switch_interval_us=args.gil_switch_interval_us,
+        event_loop=args.event_loop,
     )
 
 

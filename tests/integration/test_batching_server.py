@@ -98,3 +98,17 @@ def test_mirrored_device_mode_splits_each_batch_over_devices(model_repo: Path, t
             np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
         text = scrape(metrics_port)
     assert metric(text, "kerve_batches_total", model="cnn", device="mirrored:/device:CPU:0,/device:CPU:1") == 3
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_both_event_loops_serve_batches(model_repo: Path, tmp_path: Path, in_process, loop: str) -> None:
+    import importlib.util
+
+    with running_server(model_repo, tmp_path, "--event-loop", loop) as (target, _):
+        results = send_concurrently(target, threads=8, rounds=4)
+    reference = in_process("cnn", {"image": IMAGES})["output_0"]
+    for i, output, _version in results:
+        np.testing.assert_allclose(output[0], reference[i], rtol=1e-5, atol=1e-7)
+    (log,) = tmp_path.glob("server-*.log")
+    expected = "uvloop" if loop == "auto" and importlib.util.find_spec("uvloop") else "asyncio"
+    assert f"event loop: {expected}" in log.read_text()

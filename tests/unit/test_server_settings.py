@@ -1,4 +1,4 @@
-"""Server settings that are not about one subsystem: the interpreter's GIL switch interval and TF's threads."""
+"""Server settings that are not about one subsystem: the GIL switch interval, TF's threads, the event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kerve.server import settings
+from kerve.server import event_loop, settings
 
 
 def _settings(tmp_path: Path, *argv: str) -> settings.ServerSettings:
@@ -53,3 +53,29 @@ def test_thread_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Mon
     for flag in ("--intra-op-threads", "--inter-op-threads"):
         with pytest.raises(ValueError, match=f"{flag} must be >= 0, got -1"):
             _settings(tmp_path, flag, "-1")
+
+
+def test_event_loop_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).event_loop == "auto"
+    assert _settings(tmp_path, "--event-loop", "asyncio").event_loop == "asyncio"
+    monkeypatch.setenv("KERVE_EVENT_LOOP", "asyncio")
+    assert _settings(tmp_path).event_loop == "asyncio"
+    with pytest.raises(ValueError, match="--event-loop must be one of auto, asyncio, uvloop, got 'trio'"):
+        settings.ServerSettings(model_repository=tmp_path, event_loop="trio")
+
+
+def test_event_loop_runner_picks_uvloop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    uvloop = pytest.importorskip("uvloop")
+    name, run = event_loop.runner("auto")
+    assert name == f"uvloop {uvloop.__version__}" and run(which()).startswith("uvloop")
+    name, run = event_loop.runner("asyncio")
+    assert name == "asyncio" and run(which()).startswith("asyncio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: import fails
+    assert event_loop.runner("auto")[0] == "asyncio"
+    with pytest.raises(ValueError, match="uvloop is not installed"):
+        event_loop.runner("uvloop")

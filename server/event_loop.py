@@ -1,0 +1,32 @@
+"""Which asyncio event loop runs the server: uvloop (libuv, written in Cython) when installed, else asyncio's own.
+
+grpc.aio runs every RPC's callbacks, and kerve its request path, on the event-loop thread, which is what saturates
+first on a light model (docs/benchmarks.md). uvloop does the loop's own work (scheduling callbacks, waking tasks,
+cross-thread wake-ups) in C: measured on the 2-core benchmark machine, 1.1-1.4x more requests per second for the
+same server and the same bare-gRPC ceiling. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def runner(kind: str = "auto") -> tuple[str, Callable[[Coroutine[Any, Any, T]], T]]:
+    """(name, run): `run(coro)` runs coro to completion on a fresh loop of that kind, like `asyncio.run`."""
+    if kind not in EVENT_LOOPS:
+        raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {kind!r}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ValueError("--event-loop uvloop: uvloop is not installed (pip install 'kerve[server]')") from None
+        else:
+            return f"uvloop {uvloop.__version__}", uvloop.run
+    return "asyncio", asyncio.run
