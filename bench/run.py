@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--event-loop",
         choices=["auto", "asyncio", "uvloop"],
-        default="auto",
-        help="event loop of both servers, kerve and the bare ceiling (auto: uvloop when installed, as kerve does)",
+        default="asyncio",
+        help="event loop of both servers, kerve (--event-loop) and the bare ceiling (auto: uvloop when installed)",
     )
     p.add_argument(
         "--server-arg",

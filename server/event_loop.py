@@ -1,9 +1,10 @@
-"""Which asyncio event loop runs the server: uvloop (libuv, written in Cython) when installed, else asyncio's own.
+"""Which event loop runs the server: asyncio's own, or uvloop (libuv, in Cython).
 
 grpc.aio runs every RPC's callbacks, and kerve its request path, on the event-loop thread, which is what saturates
-first on a light model (docs/benchmarks.md). uvloop does the loop's own work (scheduling callbacks, waking tasks,
-cross-thread wake-ups) in C: measured on the 2-core benchmark machine, 1.1-1.4x more requests per second for the
-same server and the same bare-gRPC ceiling. No TensorFlow here.
+first on a light model (docs/benchmarks.md); uvloop does the loop's own share of that work (scheduling callbacks,
+waking tasks, cross-thread wake-ups) in C. On the 2-core benchmark machine five back-to-back pairs of runs did not
+show a consistent difference (from -13% to +38% at concurrency 64, c1 latency no better), so asyncio stays the
+default and uvloop is a flag to measure on your own hosts. No TensorFlow here.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class ServerSettings:
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
-    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
+    event_loop: str = "asyncio"  # asyncio | uvloop | auto (uvloop when installed)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -157,8 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-loop",
         choices=EVENT_LOOPS,
-        default=_env("EVENT_LOOP", "auto"),
-        help="asyncio event loop: uvloop (faster request path) or asyncio's own; auto = uvloop when installed "
+        default=_env("EVENT_LOOP", "asyncio"),
+        help="the server's event loop: asyncio's own (default) or uvloop (libuv); auto = uvloop when installed "
         "(env KERVE_EVENT_LOOP)",
     )
     # set by the --processes supervisor in its children (server/processes.py)

@@ -56,10 +56,10 @@ def test_thread_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_event_loop_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _settings(tmp_path).event_loop == "auto"
-    assert _settings(tmp_path, "--event-loop", "asyncio").event_loop == "asyncio"
-    monkeypatch.setenv("KERVE_EVENT_LOOP", "asyncio")
     assert _settings(tmp_path).event_loop == "asyncio"
+    assert _settings(tmp_path, "--event-loop", "auto").event_loop == "auto"
+    monkeypatch.setenv("KERVE_EVENT_LOOP", "uvloop")
+    assert _settings(tmp_path).event_loop == "uvloop"
     with pytest.raises(ValueError, match="--event-loop must be one of auto, asyncio, uvloop, got 'trio'"):
         settings.ServerSettings(model_repository=tmp_path, event_loop="trio")
 
