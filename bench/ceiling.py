@@ -26,6 +26,7 @@ import numpy as np
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+from kerve.server import event_loop
 
 
 def canned_response(model: str, outputs: list[dict[str, Any]]) -> pb.ModelInferResponse:
@@ -93,11 +94,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     spec = json.loads(args.responses.read_text())
-    run = asyncio.run
-    if args.event_loop == "uvloop":
-        import uvloop
-
-        run = uvloop.run
+    _name, run = event_loop.runner(args.event_loop)
     run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}))
     return 0
 

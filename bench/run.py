@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ import numpy as np
 
 from bench import h2load, loadgen, profile
 from bench.models import DEFAULT_MODELS, MODELS
+from kerve.server import event_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
@@ -568,9 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {name: build_payloads(name) for name in args.models}
 
     metrics_port = free_port()
-    loop = args.event_loop
-    if loop == "auto":
-        loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    loop = event_loop.resolve(args.event_loop)  # the ceiling gets the same loop kerve picks
     kerve_cmd = [
         sys.executable, "-m", "kerve", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
         "--metrics-port", str(metrics_port), "--event-loop", loop, *args.server_arg,
@@ -592,15 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[2/3] starting the gRPC ceiling and kerve ({' '.join(kerve_cmd[1:4])} ... {' '.join(args.server_arg)})")
         port = free_port()
         ceiling_cmd = [
-            sys.executable,
-            "-m",
-            "bench.ceiling",
-            "--port",
-            str(port),
-            "--responses",
-            str(work / "responses.json"),
-        ]
-        ceiling_cmd += ["--event-loop", loop]
+            sys.executable, "-m", "bench.ceiling", "--port", str(port), "--responses", str(work / "responses.json"),
+            "--event-loop", loop,
+        ]  # fmt: skip
         servers["grpc_ceiling"] = Server(
             "grpc_ceiling",
             ceiling_cmd,

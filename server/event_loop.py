@@ -10,6 +10,7 @@ default and uvloop is a flag to measure on your own hosts. No TensorFlow here.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -18,16 +19,23 @@ T = TypeVar("T")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
-def runner(kind: str = "auto") -> tuple[str, Callable[[Coroutine[Any, Any, T]], T]]:
-    """(name, run): `run(coro)` runs coro to completion on a fresh loop of that kind, like `asyncio.run`."""
+def resolve(kind: str = "auto") -> str:
+    """ "asyncio" or "uvloop": what `kind` means on this install; ValueError for an unknown or missing loop."""
     if kind not in EVENT_LOOPS:
         raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {kind!r}")
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise ValueError("--event-loop uvloop: uvloop is not installed (pip install 'kerve[server]')") from None
-        else:
-            return f"uvloop {uvloop.__version__}", uvloop.run
+    if kind == "asyncio":
+        return kind
+    if importlib.util.find_spec("uvloop") is not None:
+        return "uvloop"
+    if kind == "uvloop":
+        raise ValueError("--event-loop uvloop: uvloop is not installed (pip install 'kerve[server]')")
+    return "asyncio"
+
+
+def runner(kind: str = "auto") -> tuple[str, Callable[[Coroutine[Any, Any, T]], T]]:
+    """(name, run): `run(coro)` runs coro to completion on a fresh loop of that kind, like `asyncio.run`."""
+    if resolve(kind) == "uvloop":
+        import uvloop
+
+        return f"uvloop {uvloop.__version__}", uvloop.run
     return "asyncio", asyncio.run

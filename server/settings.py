@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import event_loop
 from .batcher import BatchingConfig
 from .event_loop import EVENT_LOOPS
 
@@ -68,10 +68,7 @@ class ServerSettings:
                 "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
                 "got the call, so the processes would serve different models"
             )
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
-        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-            raise ValueError("--event-loop uvloop: uvloop is not installed (pip install 'kerve[server]')")
+        event_loop.resolve(self.event_loop)  # unknown, or uvloop without uvloop installed: ValueError
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
