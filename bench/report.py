@@ -57,8 +57,9 @@ def inprocess(results: dict[str, Any]) -> list[str]:
 def rpc(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | mode | c | ceiling samples/s | ceiling p50 / p99 ms | kerve samples/s | kerve p50 / p99 ms "
-        "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | kerve mean batch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | kerve mean batch "
+        "| ideal vs ceiling | kerve own ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
         ceiling = results["grpc_ceiling"].get(mode, {})
@@ -73,13 +74,17 @@ def rpc(results: dict[str, Any]) -> list[str]:
                 f"{_f(c.get('p50_ms'), '.2f')} / {_f(c.get('p99_ms'), '.2f')} | {k['samples_per_s']:.0f}{mark} | "
                 f"{k['p50_ms']:.2f} / {k['p99_ms']:.2f} | {_f(k['ratio_vs_grpc_ceiling'], '.2f')} | "
                 f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
-                f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} |"
+                f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} | "
+                f"{_f(k.get('ideal_ratio_vs_grpc_ceiling'), '.2f')} | {_f(k.get('kerve_own_cpu_ms_per_req'), '.2f')} |"
             )
     return lines
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    lines = ["| target (issue 6) | measured | met |", "|---|---|---|"]
+    lines = [
+        "| target (issue 6) | measured | met | a zero-overhead server (bench/ideal.py) |",
+        "|---|---|---|---|",
+    ]
     for model in COMPUTE_BOUND:
         for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
             k = rows.get(f"{model}/c64")
@@ -87,7 +92,7 @@ def targets(results: dict[str, Any]) -> list[str]:
                 r = k["ratio_vs_inprocess_best"]
                 lines.append(
                     f"| {model} c64 ({mode}) >= 0.9 of in-process best | {_f(r, '.2f')} | "
-                    f"{'yes' if r and r >= 0.9 else 'no'} |"
+                    f"{'yes' if r and r >= 0.9 else 'no'} | {_ideal(k, 'ideal_ratio_vs_inprocess_best')} |"
                 )
     for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
         for c in (1, 8, 64):
@@ -95,7 +100,10 @@ def targets(results: dict[str, Any]) -> list[str]:
             if k:
                 r = k["ratio_vs_grpc_ceiling"]
                 met = "yes" if r and r >= 0.9 else "no"
-                lines.append(f"| {LIGHT} c{c} ({mode}) >= 0.9 of bare gRPC | {_f(r, '.2f')} | {met} |")
+                lines.append(
+                    f"| {LIGHT} c{c} ({mode}) >= 0.9 of bare gRPC | {_f(r, '.2f')} | {met} | "
+                    f"{_ideal(k, 'ideal_ratio_vs_grpc_ceiling')} |"
+                )
     for model in results.get("inprocess", {}):
         for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
             k = rows.get(f"{model}/c1")
@@ -103,9 +111,14 @@ def targets(results: dict[str, Any]) -> list[str]:
                 d = k["p50_minus_inprocess_b1_ms"]
                 lines.append(
                     f"| {model} c1 ({mode}) p50 within 1 ms of in-process batch 1 | {d:+.2f} ms | "
-                    f"{'yes' if d <= 1.0 else 'no'} |"
+                    f"{'yes' if d <= 1.0 else 'no'} | |"
                 )
     return lines
+
+
+def _ideal(k: dict[str, Any], key: str) -> str:
+    value = k.get(key)
+    return "" if value is None else f"{value:.2f} ({k['ideal_limit']}-bound)"
 
 
 def render(results: dict[str, Any]) -> str:

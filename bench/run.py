@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `kerve`
 
 import numpy as np
 
-from bench import h2load, loadgen, profile
+from bench import h2load, ideal, loadgen, profile
 from bench.models import DEFAULT_MODELS, MODELS
 from kerve.server import event_loop
 
@@ -379,11 +379,13 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
     header = (
         f"  {'model':9s} {'mode':6s} {'c':>3s} | {'ceiling/s':>9s} {'p50':>7s} {'p99':>7s} | "
         f"{'kerve/s':>9s} {'p50':>7s} {'p99':>7s} | {'vs ceil':>7s} {'vs inproc':>9s} | "
-        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'batch':>5s}"
+        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'batch':>5s} | {'ideal':>5s} {'own ms':>6s}"
     )
     print(
         "\nRPC: batch-1 requests, closed loop (samples/s; latency in ms; CPU in cores busy during the window; "
-        "batch = kerve's mean samples per model execution)"
+        "batch = kerve's mean samples per model execution; ideal = what a server with no cost of its own could "
+        "reach, as a ratio to the ceiling; own ms = kerve's own CPU per request, model and bare gRPC taken out: "
+        "bench/ideal.py)"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -401,7 +403,8 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
                 f"{k['samples_per_s']:9.0f} {k['p50_ms']:7.3f} {k['p99_ms']:7.3f} | "
                 f"{_fmt(k['ratio_vs_grpc_ceiling'], '7.3f')} {_fmt(k['ratio_vs_inprocess_best'], '9.3f')} | "
                 f"{k['server_cpu_cores']:7.2f} {k['client_cpu_cores']:7.2f} {k['other_cpu_cores']:5.2f} "
-                f"{_fmt(k.get('mean_batch'), '5.1f')}"
+                f"{_fmt(k.get('mean_batch'), '5.1f')} | {_fmt(k.get('ideal_ratio_vs_grpc_ceiling'), '5.2f')} "
+                f"{_fmt(k.get('kerve_own_cpu_ms_per_req'), '6.3f')}"
                 + (f"  ERRORS {k['errors']}" if k["errors"] else "")
                 + ("  (disturbed by other processes)" if k.get("disturbed") else "")
             )
@@ -617,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[3/3] load: c in {args.concurrency}, modes {args.modes}, warm-up {args.warmup:g}s + window "
             f"{args.duration:g}s each, up to {args.client_procs} load generator processes"
         )
+        max_batch = ideal.max_batch_size(args.server_arg)
         for model in args.models:
             best = inprocess[model]["best"]["samples_per_s"]
             b1_p50 = inprocess[model]["batches"].get("1", {}).get("p50_ms")
@@ -641,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
                     kerve_row["ratio_vs_grpc_ceiling"] = _ratio(kerve_row["samples_per_s"], ceiling["samples_per_s"])
                     if b1_p50 is not None:
                         kerve_row["p50_minus_inprocess_b1_ms"] = round(kerve_row["p50_ms"] - b1_p50, 4)
+                    c1_ceiling = ceiling_results[mode].get(f"{model}/c1", {}).get("p50_ms")
+                    kerve_row.update(
+                        ideal.estimate(kerve_row, ceiling, inprocess[model], c, machine["cores"], max_batch, c1_ceiling)
+                    )
                     (results if mode == loadgen.UNARY else streaming)[key] = kerve_row
                     errors = kerve_row["errors"] + ceiling["errors"]
                     failed |= errors > 0

@@ -44,6 +44,10 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert entry["p99_ms"] >= entry["p50_ms"]
             assert entry["errors"] == 0
             assert entry["mean_batch"] >= 1  # from the group's summed /metrics
+            # what a zero-overhead server could reach, from this run's own figures (bench/ideal.py)
+            assert entry["ideal_limit"] in {"cpu", "latency", "ceiling"}
+            assert 0 < entry["ideal_ratio_vs_grpc_ceiling"] <= 1
+            assert _positive(entry["model_cpu_ms_per_sample"]) and "kerve_own_cpu_ms_per_req" in entry
     for mode in ("unary", "stream"):
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]
