@@ -5,10 +5,11 @@ per-row cost, so a batch of 64 rows costs little more than a batch of one. The b
 requests into one call, runs it on a replica in a worker thread (TF releases the GIL, so the event loop keeps
 serving), and hands each caller back its own rows.
 
-Everything except the model call runs on the event loop thread, so the queue needs no locks. There is one
-future per request and no task per request or per batch: submits wake a single coalesced dispatch callback,
-worker completions arrive as future callbacks, and a single ``call_later`` timer bounds how long a request is
-held.
+Everything except the model call runs on the event loop thread, so the queue needs no locks. There is no task
+per request or per batch: submits wake a single coalesced dispatch callback, worker completions come back as one
+loop callback per batch, and a single ``call_later`` timer bounds how long a request is held. Each request's
+outcome goes to its *sink*, synchronously, from that callback: an asyncio future (``submit``), or the caller's
+own object (``enqueue``), so a caller that finishes a request in a callback costs no extra loop turn.
 
 This module imports numpy and nothing heavier (no TensorFlow, no grpc): it takes plain callables, which keeps it
 testable with fakes and usable by any device backend.
@@ -29,18 +30,30 @@ import numbers
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import ErrorCode, ServingError, invalid, unavailable
 
-__all__ = ["BatchStats", "Batcher", "BatchingConfig", "Replica"]
+__all__ = ["BatchStats", "Batcher", "BatchingConfig", "Replica", "Sink", "Ticket"]
 
 logger = logging.getLogger(__name__)
 
 Replica = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 """A synchronous model call: input arrays with a leading batch dimension in, output arrays with the same one out."""
+
+
+class Sink(Protocol):
+    """Where a request's outcome goes; an asyncio.Future is one. Called on the event loop thread, at most once
+    (``done()`` is checked first), and must not raise."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: dict[str, np.ndarray], /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
 
 # What makes two requests concatenable: the same input names, dtypes and trailing shapes.
 _Key = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
@@ -156,20 +169,20 @@ class BatchStats:
 class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
-    __slots__ = ("arrival", "dead", "deadline", "future", "inputs", "n", "next_row", "parts", "rows_done", "seq")
+    __slots__ = ("arrival", "dead", "deadline", "inputs", "n", "next_row", "parts", "rows_done", "seq", "sink")
 
     def __init__(
         self,
         inputs: dict[str, np.ndarray],
         n: int,
-        future: asyncio.Future[dict[str, np.ndarray]],
+        sink: Sink,
         arrival: float,
         deadline: float | None,
         seq: int,
     ) -> None:
         self.inputs = inputs
         self.n = n
-        self.future = future
+        self.sink = sink
         self.arrival = arrival
         self.deadline = deadline
         self.seq = seq
@@ -178,6 +191,24 @@ class _Request:
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
         self.dead = False  # failed or cancelled: its remaining rows must never run
 
+
+class _Discard:
+    """The sink of an abandoned request: already done, so nothing is delivered to it."""
+
+    def done(self) -> bool:
+        return True
+
+    def set_result(self, result: dict[str, np.ndarray], /) -> None:
+        return None
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        return None
+
+
+_DISCARD = _Discard()
+
+Ticket = _Request
+"""What ``enqueue`` hands back: pass it to ``abandon`` when the caller stops waiting."""
 
 # A slice of a request that goes into one batch: (request, first row, end row).
 _Slice = tuple[_Request, int, int]
@@ -404,6 +435,20 @@ class Batcher:
         failed with DEADLINE_EXCEEDED instead of wasting model time on an answer nobody is waiting for.
         Cancelling the awaiting task removes the request from the queue if it has not started.
         """
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        ticket = self.enqueue(inputs, deadline, future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.abandon(ticket)
+            raise
+
+    def enqueue(self, inputs: dict[str, np.ndarray], deadline: float | None, sink: Sink) -> Ticket:
+        """``submit`` without a coroutine: queue the request and return at once; its outputs (or a ServingError)
+        go to ``sink`` from the batch's completion callback. Must run on the event loop thread. Raises a
+        ServingError instead of queueing when the batcher is draining, the queue is full or the deadline passed.
+        A caller that stops waiting passes the ticket to ``abandon``.
+        """
         if self._closing:
             raise unavailable(f"{self._label} is draining; not accepting new requests")
         n, key = _signature(inputs)
@@ -423,8 +468,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        req = _Request(inputs, n, future, now, deadline, next(self._seq))
+        req = _Request(inputs, n, sink, now, deadline, next(self._seq))
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
@@ -434,11 +478,14 @@ class Batcher:
             # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
             self._kick_scheduled = True
             loop.call_soon(self._kick)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self._abandon(req)
-            raise
+        return req
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The caller stopped waiting: whatever of its request has not started never runs, and its sink hears
+        nothing more. Safe to call after the request finished."""
+        if not ticket.dead:
+            ticket.sink = _DISCARD
+        self._abandon(ticket)
 
     async def close(self, drain: bool = True) -> None:
         """Stop accepting requests; run (``drain``) or fail (UNAVAILABLE) the queued ones; wait for in-flight.
@@ -635,11 +682,11 @@ class Batcher:
 
     def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray]]) -> None:
         for (req, start, stop), out in zip(batch.slices, parts, strict=True):
-            future = req.future
-            if future.done():  # cancelled, or failed through another piece
+            sink = req.sink
+            if sink.done():  # cancelled, or failed through another piece
                 continue
             if stop - start == req.n:
-                future.set_result(out)
+                sink.set_result(out)
                 continue
             if req.parts is None:
                 req.parts = []
@@ -651,7 +698,7 @@ class Batcher:
                 except Exception as exc:  # pieces disagree on output names or shapes
                     self._fail(req, ServingError(ErrorCode.INTERNAL, f"cannot reassemble split request: {exc}"))
                 else:
-                    future.set_result(result)
+                    sink.set_result(result)
                 req.parts = None
 
     def _fail_batch(self, batch: _Batch, error: BaseException | None) -> None:
@@ -677,8 +724,8 @@ class Batcher:
             req.dead = True
             self._queued -= req.n - req.next_row
             req.next_row = req.n
-        if not req.future.done():
-            req.future.set_exception(exc)
+        if not req.sink.done():
+            req.sink.set_exception(exc)
 
     def _abandon(self, req: _Request) -> None:
         """The caller went away: drop whatever of its request has not started."""

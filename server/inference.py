@@ -1,19 +1,24 @@
 """The protocol-agnostic request path: resolve -> validate -> batch -> run on a device replica -> response.
 
-Protocol adapters build an InferRequest and call `InferenceEngine.infer`; nothing here knows about protobuf.
-Signatures whose inputs all have a variable leading dimension go through a per-version, per-signature Batcher;
-others run as they come, in a worker thread.
+Protocol adapters build an InferRequest and call `InferenceEngine.infer` (or `start`, to keep many requests of
+one stream in flight without a task each); nothing here knows about protobuf. Signatures whose inputs all have a
+variable leading dimension go through a per-version, per-signature Batcher; others run as they come, in a worker
+thread. Either way a request is a `Call` that the batch's completion callback finishes on the event loop, so a
+response costs one loop turn after its batch, not a task wake-up per layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from .batcher import Batcher, BatchingConfig, BatchStats
+from .batcher import Batcher, BatchingConfig, BatchStats, Ticket
 from .errors import ErrorCode, ServingError
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
@@ -48,31 +53,28 @@ class InferenceEngine:
         self.batching = batching
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        started = time.monotonic()
-        model_label = request.model if self.manager.knows(request.model) else UNKNOWN_MODEL
-        inflight = self.metrics.inflight_gauge(model_label)
-        inflight.inc()
-        version_label = ""  # until a version is resolved: a client-chosen number must not become a label value
+        call = self.start(request)
         try:
-            entry = self.manager.acquire(request.model, request.version, request.label)  # in flight until release
-            version_label = str(entry.version)
-            response = await self._infer(entry, request, started)
-        except ServingError as exc:
-            self.metrics.observe_request(
-                model_label, version_label, request.protocol, exc.code.value, time.monotonic() - started
-            )
-            raise
+            return await call.future
         except asyncio.CancelledError:  # the client went away (or the server is stopping)
-            self.metrics.observe_request(
-                model_label, version_label, request.protocol, "CANCELLED", time.monotonic() - started
-            )
+            call.cancel()
             raise
-        finally:
-            inflight.dec()
-        self.metrics.observe_request(
-            model_label, str(response.version), request.protocol, "OK", time.monotonic() - started
-        )
-        return response
+
+    def start(self, request: InferRequest) -> Call:
+        """Start a request without a coroutine: validated and queued (or sent to a worker) before this returns.
+
+        The response (or a ServingError) lands on the returned call's future from the batch's completion
+        callback, with no task per request and no extra loop turn: a stream can keep many requests in flight by
+        holding their calls. A request rejected up front (unknown model, bad inputs, queue full) raises here.
+        Whoever stops waiting calls `Call.cancel`.
+        """
+        call = Call(self, request, asyncio.get_running_loop().create_future())
+        try:
+            call.begin()
+        except ServingError as exc:
+            call.finish_error(exc, deliver=False)  # raised to the caller instead: nobody awaits the future
+            raise
+        return call
 
     def count_rejected(self, model: str, protocol: str, error: ServingError) -> None:
         """Count a request an adapter rejected before it reached `infer` (it could not be decoded), so
@@ -80,40 +82,26 @@ class InferenceEngine:
         model_label = model if self.manager.knows(model) else UNKNOWN_MODEL
         self.metrics.count_request(model_label, "", protocol, error.code.value)
 
-    async def _infer(self, entry: ModelVersion, request: InferRequest, started: float) -> InferResponse:
-        """Run a request on an acquired version; releases it."""
-        try:
-            signature = entry.servable.signature(request.signature)
-            validate_inputs(request.model, request.inputs, signature.inputs)
-            output_names = select_outputs(request.model, request.outputs, signature.outputs)
-            if request.deadline is not None and time.monotonic() >= request.deadline:
-                raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request could run")
-            rows = _batch_size(request)
-            batcher = self._batcher(entry, signature)
-            if batcher is not None and not _runs_alone(batcher.config, rows):
-                outputs = await batcher.submit(request.inputs, request.deadline)
-                outputs = {name: outputs[name] for name in output_names}
-            else:
-                loop = asyncio.get_running_loop()
-                compute_started = time.monotonic()
-                outputs = await loop.run_in_executor(self._executor, signature.run, request.inputs, output_names)
-                self._record_batch(entry, rows, compute_started - started, time.monotonic() - compute_started)
-        except ServingError:
-            entry.stats.record_failure(time.monotonic() - started)
-            raise
-        except Exception as exc:
-            entry.stats.record_failure(time.monotonic() - started)
-            raise ServingError(ErrorCode.INTERNAL, f"model {request.model!r} failed: {exc}") from exc
-        finally:
-            self.manager.release(entry)
-        entry.stats.record_success(time.monotonic() - started, rows)
-        return InferResponse(
-            model=entry.model,
-            version=entry.version,
-            outputs=outputs,
-            id=request.id,
-            output_specs={n: signature.outputs[n] for n in output_names},
-        )
+    def _run_alone(self, call: Call, signature: Any, inputs: dict[str, Any], output_names: list[str]) -> None:
+        """A request that does not go through a batcher: one model call in a worker thread, one hop back."""
+        loop = asyncio.get_running_loop()
+        work = self._executor.submit(_timed, signature.run, inputs, output_names)
+
+        def done(work: concurrent.futures.Future[tuple[dict[str, Any], float, float]]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self._finish_alone, call, work)
+
+        work.add_done_callback(done)
+
+    def _finish_alone(self, call: Call, work: concurrent.futures.Future[tuple[dict[str, Any], float, float]]) -> None:
+        error = work.exception()
+        if error is not None:
+            call.set_exception(error)
+            return
+        outputs, compute_started, compute_s = work.result()
+        if call.entry is not None:
+            self._record_batch(call.entry, call.rows, compute_started - call.started, compute_s)
+        call.set_result(outputs)
 
     def _batcher(self, entry: ModelVersion, signature: Any) -> Batcher | None:
         """The version's batcher for this signature, made on first use; None when it cannot batch."""
@@ -174,3 +162,147 @@ def _runs_alone(config: BatchingConfig, rows: int) -> bool:
 def _batch_size(request: InferRequest) -> int:
     first = next(iter(request.inputs.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _timed(run: Any, inputs: dict[str, Any], output_names: list[str]) -> tuple[dict[str, Any], float, float]:
+    started = time.monotonic()
+    outputs = run(inputs, output_names)
+    return outputs, started, time.monotonic() - started
+
+
+class Call:
+    """One request through the engine, from acquire to release; also the batcher's sink for its outputs.
+
+    Bookkeeping happens once, whichever way the request ends (outputs, error, cancellation): the version is
+    released, its statistics and the request metrics are recorded, the in-flight gauge drops, and `future` gets
+    the InferResponse or the ServingError.
+    """
+
+    __slots__ = (
+        "_engine",
+        "_inflight",
+        "_model_label",
+        "_ticket",
+        "batcher",
+        "entry",
+        "finished",
+        "future",
+        "output_names",
+        "request",
+        "rows",
+        "signature",
+        "started",
+    )
+
+    def __init__(self, engine: InferenceEngine, request: InferRequest, future: asyncio.Future[InferResponse]) -> None:
+        self._engine = engine
+        self.request = request
+        self.future = future
+        self.started = time.monotonic()
+        self._model_label = request.model if engine.manager.knows(request.model) else UNKNOWN_MODEL
+        self._inflight = engine.metrics.inflight_gauge(self._model_label)
+        self._inflight.inc()
+        self._ticket: Ticket | None = None
+        self.batcher: Batcher | None = None
+        self.entry: ModelVersion | None = None
+        self.signature: Any = None
+        self.output_names: list[str] = []
+        self.rows = 1
+        self.finished = False
+
+    def begin(self) -> None:
+        engine, request = self._engine, self.request
+        try:
+            self.entry = entry = engine.manager.acquire(request.model, request.version, request.label)  # to release
+            self.signature = signature = entry.servable.signature(request.signature)
+            validate_inputs(request.model, request.inputs, signature.inputs)
+            self.output_names = select_outputs(request.model, request.outputs, signature.outputs)
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request could run")
+            self.rows = rows = _batch_size(request)
+            batcher = engine._batcher(entry, signature)
+            if batcher is not None and not _runs_alone(batcher.config, rows):
+                self.batcher = batcher
+                self._ticket = batcher.enqueue(request.inputs, request.deadline, self)
+            else:
+                engine._run_alone(self, signature, request.inputs, self.output_names)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise ServingError(ErrorCode.INTERNAL, f"model {request.model!r} failed: {exc}") from exc
+
+    # ---- the batcher's sink protocol (and the worker's, for requests that run alone)
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, outputs: Mapping[str, Any], /) -> None:
+        if self.finished:
+            return
+        try:
+            selected = {name: outputs[name] for name in self.output_names}
+        except KeyError as exc:
+            self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output {exc} is missing"))
+            return
+        entry = self.entry
+        assert entry is not None
+        self._end()
+        entry.stats.record_success(time.monotonic() - self.started, self.rows)
+        self._observe(str(entry.version), "OK")
+        if not self.future.done():
+            signature = self.signature
+            self.future.set_result(
+                InferResponse(
+                    model=entry.model,
+                    version=entry.version,
+                    outputs=selected,
+                    id=self.request.id,
+                    output_specs={n: signature.outputs[n] for n in self.output_names},
+                )
+            )
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if isinstance(exception, ServingError):
+            error = exception
+        else:
+            error = ServingError(ErrorCode.INTERNAL, f"model {self.request.model!r} failed: {exception}")
+            error.__cause__ = exception
+        self.finish_error(error)
+
+    # ---- ending
+
+    def finish_error(self, error: ServingError, deliver: bool = True) -> None:
+        if self.finished:
+            return
+        entry = self.entry
+        self._end()
+        if entry is not None:
+            entry.stats.record_failure(time.monotonic() - self.started)
+        self._observe(str(entry.version) if entry is not None else "", error.code.value)
+        if deliver and not self.future.done():
+            self.future.set_exception(error)
+
+    def cancel(self) -> None:
+        """The caller stopped waiting: drop what has not run yet, count the request CANCELLED."""
+        if self.finished:
+            if self.future.done() and not self.future.cancelled():
+                self.future.exception()  # mark it retrieved: asyncio would log a dropped failure as unhandled
+            return
+        if self.batcher is not None and self._ticket is not None:
+            self.batcher.abandon(self._ticket)
+        entry = self.entry
+        self._end()
+        self._observe(str(entry.version) if entry is not None else "", "CANCELLED")
+        self.future.cancel()
+
+    def _end(self) -> None:
+        self.finished = True
+        self._inflight.dec()
+        if self.entry is not None:
+            self._engine.manager.release(self.entry)
+
+    def _observe(self, version: str, code: str) -> None:
+        """version stays "" until one is resolved: a client-chosen number must not become a label value."""
+        self._engine.metrics.observe_request(
+            self._model_label, version, self.request.protocol, code, time.monotonic() - self.started
+        )

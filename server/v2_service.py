@@ -14,7 +14,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import v2_codec
 from .errors import ErrorCode, ServingError
-from .inference import InferenceEngine
+from .inference import Call, InferenceEngine
 from .manager import ModelManager, VersionState, parse_version
 from .model import PLATFORM
 
@@ -97,42 +97,44 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request, in request order; a failed request yields error_message and the stream goes on.
 
-        Requests are pipelined: each starts as soon as it is read (up to STREAM_WINDOW at once), so the messages of
-        one stream share batches instead of running one after another. Responses still leave in order.
+        Requests are pipelined: each is decoded, validated and queued for its batch as soon as it is read (up to
+        STREAM_WINDOW at once), so the messages of one stream share batches instead of running one after another.
+        Responses still leave in order. No task per message: the engine's calls complete from the batch callback.
         """
-        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+        pending: asyncio.Queue[_Started | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._stream_one(request, context.time_remaining())))
+                    await pending.put(self._stream_start(request, context.time_remaining()))
             finally:
                 await pending.put(None)
 
         reader = asyncio.ensure_future(read())
+        current: _Started | None = None
         try:
-            while (task := await pending.get()) is not None:
-                yield await task
+            while (current := await pending.get()) is not None:
+                yield await _stream_response(current)
             await reader  # surfaces an error that ended the request stream
         finally:
             reader.cancel()
+            if current is not None and current[1] is not None:
+                current[1].cancel()  # no-op once it finished
             while not pending.empty():
                 leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
+                if leftover is not None and leftover[1] is not None:
+                    leftover[1].cancel()
 
-    async def _stream_one(
-        self, request: pb.ModelInferRequest, time_remaining: float | None
-    ) -> pb.ModelStreamInferResponse:
+    def _stream_start(self, request: pb.ModelInferRequest, time_remaining: float | None) -> _Started:
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, time_remaining))
+            infer_request = v2_codec.decode_request(request, time_remaining)
         except ServingError as exc:
-            return pb.ModelStreamInferResponse(
-                error_message=f"{exc.code.value}: {exc.message}",
-                infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                ),
-            )
+            self.engine.count_rejected(request.model_name, "v2", exc)
+            return request, None, exc
+        try:
+            return request, self.engine.start(infer_request), None
+        except ServingError as exc:
+            return request, None, exc
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -212,3 +214,23 @@ def _check_repository_request(
             ErrorCode.INVALID_ARGUMENT,
             f"parameters {unsupported} are not supported: put model settings in <repository>/<model>/config.yaml",
         )
+
+
+_Started = tuple[pb.ModelInferRequest, "Call | None", "ServingError | None"]
+"""A stream message once read: the engine's call for it, or why it was rejected before it could start."""
+
+
+async def _stream_response(started: _Started) -> pb.ModelStreamInferResponse:
+    request, call, error = started
+    if call is not None:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(await call.future))
+        except ServingError as exc:
+            error = exc
+    assert error is not None
+    return pb.ModelStreamInferResponse(
+        error_message=f"{error.code.value}: {error.message}",
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )

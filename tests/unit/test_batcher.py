@@ -417,6 +417,55 @@ def test_cancelling_a_split_request_midway_drops_its_remaining_pieces() -> None:
     run(main())
 
 
+class RecordingSink:
+    """A caller's own sink (enqueue): what arrived, and when (always from the loop thread, never twice)."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+        self.errors: list[BaseException] = []
+        self.threads: set[int] = set()
+
+    def done(self) -> bool:
+        return bool(self.results or self.errors)
+
+    def set_result(self, result: dict[str, np.ndarray], /) -> None:
+        self.threads.add(threading.get_ident())
+        self.results.append(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.threads.add(threading.get_ident())
+        self.errors.append(exception)
+
+
+def test_enqueue_delivers_to_the_callers_sink_and_abandon_silences_it() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=0), clock=FakeClock())
+        first = await busy(batcher)
+        kept, split, dropped = RecordingSink(), RecordingSink(), RecordingSink()
+        batcher.enqueue({"x": rows(1)}, None, kept)
+        batcher.enqueue({"x": rows(*range(10, 20))}, None, split)  # split over two batches, reassembled
+        ticket = batcher.enqueue({"x": rows(5)}, None, dropped)
+        await spin(lambda: batcher.queued_samples == 12)
+        batcher.abandon(ticket)
+        assert batcher.queued_samples == 11
+        model.release.set()
+        await first
+        await spin(lambda: kept.done() and split.done())
+        np.testing.assert_array_equal(kept.results[0]["y"], rows(2))
+        np.testing.assert_array_equal(split.results[0]["y"], rows(*range(20, 40, 2)))
+        assert len(kept.results) == len(split.results) == 1 and not kept.errors and not split.errors
+        assert kept.threads == split.threads == {threading.get_ident()}  # the loop thread
+        assert not dropped.done() and 5.0 not in model.seen  # abandoned before it ran: never run, never told
+        batcher.abandon(ticket)  # again, and after the fact: harmless
+        with pytest.raises(ServingError) as info:  # refusals raise from enqueue itself
+            batcher.enqueue({"x": rows(1)}, 0.0, RecordingSink())
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+        await batcher.close()
+
+    run(main())
+
+
 # ----------------------------------------------------------------------------------------------- failures
 
 

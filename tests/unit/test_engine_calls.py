@@ -1,0 +1,202 @@
+"""A request's life through the engine, with a fake model (no TF, no server): whichever way it ends (outputs,
+model error, rejection, client cancellation), the version is released, the in-flight gauge drops once, the right
+status is counted, and an abandoned request never reaches the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from kerve.server.batcher import BatchingConfig
+from kerve.server.errors import ErrorCode, ServingError, not_found
+from kerve.server.inference import InferenceEngine
+from kerve.server.manager import ModelVersion
+from kerve.server.metrics import UNKNOWN_MODEL, Metrics
+from kerve.server.types import InferRequest, TensorSpec
+
+SPEC_IN = {"x": TensorSpec("x", np.dtype(np.float32), (None, 2))}
+SPEC_OUT = {"y": TensorSpec("y", np.dtype(np.float32), (None, 2))}
+
+
+class Model:
+    """Doubles its input; `gate` (when set) holds every call until released, so requests stay in flight."""
+
+    def __init__(self, batched: bool = True) -> None:
+        self.key = "serving_default"
+        self.inputs = SPEC_IN if batched else {"x": TensorSpec("x", np.dtype(np.float32), (3, 2))}
+        self.outputs = SPEC_OUT
+        self.runner_devices = ["cpu"]
+        self.calls: list[int] = []
+        self.gate: threading.Event | None = None
+        self.fail: Exception | None = None
+
+    def signature(self, key: str | None = None) -> Model:
+        return self
+
+    def runners(self, key: str) -> list[Any]:
+        return [self.run]
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Any = None) -> dict[str, np.ndarray]:
+        self.calls.append(len(inputs["x"]))
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        return {"y": inputs["x"] * 2}
+
+
+class Manager:
+    def __init__(self, entry: ModelVersion) -> None:
+        self.entry = entry
+        self.released = 0
+
+    def knows(self, model: str) -> bool:
+        return model == self.entry.model
+
+    def acquire(self, model: str, version: int | None = None, label: str | None = None) -> ModelVersion:
+        if model != self.entry.model:
+            raise not_found(f"model {model!r} not found")
+        self.entry.inflight += 1
+        return self.entry
+
+    def release(self, entry: ModelVersion) -> None:
+        entry.inflight -= 1
+        self.released += 1
+
+
+def setup(model: Model, batching: BatchingConfig | None = BatchingConfig()) -> tuple[InferenceEngine, Manager, Metrics]:
+    entry = ModelVersion("m", 1, Path("/nowhere"))
+    entry.servable = model
+    manager = Manager(entry)
+    metrics = Metrics(CollectorRegistry())
+    engine = InferenceEngine(manager, ThreadPoolExecutor(2), metrics, batching)  # type: ignore[arg-type]
+    return engine, manager, metrics
+
+
+def count(metrics: Metrics, code: str, version: str = "1") -> float:
+    return metrics.requests.labels("m", version, "v2", code)._value.get()
+
+
+def inflight(metrics: Metrics) -> float:
+    return metrics.inflight.labels("m")._value.get()
+
+
+def request(rows: int = 1, model: str = "m", deadline: float | None = None) -> InferRequest:
+    return InferRequest(model=model, inputs={"x": np.ones((rows, 2), np.float32)}, deadline=deadline)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_outputs_release_and_count_ok(batched: bool) -> None:
+    model = Model(batched)
+    engine, manager, metrics = setup(model)
+
+    async def main() -> None:
+        rows = 2 if batched else 3
+        response = await engine.infer(request(rows))
+        np.testing.assert_array_equal(response.outputs["y"], np.full((rows, 2), 2, np.float32))
+        assert response.version == 1 and set(response.output_specs) == {"y"}
+
+    asyncio.run(main())
+    assert manager.entry.inflight == 0 and manager.released == 1
+    assert count(metrics, "OK") == 1 and inflight(metrics) == 0
+    assert manager.entry.stats.inference_count == (2 if batched else 3)
+    assert manager.entry.stats.execution_count == 1  # the model call was recorded on either path
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_model_error_is_internal_and_released(batched: bool) -> None:
+    model = Model(batched)
+    model.fail = RuntimeError("boom")
+    engine, manager, metrics = setup(model)
+
+    async def main() -> None:
+        with pytest.raises(ServingError) as info:
+            await engine.infer(request(2 if batched else 3))
+        assert info.value.code is ErrorCode.INTERNAL and "boom" in info.value.message
+
+    asyncio.run(main())
+    assert manager.entry.inflight == 0 and count(metrics, "INTERNAL") == 1 and inflight(metrics) == 0
+    assert manager.entry.stats.fail.count == 1
+
+
+def test_rejections_raise_from_start_and_are_counted() -> None:
+    engine, manager, metrics = setup(Model(), BatchingConfig(max_queued=4))
+
+    async def main() -> None:
+        with pytest.raises(ServingError) as info:  # unknown model: no version was acquired
+            engine.start(request(model="nope"))
+        assert info.value.code is ErrorCode.NOT_FOUND
+        bad = InferRequest(model="m", inputs={"x": np.ones((1, 3), np.float32)})
+        with pytest.raises(ServingError) as info:  # wrong shape: released again
+            engine.start(bad)
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT and "'x'" in info.value.message
+        with pytest.raises(ServingError) as info:  # more rows than the queue may hold
+            engine.start(request(rows=5))
+        assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
+
+    asyncio.run(main())
+    assert metrics.requests.labels(UNKNOWN_MODEL, "", "v2", "NOT_FOUND")._value.get() == 1
+    assert count(metrics, "INVALID_ARGUMENT") == 1 and count(metrics, "RESOURCE_EXHAUSTED") == 1
+    assert manager.entry.inflight == 0 and manager.released == 2 and inflight(metrics) == 0
+
+
+def test_cancelled_requests_never_run_and_are_released() -> None:
+    """One request occupies the only replica; the ones queued behind it are cancelled (a unary caller's task,
+    and a stream dropping its pending calls): they never reach the model, and each is counted CANCELLED once."""
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=1))
+    engine._executor = ThreadPoolExecutor(1)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request()))
+        while not model.calls:  # the first request is in the model
+            await asyncio.sleep(0.001)
+        unary = asyncio.ensure_future(engine.infer(request()))
+        streamed = engine.start(request())
+        await asyncio.sleep(0.01)
+        unary.cancel()
+        streamed.cancel()
+        streamed.cancel()  # twice is harmless
+        with pytest.raises(asyncio.CancelledError):
+            await unary
+        assert streamed.future.cancelled()
+        assert manager.entry.inflight == 1 and inflight(metrics) == 1  # only the running one is left
+        model.gate.set()
+        await running
+
+    asyncio.run(main())
+    assert model.calls == [1]  # the cancelled requests never ran
+    assert count(metrics, "CANCELLED") == 2 and count(metrics, "OK") == 1
+    assert manager.entry.inflight == 0 and manager.released == 3 and inflight(metrics) == 0
+
+
+def test_deadline_passed_in_the_queue() -> None:
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=1))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        running = asyncio.ensure_future(engine.infer(request()))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        late = engine.start(request(deadline=loop.time() + 0.01))
+        await asyncio.sleep(0.05)
+        model.gate.set()  # the replica frees up after the deadline: the queued request is failed, not run
+        await running
+        with pytest.raises(ServingError) as info:
+            await late.future
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+
+    asyncio.run(main())
+    assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
+    assert manager.entry.inflight == 0 and inflight(metrics) == 0
