@@ -660,13 +660,16 @@ class Batcher:
             if error is None:
                 parts, error, compute = future.result()
         if parts is not None:
+            # The next batch first: delivering runs each caller's completion (a sink finishes its request right
+            # there), and the replica need not sit idle meanwhile.
+            if self._queued and self._idle:
+                self._dispatch(force=False)
             self._deliver(batch, parts)
         else:
+            # Fail first: a failed batch must mark its split requests dead before their next piece is batched.
             self._fail_batch(batch, error)
-
-        # Deliver first: a failed batch must mark its split requests dead before their next piece is batched.
-        if self._queued and self._idle:
-            self._dispatch(force=False)
+            if self._queued and self._idle:
+                self._dispatch(force=False)
         if self._closing:
             self._check_drained()
 

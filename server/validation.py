@@ -24,14 +24,14 @@ def describe_shape(shape: Sequence[int | None] | None) -> str:
 
 def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> None:
     """Raise INVALID_ARGUMENT unless inputs match the signature exactly (names, dtypes, shapes)."""
-    expected = sorted(specs)
-    if not inputs:
-        raise invalid(f"request for model {model!r} has no inputs; expected {expected}")
-    unknown = sorted(set(inputs) - set(specs))
-    if unknown:
-        raise invalid(f"model {model!r} has no input {unknown[0]!r}; expected inputs {expected}")
-    missing = sorted(set(specs) - set(inputs))
-    if missing:
+    if not inputs or inputs.keys() != specs.keys():  # sorted names for the messages only when they are needed
+        expected = sorted(specs)
+        if not inputs:
+            raise invalid(f"request for model {model!r} has no inputs; expected {expected}")
+        unknown = sorted(set(inputs) - set(specs))
+        if unknown:
+            raise invalid(f"model {model!r} has no input {unknown[0]!r}; expected inputs {expected}")
+        missing = sorted(set(specs) - set(inputs))
         raise invalid(f"missing input {missing[0]!r} for model {model!r}; expected inputs {expected}")
     batch = None
     for name, array in inputs.items():
