@@ -97,3 +97,18 @@ def test_tf_threads_bench_measures_each_thread_count(tmp_path: Path) -> None:
         assert all(_positive(v) for v in figures["batch1_p50_ms_by_gap_ms"].values())
         assert set(figures["by_callers"]) == {"1", "2"}
         assert all(_positive(c["samples_per_s"]) for c in figures["by_callers"].values())
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_request_path_bench_counts_kerve_own_work(tmp_path: Path) -> None:
+    out = tmp_path / "path.json"
+    cmd = [sys.executable, "-m", "bench.request_path", "--concurrency", "1,4", "--seconds", "0.2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"unary", "stream"}
+    for rows in results.values():
+        assert set(rows) == {"c1", "c4"}
+        for row in rows.values():
+            assert all(_positive(row[k]) for k in ("requests_per_s", "loop_cpu_us_per_req", "python_calls_per_req"))
