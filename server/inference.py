@@ -86,6 +86,7 @@ class InferenceEngine:
         """A request that does not go through a batcher: one model call in a worker thread, one hop back."""
         loop = asyncio.get_running_loop()
         work = self._executor.submit(_timed, signature.run, inputs, output_names)
+        call.work = work  # cancelling the call takes it off the executor's queue if it has not started
 
         def done(work: concurrent.futures.Future[tuple[dict[str, Any], float, float]]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
@@ -94,6 +95,8 @@ class InferenceEngine:
         work.add_done_callback(done)
 
     def _finish_alone(self, call: Call, work: concurrent.futures.Future[tuple[dict[str, Any], float, float]]) -> None:
+        if work.cancelled():  # by Call.cancel, which already finished the call
+            return
         error = work.exception()
         if error is not None:
             call.set_exception(error)
@@ -192,6 +195,7 @@ class Call:
         "rows",
         "signature",
         "started",
+        "work",
     )
 
     def __init__(self, engine: InferenceEngine, request: InferRequest, future: asyncio.Future[InferResponse]) -> None:
@@ -209,6 +213,7 @@ class Call:
         self.output_names: list[str] = []
         self.rows = 1
         self.finished = False
+        self.work: concurrent.futures.Future[Any] | None = None
 
     def begin(self) -> None:
         engine, request = self._engine, self.request
@@ -290,6 +295,8 @@ class Call:
             return
         if self.batcher is not None and self._ticket is not None:
             self.batcher.abandon(self._ticket)
+        if self.work is not None:
+            self.work.cancel()
         entry = self.entry
         self._end()
         self._observe(str(entry.version) if entry is not None else "", "CANCELLED")

@@ -1,6 +1,6 @@
-"""A request's life through the engine, with a fake model (no TF, no server): whichever way it ends (outputs,
-model error, rejection, client cancellation), the version is released, the in-flight gauge drops once, the right
-status is counted, and an abandoned request never reaches the model."""
+"""A request's life through the engine, with a fake model (no TF call, no server): whichever way it ends (outputs,
+model error, rejection, client cancellation, a stream torn down), the version is released, the in-flight gauge
+drops once, the right status is counted, and an abandoned request never reaches the model."""
 
 from __future__ import annotations
 
@@ -200,3 +200,73 @@ def test_deadline_passed_in_the_queue() -> None:
     asyncio.run(main())
     assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
+
+
+def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> None:
+    """Unbatchable requests go straight to the worker pool; one cancelled while queued there never runs."""
+    model = Model(batched=False)
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model)
+    engine._executor = ThreadPoolExecutor(1)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request(3)))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        queued = engine.start(request(3))
+        queued.cancel()
+        model.gate.set()
+        await running
+        engine._executor.shutdown(wait=True)  # the worker drained its queue: the cancelled call was not in it
+
+    asyncio.run(main())
+    assert model.calls == [3]
+    assert count(metrics, "CANCELLED") == 1 and count(metrics, "OK") == 1
+    assert manager.entry.inflight == 0 and inflight(metrics) == 0
+
+
+def test_a_cancelled_stream_cancels_every_call_it_started() -> None:
+    """grpc cancels a stream's handler when the client goes away: the message in the model and those queued behind
+    it are each counted CANCELLED and released, and the queued ones never run. (Imports the V2 servicer, which
+    imports TensorFlow; nothing here calls it.)"""
+    from kerve import codecs
+    from kerve.protos import grpc_service_pb2 as pb
+    from kerve.server.v2_service import V2Servicer
+
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=1))
+    engine._executor = ThreadPoolExecutor(1)
+    servicer = V2Servicer(manager, engine, lambda: True)  # type: ignore[arg-type]
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 2])
+    message = pb.ModelInferRequest(
+        model_name="m", inputs=[tensor], raw_input_contents=[codecs.encode_raw(np.ones((1, 2), np.float32))]
+    )
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    async def main() -> None:
+        async def requests() -> Any:
+            for _ in range(5):
+                yield message
+            await asyncio.Event().wait()  # the client keeps the stream open
+
+        responses = servicer.ModelStreamInfer(requests(), Context())  # type: ignore[arg-type]
+        first = asyncio.ensure_future(anext(responses))
+        while inflight(metrics) < 5:  # all five read and started: one in the model, four queued
+            await asyncio.sleep(0.001)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await responses.aclose()
+        assert inflight(metrics) == 0 and manager.entry.inflight == 0
+        model.gate.set()
+        batcher = manager.entry.batchers["serving_default"]
+        while batcher.in_flight_batches:  # the running batch ends; its answer goes nowhere
+            await asyncio.sleep(0.001)
+
+    asyncio.run(main())
+    assert model.calls == [1]
+    assert count(metrics, "CANCELLED") == 5 and count(metrics, "OK") == 0
