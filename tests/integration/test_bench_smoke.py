@@ -112,3 +112,21 @@ def test_request_path_bench_counts_kerve_own_work(tmp_path: Path) -> None:
         assert set(rows) == {"c1", "c4"}
         for row in rows.values():
             assert all(_positive(row[k]) for k in ("requests_per_s", "loop_cpu_us_per_req", "python_calls_per_req"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_gil_contention_bench_runs_both_placements(tmp_path: Path) -> None:
+    out = tmp_path / "gil.json"
+    cmd = [
+        sys.executable, "-m", "bench.gil_contention", "--models", "tiny", "--batch", "4", "--busy", "0,0.5",
+        "--seconds", "0.5", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())["tiny"]
+    assert set(results) == {"thread", "process"}
+    for rows in results.values():
+        assert set(rows) == {"0.0", "0.5"}
+        assert all(_positive(row["calls_per_s"]) and _positive(row["call_p50_ms"]) for row in rows.values())
+        assert rows["0.0"]["loop_work_vs_alone"] is None and _positive(rows["0.5"]["loop_work_vs_alone"])
