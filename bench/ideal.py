@@ -8,6 +8,9 @@ bare ceiling" is out of reach for any server in that configuration, however lean
   in-process batch closest to kerve's mean batch), TF's threads included.
 - ``kerve_own_cpu_ms_per_req``: kerve's server CPU per request minus the bare server's and minus that model CPU:
   what kerve's own request path (decode, validate, batching hand-offs, encode, metrics) costs.
+- ``model_call_vs_inprocess``: the model's wall time per sample inside kerve (``model_ms_per_batch`` from its
+  ``/metrics`` over ``mean_batch``) against the in-process call's at the closest measured batch: above 1 when the
+  model runs slower beside the server's other threads than alone.
 - ``ideal_samples_per_s``: the most a zero-overhead server could serve, the lowest of
   (1) the CPU limit: all cores / (bare server + generator CPU per request + the model's least CPU per sample at a
   batch the case allows, min(concurrency, max_batch_size)), (2) at concurrency 1 the serial limit: one round trip
@@ -74,6 +77,11 @@ def estimate(
 
     at = _closest_batch(batches, kerve.get("mean_batch") or 0.0)
     model_cpu = _cpu_ms_per_sample(batches[at]) if at is not None else None
+    in_server = kerve.get("model_ms_per_batch")
+    if at is not None and in_server and batches[at].get("mean_ms"):
+        # per sample, so that a mean batch between two measured sizes compares fairly
+        alone = batches[at]["mean_ms"] / int(at)
+        out["model_call_vs_inprocess"] = round(in_server / kerve["mean_batch"] / alone, 3)
     if model_cpu is not None:
         out["model_cpu_ms_per_sample"] = round(model_cpu, 4)
         own = kerve["server_cpu_ms_per_req"] - ceiling["server_cpu_ms_per_req"] - model_cpu

@@ -461,9 +461,10 @@ def response_len(target: str, payload: bytes) -> int:
         return len(channel.unary_unary(loadgen.UNARY_METHOD)(payload, timeout=30))
 
 
-def batch_counts(metrics_url: str, model: str) -> tuple[float, float] | None:
-    """(samples, model executions) of a model so far, from kerve's Prometheus histogram kerve_batch_size (summed
-    over the processes of a `--processes N` server, where ModelStatistics would answer for one process)."""
+def batch_counts(metrics_url: str, model: str) -> tuple[float, float, float] | None:
+    """(samples, model executions, seconds inside model calls) of a model so far, from kerve's Prometheus histograms
+    kerve_batch_size and kerve_compute_duration_seconds (summed over the processes of a `--processes N` server,
+    where ModelStatistics would answer for one process)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -473,12 +474,16 @@ def batch_counts(metrics_url: str, model: str) -> tuple[float, float] | None:
             text = response.read().decode()
     except OSError:
         return None
-    totals = {"kerve_batch_size_sum": 0.0, "kerve_batch_size_count": 0.0}
+    totals = {"kerve_batch_size_sum": 0.0, "kerve_batch_size_count": 0.0, "kerve_compute_duration_seconds_sum": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals and sample.labels.get("model") == model:
                 totals[sample.name] += sample.value
-    return totals["kerve_batch_size_sum"], totals["kerve_batch_size_count"]
+    return (
+        totals["kerve_batch_size_sum"],
+        totals["kerve_batch_size_count"],
+        totals["kerve_compute_duration_seconds_sum"],
+    )
 
 
 def measure_case(
@@ -504,8 +509,11 @@ def measure_case(
         row[name] = _entry(result)
         after = batch_counts(server.metrics_url, model) if before is not None else None
         if before is not None and after is not None and after[1] > before[1]:
-            # Samples per model execution over warm-up + window: how well the server batched.
-            row[name]["mean_batch"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+            # Samples per model execution over warm-up + window: how well the server batched; and how long a
+            # model call took inside the server (against the in-process call at that batch: bench/ideal.py).
+            executions = after[1] - before[1]
+            row[name]["mean_batch"] = round((after[0] - before[0]) / executions, 2)
+            row[name]["model_ms_per_batch"] = round((after[2] - before[2]) / executions * 1e3, 4)
     return row
 
 

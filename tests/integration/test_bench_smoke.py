@@ -48,6 +48,7 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert entry["ideal_limit"] in {"cpu", "latency", "ceiling"}
             assert 0 < entry["ideal_ratio_vs_grpc_ceiling"] <= 1
             assert _positive(entry["model_cpu_ms_per_sample"]) and "kerve_own_cpu_ms_per_req" in entry
+            assert _positive(entry["model_ms_per_batch"]) and _positive(entry["model_call_vs_inprocess"])
     for mode in ("unary", "stream"):
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]

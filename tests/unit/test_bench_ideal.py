@@ -10,7 +10,7 @@ INPROCESS = {
     "batches": {
         # cpu ms per sample = cpu_cores * 1000 / samples_per_s
         "1": {"samples_per_s": 1000.0, "cpu_cores": 1.0, "p50_ms": 1.0},  # 1.0 ms
-        "8": {"samples_per_s": 4000.0, "cpu_cores": 1.6, "p50_ms": 2.0},  # 0.4 ms
+        "8": {"samples_per_s": 4000.0, "cpu_cores": 1.6, "p50_ms": 2.0, "mean_ms": 2.0},  # 0.4 ms
         "32": {"samples_per_s": 8000.0, "cpu_cores": 1.6, "p50_ms": 4.0},  # 0.2 ms
         "128": {"samples_per_s": 16000.0, "cpu_cores": 1.6, "p50_ms": 8.0},  # 0.1 ms
     },
@@ -69,3 +69,10 @@ def test_missing_figures_give_no_estimate() -> None:
 )
 def test_max_batch_size_from_the_server_args(args: list[str], expected: int) -> None:
     assert ideal.max_batch_size(args) == expected
+
+
+def test_model_call_inside_the_server_against_in_process() -> None:
+    row = {**kerve(mean_batch=10), "model_ms_per_batch": 5.0}  # 0.5 ms per sample in the server
+    out = ideal.estimate(row, CEILING, INPROCESS, 64, 2, 64)
+    assert out["model_call_vs_inprocess"] == pytest.approx(0.5 / (2.0 / 8))  # batch 8 is closest: 0.25 ms/sample
+    assert "model_call_vs_inprocess" not in ideal.estimate(kerve(10), CEILING, INPROCESS, 64, 2, 64)
