@@ -21,21 +21,26 @@ def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def run_bench(module: str, *args: str, out: Path, timeout: float) -> tuple[dict, str]:
+    """Run `python -m <module> <args> --out <out>` from the repo root; its JSON and its stdout."""
+    cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable, "-m", "bench.run", "--quick", "--models", "tiny", "--concurrency", "1,4",
-        "--duration", "1", "--modes", "unary,stream", "--retries", "0", "--out", str(out),
+    results, stdout = run_bench(
+        "bench.run", "--quick", "--models", "tiny", "--concurrency", "1,4", "--duration", "1",
+        "--modes", "unary,stream", "--retries", "0",
         # the options for a server of several processes: connections per generator process, pipelined streams
         "--channels", "2", "--stream-depth", "2", "--server-arg=--processes=2",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "vs ceil" in proc.stdout  # the side-by-side table was printed
+        out=tmp_path / "bench.json", timeout=110,
+    )  # fmt: skip
+    assert "vs ceil" in stdout  # the side-by-side table was printed
 
-    results = json.loads(out.read_text())
     for section in (results, results["streaming"]):
         for key in ("tiny/c1", "tiny/c4"):
             entry = section[key]
@@ -84,14 +89,11 @@ def test_profile_summary_splits_samples_by_component() -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_tf_threads_bench_measures_each_thread_count(tmp_path: Path) -> None:
-    out = tmp_path / "threads.json"
-    cmd = [
-        sys.executable, "-m", "bench.tf_threads", "--models", "tiny", "--intra", "0,1", "--gaps", "0,0.5",
-        "--seconds", "0.2", "--batch", "4", "--out", str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())["tiny"]
+    results, _ = run_bench(
+        "bench.tf_threads", "--models", "tiny", "--intra", "0,1", "--gaps", "0,0.5", "--seconds", "0.2",
+        "--batch", "4", out=tmp_path / "threads.json", timeout=170,
+    )  # fmt: skip
+    results = results["tiny"]
     assert set(results) == {"0", "1"}
     for figures in results.values():
         assert set(figures["batch1_p50_ms_by_gap_ms"]) == {"0.0", "0.5"}
@@ -103,11 +105,9 @@ def test_tf_threads_bench_measures_each_thread_count(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_request_path_bench_counts_kerve_own_work(tmp_path: Path) -> None:
-    out = tmp_path / "path.json"
-    cmd = [sys.executable, "-m", "bench.request_path", "--concurrency", "1,4", "--seconds", "0.2", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results, _ = run_bench(
+        "bench.request_path", "--concurrency", "1,4", "--seconds", "0.2", out=tmp_path / "path.json", timeout=110
+    )
     assert set(results) == {"unary", "stream"}
     for rows in results.values():
         assert set(rows) == {"c1", "c4"}
@@ -118,14 +118,11 @@ def test_request_path_bench_counts_kerve_own_work(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_gil_contention_bench_runs_both_placements(tmp_path: Path) -> None:
-    out = tmp_path / "gil.json"
-    cmd = [
-        sys.executable, "-m", "bench.gil_contention", "--models", "tiny", "--batch", "4", "--busy", "0,0.5",
-        "--seconds", "0.5", "--out", str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())["tiny"]
+    results, _ = run_bench(
+        "bench.gil_contention", "--models", "tiny", "--batch", "4", "--busy", "0,0.5", "--seconds", "0.5",
+        out=tmp_path / "gil.json", timeout=230,
+    )  # fmt: skip
+    results = results["tiny"]
     assert set(results) == {"thread", "process"}
     for rows in results.values():
         assert set(rows) == {"0.0", "0.5"}
