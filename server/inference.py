@@ -244,27 +244,24 @@ class Call:
     def set_result(self, outputs: Mapping[str, Any], /) -> None:
         if self.finished:
             return
-        try:
-            selected = {name: outputs[name] for name in self.output_names}
-        except KeyError as exc:
-            self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output {exc} is missing"))
-            return
         entry = self.entry
         assert entry is not None
+        try:  # everything that can fail before the bookkeeping: the batcher's sink must not raise
+            response = InferResponse(
+                model=entry.model,
+                version=entry.version,
+                outputs={name: outputs[name] for name in self.output_names},
+                id=self.request.id,
+                output_specs={n: self.signature.outputs[n] for n in self.output_names},
+            )
+        except Exception as exc:
+            self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output missing or unusable: {exc!r}"))
+            return
         self._end()
         entry.stats.record_success(time.monotonic() - self.started, self.rows)
         self._observe(str(entry.version), "OK")
         if not self.future.done():
-            signature = self.signature
-            self.future.set_result(
-                InferResponse(
-                    model=entry.model,
-                    version=entry.version,
-                    outputs=selected,
-                    id=self.request.id,
-                    output_specs={n: signature.outputs[n] for n in self.output_names},
-                )
-            )
+            self.future.set_result(response)
 
     def set_exception(self, exception: BaseException, /) -> None:
         if isinstance(exception, ServingError):

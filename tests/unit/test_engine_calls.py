@@ -270,3 +270,17 @@ def test_a_cancelled_stream_cancels_every_call_it_started() -> None:
     asyncio.run(main())
     assert model.calls == [1]
     assert count(metrics, "CANCELLED") == 5 and count(metrics, "OK") == 0
+
+
+def test_a_model_without_the_promised_output_fails_internal_and_releases() -> None:
+    model = Model()
+    model.run = lambda inputs, output_names=None: {"z": inputs["x"]}  # type: ignore[method-assign]
+    engine, manager, metrics = setup(model)
+
+    async def main() -> None:
+        with pytest.raises(ServingError) as info:
+            await engine.infer(request(2))
+        assert info.value.code is ErrorCode.INTERNAL and "'y'" in info.value.message
+
+    asyncio.run(main())
+    assert manager.entry.inflight == 0 and count(metrics, "INTERNAL") == 1 and inflight(metrics) == 0
