@@ -234,7 +234,7 @@ class Call:
         except ServingError:
             raise
         except Exception as exc:
-            raise ServingError(ErrorCode.INTERNAL, f"model {request.model!r} failed: {exc}") from exc
+            raise _model_failed(request.model, exc) from exc
 
     # ---- the batcher's sink protocol (and the worker's, for requests that run alone)
 
@@ -259,7 +259,7 @@ class Call:
             return
         self._end()
         entry.stats.record_success(time.monotonic() - self.started, self.rows)
-        self._observe(str(entry.version), "OK")
+        self._observe("OK")
         if not self.future.done():
             self.future.set_result(response)
 
@@ -267,7 +267,7 @@ class Call:
         if isinstance(exception, ServingError):
             error = exception
         else:
-            error = ServingError(ErrorCode.INTERNAL, f"model {self.request.model!r} failed: {exception}")
+            error = _model_failed(self.request.model, exception)
             error.__cause__ = exception
         self.finish_error(error)
 
@@ -276,11 +276,10 @@ class Call:
     def finish_error(self, error: ServingError, deliver: bool = True) -> None:
         if self.finished:
             return
-        entry = self.entry
         self._end()
-        if entry is not None:
-            entry.stats.record_failure(time.monotonic() - self.started)
-        self._observe(str(entry.version) if entry is not None else "", error.code.value)
+        if self.entry is not None:
+            self.entry.stats.record_failure(time.monotonic() - self.started)
+        self._observe(error.code.value)
         if deliver and not self.future.done():
             self.future.set_exception(error)
 
@@ -294,9 +293,8 @@ class Call:
             self.batcher.abandon(self._ticket)
         if self.work is not None:
             self.work.cancel()
-        entry = self.entry
         self._end()
-        self._observe(str(entry.version) if entry is not None else "", "CANCELLED")
+        self._observe("CANCELLED")
         self.future.cancel()
 
     def _end(self) -> None:
@@ -305,8 +303,13 @@ class Call:
         if self.entry is not None:
             self._engine.manager.release(self.entry)
 
-    def _observe(self, version: str, code: str) -> None:
-        """version stays "" until one is resolved: a client-chosen number must not become a label value."""
+    def _observe(self, code: str) -> None:
+        # The version label stays "" until one is resolved: a client-chosen number must not become a label value.
+        version = str(self.entry.version) if self.entry is not None else ""
         self._engine.metrics.observe_request(
             self._model_label, version, self.request.protocol, code, time.monotonic() - self.started
         )
+
+
+def _model_failed(model: str, exc: BaseException) -> ServingError:
+    return ServingError(ErrorCode.INTERNAL, f"model {model!r} failed: {exc}")

@@ -17,6 +17,7 @@ from .errors import ErrorCode, ServingError
 from .inference import Call, InferenceEngine
 from .manager import ModelManager, VersionState, parse_version
 from .model import PLATFORM
+from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
@@ -75,13 +76,16 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.outputs.items())],
         )
 
-    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
+    def _decode(self, request: pb.ModelInferRequest, time_remaining: float | None) -> InferRequest:
+        """The internal request; one that cannot be decoded is counted (it never reaches the engine) and raised."""
         try:
-            infer_request = v2_codec.decode_request(request, time_remaining)
+            return v2_codec.decode_request(request, time_remaining)
         except ServingError as exc:
             self.engine.count_rejected(request.model_name, "v2", exc)
             raise
-        return v2_codec.encode_response(await self.engine.infer(infer_request))
+
+    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
+        return v2_codec.encode_response(await self.engine.infer(self._decode(request, time_remaining)))
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -127,12 +131,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _stream_start(self, request: pb.ModelInferRequest, time_remaining: float | None) -> _Started:
         try:
-            infer_request = v2_codec.decode_request(request, time_remaining)
-        except ServingError as exc:
-            self.engine.count_rejected(request.model_name, "v2", exc)
-            return request, None, exc
-        try:
-            return request, self.engine.start(infer_request), None
+            return request, self.engine.start(self._decode(request, time_remaining)), None
         except ServingError as exc:
             return request, None, exc
 
