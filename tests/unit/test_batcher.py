@@ -1,7 +1,8 @@
 """kerve.server.batcher driven by fake models: no TensorFlow, no grpc, no sleeps.
 
 Replicas that must stay busy block on a threading.Event; the event loop is advanced with `spin` (bounded loop
-turns, no wall-clock waits) and time-dependent decisions use a FakeClock. Real time appears only as bounds.
+turns, no wall-clock waits), outcomes that wait on a worker thread are polled with `settle` under a deadline, and
+time-dependent decisions use a FakeClock. Real time appears only as bounds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -81,6 +83,16 @@ async def spin(condition: Callable[[], bool], turns: int = 200) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition not reached")
+
+
+async def settle(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds or BOUND_S passes: for outcomes that wait on worker threads, whose pace no
+    count of loop turns bounds (a loaded CI machine ran 200 turns before a fake batch finished)."""
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.001)
 
 
 async def turns(n: int) -> None:
@@ -451,7 +463,7 @@ def test_enqueue_delivers_to_the_callers_sink_and_abandon_silences_it() -> None:
         assert batcher.queued_samples == 11
         model.release.set()
         await first
-        await spin(lambda: kept.done() and split.done())
+        await settle(lambda: kept.done() and split.done())
         np.testing.assert_array_equal(kept.results[0]["y"], rows(2))
         np.testing.assert_array_equal(split.results[0]["y"], rows(*range(20, 40, 2)))
         assert len(kept.results) == len(split.results) == 1 and not kept.errors and not split.errors
