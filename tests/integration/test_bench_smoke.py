@@ -128,3 +128,23 @@ def test_gil_contention_bench_runs_both_placements(tmp_path: Path) -> None:
         assert set(rows) == {"0.0", "0.5"}
         assert all(_positive(row["calls_per_s"]) and _positive(row["call_p50_ms"]) for row in rows.values())
         assert rows["0.0"]["loop_work_vs_alone"] is None and _positive(rows["0.5"]["loop_work_vs_alone"])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_latency_path_bench_times_every_stage_of_a_request(tmp_path: Path) -> None:
+    results, stdout = run_bench(
+        "bench.latency_path", "--models", "tiny", "--requests", "60", "--warmup", "20", "--inprocess-seconds", "0.2",
+        out=tmp_path / "latency.json", timeout=230,
+    )  # fmt: skip
+    assert "grpc_in" in stdout  # the stage table was printed
+    figures = results["models"]["tiny"]
+    # Every request was matched to its own server events: the instrumented names still exist in the server.
+    assert figures["matched"] == 60
+    stages = figures["stages_p50_ms"]
+    assert set(stages) == {"grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out"}
+    assert all(_positive(v) for v in stages.values())
+    assert all(_positive(figures[k]) for k in ("inprocess_b1_p50_ms", "bare_grpc_p50_ms", "total_p50_ms"))
+    # Medians do not add exactly, but the stages tile each request end to end.
+    assert 0.5 * figures["total_p50_ms"] <= figures["sum_of_stage_p50s_ms"] <= 1.5 * figures["total_p50_ms"]
+    assert isinstance(figures["target_met"], bool)
