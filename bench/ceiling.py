@@ -83,7 +83,7 @@ async def serve(port: int, responses: dict[str, pb.ModelInferResponse]) -> None:
     await server.stop(1.0)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument(
         "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="the same loop kerve runs on"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     spec = json.loads(args.responses.read_text())
     _name, run = event_loop.runner(args.event_loop)
     run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}))

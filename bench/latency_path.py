@@ -19,9 +19,18 @@ one clock for the client and server processes), so each stage below is measured,
   response message)
 - `grpc_out`: the handler returns -> the client has the response (serialization, HTTP/2, the client's wake-up)
 
-The instrumented server is `kerve serve` itself with wrappers around those private methods (installed by this
-module's `--serve` mode, so nothing in kerve carries tracing code); `tests/integration/test_bench_smoke.py` runs
-it, so a rename in the server breaks the test, not a measurement. Wrappers cost a few microseconds per stage: the
+The bare server gets the same stamps around its handler, so its round trip splits into `grpc_in`, `handler` and
+`grpc_out` too, and it runs twice: as it is, and with a handler that first runs the model's batch-1 call in a
+worker thread (`run_in_executor`, fixed inputs, no decode, no batching, no metrics). That second one is a server
+with no code of its own between gRPC and the model: `kerve - bare with model` is what kerve's own code costs a c1
+request, and `bare with model - in-process` is what any asyncio server that keeps its loop free pays on this
+machine before it does anything (the gRPC stages themselves get slower when a request takes a millisecond or more
+in another thread: the client and the loop sleep between events, and waking them costs more on this VM).
+
+The instrumented servers are `kerve serve` and `bench.ceiling` themselves with wrappers around those methods
+(installed by this module's `--serve-kerve` / `--serve-bare` modes, so nothing in kerve carries tracing code; one
+server process, so not with `--processes`); `tests/integration/test_bench_smoke.py` runs it, so a rename in the
+server breaks the test, not a measurement. Wrappers cost a few microseconds per stage: the
 `total` here is a little above `bench.run`'s p50 for the same case.
 """
 
@@ -49,6 +58,8 @@ STAGES = ("grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "res
 # The server-side events, in the order one request passes them; stage i runs from event i-1 to event i, with the
 # client's start and end around them.
 EVENTS = ("enter", "enqueue", "launch", "model_start", "model_end", "on_done", "exit")
+BARE_STAGES = ("grpc_in", "handler", "grpc_out")
+BARE_EVENTS = ("enter", "exit")
 KERVE_OVERHEAD = ("decode", "dispatch", "to_worker", "to_loop", "respond")
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -85,7 +96,56 @@ def serve_instrumented(events_path: Path, kerve_args: list[str]) -> int:
 
         return execute(call, *args)
 
-    model_infer = v2_service.V2Servicer.ModelInfer
+    batcher_cls.enqueue = stamped("enqueue", batcher_cls.enqueue)  # type: ignore[method-assign]
+    batcher_cls._launch = stamped("launch", batcher_cls._launch)  # type: ignore[method-assign]
+    batcher_cls._on_done = stamped("on_done", batcher_cls._on_done)  # type: ignore[method-assign]
+    batcher_module._execute = timed_execute  # looked up by name at each launch
+    _stamp_handler(v2_service.V2Servicer, events, events_path)
+    return kerve_main(["serve", *kerve_args])
+
+
+def serve_bare(events_path: Path, ceiling_args: list[str], model_path: str = "", model: str = "") -> int:
+    """The bare server (`bench.ceiling`) with the same handler timestamps, so its gRPC share splits the same way.
+
+    With a model, its handler first runs one batch-1 call of that SavedModel in a worker thread
+    (`run_in_executor`, the plainest way an asyncio server keeps its loop free), on fixed inputs: a server with
+    no code of its own between gRPC and the model, which is what kerve's c1 latency is fairly compared with."""
+    from bench import ceiling
+
+    if model_path:
+        _add_model_call(ceiling.CeilingServicer, model_path, model)
+    _stamp_handler(ceiling.CeilingServicer, [], events_path)
+    return ceiling.main(ceiling_args)
+
+
+def _add_model_call(servicer: type, path: str, model: str) -> None:
+    import concurrent.futures
+
+    import numpy as np
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
+    worker = concurrent.futures.ThreadPoolExecutor(1)
+
+    def call() -> None:  # what bench.inprocess times: numpy in, numpy out
+        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
+            tensor.numpy()
+
+    answer = servicer.ModelInfer  # type: ignore[attr-defined]
+
+    async def model_infer(self: Any, request: Any, context: Any) -> Any:
+        await asyncio.get_running_loop().run_in_executor(worker, call)
+        return await answer(self, request, context)
+
+    servicer.ModelInfer = model_infer  # type: ignore[attr-defined]
+
+
+def _stamp_handler(servicer: type, events: list[tuple[str, float]], events_path: Path) -> None:
+    """Stamp `ModelInfer`'s entry and return on `servicer`, and write `events` to `events_path` at exit."""
+    model_infer = servicer.ModelInfer  # type: ignore[attr-defined]
+    record, now = events.append, time.perf_counter
 
     async def timed_model_infer(self: Any, request: Any, context: Any) -> Any:
         record(("enter", now()))
@@ -94,13 +154,8 @@ def serve_instrumented(events_path: Path, kerve_args: list[str]) -> int:
         finally:
             record(("exit", now()))
 
-    batcher_cls.enqueue = stamped("enqueue", batcher_cls.enqueue)  # type: ignore[method-assign]
-    batcher_cls._launch = stamped("launch", batcher_cls._launch)  # type: ignore[method-assign]
-    batcher_cls._on_done = stamped("on_done", batcher_cls._on_done)  # type: ignore[method-assign]
-    batcher_module._execute = timed_execute  # looked up by name at each launch
-    v2_service.V2Servicer.ModelInfer = timed_model_infer  # type: ignore[method-assign]
+    servicer.ModelInfer = timed_model_infer  # type: ignore[attr-defined]
     atexit.register(lambda: events_path.write_text(json.dumps(events)))
-    return kerve_main(["serve", *kerve_args])
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -121,25 +176,30 @@ async def closed_loop(target: str, payloads: list[bytes], warmup: int, requests:
     return spans
 
 
-def stage_durations(spans: list[tuple[float, float]], events: list[tuple[str, float]]) -> dict[str, list[float]]:
+def stage_durations(
+    spans: list[tuple[float, float]],
+    events: list[tuple[str, float]],
+    names: tuple[str, ...] = EVENTS,
+    stages: tuple[str, ...] = STAGES,
+) -> dict[str, list[float]]:
     """Per stage, the duration (ms) in every request whose server events all fell inside its client span.
 
     At concurrency 1 the requests do not overlap, so the events between a request's start and end are its own;
     a request missing an event (it ran alone, or a warm-up) is left out rather than guessed at."""
     events = sorted(events, key=lambda e: e[1])
     times = [t for _, t in events]
-    out: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
+    out: dict[str, list[float]] = {stage: [] for stage in (*stages, "total")}
     for start, end in spans:
         seen: dict[str, float] = {}
         for name, t in events[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]:
             seen.setdefault(name, t)
-        if not all(name in seen for name in EVENTS):
+        if not all(name in seen for name in names):
             continue
-        marks = [start, *(seen[name] for name in EVENTS), end]
+        marks = [start, *(seen[name] for name in names), end]
         steps = list(itertools.pairwise(marks))
         if any(b < a for a, b in steps):
             continue
-        for stage, (a, b) in zip(STAGES, steps, strict=True):
+        for stage, (a, b) in zip(stages, steps, strict=True):
             out[stage].append((b - a) * 1e3)
         out["total"].append((end - start) * 1e3)
     return out
@@ -166,46 +226,39 @@ def measure_model(
     responses = work / f"{model}-responses.json"
     responses.write_text(json.dumps({model: inprocess["outputs"]}))
 
-    port = free_port()
-    ceiling = Server(
-        "ceiling",
-        [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--responses", str(responses)],
-        port,
-        work / f"{model}-ceiling.log",
-    )
-    try:
-        ceiling.wait_ready(60, [model])
-        bare = asyncio.run(closed_loop(ceiling.target, payloads, args.warmup, args.requests))
-    finally:
-        ceiling.stop()
+    bare: dict[str, dict[str, list[float]]] = {}
+    for kind, model_path in (("bare", "-"), ("bare_model", str(repo / model / "1"))):
+        port = free_port()
+        bare_args = [model_path, model, "--", "--port", str(port), "--responses", str(responses)]
+        bare_spans, bare_events = _timed_run(kind, bare_args, port, model, work, payloads, args)
+        bare[kind] = stage_durations(bare_spans, bare_events, BARE_EVENTS, BARE_STAGES)
 
-    events_path = work / f"{model}-events.json"
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "bench.latency_path", "--serve", str(events_path), "--",
-        "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
+    kerve_args = [
+        "--", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port),
         "--metrics-port", str(free_port()), *args.server_arg,
     ]  # fmt: skip
-    kerve = Server("kerve", cmd, port, work / f"{model}-kerve.log")
-    try:
-        kerve.wait_ready(180, [model])
-        spans = asyncio.run(closed_loop(kerve.target, payloads, args.warmup, args.requests))
-    finally:
-        code = kerve.stop()
-    if code != 0 or not events_path.exists():
-        raise RuntimeError(f"the instrumented kerve exited {code} without its events\n{kerve.log_tail()}")
-    durations = stage_durations(spans, json.loads(events_path.read_text()))
+    spans, events = _timed_run("kerve", kerve_args, port, model, work, payloads, args)
+    durations = stage_durations(spans, events)
 
     inprocess_b1 = inprocess["batches"]["1"]["p50_ms"]
     stages = {stage: p50(durations[stage]) for stage in STAGES}
     total = p50(durations["total"])
-    bare_p50 = p50([(end - start) * 1e3 for start, end in bare])
     own = sum(stages[s] or 0.0 for s in KERVE_OVERHEAD)
+    minimal = p50(bare["bare_model"]["total"])
     return {
         "requests": args.requests,
         "matched": len(durations["total"]),
         "inprocess_b1_p50_ms": round(inprocess_b1, 4),
-        "bare_grpc_p50_ms": bare_p50,
+        "bare_grpc_p50_ms": p50(bare["bare"]["total"]),
+        "bare_stages_p50_ms": {stage: p50(bare["bare"][stage]) for stage in BARE_STAGES},
+        "bare_matched": len(bare["bare"]["total"]),
+        # the bare server running the model in a thread: a server with no code of its own
+        "bare_model_p50_ms": minimal,
+        "bare_model_stages_p50_ms": {stage: p50(bare["bare_model"][stage]) for stage in BARE_STAGES},
+        "bare_model_matched": len(bare["bare_model"]["total"]),
+        "bare_model_minus_inprocess_b1_ms": None if minimal is None else round(minimal - inprocess_b1, 4),
+        "kerve_minus_bare_model_ms": None if total is None or minimal is None else round(total - minimal, 4),
         "stages_p50_ms": stages,
         "total_p50_ms": total,
         "sum_of_stage_p50s_ms": round(sum(v or 0.0 for v in stages.values()), 4),
@@ -214,6 +267,30 @@ def measure_model(
         "p50_minus_inprocess_b1_ms": None if total is None else round(total - inprocess_b1, 4),
         "target_met": None if total is None else total - inprocess_b1 <= 1.0,
     }
+
+
+def _timed_run(
+    kind: str,
+    server_args: list[str],
+    port: int,
+    model: str,
+    work: Path,
+    payloads: list[bytes],
+    args: argparse.Namespace,
+) -> tuple[list[tuple[float, float]], list[tuple[str, float]]]:
+    """Start the instrumented `kind` server, drive it at c1, stop it: the client spans and the server's events."""
+    events_path = work / f"{model}-{kind}-events.json"
+    mode = "--serve-kerve" if kind == "kerve" else "--serve-bare"
+    cmd = [sys.executable, "-m", "bench.latency_path", mode, str(events_path), *server_args]
+    server = Server(kind, cmd, port, work / f"{model}-{kind}.log")
+    try:
+        server.wait_ready(180, [model])
+        spans = asyncio.run(closed_loop(server.target, payloads, args.warmup, args.requests))
+    finally:
+        code = server.stop()
+    if code != 0 or not events_path.exists():
+        raise RuntimeError(f"the instrumented {kind} server exited {code} without its events\n{server.log_tail()}")
+    return spans, json.loads(events_path.read_text())
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -225,20 +302,37 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
     row("in-process batch-1 call", [results[m]["inprocess_b1_p50_ms"] for m in models])
     row("bare gRPC round trip", [results[m]["bare_grpc_p50_ms"] for m in models])
+    for stage in BARE_STAGES:
+        row(f"  {stage}", [results[m]["bare_stages_p50_ms"][stage] for m in models])
+    row("bare + model call in a thread", [results[m]["bare_model_p50_ms"] for m in models])
+    for stage in BARE_STAGES:
+        row(f"  {stage}", [results[m]["bare_model_stages_p50_ms"][stage] for m in models])
     print("kerve, by stage:")
     for stage in STAGES:
         row(f"  {stage}", [results[m]["stages_p50_ms"][stage] for m in models])
     row("  total", [results[m]["total_p50_ms"] for m in models])
     row("kerve's own (decode..respond)", [results[m]["kerve_own_p50_ms"] for m in models])
     row("model call - in-process", [results[m]["model_minus_inprocess_ms"] for m in models])
+    row("kerve - bare with model", [results[m]["kerve_minus_bare_model_ms"] for m in models])
+    row("bare with model - in-process", [results[m]["bare_model_minus_inprocess_b1_ms"] for m in models])
     row("total - in-process (<= 1)", [results[m]["p50_minus_inprocess_b1_ms"] for m in models])
-    print("requests matched: " + ", ".join(f"{m} {results[m]['matched']}/{results[m]['requests']}" for m in models))
+    print(
+        "requests matched (kerve, bare, bare with model): "
+        + ", ".join(
+            f"{m} {results[m]['matched']}, {results[m]['bare_matched']}, {results[m]['bare_model_matched']} "
+            f"of {results[m]['requests']}"
+            for m in models
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--serve"]:  # the instrumented server: --serve EVENTS -- <kerve serve args>
+    if argv[:1] == ["--serve-kerve"]:  # the instrumented kerve: --serve-kerve EVENTS -- <kerve serve args>
         return serve_instrumented(Path(argv[1]), argv[3:])
+    if argv[:1] == ["--serve-bare"]:  # --serve-bare EVENTS MODEL_PATH|- MODEL -- <bench.ceiling args>
+        path = "" if argv[2] == "-" else argv[2]
+        return serve_bare(Path(argv[1]), argv[5:], path, argv[3])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="seed_cnn", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per server")

@@ -144,7 +144,13 @@ def test_latency_path_bench_times_every_stage_of_a_request(tmp_path: Path) -> No
     stages = figures["stages_p50_ms"]
     assert set(stages) == {"grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out"}
     assert all(_positive(v) for v in stages.values())
-    assert all(_positive(figures[k]) for k in ("inprocess_b1_p50_ms", "bare_grpc_p50_ms", "total_p50_ms"))
+    assert all(
+        _positive(figures[k]) for k in ("inprocess_b1_p50_ms", "bare_grpc_p50_ms", "bare_model_p50_ms", "total_p50_ms")
+    )
+    # The two bare servers were matched too, and each split into its three stages.
+    assert figures["bare_matched"] == figures["bare_model_matched"] == 60
+    for key in ("bare_stages_p50_ms", "bare_model_stages_p50_ms"):
+        assert set(figures[key]) == {"grpc_in", "handler", "grpc_out"} and all(map(_positive, figures[key].values()))
     # Medians do not add exactly, but the stages tile each request end to end.
     assert 0.5 * figures["total_p50_ms"] <= figures["sum_of_stage_p50s_ms"] <= 1.5 * figures["total_p50_ms"]
     assert isinstance(figures["target_met"], bool)
