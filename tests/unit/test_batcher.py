@@ -1,4 +1,4 @@
-"""kerve.server.batcher driven by fake models: no TensorFlow, no grpc, no sleeps.
+"""kerve.server.batcher driven by fake models: no TensorFlow, no grpc, no fixed sleeps.
 
 Replicas that must stay busy block on a threading.Event; the event loop is advanced with `spin` (bounded loop
 turns, no wall-clock waits), outcomes that wait on a worker thread are polled with `settle` under a deadline, and
