@@ -20,12 +20,13 @@ one clock for the client and server processes), so each stage below is measured,
 - `grpc_out`: the handler returns -> the client has the response (serialization, HTTP/2, the client's wake-up)
 
 The bare server gets the same stamps around its handler, so its round trip splits into `grpc_in`, `handler` and
-`grpc_out` too, and it runs twice: as it is, and with a handler that first runs the model's batch-1 call in a
-worker thread (`run_in_executor`, fixed inputs, no decode, no batching, no metrics). That second one is a server
-with no code of its own between gRPC and the model: `kerve - bare with model` is what kerve's own code costs a c1
-request, and `bare with model - in-process` is what any asyncio server that keeps its loop free pays on this
-machine before it does anything (the gRPC stages themselves get slower when a request takes a millisecond or more
-in another thread: the client and the loop sleep between events, and waking them costs more on this VM).
+`grpc_out` too, and it runs twice: as it is, and with a handler that first runs the model's batch-1 call in a worker
+thread (`run_in_executor`, fixed inputs, no decode, no batching, no metrics; `--server-arg` applies to kerve only,
+so that call runs with TF's default threads). That second one is a server with no code of its own between gRPC and
+the model: `kerve - bare with model` is what kerve's own code costs a c1 request, and `bare with model - in-process`
+is what any asyncio server that keeps its loop free pays on this machine before it does anything (the gRPC stages
+themselves get slower when a request takes a millisecond or more in another thread: the client and the loop sleep
+between events, and waking them costs more on this VM).
 
 The instrumented servers are `kerve serve` and `bench.ceiling` themselves with wrappers around those methods
 (installed by this module's `--serve-kerve` / `--serve-bare` modes, so nothing in kerve carries tracing code; one
