@@ -44,7 +44,6 @@ import bisect
 import itertools
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.models import MODELS
-from bench.run import ROOT, Server, build_payloads
+from bench.run import Server, build_payloads, run_inprocess
 from kerve.quickstart import free_port
 
 STAGES = ("grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out")
@@ -210,16 +209,6 @@ def p50(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def _inprocess(repo: Path, models: list[str], work: Path, seconds: float) -> dict[str, Any]:
-    out = work / "inprocess.json"
-    cmd = [
-        sys.executable, "-m", "bench.inprocess", "--repository", str(repo), "--models", ",".join(models),
-        "--batches", "1", "--seconds", str(seconds), "--out", str(out),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
-    return json.loads(out.read_text())["models"]
-
-
 def measure_model(
     model: str, repo: Path, work: Path, inprocess: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -352,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kerve-latency-") as tmp:
         work = Path(tmp)
         repo = work / "repo"
-        inprocess = _inprocess(repo, models, work, args.inprocess_seconds)
+        # the same in-process measurement bench.run makes (re-measured once if other processes disturbed it)
+        reference = argparse.Namespace(
+            models=models, batches=[1], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.25, retries=1
+        )
+        inprocess = run_inprocess(reference, repo, work)["models"]
         results = {m: measure_model(m, repo, work, inprocess[m], args) for m in models}
     print_table(results)
     if args.out is not None:
