@@ -8,15 +8,21 @@ canned `ModelInferResponse` of the same size as the model's real batch-1 respons
 shapes and raw bytes length), which gRPC serializes per call. What kerve costs beyond this is kerve.
 
 `ServerReady` answers true so readiness polling works; every other RPC is UNIMPLEMENTED.
+
+With `--model NAME=PATH` (repeatable) it is instead the bare server **with the model's call**: before answering a
+request for NAME it runs one batch-1 call of that SavedModel's `serving_default` on fixed inputs in a worker thread
+(`run_in_executor`, the plainest way an asyncio server keeps its loop free): a server with no code of its own
+between gRPC and the model. At concurrency 1 that is the fair reference for kerve's latency (`bench/ideal.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +69,50 @@ class CeilingServicer(pb_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
 
 
-async def serve(port: int, responses: dict[str, pb.ModelInferResponse]) -> None:
+class ModelCallServicer(CeilingServicer):
+    """The ceiling's answers, each after one batch-1 call of the request's model in a worker thread."""
+
+    def __init__(self, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path]) -> None:
+        super().__init__(responses)
+        self._calls = {name: _batch1_call(name, path) for name, path in models.items()}
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    async def _run_model(self, request: pb.ModelInferRequest) -> None:
+        call = self._calls.get(request.model_name)
+        if call is not None:
+            await asyncio.get_running_loop().run_in_executor(self._worker, call)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        await self._run_model(request)
+        return self._answer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            await self._run_model(request)
+            yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
+
+
+def _batch1_call(model: str, path: Path) -> Callable[[], None]:
+    """What bench.inprocess times at batch 1: numpy in via convert_to_tensor, the signature, numpy out."""
+    import tensorflow as tf
+
+    from bench.models import MODELS
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
+
+    def call() -> None:
+        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
+            tensor.numpy()
+
+    call()  # warm: the first call traces and allocates
+    return call
+
+
+async def serve(port: int, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path] | None = None) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -71,7 +120,8 @@ async def serve(port: int, responses: dict[str, pb.ModelInferResponse]) -> None:
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(CeilingServicer(responses), server)
+    servicer = ModelCallServicer(responses, models) if models else CeilingServicer(responses)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"could not bind 127.0.0.1:{port}")
     await server.start()
@@ -92,10 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="the same loop kerve runs on"
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="run this SavedModel's batch-1 call in a worker thread before answering NAME (repeatable)",
+    )
     args = parser.parse_args(argv)
     spec = json.loads(args.responses.read_text())
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--model takes NAME=PATH, got {item!r}")
+        models[name] = Path(path)
     _name, run = event_loop.runner(args.event_loop)
-    run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}))
+    run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}, models))
     return 0
 
 

@@ -13,8 +13,10 @@ bare ceiling" is out of reach for any server in that configuration, however lean
   model runs slower beside the server's other threads than alone.
 - ``ideal_samples_per_s``: the most a zero-overhead server could serve, the lowest of
   (1) the CPU limit: all cores / (bare server + generator CPU per request + the model's least CPU per sample at a
-  batch the case allows, min(concurrency, max_batch_size)), (2) at concurrency 1 the serial limit: one round trip
-  (the bare server's c1 p50) plus one batch-1 model call (its in-process p50) per request, (3) the bare ceiling.
+  batch the case allows, min(concurrency, max_batch_size)), (2) at concurrency 1 the serial limit, measured: the
+  requests/s of the bare server that runs the model's batch-1 call in a worker thread before answering
+  (`bench.ceiling --model`; adding the bare round trip to the in-process call instead was ~0.5 ms per request too
+  optimistic on the 2-core VM, docs/benchmarks.md), (3) the bare ceiling.
   ``ideal_limit`` names the one that bound, and ``ideal_ratio_vs_grpc_ceiling`` / ``ideal_ratio_vs_inprocess_best``
   put it on the scale of the targets.
 
@@ -64,7 +66,7 @@ def estimate(
     concurrency: int,
     cores: float,
     max_batch: int,
-    ceiling_c1_p50_ms: float | None = None,
+    c1_floor_samples_per_s: float | None = None,
 ) -> dict[str, Any]:
     """The ideal_* and cost-split keys for one kerve case (empty where the inputs are missing)."""
     batches: Mapping[str, Any] = inprocess.get("batches", {})
@@ -89,9 +91,8 @@ def estimate(
 
     per_request = ceiling["server_cpu_ms_per_req"] + ceiling["client_cpu_ms_per_req"] + min(costs)
     limits = {"cpu": cores * 1e3 / per_request, "ceiling": ceiling_rate}
-    b1 = batches.get("1", {}).get("p50_ms")
-    if concurrency == 1 and ceiling_c1_p50_ms and b1:
-        limits["latency"] = 1e3 / (ceiling_c1_p50_ms + b1)
+    if concurrency == 1 and c1_floor_samples_per_s:
+        limits["latency"] = c1_floor_samples_per_s
     limit = min(limits, key=lambda k: limits[k])
     ideal = limits[limit]
     best = inprocess.get("best", {}).get("samples_per_s")

@@ -104,42 +104,15 @@ def serve_instrumented(events_path: Path, kerve_args: list[str]) -> int:
     return kerve_main(["serve", *kerve_args])
 
 
-def serve_bare(events_path: Path, ceiling_args: list[str], model_path: str = "", model: str = "") -> int:
-    """The bare server (`bench.ceiling`) with the same handler timestamps, so its gRPC share splits the same way.
-
-    With a model, its handler first runs one batch-1 call of that SavedModel in a worker thread
-    (`run_in_executor`, the plainest way an asyncio server keeps its loop free), on fixed inputs: a server with
-    no code of its own between gRPC and the model, which is what kerve's c1 latency is fairly compared with."""
+def serve_bare(events_path: Path, ceiling_args: list[str]) -> int:
+    """The bare server (`bench.ceiling`, with `--model` the one running the model's call in a thread) with the
+    same handler timestamps, so its round trip splits the same way."""
     from bench import ceiling
 
-    if model_path:
-        _add_model_call(ceiling.CeilingServicer, model_path, model)
-    _stamp_handler(ceiling.CeilingServicer, [], events_path)
+    with_model = any(arg.startswith("--model") for arg in ceiling_args)
+    servicer = ceiling.ModelCallServicer if with_model else ceiling.CeilingServicer
+    _stamp_handler(servicer, [], events_path)
     return ceiling.main(ceiling_args)
-
-
-def _add_model_call(servicer: type, path: str, model: str) -> None:
-    import concurrent.futures
-
-    import numpy as np
-    import tensorflow as tf
-
-    fn = tf.saved_model.load(path).signatures["serving_default"]
-    rng = np.random.default_rng(0)
-    inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
-    worker = concurrent.futures.ThreadPoolExecutor(1)
-
-    def call() -> None:  # what bench.inprocess times: numpy in, numpy out
-        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
-            tensor.numpy()
-
-    answer = servicer.ModelInfer  # type: ignore[attr-defined]
-
-    async def model_infer(self: Any, request: Any, context: Any) -> Any:
-        await asyncio.get_running_loop().run_in_executor(worker, call)
-        return await answer(self, request, context)
-
-    servicer.ModelInfer = model_infer  # type: ignore[attr-defined]
 
 
 def _stamp_handler(servicer: type, events: list[tuple[str, float]], events_path: Path) -> None:
@@ -217,9 +190,9 @@ def measure_model(
     responses.write_text(json.dumps({model: inprocess["outputs"]}))
 
     bare: dict[str, dict[str, list[float]]] = {}
-    for kind, model_path in (("bare", "-"), ("bare_model", str(repo / model / "1"))):
+    for kind, model_args in (("bare", []), ("bare_model", [f"--model={model}={repo / model / '1'}"])):
         port = free_port()
-        bare_args = [model_path, model, "--", "--port", str(port), "--responses", str(responses)]
+        bare_args = ["--", "--port", str(port), "--responses", str(responses), *model_args]
         bare_spans, bare_events = _timed_run(kind, bare_args, port, model, work, payloads, args)
         bare[kind] = stage_durations(bare_spans, bare_events, BARE_EVENTS, BARE_STAGES)
 
@@ -320,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--serve-kerve"]:  # the instrumented kerve: --serve-kerve EVENTS -- <kerve serve args>
         return serve_instrumented(Path(argv[1]), argv[3:])
-    if argv[:1] == ["--serve-bare"]:  # --serve-bare EVENTS MODEL_PATH|- MODEL -- <bench.ceiling args>
-        path = "" if argv[2] == "-" else argv[2]
-        return serve_bare(Path(argv[1]), argv[5:], path, argv[3])
+    if argv[:1] == ["--serve-bare"]:  # the instrumented bare server: --serve-bare EVENTS -- <bench.ceiling args>
+        return serve_bare(Path(argv[1]), argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="seed_cnn", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per server")

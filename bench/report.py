@@ -110,9 +110,13 @@ def targets(results: dict[str, Any]) -> list[str]:
             k = rows.get(f"{model}/c1")
             if k and k.get("p50_minus_inprocess_b1_ms") is not None:
                 d = k["p50_minus_inprocess_b1_ms"]
+                # the zero-overhead column: the bare server running the model's call in a thread (bench.ceiling
+                # --model), against the same in-process reference
+                floor = results.get("bare_model", {}).get(mode, {}).get(f"{model}/c1", {})
+                f = floor.get("p50_minus_inprocess_b1_ms")
                 lines.append(
                     f"| {model} c1 ({mode}) p50 within 1 ms of in-process batch 1 | {d:+.2f} ms | "
-                    f"{'yes' if d <= 1.0 else 'no'} | |"
+                    f"{'yes' if d <= 1.0 else 'no'} | {'' if f is None else format(f, '+.2f') + ' ms'} |"
                 )
     return lines
 

@@ -45,6 +45,7 @@ from kerve.server import event_loop
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
 PAYLOADS_PER_MODEL = 16
+BARE_MODEL = "bare_model"  # the bare server that runs the model's call in a thread (bench.ceiling --model): c1 only
 SHARED_CORES_NOTE = (
     "load generator, servers and (for the in-process rows) TensorFlow all run on the same {cores} core(s): "
     "the client's CPU is taken from the server's, so every RPC figure here is a lower bound for a server "
@@ -430,6 +431,8 @@ def _profile_case(
         return {"skipped": f"case {args.profile_case!r} not run"}
     report: dict[str, Any] = {"case": args.profile_case, "mode": loadgen.UNARY, "seconds": args.profile_seconds}
     for name, server in servers.items():
+        if name == BARE_MODEL:
+            continue
         raw = work / f"profile-{name}.txt"
         spy = profile.PySpy(exe, server.proc.pid, args.profile_seconds, raw, native=args.profile_native)
         result = gen.run(
@@ -593,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     streaming: dict[str, Any] = {}
     ceiling_results: dict[str, dict[str, Any]] = {mode: {} for mode in args.modes}
+    floor_results: dict[str, dict[str, Any]] = {mode: {} for mode in args.modes}
     exit_codes: dict[str, int] = {}
     failed = False
     profile_report: dict[str, Any] | None = None
@@ -610,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
             port,
             work / "ceiling.log",
         )
+        if 1 in args.concurrency:  # the c1 floor: the bare server running each model's call in a thread
+            port = free_port()
+            floor_cmd = [*ceiling_cmd[:3], "--port", str(port), *ceiling_cmd[5:]]
+            floor_cmd += [f"--model={name}={inprocess[name]['path']}" for name in args.models]
+            servers[BARE_MODEL] = Server(BARE_MODEL, floor_cmd, port, work / "bare-model.log")
         port = free_port()
         servers["kerve"] = Server(
             "kerve",
@@ -635,15 +644,17 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 for c in args.concurrency:
                     key = f"{model}/c{c}"
+                    # the bare server with the model call is the c1 floor only (one request at a time)
+                    case_servers = {n: s for n, s in servers.items() if c == 1 or n != BARE_MODEL}
                     quiet.wait(key, mode)
-                    row = measure_case(args, gen, servers, model, payloads[model], mode, c)
+                    row = measure_case(args, gen, case_servers, model, payloads[model], mode, c)
                     for attempt in range(args.retries):
                         other = _other(row)
                         if other <= args.max_other_cpu or time.monotonic() - started > args.retry_after_s:
                             break
                         print(f"  {key:14s} {mode:6s} disturbed: other processes used {other:.2f} cores; again")
                         quiet.wait(key, mode)
-                        again = measure_case(args, gen, servers, model, payloads[model], mode, c)
+                        again = measure_case(args, gen, case_servers, model, payloads[model], mode, c)
                         row = again if _other(again) < other else row
                         row["kerve"]["attempts"] = attempt + 2
                     row["kerve"]["disturbed"] = _other(row) > args.max_other_cpu
@@ -653,18 +664,28 @@ def main(argv: list[str] | None = None) -> int:
                     kerve_row["ratio_vs_grpc_ceiling"] = _ratio(kerve_row["samples_per_s"], ceiling["samples_per_s"])
                     if b1_p50 is not None:
                         kerve_row["p50_minus_inprocess_b1_ms"] = round(kerve_row["p50_ms"] - b1_p50, 4)
-                    c1_ceiling = ceiling_results[mode].get(f"{model}/c1", {}).get("p50_ms")
+                    floor = row.get(BARE_MODEL)
+                    if floor is not None:
+                        floor_results[mode][key] = floor
+                        kerve_row["bare_model_p50_ms"] = floor["p50_ms"]
+                        kerve_row["p50_minus_bare_model_ms"] = round(kerve_row["p50_ms"] - floor["p50_ms"], 4)
+                        if b1_p50 is not None:
+                            floor["p50_minus_inprocess_b1_ms"] = round(floor["p50_ms"] - b1_p50, 4)
                     kerve_row.update(
-                        ideal.estimate(kerve_row, ceiling, inprocess[model], c, machine["cores"], max_batch, c1_ceiling)
-                    )
+                        ideal.estimate(
+                            kerve_row, ceiling, inprocess[model], c, machine["cores"], max_batch,
+                            floor["samples_per_s"] if floor is not None else None,
+                        )
+                    )  # fmt: skip
                     (results if mode == loadgen.UNARY else streaming)[key] = kerve_row
-                    errors = kerve_row["errors"] + ceiling["errors"]
+                    errors = sum(entry["errors"] for entry in row.values())
                     failed |= errors > 0
                     print(
                         f"  {key:14s} {mode:6s} ceiling {ceiling['samples_per_s']:9.1f}/s p50 {ceiling['p50_ms']:7.3f}"
                         f" | kerve {kerve_row['samples_per_s']:9.1f}/s p50 {kerve_row['p50_ms']:7.3f} ms"
                         f" p99 {kerve_row['p99_ms']:7.3f} ms | x{_fmt(kerve_row['ratio_vs_grpc_ceiling'], '.3f')} "
                         f"of ceiling, x{_fmt(kerve_row['ratio_vs_inprocess_best'], '.3f')} of in-process best"
+                        + (f"  | bare + model p50 {floor['p50_ms']:7.3f} ms" if floor is not None else "")
                         + (f"  ERRORS kerve {kerve_row['errors']}, ceiling {ceiling['errors']}" if errors else ""),
                         flush=True,
                     )
@@ -675,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                                 server.proc.pid, response_len(server.target, payloads[model][0]), work,
                             )
                             for name, server in servers.items()
+                            if name != BARE_MODEL
                         }  # fmt: skip
                         h2_row["kerve"]["ratio_vs_grpc_ceiling"] = _ratio(
                             h2_row["kerve"]["samples_per_s"], h2_row["grpc_ceiling"]["samples_per_s"]
@@ -699,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     results["streaming"] = streaming
     results["inprocess"] = inprocess
     results["grpc_ceiling"] = ceiling_results
+    if any(floor_results.values()):
+        results[BARE_MODEL] = floor_results
     if h2load_results:
         results["h2load"] = h2load_results
     results["machine"] = {

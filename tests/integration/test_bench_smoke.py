@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_KEYS = {"samples_per_s", "p50_ms", "p99_ms", "ratio_vs_inprocess_best", "ratio_vs_grpc_ceiling"}
 
@@ -58,6 +60,16 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]
             assert all(_positive(ceiling[k]) for k in ("samples_per_s", "p50_ms", "p99_ms")), ceiling
+        # the c1 floor, measured at c1 only: the bare server running the model's call in a thread
+        assert set(results["bare_model"][mode]) == {"tiny/c1"}
+        floor = results["bare_model"][mode]["tiny/c1"]
+        assert all(_positive(floor[k]) for k in ("samples_per_s", "p50_ms")) and floor["errors"] == 0, floor
+        kerve_c1 = (results if mode == "unary" else results["streaming"])["tiny/c1"]
+        assert kerve_c1["bare_model_p50_ms"] == floor["p50_ms"] and "p50_minus_bare_model_ms" in kerve_c1
+        assert "bare_model_p50_ms" not in (results if mode == "unary" else results["streaming"])["tiny/c4"]
+    # the report's c1 latency rows carry the floor in the zero-overhead column
+    c1_rows = [line for line in report.render(results).splitlines() if "p50 within 1 ms" in line]
+    assert len(c1_rows) == 2 and all(line.endswith(" ms |") for line in c1_rows), c1_rows
 
     inprocess = results["inprocess"]["tiny"]
     assert set(inprocess["batches"]) == {"1", "8", "32"}
@@ -67,7 +79,7 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
     machine = results["machine"]
     assert machine["cpu_model"] and _positive(machine["cores"])
     assert machine["tensorflow"] and machine["date"]
-    assert results["config"]["server_exit_codes"] == {"grpc_ceiling": 0, "kerve": 0}
+    assert results["config"]["server_exit_codes"] == {"grpc_ceiling": 0, "bare_model": 0, "kerve": 0}
     assert results["config"]["server_args"] == ["--processes=2"]
     assert (results["config"]["channels_per_client_proc"], results["config"]["stream_depth"]) == (2, 2)
     assert results["config"]["event_loop"] == "asyncio"  # both servers on kerve's default loop

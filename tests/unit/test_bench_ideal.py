@@ -42,10 +42,14 @@ def test_own_cost_takes_out_the_bare_server_and_the_model_at_the_batch_kerve_for
     assert out["model_cpu_ms_per_sample"] == pytest.approx(0.1)  # closest by ratio: 128
 
 
-def test_concurrency_one_is_bound_by_one_round_trip_plus_one_call() -> None:
-    out = ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64, ceiling_c1_p50_ms=1.0)
+def test_concurrency_one_is_bound_by_the_bare_server_running_the_model() -> None:
+    out = ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64, c1_floor_samples_per_s=500.0)
     assert out["ideal_limit"] == "latency"
-    assert out["ideal_samples_per_s"] == pytest.approx(500.0)  # 1 / (1.0 ms + 1.0 ms)
+    assert out["ideal_samples_per_s"] == pytest.approx(500.0)
+    # only at concurrency 1: with requests in flight side by side, one request's latency bounds nothing
+    assert ideal.estimate(kerve(4), CEILING, INPROCESS, 8, 2, 64, c1_floor_samples_per_s=500.0)["ideal_limit"] == "cpu"
+    # not measured (no c1 case in the run): no latency limit
+    assert ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64)["ideal_limit"] != "latency"
 
 
 def test_never_above_the_bare_ceiling() -> None:
