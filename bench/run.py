@@ -603,22 +603,19 @@ def main(argv: list[str] | None = None) -> int:
     gen = loadgen.LoadGenerator(args.client_procs)
     try:
         print(f"[2/3] starting the gRPC ceiling and kerve ({' '.join(kerve_cmd[1:4])} ... {' '.join(args.server_arg)})")
+
+        def bare_cmd(port: int, *extra: str) -> list[str]:
+            return [
+                sys.executable, "-m", "bench.ceiling", "--port", str(port),
+                "--responses", str(work / "responses.json"), "--event-loop", loop, *extra,
+            ]  # fmt: skip
+
         port = free_port()
-        ceiling_cmd = [
-            sys.executable, "-m", "bench.ceiling", "--port", str(port), "--responses", str(work / "responses.json"),
-            "--event-loop", loop,
-        ]  # fmt: skip
-        servers["grpc_ceiling"] = Server(
-            "grpc_ceiling",
-            ceiling_cmd,
-            port,
-            work / "ceiling.log",
-        )
+        servers["grpc_ceiling"] = Server("grpc_ceiling", bare_cmd(port), port, work / "ceiling.log")
         if 1 in args.concurrency:  # the c1 floor: the bare server running each model's call in a thread
             port = free_port()
-            floor_cmd = [*ceiling_cmd[:3], "--port", str(port), *ceiling_cmd[5:]]
-            floor_cmd += [f"--model={name}={inprocess[name]['path']}" for name in args.models]
-            servers[BARE_MODEL] = Server(BARE_MODEL, floor_cmd, port, work / "bare-model.log")
+            models = [f"--model={name}={inprocess[name]['path']}" for name in args.models]
+            servers[BARE_MODEL] = Server(BARE_MODEL, bare_cmd(port, *models), port, work / "bare-model.log")
         port = free_port()
         servers["kerve"] = Server(
             "kerve",
