@@ -6,7 +6,9 @@
 
 1. In process: each model's `serving_default` signature called directly at batch 1..512 (child process).
 2. Bare gRPC ceiling: `bench.ceiling`, a trivial grpc.aio server answering ModelInfer/ModelStreamInfer with a canned
-   response of the model's output size, driven by the same load generator at the same concurrency.
+   response of the model's output size, driven by the same load generator at the same concurrency. At concurrency
+   1 also the c1 floor: the same server running each model's batch-1 call in a worker thread before answering
+   (`bench.ceiling --model`), i.e. no code of its own between gRPC and the model.
 3. kerve: `python -m kerve serve` on a free loopback port (its Prometheus port on another, read for the mean batch
    size; plus any `--server-arg`), batch-1 requests at each concurrency, unary ModelInfer and (unless `--modes
    unary`) ModelStreamInfer.
