@@ -95,19 +95,15 @@ class ModelCallServicer(CeilingServicer):
 
 
 def _batch1_call(model: str, path: Path) -> Callable[[], None]:
-    """What bench.inprocess times at batch 1: numpy in via convert_to_tensor, the signature, numpy out."""
+    """What bench.inprocess times at batch 1 (its `caller`), on fixed inputs."""
     import tensorflow as tf
 
+    from bench.inprocess import caller
     from bench.models import MODELS
 
-    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     rng = np.random.default_rng(0)
     inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
-
-    def call() -> None:
-        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
-            tensor.numpy()
-
+    call = caller(tf.saved_model.load(str(path)).signatures["serving_default"], inputs)
     call()  # warm: the first call traces and allocates
     return call
 

@@ -58,13 +58,9 @@ def _loop_work(busy: float, stop: threading.Event, counter: list[int]) -> None:
 def _in_process_caller(path: str, inputs: dict[str, np.ndarray]) -> Any:
     import tensorflow as tf
 
-    fn = tf.saved_model.load(path).signatures["serving_default"]
+    from bench.inprocess import caller
 
-    def call() -> None:
-        for tensor in fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()}).values():
-            tensor.numpy()
-
-    return call
+    return caller(tf.saved_model.load(path).signatures["serving_default"], inputs)
 
 
 def _child(path: str, names: list[str], shm_name: str, conn: Any) -> None:

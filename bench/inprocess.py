@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,21 @@ MIN_CALLS = 3
 MAX_CALLS = 100_000
 
 
-def measure(fn: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
-    """Call `fn` repeatedly for about `seconds` (at least MIN_CALLS calls) after two warm-up calls."""
+def caller(fn: Any, inputs: dict[str, np.ndarray]) -> Callable[[], None]:
+    """One call of signature `fn` as the server makes it: numpy in via `tf.convert_to_tensor`, numpy out via
+    `.numpy()`. Every bench that times "the in-process call" uses this one, so they all time the same thing."""
     import tensorflow as tf
 
     def call() -> None:
-        result = fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
-        for tensor in result.values():
+        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
             tensor.numpy()
 
+    return call
+
+
+def measure(fn: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
+    """Call `fn` repeatedly for about `seconds` (at least MIN_CALLS calls) after two warm-up calls."""
+    call = caller(fn, inputs)
     for _ in range(2):
         call()
     durations: list[float] = []

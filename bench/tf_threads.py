@@ -31,17 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.inprocess import caller
 from bench.models import MODELS
-
-
-def _caller(fn: Any, inputs: dict[str, np.ndarray]) -> Any:
-    import tensorflow as tf
-
-    def call() -> None:
-        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
-            tensor.numpy()
-
-    return call
 
 
 def _gapped_p50_ms(call: Any, gap_s: float, seconds: float) -> float:
@@ -80,8 +71,8 @@ def child(path: str, model: str, batch: int, gaps_ms: list[float], seconds: floa
 
     fn = tf.saved_model.load(path).signatures["serving_default"]
     rng = np.random.default_rng(0)
-    one = _caller(fn, {s.name: s.sample(rng, 1) for s in MODELS[model].inputs})
-    many = _caller(fn, {s.name: s.sample(rng, batch) for s in MODELS[model].inputs})
+    one = caller(fn, {s.name: s.sample(rng, 1) for s in MODELS[model].inputs})
+    many = caller(fn, {s.name: s.sample(rng, batch) for s in MODELS[model].inputs})
     for _ in range(20):
         one()
     many()
