@@ -21,7 +21,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import event_loop, processes, tfs_service, warmup
+from . import event_loop, processes, tfs_service, thread_priority, warmup
+from .cpus import usable_cores
 from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
 from .manager import ModelManager
@@ -65,7 +66,14 @@ class KerveServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kerve-infer")
+        # the threads that run models (these workers, TF's pools) yield the cores to the event loop first
+        nice = thread_priority.resolve(settings.model_thread_nice, usable_cores())
+        self.executor = ThreadPoolExecutor(
+            settings.workers,
+            thread_name_prefix="kerve-infer",
+            initializer=thread_priority.lower_current_thread,
+            initargs=(nice,),
+        )
         # before any model loads: TensorFlow fixes its device list when its runtime starts
         self.devices = configure_devices(
             settings.devices,
@@ -74,6 +82,9 @@ class KerveServer:
             settings.inter_op_threads,
             processes=settings.processes,
         )
+        # TF's threads so far (the rest start in the workers and inherit their priority); gRPC's start later
+        thread_priority.lower_other_threads(nice)
+        log.info("model threads' nice: +%d relative to the event loop", nice)
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import event_loop
+from . import event_loop, thread_priority
 from .batcher import BatchingConfig
 from .event_loop import EVENT_LOOPS
 
@@ -32,6 +32,7 @@ class ServerSettings:
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
     intra_op_threads: int = 0  # TF threads per op; 0: usable cores (server/cpus.py) // (cpu_replicas * processes)
     inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
+    model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
     processes: int = 1  # >1: that many server processes share the port (server/processes.py), children included
@@ -57,6 +58,8 @@ class ServerSettings:
         ):
             if threads < 0:
                 raise ValueError(f"{flag} must be >= 0, got {threads}")
+        if self.model_thread_nice is not None and not (0 <= self.model_thread_nice <= 19):
+            raise ValueError(f"--model-thread-nice must be auto or 0..19, got {self.model_thread_nice}")
         if not (self.poll_interval_s >= 0):  # also rejects NaN
             raise ValueError(f"--poll-interval must be >= 0 seconds, got {self.poll_interval_s}")
         if self.model_control not in ("poll", "explicit"):
@@ -218,6 +221,24 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         help="TensorFlow threads for independent ops (TF Serving's --tensorflow_inter_op_parallelism); "
         "0 = one per usable core (env KERVE_INTER_OP_THREADS)",
     )
+    group.add_argument(
+        "--model-thread-nice",
+        type=_nice,
+        default=_env("MODEL_THREAD_NICE", "auto") or "auto",  # a string: argparse converts and checks it
+        help="how far below the event loop the threads that run models are scheduled (Linux nice increment for "
+        "TensorFlow's pools and the inference workers), so a waking model thread does not preempt the loop every "
+        f"request passes through; auto = {thread_priority.AUTO_NICE} on 2+ usable cores, 0 (off) on one "
+        "(env KERVE_MODEL_THREAD_NICE)",
+    )
+
+
+def _nice(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer 0..19, got {text!r}") from None
 
 
 def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
@@ -255,6 +276,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         cpu_replicas=args.cpu_replicas,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
+        model_thread_nice=args.model_thread_nice,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
         processes=args.processes,

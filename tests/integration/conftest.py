@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import numpy as np
 import pytest
@@ -19,9 +20,15 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(model_repo, tmp_path_factory.mktemp("logs")) as (target, _proc):
-        yield target
+def server_process(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Popen[bytes]]]:
+    """The session's default server: its target and its process (for what only /proc shows)."""
+    with running_server(model_repo, tmp_path_factory.mktemp("logs")) as (target, proc):
+        yield target, proc
+
+
+@pytest.fixture(scope="session")
+def server(server_process: tuple[str, Popen[bytes]]) -> str:
+    return server_process[0]
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,15 @@ def test_event_loop_runner_picks_uvloop_when_installed(monkeypatch: pytest.Monke
     assert event_loop.runner("auto")[0] == "asyncio"
     with pytest.raises(ValueError, match="uvloop is not installed"):
         event_loop.runner("uvloop")
+
+
+def test_model_thread_nice_flag_env_auto_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).model_thread_nice is None  # auto: resolved against the usable cores at start
+    assert _settings(tmp_path, "--model-thread-nice", "0").model_thread_nice == 0
+    assert _settings(tmp_path, "--model-thread-nice", "auto").model_thread_nice is None
+    monkeypatch.setenv("KERVE_MODEL_THREAD_NICE", "5")
+    assert _settings(tmp_path).model_thread_nice == 5
+    with pytest.raises(ValueError, match=r"--model-thread-nice must be auto or 0\.\.19, got 20"):
+        _settings(tmp_path, "--model-thread-nice", "20")
+    with pytest.raises(SystemExit):  # argparse: not a number
+        _settings(tmp_path, "--model-thread-nice", "high")
