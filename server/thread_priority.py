@@ -4,10 +4,11 @@ Why: on a CPU host the event loop thread is the one serial stage every request p
 on the way in, delivery and the response on the way out), while TensorFlow's pool threads and the batch workers
 wake and sleep thousands of times a second. Linux favours a thread that has just woken from sleep, so each of
 those wake-ups can preempt the loop, and requests wait in its backlog while the cores run model threads that
-the loop has not yet fed. Measured on a 2-core host (docs/benchmarks.md, "thread priority"): at `seed_cnn`
-c64 the loop thread waited for a core a quarter of the time; with the model threads at nice +10 the light model
-served ~1.2x the requests and the compute-bound one 1.05-1.12x. A lower priority does not take CPU from the
-model when the loop has nothing to do: it only decides who runs first when both want the same core.
+the loop has not yet fed. Measured on a 2-core host (docs/benchmarks.md, "model threads below the event loop"):
+at `seed_cnn` c64 the loop thread waited for a core a quarter of the time; with the model threads at nice +10,
+over nine alternating pairs, the light model's unary c64 case served 1.17x, `resnet` streamed 1.11x, `lstm`
+1.17-1.21x, the other cases level. A lower priority does not take CPU from the model when the loop has nothing to
+do: it only decides who runs first when both want the same core.
 
 On a single usable core that same rule would let a flooded loop take ~90% of the only core from the model, so
 the default (`auto`) leaves priorities alone there. Threads inherit their creator's nice value: lowering the
