@@ -84,7 +84,8 @@ class KerveServer:
         )
         # TF's threads so far (the rest start in the workers and inherit their priority); gRPC's start later
         thread_priority.lower_other_threads(nice)
-        log.info("model threads' nice: +%d relative to the event loop", nice)
+        if thread_priority.supported():
+            log.info("model threads' nice: +%d relative to the event loop", nice)
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
