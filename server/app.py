@@ -27,7 +27,7 @@ from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
 from .manager import ModelManager
 from .metrics import Metrics
-from .model import replica_loader
+from .model import ReplicaLoader
 from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings, apply_gil_switch_interval
 from .v2_service import V2Servicer
@@ -89,7 +89,7 @@ class KerveServer:
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
-        loader = replica_loader(self.devices.names)
+        loader = ReplicaLoader(self.devices.names)
         self.manager = ModelManager(
             settings.model_repository,
             loader,

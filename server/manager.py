@@ -96,7 +96,7 @@ class _Model:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
-Loader = Callable[[Path, str], Any]  # (version dir, device_mode) -> servable
+Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config) -> servable
 Warmup = Callable[[str, Path, Any], int]  # (model, version dir, servable) -> requests replayed
 
 
@@ -301,8 +301,8 @@ class ModelManager:
         entry = record.versions.get(version)
         return entry is None or entry.state in (VersionState.UNLOADED, VersionState.FAILED)
 
-    def _load_and_warm(self, model: str, path: Path, device_mode: str) -> tuple[Any, int]:
-        servable = self._loader(path, device_mode)
+    def _load_and_warm(self, model: str, path: Path, config: ModelConfig) -> tuple[Any, int]:
+        servable = self._loader(path, config)
         warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
         return servable, warmed
 
@@ -315,7 +315,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         try:
             entry.servable, entry.warmup_requests = await loop.run_in_executor(
-                self._executor, self._load_and_warm, record.name, path, config.device_mode
+                self._executor, self._load_and_warm, record.name, path, config
             )
         except Exception as exc:  # a broken version must never take the server down
             entry.reason = _load_failure(exc)

@@ -7,7 +7,9 @@ more per call on small batches). This is the only server module that imports Ten
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import ErrorCode, ServingError, first_line, not_found
+from .model_config import ModelConfig
+from .placement import Placer
 from .types import TensorSpec
+
+log = logging.getLogger("kerve.server.model")
 
 DEFAULT_SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"
@@ -92,18 +98,25 @@ class SavedModelServable:
 class ReplicatedServable:
     """The same version loaded once per device (device_mode: replica); specs come from the first replica.
 
-    The batcher gets one runner per device and sends each batch to an idle one.
+    The batcher gets one runner per device and sends each batch to an idle one. ``on_close`` runs once, when the
+    manager unloads the version (the placer takes its devices back).
     """
 
     platform = PLATFORM
 
-    def __init__(self, path: str | Path, devices: Sequence[str]) -> None:
+    def __init__(self, path: str | Path, devices: Sequence[str], on_close: Callable[[], None] | None = None) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
         self.path = Path(path)
         self.replicas = [SavedModelServable(path, device) for device in devices]
         self.signatures = self.replicas[0].signatures
         self.runner_devices = [replica.device or "default" for replica in self.replicas]
+        self._on_close = on_close
+
+    def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def signature(self, key: str | None = None) -> Signature:
         return self.replicas[0].signature(key)
@@ -162,12 +175,30 @@ class MirroredServable:
         return run
 
 
-def replica_loader(devices: Sequence[str]) -> Any:
-    """The manager's loader: (path, device_mode) -> a servable over the configured devices."""
+class ReplicaLoader:
+    """The manager's loader: (path, model config) -> a servable over the configured devices.
 
-    def load(path: Path, device_mode: str = "replica") -> ReplicatedServable | MirroredServable:
-        if device_mode == "mirrored":
-            return MirroredServable(path, devices)
-        return ReplicatedServable(path, devices)
+    Replica mode puts one copy on each device, or with config.yaml's ``replicas: N`` on the N devices holding
+    the fewest copies at that moment (server/placement.py); unloading the version gives them back.
+    """
 
-    return load
+    def __init__(self, devices: Sequence[str]) -> None:
+        self.devices = tuple(devices)
+        self.placer = Placer(self.devices)
+
+    def __call__(self, path: Path, config: ModelConfig) -> ReplicatedServable | MirroredServable:
+        if config.device_mode == "mirrored":
+            return MirroredServable(path, self.devices)
+        if config.replicas is not None and config.replicas > len(self.devices):
+            log.warning(
+                "%s: replicas: %d but the server has %d device(s); one replica per device",
+                path.parent.name,
+                config.replicas,
+                len(self.devices),
+            )
+        chosen = self.placer.acquire(config.replicas)
+        try:
+            return ReplicatedServable(path, chosen, on_close=functools.partial(self.placer.release, chosen))
+        except BaseException:
+            self.placer.release(chosen)
+            raise

@@ -4,6 +4,7 @@
     labels: {stable: 3, canary: 4}       # version labels (TF Serving `version_label`); labelled versions are loaded
     batching: {max_batch_size: 32}       # kept as a mapping: the inference engine builds its BatchingConfig from it
     device_mode: replica                 # replica (one copy per device, default) | mirrored
+    replicas: 1                          # replica mode: copies on that many devices (default: every device)
 
 A missing file means the defaults. Unknown keys, wrong types and impossible values raise ModelConfigError naming
 the file and the key, so a typo fails that model's load loudly instead of silently serving with defaults.
@@ -26,7 +27,7 @@ from .batcher import BatchingConfig
 
 DEVICE_MODES = ("replica", "mirrored")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-_KEYS = ("version_policy", "labels", "batching", "device_mode")
+_KEYS = ("version_policy", "labels", "batching", "device_mode", "replicas")
 
 
 class ModelConfigError(ValueError):
@@ -63,6 +64,7 @@ class ModelConfig:
     labels: Mapping[str, int] = field(default_factory=dict)
     batching: Mapping[str, Any] = field(default_factory=dict)
     device_mode: str = "replica"
+    replicas: int | None = None  # replica mode: how many devices get a copy; None = all of them
 
     def aspired(self, available: Iterable[int]) -> set[int]:
         """Versions to serve out of `available`: the policy's choice plus every labelled version present."""
@@ -145,11 +147,17 @@ def parse_model_config(data: object, source: str = "config.yaml") -> ModelConfig
     device_mode = data.get("device_mode", "replica")
     if device_mode not in DEVICE_MODES:
         raise ModelConfigError(f"{source}: device_mode must be one of {', '.join(DEVICE_MODES)}, got {device_mode!r}")
+    replicas = data.get("replicas")
+    if replicas is not None:
+        replicas = _positive_int(f"{source}: replicas", replicas)
+        if device_mode == "mirrored":
+            raise ModelConfigError(f"{source}: replicas applies to device_mode replica; mirrored uses every device")
     return ModelConfig(
         version_policy=_policy(f"{source}: version_policy", data.get("version_policy")),
         labels=_labels(f"{source}: labels", data.get("labels")),
         batching=_batching(f"{source}: batching", data.get("batching")),
         device_mode=device_mode,
+        replicas=replicas,
     )
 
 

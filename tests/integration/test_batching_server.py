@@ -34,11 +34,11 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def send_concurrently(target: str, threads: int, rounds: int) -> list[tuple[int, np.ndarray, str]]:
+def send_concurrently(target: str, threads: int, rounds: int, model: str = "cnn") -> list[tuple[int, np.ndarray, str]]:
     with Client(target) as client:
 
         def one(i: int) -> tuple[int, np.ndarray, str]:
-            result = client.infer("cnn", {"image": IMAGES[i % 64 : i % 64 + 1]})
+            result = client.infer(model, {"image": IMAGES[i % 64 : i % 64 + 1]})
             return i % 64, result.outputs["output_0"], result.model_version
 
         with ThreadPoolExecutor(threads) as pool:
@@ -64,6 +64,42 @@ def test_two_cpu_replicas_both_serve_batches(model_repo: Path, tmp_path: Path, i
     samples = metric(text, "kerve_batch_size_sum", model="cnn")
     assert samples == 320 and executions < samples  # 16 x 20 single-row requests merged into fewer executions
     assert re.search(r'kerve_requests_total\{code="OK",model="cnn",protocol="v2",version="1"\} 320\.0', text)
+
+
+def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_path: Path, in_process) -> None:
+    """config.yaml `replicas: 1` keeps a model on one device of a split CPU, and two such models on different ones."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    for name in ("heavy", "light", "light2"):
+        shutil.copytree(model_repo / "cnn", repo / name)
+    for name in ("light", "light2"):
+        (repo / name / "config.yaml").write_text("replicas: 1\n")
+    metrics_port = free_port()
+    args = ("--cpu-replicas", "2", "--max-batch-size", "8", "--batch-timeout-us", "3000")
+    with running_server(repo, tmp_path, *args, "--metrics-port", str(metrics_port)) as (target, _):
+        results = {
+            name: send_concurrently(target, threads=16, rounds=10, model=name) for name in ("heavy", "light", "light2")
+        }
+        text = scrape(metrics_port)
+    reference = in_process("cnn", {"image": IMAGES})["output_0"]
+    for name, rows in results.items():
+        for i, output, _version in rows:
+            np.testing.assert_allclose(output[0], reference[i], rtol=1e-5, atol=1e-7, err_msg=name)
+    devices = ("/device:CPU:0", "/device:CPU:1")
+    used = {
+        name: {d for d in devices if metric(text, "kerve_batches_total", model=name, device=d) > 0} for name in results
+    }
+    assert used["heavy"] == set(devices), used
+    assert len(used["light"]) == 1 and len(used["light2"]) == 1 and used["light"] != used["light2"], used
+    for name in ("light", "light2"):  # the other device has no series at all: no replica was loaded there
+        (other,) = set(devices) - used[name]
+        series = [
+            line
+            for line in text.splitlines()
+            if line.startswith("kerve_batches_total{") and f'model="{name}"' in line and f'device="{other}"' in line
+        ]
+        assert series == [], series
 
 
 def test_padding_to_allowed_sizes_returns_only_real_rows(model_repo: Path, tmp_path: Path, in_process) -> None:
@@ -112,3 +148,20 @@ def test_both_event_loops_serve_batches(model_repo: Path, tmp_path: Path, in_pro
     (log,) = tmp_path.glob("server-*.log")
     expected = "uvloop" if loop == "auto" and importlib.util.find_spec("uvloop") else "asyncio"
     assert f"event loop: {expected}" in log.read_text()
+
+
+def test_replica_loader_gives_devices_back_on_unload_and_on_a_failed_load(model_repo: Path, tmp_path: Path) -> None:
+    from kerve.server.model import ReplicaLoader
+    from kerve.server.model_config import ModelConfig
+
+    loader = ReplicaLoader(["/device:CPU:0"])
+    servable = loader(model_repo / "cnn" / "1", ModelConfig(replicas=1))
+    assert servable.runner_devices == ["/device:CPU:0"]
+    assert loader.placer.held() == {"/device:CPU:0": 1}
+    servable.close()
+    servable.close()  # the manager closes once, but a second call must not give the device back twice
+    assert loader.placer.held() == {"/device:CPU:0": 0}
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(OSError):
+        loader(tmp_path / "broken", ModelConfig())
+    assert loader.placer.held() == {"/device:CPU:0": 0}

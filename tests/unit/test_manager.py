@@ -17,6 +17,7 @@ import pytest
 from kerve.server.errors import ErrorCode, ServingError
 from kerve.server.manager import EXPLICIT, ModelManager, VersionState
 from kerve.server.metrics import Metrics
+from kerve.server.model_config import ModelConfig
 
 
 class FakeServable:
@@ -32,8 +33,8 @@ class Loader:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
 
-    def __call__(self, path: Path, device_mode: str) -> FakeServable:
-        assert device_mode in ("replica", "mirrored")
+    def __call__(self, path: Path, config: ModelConfig) -> FakeServable:
+        assert config.device_mode in ("replica", "mirrored")
         self.calls.append((path.parent.name, int(path.name)))
         if (path / "saved_model.pb").read_text() != "ok":
             raise ValueError(f"corrupt SavedModel at {path.name}")

@@ -41,6 +41,7 @@ def test_full_config(tmp_path: Path) -> None:
             "device_mode: mirrored\n",
         )
     )
+    assert config.replicas is None
     assert config.version_policy == VersionPolicy("specific", versions=(1, 4))
     assert config.labels == {"stable": 1, "canary": 4}
     assert config.batching == {"max_batch_size": 16, "max_queue_delay_s": 0.002}
@@ -82,6 +83,9 @@ def test_labelled_versions_are_aspired_when_present() -> None:
         ("labels: {stable: two}\n", "labels.stable must be a positive integer"),
         ("batching: 32\n", "batching must be a mapping"),
         ("device_mode: gpu\n", "device_mode must be one of replica, mirrored, got 'gpu'"),
+        ("replicas: 0\n", "replicas must be a positive integer, got 0"),
+        ("replicas: two\n", "replicas must be a positive integer, got 'two'"),
+        ("device_mode: mirrored\nreplicas: 1\n", "replicas applies to device_mode replica"),
         ("versionpolicy: all\n", "unknown key 'versionpolicy'"),
         ("- a\n- b\n", "expected a mapping at the top level"),
         ("labels: {stable: [1\n", "invalid YAML"),
@@ -92,6 +96,12 @@ def test_invalid_configs_name_file_and_key(tmp_path: Path, text: str, fragment: 
         load_model_config(write(tmp_path, text))
     assert fragment in str(info.value)
     assert str(info.value).startswith("m/config.yaml")  # the model's file, not the server's absolute path
+
+
+def test_replicas_default_to_every_device_and_take_a_count(tmp_path: Path) -> None:
+    assert ModelConfig().replicas is None
+    assert load_model_config(write(tmp_path, "replicas: 1\n")).replicas == 1
+    assert parse_model_config({"device_mode": "replica", "replicas": 3}).replicas == 3
 
 
 def test_overrides_replace_file_keys(tmp_path: Path) -> None:
