@@ -27,6 +27,8 @@ def machine(results: dict[str, Any]) -> list[str]:
     args = " ".join(c.get("server_args") or []) or "(none: defaults)"
     if c.get("server_env"):
         args += f"`, server environment: `{' '.join(c['server_env'])}"
+    if c.get("model_config"):
+        args += f"`, model config.yaml: `{'; '.join(c['model_config'])}"
     return [
         f"- Machine: {m['cpu_model']} ({m.get('cpu_mhz', '?')} MHz, AVX2 {m.get('cpu_flags_avx2')}, AVX-512 "
         f"{m.get('cpu_flags_avx512')}), {m['cores']} cores, {m.get('memory_gib')} GiB, Linux {m.get('kernel')}",

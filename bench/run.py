@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable for the kerve server only, repeatable (--server-env TF_NUM_INTRAOP_THREADS=1)",
     )
     p.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="MODEL:YAML",
+        help="config.yaml for one benchmark model, repeatable: --model-config 'seed_cnn:replicas: 1'",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=30.0,
@@ -186,6 +193,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     bad = [item for item in args.server_env if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         raise SystemExit(f"--server-env expects KEY=VALUE, got {bad}")
+    bad = [item for item in args.model_config if item.split(":", 1)[0] not in args.models or ":" not in item]
+    if bad:
+        raise SystemExit(f"--model-config expects MODEL:YAML for a model in --models, got {bad}")
     return args
 
 
@@ -580,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "resnet" and best["ms_per_sample"] < 0.5:
             print(f"  warning: resnet costs {best['ms_per_sample']:.3f} ms/sample (< 0.5): not compute-bound here")
 
+    for item in args.model_config:  # before the server starts: a version reads its model's config when it loads
+        name, text = item.split(":", 1)
+        (repo / name / "config.yaml").write_text(text.strip() + "\n")
     (work / "responses.json").write_text(json.dumps({name: m["outputs"] for name, m in inprocess.items()}))
     payloads = {name: build_payloads(name) for name in args.models}
 
@@ -749,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         "event_loop": loop,
         "server_args": args.server_arg,
         "server_env": args.server_env,
+        "model_config": args.model_config,
         "kerve_commit": _git("rev-parse", "--short", "HEAD"),
         "kerve_dirty": bool(_git("status", "--porcelain", "--", "server", "kerve", "client")),
         "server_exit_codes": exit_codes,
