@@ -303,7 +303,13 @@ class ModelManager:
 
     def _load_and_warm(self, model: str, path: Path, config: ModelConfig) -> tuple[Any, int]:
         servable = self._loader(path, config)
-        warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
+        try:
+            warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
+        except BaseException:
+            close = getattr(servable, "close", None)  # a version that fails warm-up gives back its devices
+            if callable(close):
+                close()
+            raise
         return servable, warmed
 
     async def _load(self, record: _Model, version: int, config: ModelConfig, fingerprint: tuple[int, ...]) -> None:

@@ -202,9 +202,11 @@ def test_invalid_config_fails_only_that_model(tmp_path: Path) -> None:
 def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
     version(tmp_path, "m", 1)
     warmed: list[int] = []
+    failed: list[FakeServable] = []
 
     def warmup(model: str, path: Path, servable: Any) -> int:
         if path.name == "2":
+            failed.append(servable)
             raise RuntimeError("warmup request 1 of 1 failed: input 'x': bad")
         warmed.append(int(path.name))
         return 3
@@ -216,6 +218,7 @@ def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
         assert states(manager, "m") == {1: "READY", 2: "FAILED"}
         assert "warmup request 1 of 1 failed" in manager.entries("m")[1].reason
         assert warmed == [1]
+        assert [s.closed for s in failed] == [True]  # what it holds (its devices' placement) is given back
 
     run(tmp_path, body, warmup=warmup)
 
