@@ -110,6 +110,12 @@ def _fingerprint(path: Path) -> tuple[int, ...]:
     return (pb.st_mtime_ns, pb.st_size, pb.st_ino, directory.st_mtime_ns, variables)
 
 
+def _close(servable: Any) -> object:
+    """Release what a servable holds, if it has a close(); returns what close() returned (maybe awaitable)."""
+    close = getattr(servable, "close", None)
+    return close() if callable(close) else None
+
+
 def _load_failure(exc: BaseException) -> str:
     text = first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -306,9 +312,7 @@ class ModelManager:
         try:
             warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
         except BaseException:
-            close = getattr(servable, "close", None)  # a version that fails warm-up gives back its devices
-            if callable(close):
-                close()
+            _close(servable)  # a version that fails warm-up gives back its devices (servables close synchronously)
             raise
         return servable, warmed
 
@@ -353,11 +357,9 @@ class ModelManager:
         for batcher in list(entry.batchers.values()):
             await batcher.close(drain=True)
         entry.batchers.clear()
-        close = getattr(entry.servable, "close", None)
-        if callable(close):
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+        result = _close(entry.servable)
+        if inspect.isawaitable(result):
+            await result
         entry.servable = None
         self._set_state(entry, VersionState.UNLOADED)
         self._metrics.reloads.labels(entry.model, "unloaded").inc()
