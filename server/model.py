@@ -183,18 +183,17 @@ class ReplicaLoader:
     """
 
     def __init__(self, devices: Sequence[str]) -> None:
-        self.devices = tuple(devices)
-        self.placer = Placer(self.devices)
+        self.placer = Placer(devices)
 
     def __call__(self, path: Path, config: ModelConfig) -> ReplicatedServable | MirroredServable:
         if config.device_mode == "mirrored":
-            return MirroredServable(path, self.devices)
-        if config.replicas is not None and config.replicas > len(self.devices):
+            return MirroredServable(path, self.placer.devices)
+        if config.replicas is not None and config.replicas > len(self.placer.devices):
             log.warning(
                 "%s: replicas: %d but the server has %d device(s); one replica per device",
                 path.parent.name,
                 config.replicas,
-                len(self.devices),
+                len(self.placer.devices),
             )
         chosen = self.placer.acquire(config.replicas)
         try:

@@ -30,7 +30,7 @@ class Placer:
         return self._devices
 
     def held(self) -> dict[str, int]:
-        """Replicas placed per device right now (for logs and tests)."""
+        """Replicas placed per device right now (tests read it to check that unloads give devices back)."""
         with self._lock:
             return dict(self._held)
 
