@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
 from .batcher import Batcher, BatchingConfig, BatchStats, Ticket
 from .errors import ErrorCode, ServingError
@@ -24,6 +24,23 @@ from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
 from .types import InferRequest, InferResponse
 from .validation import select_outputs, validate_inputs
+
+
+class Completion(Protocol):
+    """Where a call's outcome lands: an asyncio.Future (``infer``), or a stream's own slot for the message, which
+    wakes the stream's writer only when the answer at its head is ready instead of once per message."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def set_result(self, result: InferResponse, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def cancel(self) -> bool: ...
 
 
 def tpu_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -53,22 +70,26 @@ class InferenceEngine:
         self.batching = batching
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        call = self.start(request)
+        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
+        call = self.start(request, future)
         try:
-            return await call.future
+            return await future
         except asyncio.CancelledError:  # the client went away (or the server is stopping)
             call.cancel()
             raise
 
-    def start(self, request: InferRequest) -> Call:
+    def start(self, request: InferRequest, completion: Completion | None = None) -> Call:
         """Start a request without a coroutine: validated and queued (or sent to a worker) before this returns.
 
-        The response (or a ServingError) lands on the returned call's future from the batch's completion
-        callback, with no task per request and no extra loop turn: a stream can keep many requests in flight by
-        holding their calls. A request rejected up front (unknown model, bad inputs, queue full) raises here.
-        Whoever stops waiting calls `Call.cancel`.
+        The response (or a ServingError) lands on ``completion`` (a new asyncio future when None; the call's
+        ``future`` either way) from the batch's completion callback, with no task per request and no extra loop
+        turn: a stream can keep many requests in flight by holding their calls. A request rejected up front
+        (unknown model, bad inputs, queue full) raises here and leaves ``completion`` untouched. Whoever stops
+        waiting calls `Call.cancel`.
         """
-        call = Call(self, request, asyncio.get_running_loop().create_future())
+        if completion is None:
+            completion = asyncio.get_running_loop().create_future()
+        call = Call(self, request, completion)
         try:
             call.begin()
         except ServingError as exc:
@@ -198,7 +219,7 @@ class Call:
         "work",
     )
 
-    def __init__(self, engine: InferenceEngine, request: InferRequest, future: asyncio.Future[InferResponse]) -> None:
+    def __init__(self, engine: InferenceEngine, request: InferRequest, future: Completion) -> None:
         self._engine = engine
         self.request = request
         self.future = future

@@ -14,9 +14,10 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import v2_codec
 from .errors import ErrorCode, ServingError
-from .inference import Call, InferenceEngine
+from .inference import InferenceEngine
 from .manager import ModelManager, VersionState, parse_version
 from .model import PLATFORM
+from .stream_pipeline import Pipeline, Slot
 from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
@@ -103,37 +104,36 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         Requests are pipelined: each is decoded, validated and queued for its batch as soon as it is read (up to
         STREAM_WINDOW at once), so the messages of one stream share batches instead of running one after another.
-        Responses still leave in order. No task per message: the engine's calls complete from the batch callback.
+        Responses still leave in order. No task and no future per message: each call completes into its slot in
+        the stream's pipeline, which wakes this generator when the oldest answer is ready.
         """
-        pending: asyncio.Queue[_Started | None] = asyncio.Queue(STREAM_WINDOW)
+        pipeline = Pipeline(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await pending.put(self._stream_start(request, context.time_remaining()))
+                    pipeline.push(self._stream_start(pipeline, request, context.time_remaining()))
+                    if pipeline.full:
+                        await pipeline.room()
             finally:
-                await pending.put(None)
+                pipeline.end()
 
         reader = asyncio.ensure_future(read())
-        current: _Started | None = None
         try:
-            while (current := await pending.get()) is not None:
-                yield await _stream_response(current)
+            while (slot := await pipeline.next()) is not None:
+                yield _stream_response(slot)
             await reader  # surfaces an error that ended the request stream
         finally:
             reader.cancel()
-            if current is not None and current[1] is not None:
-                current[1].cancel()  # no-op once it finished
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None and leftover[1] is not None:
-                    leftover[1].cancel()
+            pipeline.cancel()
 
-    def _stream_start(self, request: pb.ModelInferRequest, time_remaining: float | None) -> _Started:
+    def _stream_start(self, pipeline: Pipeline, request: pb.ModelInferRequest, time_remaining: float | None) -> Slot:
+        slot = pipeline.slot(request)
         try:
-            return request, self.engine.start(self._decode(request, time_remaining)), None
+            slot.call = self.engine.start(self._decode(request, time_remaining), slot)
         except ServingError as exc:
-            return request, None, exc
+            slot.reject(exc)
+        return slot
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -215,18 +215,15 @@ def _check_repository_request(
         )
 
 
-_Started = tuple[pb.ModelInferRequest, "Call | None", "ServingError | None"]
-"""A stream message once read: the engine's call for it, or why it was rejected before it could start."""
-
-
-async def _stream_response(started: _Started) -> pb.ModelStreamInferResponse:
-    request, call, error = started
-    if call is not None:
+def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
+    error = slot.error
+    if slot.response is not None:
         try:
-            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(await call.future))
-        except ServingError as exc:
+            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response))
+        except ServingError as exc:  # outputs the V2 wire cannot carry
             error = exc
-    assert error is not None
+    assert error is not None, "a slot leaves the pipeline answered"
+    request: pb.ModelInferRequest = slot.request
     return pb.ModelStreamInferResponse(
         error_message=f"{error.code.value}: {error.message}",
         infer_response=pb.ModelInferResponse(

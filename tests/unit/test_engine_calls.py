@@ -284,3 +284,49 @@ def test_a_model_without_the_promised_output_fails_internal_and_releases() -> No
 
     asyncio.run(main())
     assert manager.entry.inflight == 0 and count(metrics, "INTERNAL") == 1 and inflight(metrics) == 0
+
+
+def test_a_stream_reads_no_further_ahead_than_its_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client writing faster than the model answers: the servicer stops reading once STREAM_WINDOW messages are
+    unanswered (gRPC's flow control then holds the client), and every message is still answered, in order."""
+    from kerve import codecs
+    from kerve.protos import grpc_service_pb2 as pb
+    from kerve.server import v2_service
+    from kerve.server.v2_service import V2Servicer
+
+    monkeypatch.setattr(v2_service, "STREAM_WINDOW", 3)
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=1))
+    servicer = V2Servicer(manager, engine, lambda: True)  # type: ignore[arg-type]
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 2])
+    pulled = 0
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    async def requests() -> Any:
+        nonlocal pulled
+        for i in range(10):
+            pulled += 1
+            raw = codecs.encode_raw(np.full((1, 2), i, np.float32))
+            yield pb.ModelInferRequest(model_name="m", id=str(i), inputs=[tensor], raw_input_contents=[raw])
+
+    async def main() -> list[pb.ModelStreamInferResponse]:
+        responses = servicer.ModelStreamInfer(requests(), Context())  # type: ignore[arg-type]
+        first = asyncio.ensure_future(anext(responses))
+        for _ in range(200):  # loop turns: the reader runs until the window is full
+            await asyncio.sleep(0)
+        assert pulled == 3 and inflight(metrics) == 3
+        model.gate.set()
+        out = [await asyncio.wait_for(first, 10)]
+        out += [r async for r in responses]
+        return out
+
+    out = asyncio.run(main())
+    assert [r.infer_response.id for r in out] == [str(i) for i in range(10)]
+    assert [np.frombuffer(r.infer_response.raw_output_contents[0], np.float32)[0] for r in out] == [
+        2.0 * i for i in range(10)
+    ]
+    assert count(metrics, "OK") == 10 and manager.entry.inflight == 0
