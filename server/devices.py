@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -27,26 +28,38 @@ DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
 class DeviceSet:
     kind: str  # "tpu" | "gpu" | "cpu"
     names: tuple[str, ...]  # logical device names, e.g. "/device:GPU:0"
+    resolver: Any = field(default=None, compare=False, repr=False)  # the TPU's cluster resolver
 
     @property
     def pad_batches(self) -> bool:
         """XLA on TPU compiles one program per shape: pad batches to a few fixed sizes there."""
         return self.kind == "tpu"
 
+    def mirrored_strategy(self) -> tf.distribute.Strategy:
+        """The strategy that splits one batch over every device (config.yaml ``device_mode: mirrored``).
+
+        A TPU's cores take TPUStrategy over the resolver the server connected with: MirroredStrategy drives GPUs
+        and CPUs, not TPU cores, and a TPU program must be compiled for the whole TPU system at once.
+        """
+        if self.kind == "tpu":
+            return tf.distribute.TPUStrategy(self.resolver)
+        return tf.distribute.MirroredStrategy(list(self.names))
+
 
 def _tpu_wanted(kind: str) -> bool:
     return kind == "tpu" or (kind == "auto" and (bool(os.environ.get("TPU_NAME")) or Path("/dev/accel0").exists()))
 
 
-def _connect_tpu() -> list[str]:
+def _connect_tpu() -> DeviceSet | None:
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", "local"))
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as exc:
         log.warning("no TPU available: %s", exc)
-        return []
-    return [d.name for d in tf.config.list_logical_devices("TPU")]
+        return None
+    names = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
+    return DeviceSet("tpu", names, resolver) if names else None
 
 
 def configure_threads(intra_op: int, inter_op: int) -> None:
@@ -91,9 +104,9 @@ def configure_devices(
     default = cores if cores < schedulable_cores() else 0  # under a CPU quota TF's default would oversubscribe
     configure_threads(intra_op_threads or default, inter_op_threads or default)
     if _tpu_wanted(kind):
-        tpus = _connect_tpu()
-        if tpus:
-            return DeviceSet("tpu", tuple(tpus))
+        tpu = _connect_tpu()
+        if tpu is not None:
+            return tpu
         if kind == "tpu":
             raise RuntimeError("--devices tpu was requested but no TPU could be initialised")
     if kind in ("auto", "gpu"):

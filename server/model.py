@@ -1,7 +1,7 @@
 """A loaded SavedModel version: its signatures as typed specs and a numpy-in, numpy-out call.
 
 Serving goes through `tf.saved_model.load(path).signatures[...]`, never `keras.Model.predict` (which costs ~70x
-more per call on small batches). This is the only server module that imports TensorFlow.
+more per call on small batches). This is the only server module that loads or calls a model.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ class ReplicatedServable:
 
 
 class MirroredServable:
-    """One copy whose variables MirroredStrategy mirrors on every device (device_mode: mirrored).
+    """One copy whose variables a distribution strategy mirrors on every device (device_mode: mirrored):
+    MirroredStrategy over GPUs or logical CPUs, TPUStrategy over a TPU's cores (`DeviceSet.mirrored_strategy`).
 
     Each batch is split into one shard per device and run on all of them at once: for large batches of a
     compute-heavy model, latency drops with the number of devices instead of only throughput rising.
@@ -135,12 +136,10 @@ class MirroredServable:
 
     platform = PLATFORM
 
-    def __init__(self, path: str | Path, devices: Sequence[str]) -> None:
-        if not devices:
-            raise ValueError("at least one device is needed")
+    def __init__(self, path: str | Path, strategy: tf.distribute.Strategy, devices: Sequence[str]) -> None:
         self.path = Path(path)
-        self.strategy = tf.distribute.MirroredStrategy(list(devices))
-        with self.strategy.scope():
+        self.strategy = strategy
+        with strategy.scope():
             self._model = SavedModelServable(path)
         self.signatures = self._model.signatures
         self.runner_devices = ["mirrored:" + ",".join(devices)]
@@ -179,15 +178,21 @@ class ReplicaLoader:
     """The manager's loader: (path, model config) -> a servable over the configured devices.
 
     Replica mode puts one copy on each device, or with config.yaml's ``replicas: N`` on the N devices holding
-    the fewest copies at that moment (server/placement.py); unloading the version gives them back.
+    the fewest copies at that moment (server/placement.py); unloading the version gives them back. Mirrored mode
+    loads one copy under the strategy ``mirrored_strategy`` makes (by default MirroredStrategy over the devices).
     """
 
-    def __init__(self, devices: Sequence[str]) -> None:
+    def __init__(
+        self, devices: Sequence[str], mirrored_strategy: Callable[[], tf.distribute.Strategy] | None = None
+    ) -> None:
         self.placer = Placer(devices)
+        self._mirrored_strategy = mirrored_strategy or functools.partial(
+            tf.distribute.MirroredStrategy, list(self.placer.devices)
+        )
 
     def __call__(self, path: Path, config: ModelConfig) -> ReplicatedServable | MirroredServable:
         if config.device_mode == "mirrored":
-            return MirroredServable(path, self.placer.devices)
+            return MirroredServable(path, self._mirrored_strategy(), self.placer.devices)
         if config.replicas is not None and config.replicas > len(self.placer.devices):
             log.warning(
                 "%s: replicas: %d but the server has %d device(s); one replica per device",

@@ -165,3 +165,44 @@ def test_replica_loader_gives_devices_back_on_unload_and_on_a_failed_load(model_
     with pytest.raises(OSError):
         loader(tmp_path / "broken", ModelConfig())
     assert loader.placer.held() == {"/device:CPU:0": 0}
+
+
+def test_mirrored_mode_loads_under_the_device_sets_strategy_and_a_tpu_gets_tpustrategy(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch, in_process
+) -> None:
+    """The server hands its loader the device set's strategy maker: MirroredStrategy over GPUs or logical CPUs,
+    TPUStrategy over the resolver it connected a TPU with (no TPU here: TPUStrategy is replaced by a recorder)."""
+    import tensorflow as tf
+
+    from kerve.server.devices import DeviceSet
+    from kerve.server.model import MirroredServable, ReplicaLoader
+    from kerve.server.model_config import ModelConfig
+
+    cpu = DeviceSet("cpu", ("/device:CPU:0",))
+    made: list[tf.distribute.Strategy] = []
+
+    def strategy() -> tf.distribute.Strategy:
+        made.append(cpu.mirrored_strategy())
+        return made[-1]
+
+    loader = ReplicaLoader(cpu.names, strategy)
+    servable = loader(model_repo / "cnn" / "1", ModelConfig(device_mode="mirrored"))
+    assert isinstance(servable, MirroredServable) and made == [servable.strategy]
+    assert isinstance(servable.strategy, tf.distribute.MirroredStrategy)
+    assert [d.rsplit("/", 1)[-1] for d in servable.strategy.extended.worker_devices] == ["device:CPU:0"]
+    (run,) = servable.runners("serving_default")
+    got = run({"image": IMAGES[:3]})["output_0"]
+    np.testing.assert_allclose(got, in_process("cnn", {"image": IMAGES[:3]})["output_0"], rtol=1e-5, atol=1e-7)
+    assert loader.placer.held() == {"/device:CPU:0": 0}  # mirrored uses every device without holding one
+
+    resolver = object()
+    seen: list[object] = []
+
+    class FakeTPUStrategy:
+        def __init__(self, tpu_cluster_resolver: object) -> None:
+            seen.append(tpu_cluster_resolver)
+
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", FakeTPUStrategy)
+    tpu = DeviceSet("tpu", ("/device:TPU:0", "/device:TPU:1"), resolver)
+    assert isinstance(tpu.mirrored_strategy(), FakeTPUStrategy) and seen == [resolver]
+    assert tpu.pad_batches and not cpu.pad_batches
