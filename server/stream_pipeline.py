@@ -126,6 +126,7 @@ class Pipeline:
             slots = self._slots
             if slots and slots[0].ready:
                 slot = slots.popleft()
+                slot.call = None  # the call holds the slot as its completion: no cycle to leave to the GC
                 if self._reader is not None and len(slots) < self._window:
                     _wake(self._reader)
                     self._reader = None
@@ -142,7 +143,8 @@ class Pipeline:
         """The stream is going away: every call still running or queued is cancelled (counted, never run). The
         adapter cancels its reader first; a reader left waiting in ``room`` stays asleep."""
         while self._slots:
-            call = self._slots.popleft().call
+            slot = self._slots.popleft()
+            call, slot.call = slot.call, None
             if call is not None:
                 call.cancel()
 

@@ -118,7 +118,7 @@ def test_the_reader_waits_for_room_until_the_writer_takes_an_answer() -> None:
     asyncio.run(main())
 
 
-def test_cancel_cancels_every_call_left_and_answers_arriving_later_go_nowhere() -> None:
+def test_cancel_cancels_every_call_left_and_no_slot_keeps_its_call() -> None:
     async def main() -> None:
         pipeline = Pipeline(8)
         calls = [FakeCall() for _ in range(3)]
@@ -136,6 +136,7 @@ def test_cancel_cancels_every_call_left_and_answers_arriving_later_go_nowhere() 
         pipeline.cancel()
         assert [c.cancelled for c in calls] == [0, 1, 1]  # taken already: not cancelled
         assert len(pipeline) == 0
+        assert all(s.call is None for s in slots)  # taken or cancelled: no call <-> slot cycle left for the GC
         # A call's own cancel marks its slot done; a late answer to it must not wake anything or raise.
         assert slots[1].cancel() and slots[1].cancelled() and slots[1].done()
         assert not slots[0].cancel()  # already answered
