@@ -89,7 +89,7 @@ class KerveServer:
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
-        loader = ReplicaLoader(self.devices.names, self.devices.mirrored_strategy)
+        loader = ReplicaLoader(self.devices)
         self.manager = ModelManager(
             settings.model_repository,
             loader,

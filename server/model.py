@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from .devices import DeviceSet
 from .errors import ErrorCode, ServingError, first_line, not_found
 from .model_config import ModelConfig
 from .placement import Placer
@@ -179,16 +180,12 @@ class ReplicaLoader:
 
     Replica mode puts one copy on each device, or with config.yaml's ``replicas: N`` on the N devices holding
     the fewest copies at that moment (server/placement.py); unloading the version gives them back. Mirrored mode
-    loads one copy under the strategy ``mirrored_strategy`` makes (by default MirroredStrategy over the devices).
+    loads one copy under the device set's strategy (MirroredStrategy, or TPUStrategy on a TPU).
     """
 
-    def __init__(
-        self, devices: Sequence[str], mirrored_strategy: Callable[[], tf.distribute.Strategy] | None = None
-    ) -> None:
-        self.placer = Placer(devices)
-        self._mirrored_strategy = mirrored_strategy or functools.partial(
-            tf.distribute.MirroredStrategy, list(self.placer.devices)
-        )
+    def __init__(self, devices: DeviceSet) -> None:
+        self.placer = Placer(devices.names)
+        self._mirrored_strategy = devices.mirrored_strategy
 
     def __call__(self, path: Path, config: ModelConfig) -> ReplicatedServable | MirroredServable:
         if config.device_mode == "mirrored":

@@ -151,10 +151,11 @@ def test_both_event_loops_serve_batches(model_repo: Path, tmp_path: Path, in_pro
 
 
 def test_replica_loader_gives_devices_back_on_unload_and_on_a_failed_load(model_repo: Path, tmp_path: Path) -> None:
+    from kerve.server.devices import DeviceSet
     from kerve.server.model import ReplicaLoader
     from kerve.server.model_config import ModelConfig
 
-    loader = ReplicaLoader(["/device:CPU:0"])
+    loader = ReplicaLoader(DeviceSet("cpu", ("/device:CPU:0",)))
     servable = loader(model_repo / "cnn" / "1", ModelConfig(replicas=1))
     assert servable.runner_devices == ["/device:CPU:0"]
     assert loader.placer.held() == {"/device:CPU:0": 1}
@@ -170,24 +171,21 @@ def test_replica_loader_gives_devices_back_on_unload_and_on_a_failed_load(model_
 def test_mirrored_mode_loads_under_the_device_sets_strategy_and_a_tpu_gets_tpustrategy(
     model_repo: Path, monkeypatch: pytest.MonkeyPatch, in_process
 ) -> None:
-    """The server hands its loader the device set's strategy maker: MirroredStrategy over GPUs or logical CPUs,
-    TPUStrategy over the resolver it connected a TPU with (no TPU here: TPUStrategy is replaced by a recorder)."""
+    """The loader takes its mirrored strategy from the server's device set: MirroredStrategy over GPUs or logical
+    CPUs, TPUStrategy over the resolver the server connected a TPU with (no TPU here: TPUStrategy is replaced by a
+    recorder whose scope places nothing)."""
+    import contextlib
+
     import tensorflow as tf
 
     from kerve.server.devices import DeviceSet
     from kerve.server.model import MirroredServable, ReplicaLoader
     from kerve.server.model_config import ModelConfig
 
-    cpu = DeviceSet("cpu", ("/device:CPU:0",))
-    made: list[tf.distribute.Strategy] = []
-
-    def strategy() -> tf.distribute.Strategy:
-        made.append(cpu.mirrored_strategy())
-        return made[-1]
-
-    loader = ReplicaLoader(cpu.names, strategy)
-    servable = loader(model_repo / "cnn" / "1", ModelConfig(device_mode="mirrored"))
-    assert isinstance(servable, MirroredServable) and made == [servable.strategy]
+    mirrored = ModelConfig(device_mode="mirrored")
+    loader = ReplicaLoader(DeviceSet("cpu", ("/device:CPU:0",)))
+    servable = loader(model_repo / "cnn" / "1", mirrored)
+    assert isinstance(servable, MirroredServable)
     assert isinstance(servable.strategy, tf.distribute.MirroredStrategy)
     assert [d.rsplit("/", 1)[-1] for d in servable.strategy.extended.worker_devices] == ["device:CPU:0"]
     (run,) = servable.runners("serving_default")
@@ -196,13 +194,18 @@ def test_mirrored_mode_loads_under_the_device_sets_strategy_and_a_tpu_gets_tpust
     assert loader.placer.held() == {"/device:CPU:0": 0}  # mirrored uses every device without holding one
 
     resolver = object()
-    seen: list[object] = []
 
     class FakeTPUStrategy:
         def __init__(self, tpu_cluster_resolver: object) -> None:
-            seen.append(tpu_cluster_resolver)
+            self.resolver = tpu_cluster_resolver
+
+        def scope(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
 
     monkeypatch.setattr(tf.distribute, "TPUStrategy", FakeTPUStrategy)
     tpu = DeviceSet("tpu", ("/device:TPU:0", "/device:TPU:1"), resolver)
-    assert isinstance(tpu.mirrored_strategy(), FakeTPUStrategy) and seen == [resolver]
-    assert tpu.pad_batches and not cpu.pad_batches
+    servable = ReplicaLoader(tpu)(model_repo / "cnn" / "1", mirrored)
+    assert isinstance(servable, MirroredServable) and isinstance(servable.strategy, FakeTPUStrategy)
+    assert servable.strategy.resolver is resolver
+    assert servable.runner_devices == ["mirrored:/device:TPU:0,/device:TPU:1"]
+    assert tpu.pad_batches
