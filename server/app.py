@@ -21,7 +21,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import event_loop, processes, tfs_service, thread_priority, warmup
+from . import event_loop, heap, processes, tfs_service, thread_priority, warmup
 from .cpus import usable_cores
 from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
@@ -97,6 +97,7 @@ class KerveServer:
             self.metrics,
             warmup=warmup.replay,
             control=settings.model_control,
+            after_change=heap.settle if settings.gc_freeze else None,
         )
         self.engine = InferenceEngine(
             self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches

@@ -132,6 +132,7 @@ class ModelManager:
         warmup: Warmup | None = None,
         control: str = POLL,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        after_change: Callable[[], object] | None = None,
     ) -> None:
         if control not in MODEL_CONTROL_MODES:
             raise ValueError(f"model control must be one of {MODEL_CONTROL_MODES}, got {control!r}")
@@ -142,6 +143,8 @@ class ModelManager:
         self._executor = executor
         self._metrics = metrics
         self._drain_timeout_s = drain_timeout_s
+        self._after_change = after_change  # run once the versions loaded or unloaded by a sync have settled
+        self._changes = 0  # loads attempted and versions unloaded, ever
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
         self.initial_load_done = False
@@ -258,7 +261,14 @@ class ModelManager:
     # --- the one place versions change --------------------------------------------------------------------
 
     async def _sync_many(self, names: list[str]) -> None:
-        await asyncio.gather(*(self._sync(name) for name in names))
+        """Sync these models; then, if any version was loaded (or failed to) or unloaded, run ``after_change``
+        once for all of them (the server's heap.settle: one full garbage collection per model change)."""
+        changes = self._changes
+        try:
+            await asyncio.gather(*(self._sync(name) for name in names))
+        finally:
+            if self._changes != changes and self._after_change is not None:
+                self._after_change()
 
     def _scan(self, record: _Model) -> tuple[ModelConfig | None, str, dict[int, tuple[int, ...]]]:
         """Read config.yaml and the servable versions on disk (in a thread: the disk may be remote)."""
@@ -337,6 +347,7 @@ class ModelManager:
             self._metrics.reloads.labels(record.name, "loaded").inc()
             warmed = f", {entry.warmup_requests} warmup requests" if entry.warmup_requests else ""
             log.info("loaded %s version %d in %.2fs%s", record.name, version, time.monotonic() - started, warmed)
+        self._changes += 1
         entry.load_seconds = time.monotonic() - started
         self._metrics.load_seconds.labels(record.name, str(version)).set(entry.load_seconds)
 
@@ -361,6 +372,7 @@ class ModelManager:
         if inspect.isawaitable(result):
             await result
         entry.servable = None
+        self._changes += 1
         self._set_state(entry, VersionState.UNLOADED)
         self._metrics.reloads.labels(entry.model, "unloaded").inc()
         log.info("unloaded %s version %d", entry.model, entry.version)

@@ -40,6 +40,7 @@ class ServerSettings:
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
     event_loop: str = "asyncio"  # asyncio | uvloop | auto (uvloop when installed)
+    gc_freeze: bool = True  # one full collection per model change, then freeze the survivors (server/heap.py)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -98,6 +99,17 @@ class ServerSettings:
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"KERVE_{name}", default)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    text = _env(name)
+    if text is None or text == "":
+        return default
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"KERVE_{name} must be 1/0 (true/false, yes/no, on/off), got {text!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("EVENT_LOOP", "asyncio"),
         help="the server's event loop: asyncio's own (default) or uvloop (libuv); auto = uvloop when installed "
         "(env KERVE_EVENT_LOOP)",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=None,  # None: KERVE_GC_FREEZE, else on
+        help="after each model load or unload, run one full garbage collection and exclude what survives (the "
+        "models, TensorFlow) from later ones (gc.freeze), so Python's full passes, 160-190 ms stalls of the event "
+        "loop on a 2-core VM, do not land on requests (default on; env KERVE_GC_FREEZE=0 turns it off)",
     )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -284,6 +304,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         group_fds=_fd_pair(args.group_fds),
         gil_switch_interval_us=args.gil_switch_interval_us,
         event_loop=args.event_loop,
+        gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
     )
 
 

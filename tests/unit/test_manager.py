@@ -223,6 +223,50 @@ def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
     run(tmp_path, body, warmup=warmup)
 
 
+def test_after_change_runs_once_per_sync_that_loaded_or_unloaded(tmp_path: Path) -> None:
+    """The server's heap.settle (a full garbage collection) must follow every change to the loaded models, and
+    only those: a poll that changes nothing must not stall the event loop for it."""
+    version(tmp_path, "a", 1)
+    version(tmp_path, "b", 1)
+    changes: list[dict[str, dict[int, str]]] = []
+    holder: list[ModelManager] = []
+
+    def after_change() -> None:  # what was loaded when it ran: the versions of this sync have settled
+        changes.append({m: states(holder[0], m) for m in holder[0].models()})
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert changes == [{"a": {1: "READY"}, "b": {1: "READY"}}]  # two loads at start: one call
+        await manager.poll()
+        assert len(changes) == 1  # nothing changed
+        version(tmp_path, "a", 2)
+        await manager.poll()  # a: 2 loads, 1 unloads
+        assert changes[1:] == [{"a": {1: "UNLOADED", 2: "READY"}, "b": {1: "READY"}}]
+        version(tmp_path, "b", 2, content="corrupt")
+        await manager.poll()  # a failed load leaves garbage behind too
+        assert len(changes) == 3 and changes[2]["b"] == {1: "READY", 2: "FAILED"}
+        await manager.poll()  # the failed version is not retried: no change
+        assert len(changes) == 3
+        shutil.rmtree(tmp_path / "a")
+        await manager.poll()
+        assert len(changes) == 4 and "a" not in changes[3]
+
+    class Recording(ModelManager):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            holder.append(self)
+
+    loader = Loader()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            manager = Recording(tmp_path, loader, executor, Metrics(), after_change=after_change)
+            await manager.load_all()
+            await body(manager, loader)
+            await manager.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_explicit_control(tmp_path: Path) -> None:
     version(tmp_path, "a", 1)
     version(tmp_path, "b", 1)

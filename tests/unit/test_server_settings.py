@@ -1,4 +1,4 @@
-"""Server settings that are not about one subsystem: the GIL switch interval, TF's threads, the event loop."""
+"""Server settings that are not about one subsystem: the GIL switch interval, TF's threads, the event loop, GC."""
 
 from __future__ import annotations
 
@@ -91,3 +91,18 @@ def test_model_thread_nice_flag_env_auto_and_validation(tmp_path: Path, monkeypa
         _settings(tmp_path, "--model-thread-nice", "20")
     with pytest.raises(SystemExit):  # argparse: not a number
         _settings(tmp_path, "--model-thread-nice", "high")
+
+
+def test_gc_freeze_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).gc_freeze is True
+    assert _settings(tmp_path, "--no-gc-freeze").gc_freeze is False
+    monkeypatch.setenv("KERVE_GC_FREEZE", "0")
+    assert _settings(tmp_path).gc_freeze is False
+    assert _settings(tmp_path, "--gc-freeze").gc_freeze is True  # the flag wins over the environment
+    monkeypatch.setenv("KERVE_GC_FREEZE", "off")
+    assert _settings(tmp_path).gc_freeze is False
+    monkeypatch.setenv("KERVE_GC_FREEZE", "true")
+    assert _settings(tmp_path).gc_freeze is True
+    monkeypatch.setenv("KERVE_GC_FREEZE", "sometimes")
+    with pytest.raises(ValueError, match="KERVE_GC_FREEZE must be 1/0 .* got 'sometimes'"):
+        _settings(tmp_path)

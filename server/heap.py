@@ -1,0 +1,36 @@
+"""Keep the garbage collector's full passes off the request path.
+
+With TensorFlow and its models loaded a server holds some 350k objects that Python's cyclic collector tracks
+(354k with the three benchmark models), and a full collection walks every one of them with the GIL held:
+160-190 ms on the 2-core VM, a stall for every request in flight. Under load Python runs one every few tens of
+thousands of requests (the short-lived objects of requests that happen to be alive at a young collection are
+promoted and count towards it), yet none of those long-lived objects becomes garbage while the loaded models stay
+the same. So after each change to the loaded models the server collects once and freezes what survives
+(`gc.freeze`): later passes walk only what was made since (docs/benchmarks.md, seventh session).
+
+Each change unfreezes first, so that the reference cycles of an unloaded version are collected instead of kept for
+the life of the process. Reference counting frees everything else as usual, frozen or not; only an object that
+was alive at a freeze and later becomes part of a garbage cycle waits for the next model change.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+log = logging.getLogger("kerve.server.heap")
+
+
+def settle() -> float:
+    """Collect everything (the one full pass, at a model change instead of under load) and freeze the survivors.
+
+    Returns the seconds it took; runs on the event loop thread, which it holds for that long.
+    """
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    took = time.perf_counter() - started
+    log.info("froze %d objects after a model change (full collection: %.0f ms)", gc.get_freeze_count(), took * 1e3)
+    return took
