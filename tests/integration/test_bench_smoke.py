@@ -166,3 +166,21 @@ def test_latency_path_bench_times_every_stage_of_a_request(tmp_path: Path) -> No
     # Medians do not add exactly, but the stages tile each request end to end.
     assert 0.5 * figures["total_p50_ms"] <= figures["sum_of_stage_p50s_ms"] <= 1.5 * figures["total_p50_ms"]
     assert isinstance(figures["target_met"], bool)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_gc_pauses_bench_times_collections_in_a_server_with_and_without_freezing(tmp_path: Path) -> None:
+    results, stdout = run_bench(
+        "bench.gc_pauses", "--models", "tiny", "--model", "tiny", "--rounds", "1", "--duration", "1",
+        "--warmup", "0.3", "--concurrency", "4", out=tmp_path / "gc.json", timeout=230,
+    )  # fmt: skip
+    assert "start-up max ms" in stdout  # the table was printed
+    rows = {arm: row for arm, _round, row in results["rows"]}
+    assert set(rows) == {"freeze", "no-freeze"}
+    # The flag reached a real server: with --gc-freeze the loaded heap (TensorFlow, the model) ended up frozen.
+    assert rows["freeze"]["frozen_objects"] > 10_000 and rows["no-freeze"]["frozen_objects"] == 0
+    for row in rows.values():
+        assert row["errors"] == 0 and _positive(row["samples_per_s"]) and _positive(row["max_ms"])
+        assert row["young"]["count"] > 0  # the timer saw the requests' collections inside the window
+        assert row["outside_window_max_ms"] > 0  # and those of the start-up
