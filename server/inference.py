@@ -320,6 +320,9 @@ class Call:
 
     def _end(self) -> None:
         self.finished = True
+        # The batcher's request holds this call as its sink, the worker's future a callback that holds it: drop
+        # both links back, so no cycle per request is left for the cyclic garbage collector to find
+        self._ticket = self.work = None
         self._inflight.dec()
         if self.entry is not None:
             self._engine.manager.release(self.entry)
