@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.models import MODELS, export
-from bench.run import Server, build_payloads
+from bench.run import Server, build_payloads, model_list
 from kerve.quickstart import free_port
 
 ARMS = {"freeze": "--gc-freeze", "no-freeze": "--no-gc-freeze"}
@@ -131,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve-kerve"]:  # the instrumented kerve: --serve-kerve EVENTS -- <kerve serve args>
         return serve_instrumented(Path(argv[1]), argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="seed_cnn,resnet,lstm", help="loaded in the server (comma-separated)")
-    parser.add_argument("--model", default="seed_cnn", help="the one the load goes to")
+    parser.add_argument(
+        "--models",
+        type=model_list,
+        default=["seed_cnn", "resnet", "lstm"],
+        help="loaded in the server (comma-separated)",
+    )
+    parser.add_argument("--model", choices=list(MODELS), default="seed_cnn", help="the one the load goes to")
     parser.add_argument("--mode", choices=loadgen.MODES, default=loadgen.STREAM)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=20.0, help="measurement window per arm and round, s")
@@ -144,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    args.models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in [*args.models, args.model] if m not in MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
     if args.model not in args.models:
         args.models.append(args.model)
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.models import MODELS
-from bench.run import Server, build_payloads, run_inprocess
+from bench.run import Server, build_payloads, model_list, run_inprocess
 from kerve.quickstart import free_port
 
 STAGES = ("grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out")
@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve-bare"]:  # the instrumented bare server: --serve-bare EVENTS -- <bench.ceiling args>
         return serve_bare(Path(argv[1]), argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="seed_cnn", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models", type=model_list, default=["seed_cnn"], help=f"comma-separated, from {', '.join(MODELS)}"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per server")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests first")
     parser.add_argument("--inprocess-seconds", type=float, default=1.5)
@@ -305,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    models = args.models
 
     with tempfile.TemporaryDirectory(prefix="kerve-latency-") as tmp:
         work = Path(tmp)

@@ -68,7 +68,8 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _model_list(text: str) -> list[str]:
+def model_list(text: str) -> list[str]:
+    """argparse type for --models: comma-separated benchmark model names, all known."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if not names or unknown:
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="In-process limit vs bare gRPC vs kerve, side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", type=_model_list, default=list(DEFAULT_MODELS), help=f"from {', '.join(MODELS)}")
+    p.add_argument("--models", type=model_list, default=list(DEFAULT_MODELS), help=f"from {', '.join(MODELS)}")
     p.add_argument("--concurrency", type=_int_list, default=[1, 8, 64], help="in-flight batch-1 requests")
     p.add_argument("--modes", type=_mode_list, default=None, help="unary,stream (default both; --quick: unary)")
     p.add_argument("--duration", type=float, default=None, help="measurement window, s (default 5; --quick: 1)")
