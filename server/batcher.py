@@ -258,7 +258,8 @@ def _first(item: tuple[str, np.dtype, tuple[int, ...]]) -> str:
     return item[0]
 
 
-def _pad(arr: np.ndarray, extra: int) -> np.ndarray:
+def pad_rows(arr: np.ndarray, extra: int) -> np.ndarray:
+    """``extra`` more rows, copies of the last: padding any model accepts (it is a real input), cut off the outputs."""
     return np.concatenate([arr, np.repeat(arr[-1:], extra, axis=0)])
 
 
@@ -272,7 +273,7 @@ def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clo
             if stop - start != req.n:
                 batch = {name: arr[start:stop] for name, arr in batch.items()}
             if padded != rows:
-                batch = {name: _pad(arr, padded - rows) for name, arr in batch.items()}
+                batch = {name: pad_rows(arr, padded - rows) for name, arr in batch.items()}
         else:
             batch = {}
             for name in slices[0][0].inputs:
