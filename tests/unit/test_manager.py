@@ -48,12 +48,17 @@ def version(repo: Path, model: str, number: int, content: str = "ok") -> Path:
     return path
 
 
-def run(repo: Path, body: Callable[[ModelManager, Loader], Awaitable[None]], **kwargs: Any) -> None:
+def run(
+    repo: Path,
+    body: Callable[[ModelManager, Loader], Awaitable[None]],
+    manager_class: type[ModelManager] = ModelManager,
+    **kwargs: Any,
+) -> None:
     loader = Loader()
 
     async def main() -> None:
         with ThreadPoolExecutor(2) as executor:
-            manager = ModelManager(repo, loader, executor, Metrics(), **kwargs)
+            manager = manager_class(repo, loader, executor, Metrics(), **kwargs)
             await manager.load_all()
             await body(manager, loader)
             await manager.close()
@@ -253,18 +258,9 @@ def test_after_change_runs_once_per_sync_that_loaded_or_unloaded(tmp_path: Path)
     class Recording(ModelManager):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            holder.append(self)
+            holder.append(self)  # after_change runs inside load_all, before body gets the manager
 
-    loader = Loader()
-
-    async def main() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            manager = Recording(tmp_path, loader, executor, Metrics(), after_change=after_change)
-            await manager.load_all()
-            await body(manager, loader)
-            await manager.close()
-
-    asyncio.run(asyncio.wait_for(main(), 30))
+    run(tmp_path, body, manager_class=Recording, after_change=after_change)
 
 
 def test_explicit_control(tmp_path: Path) -> None:
