@@ -74,6 +74,9 @@ class LoadResult:
     def per_s(self) -> float:
         return self.requests / self.duration_s
 
+    def mean_ms(self) -> float:
+        return float(self.latencies_s.mean() * 1e3) if len(self.latencies_s) else float("nan")
+
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q) * 1e3) if len(self.latencies_s) else float("nan")
 

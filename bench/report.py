@@ -60,8 +60,8 @@ def rpc(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | mode | c | ceiling samples/s | ceiling p50 / p99 ms | kerve samples/s | kerve p50 / p99 ms "
         "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | kerve mean batch "
-        "| ideal vs ceiling | kerve own ms/req | model call vs in-process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ideal vs ceiling | kerve own ms/req | model call vs in-process | in handler / outside ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
         ceiling = results["grpc_ceiling"].get(mode, {})
@@ -78,7 +78,8 @@ def rpc(results: dict[str, Any]) -> list[str]:
                 f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
                 f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} | "
                 f"{_f(k.get('ideal_ratio_vs_grpc_ceiling'), '.2f')} | {_f(k.get('kerve_own_cpu_ms_per_req'), '.2f')} | "
-                f"{_f(k.get('model_call_vs_inprocess'), '.2f')} |"
+                f"{_f(k.get('model_call_vs_inprocess'), '.2f')} | "
+                f"{_f(k.get('server_ms_per_req'), '.2f')} / {_f(k.get('outside_server_ms_per_req'), '.2f')} |"
             )
     return lines
 

@@ -351,6 +351,7 @@ def _entry(result: loadgen.LoadResult) -> dict[str, Any]:
     server_cpu_s = sum(result.observed_cpu_s.values())  # every process of the server under test
     return {
         "samples_per_s": round(result.per_s, 2),  # batch-1 requests: samples/s == requests/s
+        "mean_ms": round(result.mean_ms(), 4),
         "p50_ms": round(result.percentile_ms(50), 4),
         "p90_ms": round(result.percentile_ms(90), 4),
         "p99_ms": round(result.percentile_ms(99), 4),
@@ -393,13 +394,15 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
     header = (
         f"  {'model':9s} {'mode':6s} {'c':>3s} | {'ceiling/s':>9s} {'p50':>7s} {'p99':>7s} | "
         f"{'kerve/s':>9s} {'p50':>7s} {'p99':>7s} | {'vs ceil':>7s} {'vs inproc':>9s} | "
-        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'batch':>5s} | {'ideal':>5s} {'own ms':>6s}"
+        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'batch':>5s} | {'ideal':>5s} {'own ms':>6s} | "
+        f"{'in srv':>7s} {'outside':>7s}"
     )
     print(
         "\nRPC: batch-1 requests, closed loop (samples/s; latency in ms; CPU in cores busy during the window; "
         "batch = kerve's mean samples per model execution; ideal = what a server with no cost of its own could "
         "reach, as a ratio to the ceiling; own ms = kerve's own CPU per request, model and bare gRPC taken out: "
-        "bench/ideal.py)"
+        "bench/ideal.py; in srv / outside = a request's mean time inside kerve's handler, decoded to response "
+        "built, and the rest of the client's mean latency)"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -418,7 +421,8 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
                 f"{_fmt(k['ratio_vs_grpc_ceiling'], '7.3f')} {_fmt(k['ratio_vs_inprocess_best'], '9.3f')} | "
                 f"{k['server_cpu_cores']:7.2f} {k['client_cpu_cores']:7.2f} {k['other_cpu_cores']:5.2f} "
                 f"{_fmt(k.get('mean_batch'), '5.1f')} | {_fmt(k.get('ideal_ratio_vs_grpc_ceiling'), '5.2f')} "
-                f"{_fmt(k.get('kerve_own_cpu_ms_per_req'), '6.3f')}"
+                f"{_fmt(k.get('kerve_own_cpu_ms_per_req'), '6.3f')} | "
+                f"{_fmt(k.get('server_ms_per_req'), '7.2f')} {_fmt(k.get('outside_server_ms_per_req'), '7.2f')}"
                 + (f"  ERRORS {k['errors']}" if k["errors"] else "")
                 + ("  (disturbed by other processes)" if k.get("disturbed") else "")
             )
@@ -477,10 +481,19 @@ def response_len(target: str, payload: bytes) -> int:
         return len(channel.unary_unary(loadgen.UNARY_METHOD)(payload, timeout=30))
 
 
-def batch_counts(metrics_url: str, model: str) -> tuple[float, float, float] | None:
-    """(samples, model executions, seconds inside model calls) of a model so far, from kerve's Prometheus histograms
-    kerve_batch_size and kerve_compute_duration_seconds (summed over the processes of a `--processes N` server,
-    where ModelStatistics would answer for one process)."""
+_COUNTED = (
+    "kerve_batch_size_sum",
+    "kerve_batch_size_count",
+    "kerve_compute_duration_seconds_sum",
+    "kerve_request_duration_seconds_sum",
+    "kerve_request_duration_seconds_count",
+)
+
+
+def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
+    """kerve's own counts for a model so far: samples and model executions (kerve_batch_size), seconds inside
+    model calls, and requests with their seconds from decode to response (kerve_request_duration_seconds),
+    summed over the processes of a `--processes N` server, where ModelStatistics would answer for one process."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -490,16 +503,31 @@ def batch_counts(metrics_url: str, model: str) -> tuple[float, float, float] | N
             text = response.read().decode()
     except OSError:
         return None
-    totals = {"kerve_batch_size_sum": 0.0, "kerve_batch_size_count": 0.0, "kerve_compute_duration_seconds_sum": 0.0}
+    totals = dict.fromkeys(_COUNTED, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals and sample.labels.get("model") == model:
                 totals[sample.name] += sample.value
-    return (
-        totals["kerve_batch_size_sum"],
-        totals["kerve_batch_size_count"],
-        totals["kerve_compute_duration_seconds_sum"],
-    )
+    return totals
+
+
+def _server_side(before: dict[str, float], after: dict[str, float], client_mean_ms: float) -> dict[str, float]:
+    """What the case's counts say about batching and where a request's time went (over warm-up + window)."""
+    out: dict[str, float] = {}
+    d = {name: after[name] - before[name] for name in _COUNTED}
+    executions = d["kerve_batch_size_count"]
+    if executions > 0:
+        # Samples per model execution: how well the server batched; and how long a model call took inside the
+        # server (against the in-process call at that batch: bench/ideal.py).
+        out["mean_batch"] = round(d["kerve_batch_size_sum"] / executions, 2)
+        out["model_ms_per_batch"] = round(d["kerve_compute_duration_seconds_sum"] / executions * 1e3, 4)
+    requests = d["kerve_request_duration_seconds_count"]
+    if requests > 0:
+        # A request's time inside kerve's handler (decoded -> response built: validation, queue, model, outputs)
+        # and the rest of what the client waited (gRPC in and out, waiting for the event loop, the generator).
+        out["server_ms_per_req"] = round(d["kerve_request_duration_seconds_sum"] / requests * 1e3, 4)
+        out["outside_server_ms_per_req"] = round(client_mean_ms - out["server_ms_per_req"], 4)
+    return out
 
 
 def measure_case(
@@ -516,20 +544,16 @@ def measure_case(
     for name, server in servers.items():
         if server.proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {server.proc.returncode}\n{server.log_tail()}")
-        before = batch_counts(server.metrics_url, model) if server.metrics_url else None
+        before = server_counts(server.metrics_url, model) if server.metrics_url else None
         result = gen.run(
             server.target, mode, payloads, concurrency, args.warmup, args.duration,
             timeout_s=args.timeout, observe_pids=server.pids(), channels=args.channels,
             stream_depth=args.stream_depth,
         )  # fmt: skip
         row[name] = _entry(result)
-        after = batch_counts(server.metrics_url, model) if before is not None else None
-        if before is not None and after is not None and after[1] > before[1]:
-            # Samples per model execution over warm-up + window: how well the server batched; and how long a
-            # model call took inside the server (against the in-process call at that batch: bench/ideal.py).
-            executions = after[1] - before[1]
-            row[name]["mean_batch"] = round((after[0] - before[0]) / executions, 2)
-            row[name]["model_ms_per_batch"] = round((after[2] - before[2]) / executions * 1e3, 4)
+        after = server_counts(server.metrics_url, model) if before is not None else None
+        if before is not None and after is not None:
+            row[name].update(_server_side(before, after, row[name]["mean_ms"]))
     return row
 
 

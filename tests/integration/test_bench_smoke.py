@@ -56,6 +56,11 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert 0 < entry["ideal_ratio_vs_grpc_ceiling"] <= 1
             assert _positive(entry["model_cpu_ms_per_sample"]) and "kerve_own_cpu_ms_per_req" in entry
             assert _positive(entry["model_ms_per_batch"]) and _positive(entry["model_call_vs_inprocess"])
+            # a request's time inside kerve's handler, and the rest of the client's mean latency
+            assert 0 < entry["server_ms_per_req"] < entry["mean_ms"]
+            assert entry["outside_server_ms_per_req"] == pytest.approx(
+                entry["mean_ms"] - entry["server_ms_per_req"], abs=1e-3
+            )
     for mode in ("unary", "stream"):
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]
