@@ -133,9 +133,8 @@ class InferenceEngine:
         batcher = entry.batchers.get(key)
         if batcher is not None:
             return batcher
-        config = self.config_for(entry)
-        batchable = all(spec.batched for spec in signature.inputs.values())
-        if config is None or not batchable or not hasattr(entry.servable, "runners"):
+        config = self.batching_for(entry, signature)
+        if config is None:
             return None
         depth = self.metrics.queue_depth.labels(entry.model)
         per_device = [self.metrics.batches.labels(entry.model, device) for device in entry.servable.runner_devices]
@@ -155,6 +154,15 @@ class InferenceEngine:
         )
         entry.batchers[key] = batcher
         return batcher
+
+    def batching_for(self, entry: ModelVersion, signature: Any) -> BatchingConfig | None:
+        """The knobs a version's signature is batched with; None when its requests run one by one (batching off
+        for it, an input without a variable leading dimension to concatenate on, or a servable without replicas)."""
+        config = self.config_for(entry)
+        batchable = all(spec.batched for spec in signature.inputs.values())
+        if config is None or not batchable or not hasattr(entry.servable, "runners"):
+            return None
+        return config
 
     def config_for(self, entry: ModelVersion) -> BatchingConfig | None:
         """Server-wide batching knobs, overridden key by key by the model's config.yaml `batching:` section."""

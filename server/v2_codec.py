@@ -6,15 +6,19 @@ raises INVALID_ARGUMENT naming the input.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
+from .batcher import BatchingConfig
 from .errors import invalid
 from .manager import parse_version
+from .model_config import VersionPolicy
 from .types import InferRequest, InferResponse, TensorSpec
 
 
@@ -69,3 +73,85 @@ def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse.TensorMetadata(
         name=spec.name, datatype=codecs.datatype_of(spec.dtype), shape=spec.wire_shape
     )
+
+
+def model_config(
+    model: str,
+    platform: str,
+    inputs: Mapping[str, TensorSpec],
+    outputs: Mapping[str, TensorSpec],
+    batching: BatchingConfig | None,
+    policy: VersionPolicy,
+    devices: Sequence[str],
+) -> pb.ModelConfig:
+    """A served version as Triton's ModelConfig, so tools that size their requests from it see what kerve does.
+
+    With a batcher (``batching``), ``max_batch_size`` is its largest batch and dims leave out the batch
+    dimension, as Triton's do; a larger request still runs (alone, or split when batches are padded). Without
+    one, the model takes its signature's shapes as they are: ``max_batch_size`` 0 and full dims, -1 for a
+    variable dimension.
+    """
+    batched = batching is not None
+    config = pb.ModelConfig(
+        name=model,
+        platform=platform,
+        backend="tensorflow",
+        max_batch_size=batching.max_batch_size if batching is not None else 0,
+        version_policy=_version_policy(policy),
+        input=[
+            pb.ModelInput(name=n, data_type=_data_type(s), dims=_dims(s, batched)) for n, s in sorted(inputs.items())
+        ],
+        output=[
+            pb.ModelOutput(name=n, data_type=_data_type(s), dims=_dims(s, batched)) for n, s in sorted(outputs.items())
+        ],
+        instance_group=_instance_groups(model, devices),
+    )
+    if batching is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
+        if batching.pad_to_allowed:
+            config.dynamic_batching.preferred_batch_size.extend(batching.allowed_batch_sizes)
+    return config
+
+
+def _data_type(spec: TensorSpec) -> pb.DataType:
+    datatype = codecs.datatype_of(spec.dtype)
+    return pb.DataType.Value("TYPE_STRING" if datatype == codecs.BYTES else f"TYPE_{datatype}")
+
+
+def _dims(spec: TensorSpec, batched: bool) -> list[int]:
+    shape = spec.wire_shape
+    return shape[1:] if batched and spec.batched else shape
+
+
+def _version_policy(policy: VersionPolicy) -> pb.ModelVersionPolicy:
+    if policy.kind == "all":
+        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=list(policy.versions)))
+    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.latest))
+
+
+_DEVICE = re.compile(r"(?:/job:[^/,]*/replica:\d+/task:\d+)?/device:(CPU|GPU):(\d+)")  # one device, not a list
+
+
+def _instance_groups(model: str, devices: Sequence[str]) -> list[pb.ModelInstanceGroup]:
+    """One instance per replica: CPU replicas as one KIND_CPU group, GPU replicas as one KIND_GPU group listing
+    their GPUs; a replica that spans devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
+    cpus, gpus, other = 0, [], 0
+    for device in devices:
+        match = _DEVICE.fullmatch(device)
+        if match is None:
+            other += 1
+        elif match[1] == "CPU":
+            cpus += 1
+        else:
+            gpus.append(int(match[2]))
+    kind = pb.ModelInstanceGroup.Kind
+    groups = []
+    if gpus:
+        groups.append(pb.ModelInstanceGroup(name=f"{model}_gpu", kind=kind.KIND_GPU, count=1, gpus=gpus))
+    if cpus:
+        groups.append(pb.ModelInstanceGroup(name=f"{model}_cpu", kind=kind.KIND_CPU, count=cpus))
+    if other:
+        groups.append(pb.ModelInstanceGroup(name=model, kind=kind.KIND_MODEL, count=other))
+    return groups

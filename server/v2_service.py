@@ -22,7 +22,7 @@ from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
-EXTENSIONS = ["statistics", "model_repository"]
+EXTENSIONS = ["statistics", "model_repository", "model_configuration"]
 STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)
 
 
@@ -76,6 +76,26 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.inputs.items())],
             outputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.outputs.items())],
         )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        try:
+            entry = self.manager.resolve(request.name, parse_version(request.name, request.version))
+            signature = entry.servable.signature(None)
+            config = v2_codec.model_config(
+                entry.model,
+                PLATFORM,
+                signature.inputs,
+                signature.outputs,
+                self.engine.batching_for(entry, signature),
+                entry.config.version_policy,
+                getattr(entry.servable, "runner_devices", ()),
+            )
+        except ServingError as exc:
+            await abort(context, exc)
+            raise
+        return pb.ModelConfigResponse(config=config)
 
     def _decode(self, request: pb.ModelInferRequest, time_remaining: float | None) -> InferRequest:
         """The internal request; one that cannot be decoded is counted (it never reaches the engine) and raised."""

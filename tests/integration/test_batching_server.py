@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from helpers import running_server
 from kerve.client import Client
@@ -32,6 +33,15 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def triton_config(target: str, model: str) -> dict:
+    """The model's config as tritonclient's get_model_config reads it (Triton's ModelConfig)."""
+    client = triton.InferenceServerClient(target)
+    try:
+        return client.get_model_config(model, as_json=True)["config"]
+    finally:
+        client.close()
 
 
 def send_concurrently(target: str, threads: int, rounds: int, model: str = "cnn") -> list[tuple[int, np.ndarray, str]]:
@@ -82,6 +92,12 @@ def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_p
             name: send_concurrently(target, threads=16, rounds=10, model=name) for name in ("heavy", "light", "light2")
         }
         text = scrape(metrics_port)
+        configs = {name: triton_config(target, name) for name in ("heavy", "light")}
+    # what tritonclient learns: one instance per replica, the server's batching flags
+    assert configs["heavy"]["instance_group"] == [{"name": "heavy_cpu", "kind": "KIND_CPU", "count": 2}]
+    assert configs["light"]["instance_group"] == [{"name": "light_cpu", "kind": "KIND_CPU", "count": 1}]
+    assert configs["heavy"]["max_batch_size"] == 8
+    assert configs["heavy"]["dynamic_batching"] == {"max_queue_delay_microseconds": "3000"}
     reference = in_process("cnn", {"image": IMAGES})["output_0"]
     for name, rows in results.items():
         for i, output, _version in rows:
@@ -111,11 +127,17 @@ def test_padding_to_allowed_sizes_returns_only_real_rows(model_repo: Path, tmp_p
             np.testing.assert_allclose(
                 out, in_process("cnn", {"image": IMAGES[:rows]})["output_0"], rtol=1e-5, atol=1e-7
             )
+        config = triton_config(target, "cnn")
+    assert config["max_batch_size"] == 8 and config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
 
 
 def test_batching_can_be_turned_off(model_repo: Path, tmp_path: Path, in_process) -> None:
     with running_server(model_repo, tmp_path, "--no-batching") as (target, _), Client(target) as client:
         out = client.predict("cnn", {"image": IMAGES[:3]})["output_0"]
+        config = triton_config(target, "cnn")
+    # no batcher: Triton's "max_batch_size 0", and the signature's full shapes with their variable batch dimension
+    assert "max_batch_size" not in config and "dynamic_batching" not in config
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": ["-1", "8", "8", "1"]}]
     assert out.tobytes() == in_process("cnn", {"image": IMAGES[:3]})["output_0"].tobytes()
 
 
@@ -133,7 +155,9 @@ def test_mirrored_device_mode_splits_each_batch_over_devices(model_repo: Path, t
             expected = in_process("cnn", {"image": IMAGES[:rows]})["output_0"]
             np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
         text = scrape(metrics_port)
+        config = triton_config(target, "cnn")
     assert metric(text, "kerve_batches_total", model="cnn", device="mirrored:/device:CPU:0,/device:CPU:1") == 3
+    assert config["instance_group"] == [{"name": "cnn", "kind": "KIND_MODEL", "count": 1}]  # one copy over both
 
 
 @pytest.mark.parametrize("loop", ["auto", "asyncio"])

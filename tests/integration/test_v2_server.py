@@ -127,6 +127,28 @@ def test_tritonclient_live_ready_metadata_infer(server: str, in_process) -> None
     client.close()
 
 
+def test_tritonclient_model_config(server: str) -> None:
+    """get_model_config, which Triton tooling calls to size its requests: the batch limit and per-row dims."""
+    client = triton.InferenceServerClient(server)
+    assert "model_configuration" in client.get_server_metadata().extensions
+    config = client.get_model_config("cnn", as_json=True)["config"]
+    assert config["name"] == "cnn" and config["platform"] == "tensorflow_savedmodel"
+    assert config["max_batch_size"] == 64 and config["dynamic_batching"]["max_queue_delay_microseconds"] == "1000"
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": ["8", "8", "1"]}]
+    assert config["output"] == [{"name": "output_0", "data_type": "TYPE_FP32", "dims": ["10"]}]
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    pair = client.get_model_config("pair", model_version="1", as_json=True)["config"]
+    assert [(i["name"], i["data_type"], i["dims"]) for i in pair["input"]] == [
+        ("features", "TYPE_FP32", ["3"]),
+        ("ids", "TYPE_INT64", ["2"]),
+    ]
+    for model, version in (("nope", ""), ("cnn", "7")):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_config(model, model_version=version)
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+    client.close()
+
+
 def test_tritonclient_errors(server: str) -> None:
     client = triton.InferenceServerClient(server)
     inp = triton.InferInput("image", [1, 8, 8], "FP32")

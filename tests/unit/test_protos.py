@@ -40,3 +40,45 @@ def test_client_import_pulls_in_no_tensorflow() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_field_matches_tritonclient_on_the_wire() -> None:
+    """Each message and enum kerve declares, field by field, as tritonclient's own descriptors have it (Triton's
+    grpc_service.proto and model_config.proto): same numbers, types and cardinality, so each side reads the other's
+    bytes. Fields Triton has and kerve leaves out are allowed; a kerve field Triton lacks is not."""
+    service = pytest.importorskip("tritonclient.grpc.service_pb2")
+    from tritonclient.grpc import model_config_pb2
+
+    from kerve.protos import grpc_service_pb2 as k
+
+    theirs = {}
+    for module in (service, model_config_pb2):
+        theirs.update(_messages(module.DESCRIPTOR.message_types_by_name.values()))
+        theirs.update({e.full_name: e for e in module.DESCRIPTOR.enum_types_by_name.values()})
+    ours = _messages(k.DESCRIPTOR.message_types_by_name.values())
+    assert "inference.ModelConfig" in ours and "inference.ModelVersionPolicy.Specific" in ours
+    for name, message in ours.items():
+        assert name in theirs, f"{name} is not a Triton message"
+        other = theirs[name].fields_by_name
+        for field in message.fields:
+            assert field.name in other, f"{name}.{field.name} is not in Triton's {name}"
+            mine, twin = field, other[field.name]
+            assert (mine.number, mine.type, mine.label) == (twin.number, twin.type, twin.label), f"{name}.{field.name}"
+            for kind in ("message_type", "enum_type"):
+                a, b = getattr(mine, kind), getattr(twin, kind)
+                assert (a and a.full_name) == (b and b.full_name), f"{name}.{field.name}"
+            if mine.enum_type is not None:
+                values = {v.name: v.number for v in mine.enum_type.values}
+                assert values.items() <= {v.name: v.number for v in twin.enum_type.values}.items(), mine.enum_type
+    for enum in k.DESCRIPTOR.enum_types_by_name.values():
+        assert {v.name: v.number for v in enum.values} == {v.name: v.number for v in theirs[enum.full_name].values}
+
+
+def _messages(descriptors) -> dict:  # noqa: ANN001 - protobuf descriptors
+    found = {}
+    for descriptor in descriptors:
+        if descriptor.GetOptions().map_entry:
+            continue
+        found[descriptor.full_name] = descriptor
+        found.update(_messages(descriptor.nested_types))
+    return found
