@@ -49,6 +49,7 @@ def decode_request(message: pb.ModelInferRequest, time_remaining: float | None =
                 inputs[name] = codecs.decode_contents(tensor.contents, tensor.datatype, tensor.shape)
         except codecs.CodecError as exc:
             raise invalid(f"input {name!r}: {exc}") from None
+    classification_counts(message)  # a malformed classification request fails before the model runs
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return InferRequest(
         model=message.model_name,
@@ -61,12 +62,60 @@ def decode_request(message: pb.ModelInferRequest, time_remaining: float | None =
     )
 
 
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+def encode_response(response: InferResponse, classify: Mapping[str, int] | None = None) -> pb.ModelInferResponse:
+    """``classify``: output name -> class count, the outputs the client asked to get as top classes (below)."""
     message = pb.ModelInferResponse(model_name=response.model, model_version=str(response.version), id=response.id)
     for name, array in response.outputs.items():
+        if classify and name in classify:
+            array = top_classes(name, array, classify[name])
         message.outputs.add(name=name, datatype=codecs.datatype_of(array.dtype), shape=list(array.shape))
         message.raw_output_contents.append(codecs.encode_raw(array))
     return message
+
+
+CLASSIFICATION = "classification"
+
+
+def classification_counts(message: pb.ModelInferRequest) -> dict[str, int]:
+    """The classification extension (tritonclient's ``InferRequestedOutput(name, class_count=k)``): requested
+    outputs whose ``classification`` parameter asks for their top k classes instead of the raw tensor."""
+    counts: dict[str, int] = {}
+    for output in message.outputs:
+        if CLASSIFICATION not in output.parameters:
+            continue
+        param = output.parameters[CLASSIFICATION]
+        choice = param.WhichOneof("parameter_choice")
+        count = getattr(param, choice) if choice in ("int64_param", "uint64_param") else None
+        if count is None or count < 1:
+            shown = getattr(param, choice) if choice else "nothing"
+            raise invalid(
+                f"output {output.name!r}: the classification parameter must be a positive integer, got {shown!r}"
+            )
+        counts[output.name] = count
+    return counts
+
+
+def top_classes(name: str, scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` highest scores per row as BYTES ``"<value>:<index>"``, highest first (ties: lower index
+    first), as Triton answers: shape [batch, count] for a batched output, [count] for one without a batch dimension.
+    Every element of a row past the batch dimension is a class. Fewer classes than ``count``: all of them."""
+    if scores.dtype.kind not in "biuf" or scores.ndim == 0 or scores.size == 0:
+        raise invalid(
+            f"output {name!r}: classification needs numeric scores, got {scores.dtype} of shape {list(scores.shape)}"
+        )
+    rows = scores.reshape(len(scores), -1) if scores.ndim > 1 else scores.reshape(1, -1)
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
+    labels = np.empty(order.shape, dtype=object)
+    for r, indices in enumerate(order):
+        for c, index in enumerate(indices):
+            labels[r, c] = f"{_number(rows[r, index])}:{index}".encode()
+    return labels if scores.ndim > 1 else labels[0]
+
+
+def _number(value: np.generic) -> str:
+    if isinstance(value, np.floating):
+        return np.format_float_positional(value, unique=True, trim="-")
+    return str(int(value))
 
 
 def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

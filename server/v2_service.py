@@ -22,7 +22,7 @@ from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
-EXTENSIONS = ["statistics", "model_repository", "model_configuration"]
+EXTENSIONS = ["classification", "statistics", "model_repository", "model_configuration"]
 STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)
 
 
@@ -106,7 +106,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
 
     async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
-        return v2_codec.encode_response(await self.engine.infer(self._decode(request, time_remaining)))
+        response = await self.engine.infer(self._decode(request, time_remaining))
+        return v2_codec.encode_response(response, v2_codec.classification_counts(request))
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -239,7 +240,8 @@ def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
     error = slot.error
     if slot.response is not None:
         try:
-            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response))
+            classify = v2_codec.classification_counts(slot.request)
+            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response, classify))
         except ServingError as exc:  # outputs the V2 wire cannot carry
             error = exc
     assert error is not None, "a slot leaves the pipeline answered"

@@ -189,6 +189,43 @@ def test_tritonclient_stream_infer(server: str, in_process) -> None:
         np.testing.assert_allclose(result.as_numpy("output_0"), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_tritonclient_class_count_gets_the_top_classes(server: str, in_process) -> None:
+    """The classification extension: `InferRequestedOutput(name, class_count=k)` answers "<score>:<index>" strings,
+    best first, unary and streamed; the raw scores are the in-process model's."""
+    probs = in_process("cnn", {"image": IMAGES})["output_0"]
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    client = triton.InferenceServerClient(server)
+    assert "classification" in client.get_server_metadata().extensions
+    inp = triton.InferInput("image", list(IMAGES.shape), "FP32")
+    inp.set_data_from_numpy(IMAGES)
+    top = client.infer("cnn", [inp], outputs=[triton.InferRequestedOutput("output_0", class_count=3)])
+    got = top.as_numpy("output_0")
+    assert got.shape == (5, 3) and got.dtype == object
+    for row, expected in zip(got, best, strict=True):
+        assert [int(item.split(b":")[1]) for item in row] == expected.tolist()
+        scores = [float(item.split(b":")[0]) for item in row]
+        assert scores == sorted(scores, reverse=True)
+
+    answers: list = []
+    done = threading.Event()
+    client.start_stream(callback=lambda result, error: (answers.append((result, error)), done.set()))
+    client.async_stream_infer("cnn", [inp], outputs=[triton.InferRequestedOutput("output_0", class_count=1)])
+    assert done.wait(30)
+    client.stop_stream()
+    ((result, error),) = answers
+    assert error is None
+    assert [int(item.split(b":")[1]) for item in result.as_numpy("output_0")[:, 0]] == best[:, 0].tolist()
+
+    bad = pb.ModelInferRequest(model_name="cnn")
+    bad.inputs.add(name="image", datatype="FP32", shape=[1, 8, 8, 1])
+    bad.raw_input_contents.append(IMAGES[:1].tobytes())
+    bad.outputs.add(name="output_0").parameters["classification"].int64_param = -1
+    with grpc.insecure_channel(server) as channel:
+        assert_code(lambda: pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(bad), grpc.StatusCode.INVALID_ARGUMENT,
+                    "output 'output_0': the classification parameter must be a positive integer, got -1")  # fmt: skip
+    client.close()
+
+
 # --- malformed requests, one exact status each -----------------------------------------------------------
 
 
