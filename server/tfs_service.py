@@ -6,11 +6,11 @@ TF Serving's: unknown model or version NOT_FOUND; unknown version label INVALID_
 version label"); unknown signature FAILED_PRECONDITION for Predict and INVALID_ARGUMENT for Classify/Regress;
 malformed inputs INVALID_ARGUMENT naming the input.
 
-Classify and Regress follow TF Serving's rules for a SignatureDef: its method_name is
-`tensorflow/serving/classify` (or `.../regress`), or `tensorflow/serving/predict` with the classification
-(regression) structure, which is what native TF2 exports write and what TF Serving accepts by default
-(`--enable_signature_method_name_check=false`): one string input `inputs`; outputs `classes` and/or `scores`
-(regression: one output `outputs`).
+Classify and Regress (and MultiInference, which runs several of them on one input) follow TF Serving's rules for a
+SignatureDef: its method_name is `tensorflow/serving/classify` (or `.../regress`), or `tensorflow/serving/predict`
+with the classification (regression) structure, which is what native TF2 exports write and what TF Serving accepts
+by default (`--enable_signature_method_name_check=false`): one string input `inputs`; outputs `classes` and/or
+`scores` (regression: one output `outputs`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
@@ -221,6 +222,56 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await _abort(context, exc)
             raise
 
+    async def MultiInference(
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
+        """Several Classify/Regress tasks on one input, with TF Serving's rules: every task names the same model,
+        each a different signature, method classify or regress; all run on the version the first task resolves."""
+        tasks = list(request.tasks)
+        model = tasks[0].model_spec.name if tasks else ""
+        try:
+            try:
+                built = [await self._task_request(request, task, context) for task in _checked_tasks(tasks)]
+                version, label = tfs_codec.spec_version(tasks[0].model_spec)
+                pinned = self._target.resolve(model, version, label).version  # one version for every task
+            except ServingError as exc:
+                self._rejected(model, exc)
+                raise
+            for infer, _, _ in built:
+                infer.version, infer.label = pinned, None
+            answers = await asyncio.gather(*(self.engine.infer(infer) for infer, _, _ in built), return_exceptions=True)
+            response = inference_pb2.MultiInferenceResponse()
+            for (infer, key, method), answer in zip(built, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    raise answer
+                result = response.results.add()
+                tfs_codec.response_spec(result.model_spec, model, answer.version, key)
+                rows = len(infer.inputs[tfs_codec.EXAMPLES_INPUT])
+                if method == tfs_codec.CLASSIFY_METHOD:
+                    tfs_codec.encode_classification(result.classification_result, answer.outputs, rows)
+                else:
+                    tfs_codec.encode_regression(result.regression_result, answer.outputs, rows)
+            return response
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise
+
+    async def _task_request(
+        self,
+        request: inference_pb2.MultiInferenceRequest,
+        task: inference_pb2.InferenceTask,
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[InferRequest, str, str]:
+        """One task as the Classify or Regress request it is: (request, signature key, method name)."""
+        kind = (
+            classification_pb2.ClassificationRequest
+            if task.method_name == tfs_codec.CLASSIFY_METHOD
+            else regression_pb2.RegressionRequest
+        )
+        single = kind(model_spec=task.model_spec, input=request.input)
+        infer, key = await self._examples_request(single, context, task.method_name, "MultiInferenceRequest")
+        return infer, key, task.method_name
+
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -244,6 +295,23 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tfs_codec.response_spec(response.model_spec, entry.model, entry.version)
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
+
+
+def _checked_tasks(tasks: list[inference_pb2.InferenceTask]) -> list[inference_pb2.InferenceTask]:
+    """TF Serving's checks on a MultiInferenceRequest's tasks, with its messages."""
+    if not tasks:
+        raise invalid("Tasks field is empty.")
+    seen: set[str] = set()
+    for task in tasks:
+        if task.model_spec.name != tasks[0].model_spec.name:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        key = task.model_spec.signature_name or tfs_codec.DEFAULT_SIGNATURE
+        if key in seen:
+            raise invalid(f"Duplicate evaluation of signature: {key}")
+        seen.add(key)
+        if task.method_name not in (tfs_codec.CLASSIFY_METHOD, tfs_codec.REGRESS_METHOD):
+            raise invalid(f"Unsupported signature method_name: {task.method_name}")
+    return tasks
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

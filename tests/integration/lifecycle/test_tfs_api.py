@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -235,6 +236,54 @@ def test_classify_and_regress_errors(tfs) -> None:
     request = examples_request(classify, "classify")
     request.model_spec.name = "nope"
     assert_code(lambda: tfs.Classify(request), grpc.StatusCode.NOT_FOUND)
+
+
+def multi_request(*tasks: tuple[str, str, str], examples=EXAMPLES) -> inference_pb2.MultiInferenceRequest:  # noqa: ANN001
+    """A MultiInferenceRequest of (model, signature, method) tasks over the examples."""
+    request = inference_pb2.MultiInferenceRequest()
+    for model, signature, method in tasks:
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = model, signature
+    request.input.example_list.examples.extend(examples)
+    return request
+
+
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
+
+
+def test_multi_inference_runs_classify_and_regress_on_one_input(tfs, reference) -> None:
+    serialized = {"inputs": np.array([e.SerializeToString() for e in EXAMPLES], dtype=object)}
+    request = multi_request(("examples", "classify", CLASSIFY), ("examples", "regress_tf2", REGRESS))
+    request.tasks[0].model_spec.version.value = 1  # the first task's version is every task's
+    classified, regressed = tfs.MultiInference(request, timeout=30).results
+    assert (classified.model_spec.name, classified.model_spec.signature_name) == ("examples", "classify")
+    assert classified.model_spec.version.value == 1 and regressed.model_spec.version.value == 1
+    expected = reference("examples", serialized, "classify")
+    rows = classified.classification_result.classifications
+    assert [[c.label.encode() for c in row.classes] for row in rows] == expected["classes"].tolist()
+    scores = np.array([[c.score for c in row.classes] for row in rows], np.float32)
+    assert scores.tobytes() == expected["scores"].tobytes()
+    values = np.array([r.value for r in regressed.regression_result.regressions], np.float32)
+    assert values.tobytes() == reference("examples", serialized, "regress")["outputs"].tobytes()
+
+
+def test_multi_inference_errors(tfs) -> None:
+    def refused(request: inference_pb2.MultiInferenceRequest, code: grpc.StatusCode, message: str) -> None:
+        assert_code(lambda: tfs.MultiInference(request, timeout=30), code, message)
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    refused(multi_request(), invalid, "Tasks field is empty.")
+    refused(multi_request(("examples", "classify", CLASSIFY), ("cnn", "regress", REGRESS)), invalid,
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name.")  # fmt: skip
+    refused(multi_request(("examples", "classify", CLASSIFY), ("examples", "classify", CLASSIFY)), invalid,
+            "Duplicate evaluation of signature: classify")  # fmt: skip
+    refused(multi_request(("examples", "classify", "tensorflow/serving/predict")), invalid,
+            "Unsupported signature method_name: tensorflow/serving/predict")  # fmt: skip
+    refused(multi_request(("examples", "regress", CLASSIFY)), invalid,
+            "Expected classification signature method_name to be tensorflow/serving/classify")  # fmt: skip
+    refused(multi_request(("examples", "classify", CLASSIFY), examples=[]), invalid,
+            "MultiInferenceRequest::input is empty.")  # fmt: skip
+    refused(multi_request(("nope", "classify", CLASSIFY)), grpc.StatusCode.NOT_FOUND, "nope")
 
 
 def test_get_model_metadata_returns_the_signature_defs(tfs, zoo_repo: Path) -> None:
