@@ -2,12 +2,13 @@
 
 With TensorFlow and its models loaded a server holds some 350k objects that Python's cyclic collector tracks
 (354k with the three benchmark models), and a full collection walks every one of them with the GIL held:
-160-190 ms on the 2-core VM, a stall for every request in flight. Under load, whatever leaves garbage that only the
-cyclic collector can free sets off young collections, and the objects of requests in flight that they promote
-add up to a full pass: with a reference cycle per request (since fixed in inference.Call) that was 3-4 full passes
-a minute at 3000 requests/s. Yet none of the long-lived objects becomes garbage while the loaded models stay the
-same. So after each change to the loaded models the server collects once and freezes what survives (`gc.freeze`):
-later passes walk only what was made since, 7-16 ms in that measurement (docs/benchmarks.md, seventh session).
+160-250 ms on the 2-core VM (160-190 in process, up to 250 in a loaded server), a stall for every request in
+flight. Under load, whatever leaves garbage that only the cyclic collector can free sets off young collections,
+and the objects of requests in flight that they promote add up to a full pass: with a reference cycle per
+request (since fixed in inference.Call) that was 3-4 full passes a minute at 3000 requests/s. Yet none of the
+long-lived objects becomes garbage while the loaded models stay the same. So after each change to the loaded
+models the server collects once and freezes what survives (`gc.freeze`): later passes walk only what was made
+since, 7-16 ms in that measurement (docs/benchmarks.md, seventh session).
 
 Each change unfreezes first, so that the reference cycles of an unloaded version are collected instead of kept for
 the life of the process. Reference counting frees everything else as usual, frozen or not; only an object that

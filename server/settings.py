@@ -178,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,  # None: KERVE_GC_FREEZE, else on
         help="after each model load or unload, run one full garbage collection and exclude what survives (the "
-        "models, TensorFlow) from later ones (gc.freeze), so Python's full passes, 160-190 ms stalls of the event "
+        "models, TensorFlow) from later ones (gc.freeze), so Python's full passes, 160-250 ms stalls of the event "
         "loop on a 2-core VM, do not land on requests (default on; env KERVE_GC_FREEZE=0 turns it off)",
     )
     # set by the --processes supervisor in its children (server/processes.py)
