@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -15,7 +16,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from . import v2_codec
 from .errors import ErrorCode, ServingError
 from .inference import InferenceEngine
-from .manager import ModelManager, VersionState, parse_version
+from .manager import ModelManager, ModelVersion, VersionState, parse_version
 from .model import PLATFORM
 from .stream_pipeline import Pipeline, Slot
 from .types import InferRequest
@@ -64,8 +65,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            entry = self.manager.resolve(request.name, parse_version(request.name, request.version))
-            signature = entry.servable.signature(None)
+            entry, signature = self._described(request.name, request.version)
         except ServingError as exc:
             await abort(context, exc)
             raise
@@ -81,8 +81,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         try:
-            entry = self.manager.resolve(request.name, parse_version(request.name, request.version))
-            signature = entry.servable.signature(None)
+            entry, signature = self._described(request.name, request.version)
             config = v2_codec.model_config(
                 entry.model,
                 PLATFORM,
@@ -96,6 +95,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
             raise
         return pb.ModelConfigResponse(config=config)
+
+    def _described(self, name: str, version: str) -> tuple[ModelVersion, Any]:
+        """The version a metadata or config request names, and its default signature (what both describe)."""
+        entry = self.manager.resolve(name, parse_version(name, version))
+        return entry, entry.servable.signature(None)
 
     def _decode(self, request: pb.ModelInferRequest, time_remaining: float | None) -> InferRequest:
         """The internal request; one that cannot be decoded is counted (it never reaches the engine) and raised."""
