@@ -28,9 +28,10 @@ _NUMERIC: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 BYTES = "BYTES"
-DATATYPES: tuple[str, ...] = (*_NUMERIC, BYTES)
+BF16 = "BF16"  # bfloat16: numpy has no such type; ml_dtypes (a TensorFlow dependency) provides it
+DATATYPES: tuple[str, ...] = (*_NUMERIC, BF16, BYTES)
 
-# Which InferTensorContents field carries each datatype; FP16 has none and must travel as raw bytes.
+# Which InferTensorContents field carries each datatype; FP16 and BF16 have none and must travel as raw bytes.
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
@@ -57,6 +58,8 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
     dt = np.dtype(dtype)
     if dt.kind in ("O", "S", "U"):
         return BYTES
+    if dt.name == BFLOAT16:
+        return BF16
     for name, candidate in _NUMERIC.items():
         if dt.kind == candidate.kind and dt.itemsize == candidate.itemsize:
             return name
@@ -67,10 +70,25 @@ def dtype_of(datatype: str) -> np.dtype[Any]:
     """The numpy dtype a V2 datatype decodes to (BYTES -> object array of bytes)."""
     if datatype == BYTES:
         return np.dtype(object)
+    if datatype == BF16:
+        return bfloat16()
     try:
         return _NUMERIC[datatype]
     except KeyError:
         raise CodecError(f"unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}") from None
+
+
+BFLOAT16 = "bfloat16"  # the numpy name of ml_dtypes' type
+
+
+def bfloat16() -> np.dtype[Any]:
+    """numpy's dtype for BF16 tensors, from ml_dtypes: installed with TensorFlow (so always on a server), optional
+    for a client that installs without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise CodecError("BF16 tensors need the ml_dtypes package (pip install ml-dtypes)") from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def element_count(shape: Sequence[int]) -> int:
@@ -87,8 +105,7 @@ def encode_raw(array: np.ndarray) -> bytes:
     datatype = datatype_of(array.dtype)
     if datatype == BYTES:
         return _encode_bytes_elements(array)
-    target = _NUMERIC[datatype]
-    return np.ascontiguousarray(array, dtype=target).tobytes()
+    return np.ascontiguousarray(array, dtype=dtype_of(datatype)).tobytes()
 
 
 def _encode_bytes_elements(array: np.ndarray) -> bytes:

@@ -20,6 +20,8 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, predict_pb2, regression_pb2
 
+from kerve.codecs import bfloat16
+
 from .errors import invalid
 from .types import InferRequest
 
@@ -47,6 +49,7 @@ _TYPES: dict[int, tuple[np.dtype[Any], str]] = {
     types_pb2.DT_UINT64: (np.dtype("<u8"), "uint64_val"),
     types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
     types_pb2.DT_HALF: (np.dtype("<f2"), "half_val"),
+    types_pb2.DT_BFLOAT16: (bfloat16(), "half_val"),  # typed values: the 16 bits in half_val, as for DT_HALF
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
 }
 _VALUE_FIELDS = sorted({f for _, f in _TYPES.values()} | {"scomplex_val", "dcomplex_val"})
@@ -109,8 +112,8 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if dtype.kind == "O":
         flat = np.empty(n, dtype=object)
         flat[:] = list(values)
-    elif proto.dtype == types_pb2.DT_HALF:
-        flat = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif proto.dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        flat = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
         flat = np.asarray(values, dtype=dtype)
     if n == count:

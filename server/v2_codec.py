@@ -16,7 +16,7 @@ from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
 from .batcher import BatchingConfig
-from .errors import invalid
+from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
 from .types import InferRequest, InferResponse, TensorSpec
@@ -68,9 +68,22 @@ def encode_response(response: InferResponse, classify: Mapping[str, int] | None 
     for name, array in response.outputs.items():
         if classify and name in classify:
             array = top_classes(name, array, classify[name])
-        message.outputs.add(name=name, datatype=codecs.datatype_of(array.dtype), shape=list(array.shape))
+        datatype = _datatype(response.model, "output", name, array.dtype)
+        message.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         message.raw_output_contents.append(codecs.encode_raw(array))
     return message
+
+
+def _datatype(model: str, kind: str, name: str, dtype: np.dtype) -> str:
+    """The V2 datatype of a model's tensor; one the protocol has no datatype for (complex numbers, say) is the
+    model's limit on this protocol, not a fault of the request."""
+    try:
+        return codecs.datatype_of(dtype)
+    except codecs.CodecError:
+        raise ServingError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"model {model!r} {kind} {name!r} has dtype {np.dtype(dtype)}, which the V2 protocol cannot carry",
+        ) from None
 
 
 CLASSIFICATION = "classification"
@@ -118,9 +131,9 @@ def _number(value: np.generic) -> str:
     return str(int(value))
 
 
-def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+def tensor_metadata(model: str, kind: str, spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=codecs.datatype_of(spec.dtype), shape=spec.wire_shape
+        name=spec.name, datatype=_datatype(model, kind, spec.name, spec.dtype), shape=spec.wire_shape
     )
 
 
@@ -148,10 +161,12 @@ def model_config(
         max_batch_size=batching.max_batch_size if batching is not None else 0,
         version_policy=_version_policy(policy),
         input=[
-            pb.ModelInput(name=n, data_type=_data_type(s), dims=_dims(s, batched)) for n, s in sorted(inputs.items())
+            pb.ModelInput(name=n, data_type=_data_type(model, "input", s), dims=_dims(s, batched))
+            for n, s in sorted(inputs.items())
         ],
         output=[
-            pb.ModelOutput(name=n, data_type=_data_type(s), dims=_dims(s, batched)) for n, s in sorted(outputs.items())
+            pb.ModelOutput(name=n, data_type=_data_type(model, "output", s), dims=_dims(s, batched))
+            for n, s in sorted(outputs.items())
         ],
         instance_group=_instance_groups(model, devices),
     )
@@ -162,8 +177,8 @@ def model_config(
     return config
 
 
-def _data_type(spec: TensorSpec) -> pb.DataType:
-    datatype = codecs.datatype_of(spec.dtype)
+def _data_type(model: str, kind: str, spec: TensorSpec) -> pb.DataType:
+    datatype = _datatype(model, kind, spec.name, spec.dtype)
     return pb.DataType.Value("TYPE_STRING" if datatype == codecs.BYTES else f"TYPE_{datatype}")
 
 

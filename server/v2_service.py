@@ -66,16 +66,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         try:
             entry, signature = self._described(request.name, request.version)
+            return pb.ModelMetadataResponse(
+                name=entry.model,
+                versions=[str(v) for v in self.manager.ready_versions(entry.model)],
+                platform=PLATFORM,
+                inputs=[v2_codec.tensor_metadata(entry.model, "input", s) for _, s in sorted(signature.inputs.items())],
+                outputs=[
+                    v2_codec.tensor_metadata(entry.model, "output", s) for _, s in sorted(signature.outputs.items())
+                ],
+            )
         except ServingError as exc:
             await abort(context, exc)
             raise
-        return pb.ModelMetadataResponse(
-            name=entry.model,
-            versions=[str(v) for v in self.manager.ready_versions(entry.model)],
-            platform=PLATFORM,
-            inputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.inputs.items())],
-            outputs=[v2_codec.tensor_metadata(s) for _, s in sorted(signature.outputs.items())],
-        )
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext

@@ -22,6 +22,14 @@ def describe_shape(shape: Sequence[int | None] | None) -> str:
     return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
+def _named(dtype: np.dtype) -> str:
+    """The V2 name of a dtype, or numpy's where V2 has none (a TF Serving request can carry such inputs)."""
+    try:
+        return codecs.datatype_of(dtype)
+    except codecs.CodecError:
+        return str(dtype)
+
+
 def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> None:
     """Raise INVALID_ARGUMENT unless inputs match the signature exactly (names, dtypes, shapes)."""
     if not inputs or inputs.keys() != specs.keys():  # sorted names for the messages only when they are needed
@@ -37,10 +45,7 @@ def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping
     for name, array in inputs.items():
         spec = specs[name]
         if array.dtype != spec.dtype and not (array.dtype.kind == "O" and spec.dtype.kind == "O"):
-            raise invalid(
-                f"input {name!r}: expected datatype {codecs.datatype_of(spec.dtype)}, "
-                f"got {codecs.datatype_of(array.dtype)}"
-            )
+            raise invalid(f"input {name!r}: expected datatype {_named(spec.dtype)}, got {_named(array.dtype)}")
         if spec.shape is not None:
             ok = len(array.shape) == len(spec.shape) and all(
                 want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True)

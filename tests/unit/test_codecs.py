@@ -22,6 +22,24 @@ def test_raw_roundtrip_every_numeric_datatype(datatype: str) -> None:
     assert decoded.dtype == dtype and np.array_equal(decoded, array)
 
 
+def test_bf16_travels_as_raw_bfloat16_bits() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    array = np.array([[1.5, -2.25], [3.0, 0.1]], dtype=ml_dtypes.bfloat16)
+    assert codecs.datatype_of(array.dtype) == "BF16" and codecs.dtype_of("BF16") == array.dtype
+    raw = codecs.encode_raw(array)
+    assert raw == array.view(np.uint16).astype("<u2").tobytes()  # 2 bytes each: the top half of a float32
+    decoded = codecs.decode_raw(raw, "BF16", [2, 2])
+    assert decoded.dtype == array.dtype and decoded.tobytes() == array.tobytes()
+    with pytest.raises(codecs.CodecError, match="BF16 has no typed contents field"):
+        codecs.decode_contents(pb.InferTensorContents(), "BF16", [1])
+
+
+def test_bf16_without_ml_dtypes_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "ml_dtypes", None)  # a client installed without it
+    with pytest.raises(codecs.CodecError, match=r"BF16 tensors need the ml_dtypes package \(pip install ml-dtypes\)"):
+        codecs.decode_raw(b"\x00\x00", "BF16", [1])
+
+
 def test_decode_raw_is_zero_copy() -> None:
     raw = np.arange(6, dtype=np.float32).tobytes()
     decoded = codecs.decode_raw(raw, "FP32", [2, 3])

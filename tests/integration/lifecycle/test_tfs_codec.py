@@ -26,6 +26,7 @@ ARRAYS = [
     RNG.integers(0, 2**31, (2,), dtype=np.uint32),
     RNG.integers(0, 2**62, (2,), dtype=np.uint64),
     RNG.random((3,)).astype(np.float16),
+    RNG.random((2, 3)).astype(tf.bfloat16.as_numpy_dtype),  # DT_BFLOAT16: mixed-precision (TPU) models' outputs
     np.array([[True, False, True]]),
     np.array([b"a", b"", "\u00e9".encode()], dtype=object),
     np.float32(2.5).reshape(()),
@@ -46,6 +47,14 @@ def test_tensorflow_reads_what_encode_writes(array: np.ndarray) -> None:
     assert back.shape == array.shape and back.tolist() == array.tolist()
     if array.dtype != object:
         assert back.dtype == array.dtype and back.tobytes() == array.tobytes()
+
+
+def test_bfloat16_typed_values_are_the_bits_in_half_val() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_BFLOAT16)
+    proto.tensor_shape.dim.add(size=2)
+    proto.half_val.extend([0x3FC0, 0xC040])  # 1.5, -3.0
+    got = decode_tensor(proto)
+    assert got.dtype == tf.bfloat16.as_numpy_dtype and got.tolist() == tf.make_ndarray(proto).tolist() == [1.5, -3.0]
 
 
 def test_tensor_content_is_viewed_not_copied_per_element() -> None:
