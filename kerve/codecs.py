@@ -29,6 +29,7 @@ _NUMERIC: dict[str, np.dtype[Any]] = {
 }
 BYTES = "BYTES"
 BF16 = "BF16"  # bfloat16: numpy has no such type; ml_dtypes (a TensorFlow dependency) provides it
+BFLOAT16 = "bfloat16"  # the numpy name of ml_dtypes' type
 DATATYPES: tuple[str, ...] = (*_NUMERIC, BF16, BYTES)
 
 # Which InferTensorContents field carries each datatype; FP16 and BF16 have none and must travel as raw bytes.
@@ -76,9 +77,6 @@ def dtype_of(datatype: str) -> np.dtype[Any]:
         return _NUMERIC[datatype]
     except KeyError:
         raise CodecError(f"unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}") from None
-
-
-BFLOAT16 = "bfloat16"  # the numpy name of ml_dtypes' type
 
 
 def bfloat16() -> np.dtype[Any]:

@@ -34,6 +34,12 @@ def test_top_classes_keeps_float32_digits_and_integer_scores() -> None:
     assert top_classes("p", np.array([[3, -1, 7]], dtype=np.int64), 3).tolist() == [[b"7:2", b"3:0", b"-1:1"]]
 
 
+def test_bfloat16_scores_rank_like_floats() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    scores = np.array([[0.25, 0.5, 0.125]], dtype=ml_dtypes.bfloat16)
+    assert top_classes("p", scores, 2).tolist() == [[b"0.5:1", b"0.25:0"]]
+
+
 def test_an_unbatched_output_and_more_classes_asked_than_there_are() -> None:
     assert top_classes("p", np.array([0.2, 0.9], dtype=np.float32), 5).tolist() == [b"0.9:1", b"0.2:0"]
 
