@@ -59,7 +59,7 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
     dt = np.dtype(dtype)
     if dt.kind in ("O", "S", "U"):
         return BYTES
-    if dt.name == BFLOAT16:
+    if dt.kind == "V" and dt.name == BFLOAT16:  # kind first: numpy computes .name in Python, slowly
         return BF16
     for name, candidate in _NUMERIC.items():
         if dt.kind == candidate.kind and dt.itemsize == candidate.itemsize:
@@ -103,7 +103,8 @@ def encode_raw(array: np.ndarray) -> bytes:
     datatype = datatype_of(array.dtype)
     if datatype == BYTES:
         return _encode_bytes_elements(array)
-    return np.ascontiguousarray(array, dtype=dtype_of(datatype)).tobytes()
+    target = bfloat16() if datatype == BF16 else _NUMERIC[datatype]
+    return np.ascontiguousarray(array, dtype=target).tobytes()
 
 
 def _encode_bytes_elements(array: np.ndarray) -> bytes:

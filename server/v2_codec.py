@@ -112,7 +112,7 @@ def top_classes(name: str, scores: np.ndarray, count: int) -> np.ndarray:
     """The ``count`` highest scores per row as BYTES ``"<value>:<index>"``, highest first (ties: lower index
     first), as Triton answers: shape [batch, count] for a batched output, [count] for one without a batch dimension.
     Every element of a row past the batch dimension is a class. Fewer classes than ``count``: all of them."""
-    if scores.dtype.name == codecs.BFLOAT16:
+    if scores.dtype.kind == "V" and scores.dtype.name == codecs.BFLOAT16:
         scores = scores.astype(np.float32)  # exact: every bfloat16 value is a float32 one
     if scores.dtype.kind not in "biuf" or scores.ndim == 0 or scores.size == 0:
         raise invalid(
