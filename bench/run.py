@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also drive the unary cases with h2load (C client, if installed) to see what the Python client costs",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the servers during an extra run of --profile-case")
-    p.add_argument("--profile-case", default="seed_cnn/c64", help="MODEL/cCONCURRENCY (unary) to profile")
+    p.add_argument("--profile-case", default="seed_cnn/c64", help="MODEL/cCONCURRENCY to profile")
+    p.add_argument("--profile-mode", choices=loadgen.MODES, default=loadgen.UNARY, help="the profiled case's mode")
     p.add_argument("--profile-seconds", type=float, default=8.0)
     p.add_argument(
         "--profile-native", action="store_true", help="py-spy --native (C frames; pauses the server per sample)"
@@ -446,15 +447,16 @@ def _profile_case(
     if model not in payloads or not conc.isdigit():
         print(f"profile: case {args.profile_case!r} is not among the models run; skipped")
         return {"skipped": f"case {args.profile_case!r} not run"}
-    report: dict[str, Any] = {"case": args.profile_case, "mode": loadgen.UNARY, "seconds": args.profile_seconds}
+    mode = args.profile_mode
+    report: dict[str, Any] = {"case": args.profile_case, "mode": mode, "seconds": args.profile_seconds}
     for name, server in servers.items():
         if name == BARE_MODEL:
             continue
         raw = work / f"profile-{name}.txt"
         spy = profile.PySpy(exe, server.proc.pid, args.profile_seconds, raw, native=args.profile_native)
         result = gen.run(
-            server.target, loadgen.UNARY, payloads[model], int(conc), args.warmup, args.profile_seconds + 1.0,
-            timeout_s=args.timeout, on_window_start=spy.start,
+            server.target, mode, payloads[model], int(conc), args.warmup, args.profile_seconds + 1.0,
+            timeout_s=args.timeout, on_window_start=spy.start, channels=args.channels, stream_depth=args.stream_depth,
         )  # fmt: skip
         err = spy.wait()
         stacks = profile.parse(raw.read_text()) if raw.exists() else None
@@ -466,8 +468,8 @@ def _profile_case(
         summary["samples_per_s_while_profiled"] = round(result.per_s, 1)
         report[name] = summary
         how = "py-spy --native" if args.profile_native else "py-spy, non-idle Python stacks"
-        print("\n" + profile.format_summary(f"profile {name} {args.profile_case} ({how})", summary))
-        stacks_out = args.out.with_name(f"profile-{name}-{model}-c{conc}.json")
+        print("\n" + profile.format_summary(f"profile {name} {args.profile_case} {mode} ({how})", summary))
+        stacks_out = args.out.with_name(f"profile-{name}-{model}-{mode}-c{conc}.json")
         stacks_out.write_text(json.dumps({";".join(s): n for s, n in stacks.most_common()}, indent=0))
         report[name]["stacks_file"] = str(stacks_out)
     return report
