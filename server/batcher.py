@@ -85,8 +85,8 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
-        set_("max_batch_size", _positive_int("max_batch_size", self.max_batch_size))
-        set_("max_queued", _positive_int("max_queued", self.max_queued))
+        set_("max_batch_size", positive_int("max_batch_size", self.max_batch_size))
+        set_("max_queued", positive_int("max_queued", self.max_queued))
         delay = self.max_queue_delay_s
         if isinstance(delay, bool) or not isinstance(delay, numbers.Real):
             raise ValueError(f"max_queue_delay_s must be a number of seconds, got {delay!r}")
@@ -100,7 +100,7 @@ class BatchingConfig:
         sizes = self.allowed_batch_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)):
             raise ValueError(f"allowed_batch_sizes must be a list of integers, got {sizes!r}")
-        sizes = tuple(_positive_int("allowed_batch_sizes entry", s) for s in sizes)
+        sizes = tuple(positive_int("allowed_batch_sizes entry", s) for s in sizes)
         if any(a >= b for a, b in itertools.pairwise(sizes)):
             raise ValueError(f"allowed_batch_sizes must be strictly increasing, got {list(sizes)}")
         if sizes and sizes[-1] != self.max_batch_size:
@@ -139,7 +139,8 @@ class BatchingConfig:
         return sizes[bisect.bisect_left(sizes, rows)]
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int if it is an integer >= 1 (bools are not), else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < 1:

@@ -23,7 +23,7 @@ import yaml
 
 from kerve import repository
 
-from .batcher import BatchingConfig
+from .batcher import BatchingConfig, positive_int
 
 DEVICE_MODES = ("replica", "mirrored")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -73,9 +73,11 @@ class ModelConfig:
 
 
 def _positive_int(where: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelConfigError(f"{where} must be a positive integer, got {value!r}")
-    return value
+    """The batcher's check, worded for config.yaml (one message whatever is wrong) and raised as ModelConfigError."""
+    try:
+        return positive_int(where, value)
+    except ValueError:
+        raise ModelConfigError(f"{where} must be a positive integer, got {value!r}") from None
 
 
 def _policy(where: str, value: object) -> VersionPolicy:
