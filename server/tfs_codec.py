@@ -22,8 +22,9 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, pr
 
 from kerve.codecs import bfloat16
 
-from .errors import invalid
+from .errors import ServingError, invalid
 from .types import InferRequest
+from .validation import DtypeMismatch
 
 PROTOCOL = "tfs"
 DEFAULT_SIGNATURE = "serving_default"
@@ -76,6 +77,21 @@ def datatype_of(dtype: np.dtype[Any]) -> int:
         return _BY_KIND_SIZE[dt.kind, dt.itemsize]
     except KeyError:
         raise TensorProtoError(f"numpy dtype {dt} has no TensorFlow DataType") from None
+
+
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    """A numpy dtype by its TF name (DT_FLOAT), or numpy's where TensorFlow has none."""
+    try:
+        return dtype_name(datatype_of(dtype))
+    except TensorProtoError:
+        return str(dtype)
+
+
+def error_message(error: ServingError) -> str:
+    """What TF Serving clients read for an error: dtypes by their TF DataType names."""
+    if isinstance(error, DtypeMismatch):
+        return error.worded("dtype", _dtype_name)
+    return error.message
 
 
 def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:

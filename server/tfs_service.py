@@ -63,7 +63,7 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    await context.abort(grpc.StatusCode[error.code.value], error.message)
+    await context.abort(grpc.StatusCode[error.code.value], tfs_codec.error_message(error))
 
 
 def _failed_precondition(message: str) -> ServingError:

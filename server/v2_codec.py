@@ -20,6 +20,7 @@ from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
 from .types import InferRequest, InferResponse, TensorSpec
+from .validation import DtypeMismatch
 
 
 def decode_request(message: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
@@ -84,6 +85,21 @@ def _datatype(model: str, kind: str, name: str, dtype: np.dtype) -> str:
             ErrorCode.FAILED_PRECONDITION,
             f"model {model!r} {kind} {name!r} has dtype {np.dtype(dtype)}, which the V2 protocol cannot carry",
         ) from None
+
+
+def _datatype_name(dtype: np.dtype) -> str:
+    """A numpy dtype by its V2 name (FP32), or numpy's where V2 has none."""
+    try:
+        return codecs.datatype_of(dtype)
+    except codecs.CodecError:
+        return str(dtype)
+
+
+def error_message(error: ServingError) -> str:
+    """What V2 clients read for an error: dtypes by their V2 datatype names."""
+    if isinstance(error, DtypeMismatch):
+        return error.worded("datatype", _datatype_name)
+    return error.message
 
 
 CLASSIFICATION = "classification"

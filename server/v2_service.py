@@ -28,7 +28,7 @@ STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses 
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    await context.abort(grpc.StatusCode[error.code.value], error.message)
+    await context.abort(grpc.StatusCode[error.code.value], v2_codec.error_message(error))
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -253,7 +253,7 @@ def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
     assert error is not None, "a slot leaves the pipeline answered"
     request: pb.ModelInferRequest = slot.request
     return pb.ModelStreamInferResponse(
-        error_message=f"{error.code.value}: {error.message}",
+        error_message=f"{error.code.value}: {v2_codec.error_message(error)}",
         infer_response=pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),

@@ -1,18 +1,18 @@
 """Check decoded inputs against a signature before anything runs, with messages that name the tensor.
 
 Pure numpy: the caller passes the signature's TensorSpecs. Every failure is INVALID_ARGUMENT, so a bad
-request can never reach the model (where it would surface as an opaque INTERNAL error).
+request can never reach the model (where it would surface as an opaque INTERNAL error). Nothing here knows a wire
+protocol: a wrong dtype raises DtypeMismatch with the numpy dtypes, which each protocol adapter words in its own
+names (V2 `FP32`, TF Serving `DT_FLOAT`) when it sends the error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kerve import codecs
-
-from .errors import invalid
+from .errors import ErrorCode, ServingError, invalid
 from .types import TensorSpec
 
 
@@ -22,12 +22,19 @@ def describe_shape(shape: Sequence[int | None] | None) -> str:
     return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-def _named(dtype: np.dtype) -> str:
-    """The V2 name of a dtype, or numpy's where V2 has none (a TF Serving request can carry such inputs)."""
-    try:
-        return codecs.datatype_of(dtype)
-    except codecs.CodecError:
-        return str(dtype)
+class DtypeMismatch(ServingError):
+    """INVALID_ARGUMENT: input `name` has dtype `got` where the signature wants `expected`.
+
+    The message names the dtypes as numpy does; a protocol adapter sends `worded(...)` instead, with its own names.
+    """
+
+    def __init__(self, name: str, expected: np.dtype, got: np.dtype) -> None:
+        self.name, self.expected, self.got = name, expected, got
+        super().__init__(ErrorCode.INVALID_ARGUMENT, self.worded("dtype", str))
+
+    def worded(self, noun: str, dtype_name: Callable[[np.dtype], str]) -> str:
+        """The message with each dtype named by `dtype_name` and called a `noun` ("datatype", "dtype")."""
+        return f"input {self.name!r}: expected {noun} {dtype_name(self.expected)}, got {dtype_name(self.got)}"
 
 
 def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> None:
@@ -45,7 +52,7 @@ def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping
     for name, array in inputs.items():
         spec = specs[name]
         if array.dtype != spec.dtype and not (array.dtype.kind == "O" and spec.dtype.kind == "O"):
-            raise invalid(f"input {name!r}: expected datatype {_named(spec.dtype)}, got {_named(array.dtype)}")
+            raise DtypeMismatch(name, spec.dtype, array.dtype)
         if spec.shape is not None:
             ok = len(array.shape) == len(spec.shape) and all(
                 want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True)

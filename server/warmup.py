@@ -86,7 +86,7 @@ def replay(model: str, version_dir: Path, servable: Any) -> int:
         try:
             _run(servable, decode_record(record, model))
         except (ServingError, WarmupError) as exc:
-            message = exc.message if isinstance(exc, ServingError) else str(exc)
+            message = tfs_codec.error_message(exc) if isinstance(exc, ServingError) else str(exc)  # TF Serving records
             raise WarmupError(f"warmup request {i} of {len(records)} failed: {message}") from None
         except Exception as exc:
             raise WarmupError(f"warmup request {i} of {len(records)} failed: {type(exc).__name__}: {exc}") from None

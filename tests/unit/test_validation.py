@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kerve.server import v2_codec
 from kerve.server.errors import ErrorCode, ServingError
 from kerve.server.types import TensorSpec
-from kerve.server.validation import select_outputs, validate_inputs
+from kerve.server.validation import DtypeMismatch, select_outputs, validate_inputs
 
 SPECS = {
     "image": TensorSpec("image", np.dtype(np.float32), (None, 8, 8, 1)),
@@ -31,11 +32,25 @@ def test_each_violation_has_a_precise_message() -> None:
     check({}, "request for model 'm' has no inputs; expected ['ids', 'image']")
     check({**OK, "x": OK["ids"]}, "model 'm' has no input 'x'")
     check({"image": OK["image"]}, "missing input 'ids'")
-    check({**OK, "ids": OK["ids"].astype(np.int32)}, "input 'ids': expected datatype INT64, got INT32")
+    check({**OK, "ids": OK["ids"].astype(np.int32)}, "input 'ids': expected dtype int64, got int32")
     check(
         {**OK, "image": np.zeros((3, 8, 8), np.float32)}, "input 'image': expected shape [-1, 8, 8, 1], got [3, 8, 8]"
     )
     check({**OK, "ids": np.zeros((4, 2), np.int64)}, "batch dimension 4 differs from 3")
+
+
+def test_a_wrong_dtype_carries_the_dtypes_for_each_protocol_to_name() -> None:
+    with pytest.raises(DtypeMismatch) as info:
+        validate_inputs("m", {**OK, "image": OK["image"].astype(np.float16)}, SPECS)
+    error = info.value
+    assert (error.name, error.expected, error.got) == ("image", np.dtype(np.float32), np.dtype(np.float16))
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert error.message == "input 'image': expected dtype float32, got float16"  # no protocol's names
+    assert error.worded("type", lambda dt: dt.name.upper()) == "input 'image': expected type FLOAT32, got FLOAT16"
+    assert v2_codec.error_message(error) == "input 'image': expected datatype FP32, got FP16"
+    other = DtypeMismatch("z", np.dtype(np.complex64), np.dtype(np.float32))  # no V2 datatype: numpy's name
+    assert v2_codec.error_message(other) == "input 'z': expected datatype complex64, got FP32"
+    assert v2_codec.error_message(ServingError(ErrorCode.NOT_FOUND, "gone")) == "gone"
 
 
 def test_string_inputs_accept_object_arrays() -> None:

@@ -161,7 +161,7 @@ def test_tf_serving_error_codes(tfs, models) -> None:
     assert_code(lambda: tfs.Predict(predict_request("cnn", image, signature_name="nope")),
                 grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.')  # fmt: skip
     assert_code(lambda: tfs.Predict(predict_request("cnn", {"image": image["image"].astype(np.float64)})),
-                grpc.StatusCode.INVALID_ARGUMENT, "input 'image'", "expected datatype FP32, got FP64")  # fmt: skip
+                grpc.StatusCode.INVALID_ARGUMENT, "input 'image': expected dtype DT_FLOAT, got DT_DOUBLE")  # fmt: skip
     assert_code(lambda: tfs.Predict(predict_request("pair", {"features": INPUTS["pair"]["features"]})),
                 grpc.StatusCode.INVALID_ARGUMENT, "missing input 'ids'")  # fmt: skip
     request = predict_request("cnn", image)
@@ -183,6 +183,26 @@ def test_tf_serving_error_codes(tfs, models) -> None:
     status.model_spec.name = "cnn"
     status.model_spec.version.value = 9
     assert_code(lambda: models.GetModelStatus(status), grpc.StatusCode.NOT_FOUND, "version 9 of model cnn")
+
+
+def test_wrong_dtype_is_named_in_tf_serving_terms(tfs, zoo) -> None:
+    """A TF Serving client reads DT_ names, the ones it sent; a V2 client of the same server reads V2 names."""
+    image = INPUTS["cnn"]["image"][:1]
+    with pytest.raises(grpc.RpcError) as info:
+        tfs.Predict(predict_request("cnn", {"image": image.astype(np.float16)}), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "input 'image': expected dtype DT_FLOAT, got DT_HALF"
+    pair = {**INPUTS["pair"], "ids": INPUTS["pair"]["ids"].astype(np.int32)}
+    assert_code(lambda: tfs.Predict(predict_request("pair", pair)), grpc.StatusCode.INVALID_ARGUMENT,
+                "input 'ids': expected dtype DT_INT64, got DT_INT32")  # fmt: skip
+    client = triton.InferenceServerClient(zoo.target)
+    try:
+        wrong = triton.InferInput("image", list(image.shape), "FP16")
+        wrong.set_data_from_numpy(image.astype(np.float16))
+        with pytest.raises(triton.InferenceServerException, match="input 'image': expected datatype FP32, got FP16"):
+            client.infer("cnn", [wrong])
+    finally:
+        client.close()
 
 
 def examples_request(cls, signature: str, examples=EXAMPLES):  # noqa: ANN001, ANN201

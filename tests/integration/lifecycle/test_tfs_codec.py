@@ -8,8 +8,9 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from kerve.server import tfs_codec
-from kerve.server.errors import ServingError
+from kerve.server.errors import ErrorCode, ServingError
 from kerve.server.tfs_codec import TensorProtoError, decode_tensor, encode_tensor
+from kerve.server.validation import DtypeMismatch
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +113,13 @@ def test_predict_request_names_the_bad_input() -> None:
     request.inputs["bad"].dtype = types_pb2.DT_RESOURCE
     with pytest.raises(ServingError, match="input 'bad': dtype DT_RESOURCE is not supported"):
         tfs_codec.decode_predict(request)
+
+
+def test_error_messages_name_dtypes_as_tensorflow_does() -> None:
+    error = DtypeMismatch("x", np.dtype(np.float32), np.dtype(np.float16))
+    assert tfs_codec.error_message(error) == "input 'x': expected dtype DT_FLOAT, got DT_HALF"
+    strings = DtypeMismatch("s", np.dtype(object), np.dtype(np.int64))
+    assert tfs_codec.error_message(strings) == "input 's': expected dtype DT_STRING, got DT_INT64"
+    bf16 = DtypeMismatch("b", np.dtype(tf.bfloat16.as_numpy_dtype), np.dtype(np.complex64))  # unsupported: numpy name
+    assert tfs_codec.error_message(bf16) == "input 'b': expected dtype DT_BFLOAT16, got complex64"
+    assert tfs_codec.error_message(ServingError(ErrorCode.NOT_FOUND, "gone")) == "gone"
