@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .model import ReplicaLoader
 from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings, apply_gil_switch_interval
+from .shared_memory import SystemSharedMemory
 from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
@@ -119,8 +120,9 @@ class KerveServer:
         # read certificates, keys and tokens now, so a bad file fails the start before the port opens
         self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.server = grpc.aio.server(options=options, interceptors=server_interceptors(settings.auth_token_file))
+        self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            V2Servicer(self.manager, self.engine, self.ready), self.server
+            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory), self.server
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tfs_service.PredictionServicer(self.manager, self.engine), self.server
@@ -200,6 +202,8 @@ class KerveServer:
         log.info("draining: finishing in-flight requests (grace %.1fs)", self.settings.grace_s)
         await self.server.stop(self.settings.grace_s)
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.shared_memory is not None:
+            self.shared_memory.close()
         log.info("stopped")
 
 

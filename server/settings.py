@@ -41,6 +41,7 @@ class ServerSettings:
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
     event_loop: str = "asyncio"  # asyncio | uvloop | auto (uvloop when installed)
     gc_freeze: bool = True  # one full collection per model change, then freeze the survivors (server/heap.py)
+    shared_memory: bool = True  # Triton's system shared memory RPCs and tensors (server/shared_memory.py)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -181,6 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models, TensorFlow) from later ones (gc.freeze), so Python's full passes, 160-250 ms stalls of the event "
         "loop on a 2-core VM, do not land on requests (default on; env KERVE_GC_FREEZE=0 turns it off)",
     )
+    parser.add_argument(
+        "--shared-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,  # None: KERVE_SHARED_MEMORY, else on
+        help="serve Triton's system shared memory extension: clients on this host register regions of POSIX shared "
+        "memory objects (/dev/shm) and pass tensors through them (default on, as in Triton; --no-shared-memory or "
+        "env KERVE_SHARED_MEMORY=0 answers those RPCs FAILED_PRECONDITION and such tensors INVALID_ARGUMENT)",
+    )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-fds", default=None, help=argparse.SUPPRESS)
@@ -305,6 +314,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         gil_switch_interval_us=args.gil_switch_interval_us,
         event_loop=args.event_loop,
         gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
+        shared_memory=_env_flag("SHARED_MEMORY", True) if args.shared_memory is None else args.shared_memory,
     )
 
 

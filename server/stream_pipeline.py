@@ -25,12 +25,13 @@ __all__ = ["Pipeline", "Slot"]
 class Slot:
     """One message of a stream: its engine call's completion, or a message rejected before it could start."""
 
-    __slots__ = ("_cancelled", "_pipeline", "call", "error", "ready", "request", "response")
+    __slots__ = ("_cancelled", "_pipeline", "call", "error", "outputs", "ready", "request", "response")
 
     def __init__(self, pipeline: Pipeline, request: Any) -> None:
         self._pipeline = pipeline
         self._cancelled = False
         self.request = request  # the wire message, for the adapter's error answer
+        self.outputs: Any = None  # the adapter's own: how the message asked for its outputs back
         self.call: Call | None = None
         self.response: InferResponse | None = None
         self.error: ServingError | None = None

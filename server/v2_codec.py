@@ -6,6 +6,7 @@ raises INVALID_ARGUMENT naming the input.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -19,21 +20,23 @@ from .batcher import BatchingConfig
 from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
+from .shared_memory import SystemSharedMemory
 from .types import InferRequest, InferResponse, TensorSpec
 from .validation import DtypeMismatch
 
 
-def decode_request(message: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
+def decode_request(
+    message: pb.ModelInferRequest, time_remaining: float | None = None, shm: SystemSharedMemory | None = None
+) -> InferRequest:
+    """``shm``: the server's registered shared memory regions, for inputs that name one instead of carrying data."""
     if not message.model_name:
         raise invalid("model_name is required")
     version = parse_version(message.model_name, message.model_version)
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
-        raise invalid(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(message.inputs)} inputs; "
-            "send one raw entry per input, in order"
-        )
+        _check_raw_count(message)
     inputs: dict[str, np.ndarray] = {}
+    next_raw = 0  # inputs in shared memory have no raw entry (Triton's rule)
     for i, tensor in enumerate(message.inputs):
         name = tensor.name
         if not name:
@@ -41,16 +44,23 @@ def decode_request(message: pb.ModelInferRequest, time_remaining: float | None =
         if name in inputs:
             raise invalid(f"input {name!r} appears more than once")
         try:
-            if raw:
+            if tensor.parameters and SHM_REGION in tensor.parameters:
+                if tensor.HasField("contents") and codecs.has_contents(tensor.contents):
+                    raise codecs.CodecError("set both contents and a shared memory region; use one")
+                data = _shared_view(f"input {name!r}", tensor.parameters, shm)
+                inputs[name] = codecs.decode_raw(data, tensor.datatype, tensor.shape)
+            elif raw:
                 # HasField first: a client that never touched `contents` (the raw path) skips the field scan
                 if tensor.HasField("contents") and codecs.has_contents(tensor.contents):
                     raise codecs.CodecError("set both contents and raw_input_contents; use one")
-                inputs[name] = codecs.decode_raw(raw[i], tensor.datatype, tensor.shape)
+                inputs[name] = codecs.decode_raw(raw[next_raw], tensor.datatype, tensor.shape)
+                next_raw += 1
             else:
                 inputs[name] = codecs.decode_contents(tensor.contents, tensor.datatype, tensor.shape)
         except codecs.CodecError as exc:
             raise invalid(f"input {name!r}: {exc}") from None
-    classification_counts(message)  # a malformed classification request fails before the model runs
+    if next_raw != len(raw):
+        _check_raw_count(message)
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return InferRequest(
         model=message.model_name,
@@ -63,16 +73,96 @@ def decode_request(message: pb.ModelInferRequest, time_remaining: float | None =
     )
 
 
-def encode_response(response: InferResponse, classify: Mapping[str, int] | None = None) -> pb.ModelInferResponse:
-    """``classify``: output name -> class count, the outputs the client asked to get as top classes (below)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputRequests:
+    """How the client asked to get outputs back, where it asked for more than the raw tensor."""
+
+    classify: Mapping[str, int]  # output name -> class count: top classes instead of the tensor (below)
+    shared_memory: Mapping[str, memoryview]  # output name -> where in a registered region its bytes go
+
+
+def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | None = None) -> OutputRequests | None:
+    """Parsed once per request, before the model runs, so a malformed one fails early; None for plain outputs."""
+    if not message.outputs:
+        return None
+    classify = classification_counts(message)
+    targets = {
+        output.name: _shared_view(f"output {output.name!r}", output.parameters, shm)
+        for output in message.outputs
+        if output.parameters and SHM_REGION in output.parameters
+    }
+    return OutputRequests(classify, targets) if classify or targets else None
+
+
+def _check_raw_count(message: pb.ModelInferRequest) -> None:
+    raw, inputs = message.raw_input_contents, message.inputs
+    carried = sum(SHM_REGION not in tensor.parameters for tensor in inputs)
+    if raw and len(raw) != carried:
+        where = " outside shared memory" if carried != len(inputs) else ""
+        raise invalid(
+            f"raw_input_contents has {len(raw)} entries but the request has {carried} inputs{where}; "
+            "send one raw entry per input, in order"
+        )
+
+
+def encode_response(response: InferResponse, requests: OutputRequests | None = None) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(model_name=response.model, model_version=str(response.version), id=response.id)
     for name, array in response.outputs.items():
-        if classify and name in classify:
-            array = top_classes(name, array, classify[name])
+        if requests is not None and name in requests.classify:
+            array = top_classes(name, array, requests.classify[name])
         datatype = _datatype(response.model, "output", name, array.dtype)
         message.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        message.raw_output_contents.append(codecs.encode_raw(array))
+        if requests is not None and name in requests.shared_memory:
+            _write_shared(name, array, requests.shared_memory[name])
+            message.raw_output_contents.append(b"")  # one entry per output, as Triton sends: clients index by position
+        else:
+            message.raw_output_contents.append(codecs.encode_raw(array))
     return message
+
+
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
+
+
+def _shared_view(what: str, params: Mapping[str, pb.InferParameter], shm: SystemSharedMemory | None) -> memoryview:
+    """The bytes a tensor's shared memory parameters name (tritonclient's ``set_shared_memory``)."""
+    region = params[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
+        raise invalid(f"{what}: {SHM_REGION} must be a region name (string_param)")
+    values: dict[str, int] = {}
+    for key in (SHM_BYTE_SIZE, SHM_OFFSET):
+        if key not in params:
+            if key == SHM_BYTE_SIZE:
+                raise invalid(f"{what}: {SHM_BYTE_SIZE} is required with {SHM_REGION}")
+            values[key] = 0
+            continue
+        param = params[key]
+        choice = param.WhichOneof("parameter_choice")
+        if choice not in ("int64_param", "uint64_param"):
+            raise invalid(f"{what}: {key} must be an integer (int64_param)")
+        values[key] = getattr(param, choice)
+    if shm is None:
+        raise invalid(f"{what}: this server does not take tensors in shared memory")
+    return shm.view(what, region.string_param, values[SHM_OFFSET], values[SHM_BYTE_SIZE])
+
+
+def _write_shared(name: str, array: np.ndarray, target: memoryview) -> None:
+    if array.dtype.kind in "OSU":  # BYTES: length-prefixed elements
+        data = codecs.encode_raw(array)
+        size = len(data)
+    else:
+        data = None
+        size = array.nbytes
+    if size > len(target):
+        raise invalid(
+            f"output {name!r}: the shared memory given for it ({len(target)} bytes) should be at least {size} "
+            "bytes to hold the result"
+        )
+    if data is not None:
+        target[:size] = data
+    else:  # straight from the model's array into the region: one copy
+        np.frombuffer(target, dtype=array.dtype.newbyteorder("<"), count=array.size)[...] = array.reshape(-1)
 
 
 def _datatype(model: str, kind: str, name: str, dtype: np.dtype) -> str:

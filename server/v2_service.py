@@ -18,12 +18,14 @@ from .errors import ErrorCode, ServingError
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
 from .model import PLATFORM
+from .shared_memory import SystemSharedMemory
 from .stream_pipeline import Pipeline, Slot
 from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
 EXTENSIONS = ["classification", "statistics", "model_repository", "model_configuration"]
+SHARED_MEMORY_EXTENSION = "system_shared_memory"
 STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)
 
 
@@ -32,10 +34,17 @@ async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, manager: ModelManager, engine: InferenceEngine, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        engine: InferenceEngine,
+        is_ready: Callable[[], bool],
+        shared_memory: SystemSharedMemory | None = None,
+    ) -> None:
         self.manager = manager
         self.engine = engine
         self._is_ready = is_ready
+        self.shared_memory = shared_memory  # None: the extension is off (--no-shared-memory)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -59,7 +68,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="kerve", version=kerve.__version__, extensions=EXTENSIONS)
+        extensions = [*EXTENSIONS, SHARED_MEMORY_EXTENSION] if self.shared_memory is not None else EXTENSIONS
+        return pb.ServerMetadataResponse(name="kerve", version=kerve.__version__, extensions=extensions)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -103,17 +113,21 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         entry = self.manager.resolve(name, parse_version(name, version))
         return entry, entry.servable.signature(None)
 
-    def _decode(self, request: pb.ModelInferRequest, time_remaining: float | None) -> InferRequest:
-        """The internal request; one that cannot be decoded is counted (it never reaches the engine) and raised."""
+    def _decode(
+        self, request: pb.ModelInferRequest, time_remaining: float | None
+    ) -> tuple[InferRequest, v2_codec.OutputRequests | None]:
+        """The internal request and how its outputs go back; one that cannot be decoded is counted (it never
+        reaches the engine) and raised."""
         try:
-            return v2_codec.decode_request(request, time_remaining)
+            decoded = v2_codec.decode_request(request, time_remaining, self.shared_memory)
+            return decoded, v2_codec.output_requests(request, self.shared_memory)
         except ServingError as exc:
             self.engine.count_rejected(request.model_name, "v2", exc)
             raise
 
     async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
-        response = await self.engine.infer(self._decode(request, time_remaining))
-        return v2_codec.encode_response(response, v2_codec.classification_counts(request))
+        decoded, outputs = self._decode(request, time_remaining)
+        return v2_codec.encode_response(await self.engine.infer(decoded), outputs)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -157,7 +171,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def _stream_start(self, pipeline: Pipeline, request: pb.ModelInferRequest, time_remaining: float | None) -> Slot:
         slot = pipeline.slot(request)
         try:
-            slot.call = self.engine.start(self._decode(request, time_remaining), slot)
+            decoded, slot.outputs = self._decode(request, time_remaining)
+            slot.call = self.engine.start(decoded, slot)
         except ServingError as exc:
             slot.reject(exc)
         return slot
@@ -226,6 +241,49 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
+    def _regions(self) -> SystemSharedMemory:
+        if self.shared_memory is None:
+            raise ServingError(
+                ErrorCode.FAILED_PRECONDITION, "system shared memory is off on this server (--no-shared-memory)"
+            )
+        return self.shared_memory
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        try:
+            self._regions().register(request.name, request.key, request.offset, request.byte_size)
+        except ServingError as exc:
+            await abort(context, exc)
+        log.info("registered shared memory region %r (%s, %d bytes at %d)", request.name, request.key,
+                 request.byte_size, request.offset)  # fmt: skip
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        """One region, or all of them when no name is given (as Triton)."""
+        try:
+            self._regions().unregister(request.name)
+        except ServingError as exc:
+            await abort(context, exc)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        try:
+            regions = self._regions().status(request.name)
+        except ServingError as exc:
+            await abort(context, exc)
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            status = response.regions[region.name]
+            status.name, status.key, status.offset, status.byte_size = (
+                region.name, region.key, region.offset, region.byte_size
+            )  # fmt: skip
+        return response
+
 
 def _check_repository_request(
     request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest, allowed: tuple[str, ...]
@@ -246,8 +304,7 @@ def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
     error = slot.error
     if slot.response is not None:
         try:
-            classify = v2_codec.classification_counts(slot.request)
-            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response, classify))
+            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response, slot.outputs))
         except ServingError as exc:  # outputs the V2 wire cannot carry
             error = exc
     assert error is not None, "a slot leaves the pipeline answered"

@@ -106,3 +106,11 @@ def test_gc_freeze_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("KERVE_GC_FREEZE", "sometimes")
     with pytest.raises(ValueError, match="KERVE_GC_FREEZE must be 1/0 .* got 'sometimes'"):
         _settings(tmp_path)
+
+
+def test_shared_memory_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).shared_memory is True
+    assert _settings(tmp_path, "--no-shared-memory").shared_memory is False
+    monkeypatch.setenv("KERVE_SHARED_MEMORY", "0")
+    assert _settings(tmp_path).shared_memory is False
+    assert _settings(tmp_path, "--shared-memory").shared_memory is True

@@ -9,7 +9,7 @@ from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 from server.errors import ErrorCode, ServingError
 from server.types import InferResponse
-from server.v2_codec import classification_counts, decode_request, encode_response, top_classes
+from server.v2_codec import OutputRequests, classification_counts, encode_response, output_requests, top_classes
 
 
 def request(**params: pb.InferParameter) -> pb.ModelInferRequest:
@@ -65,9 +65,9 @@ def test_counts_come_from_the_requested_outputs_classification_parameter() -> No
 @pytest.mark.parametrize(
     "param", [pb.InferParameter(int64_param=0), pb.InferParameter(int64_param=-2), pb.InferParameter(string_param="3")]
 )
-def test_a_bad_class_count_fails_when_the_request_is_decoded(param: pb.InferParameter) -> None:
+def test_a_bad_class_count_fails_before_the_model_runs(param: pb.InferParameter) -> None:
     with pytest.raises(ServingError) as info:
-        decode_request(request(classification=param))
+        output_requests(request(classification=param))
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     assert "output 'probs': the classification parameter must be a positive integer" in info.value.message
 
@@ -76,7 +76,9 @@ def test_encode_response_sends_classified_outputs_as_bytes_and_the_rest_raw() ->
     probs = np.array([[0.1, 0.6, 0.3]], dtype=np.float32)
     other = np.array([[1.5]], dtype=np.float32)
     response = InferResponse(model="m", version=1, outputs={"probs": probs, "other": other})
-    message = encode_response(response, {"probs": 2})
+    outputs = output_requests(request(classification=pb.InferParameter(int64_param=2)))
+    assert outputs == OutputRequests(classify={"probs": 2}, shared_memory={})
+    message = encode_response(response, outputs)
     (a, b) = message.outputs
     assert (a.name, a.datatype, list(a.shape)) == ("probs", "BYTES", [1, 2])
     assert codecs.decode_raw(message.raw_output_contents[0], "BYTES", [1, 2]).tolist() == [[b"0.6:1", b"0.3:2"]]

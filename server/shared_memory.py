@@ -1,0 +1,109 @@
+"""System shared memory regions (Triton's extension): a client on the server's host puts a tensor in a POSIX shared
+memory object and sends only its place, so large tensors skip protobuf and the socket both ways.
+
+A region is a client-chosen name for ``byte_size`` bytes at ``offset`` of the object ``key`` (``/name``, as
+``shm_open`` and tritonclient's ``shared_memory`` module name them; the file ``/dev/shm/name``). The server maps it
+once at registration; requests then name the region, an offset into it and a byte size per tensor. Inputs are
+read in place (numpy views of the mapping, no copy) and outputs written straight into it, so the client must leave
+a region alone until the request that uses it has been answered, as with Triton.
+
+Pure Python (mmap), used on the event loop thread only. The registry is per server process: with ``--processes N``
+a client registers and infers over one connection (one channel), which the kernel keeps on one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import mmap
+import os
+import re
+from pathlib import Path
+
+from .errors import ErrorCode, ServingError, invalid
+
+SHM_ROOT = Path("/dev/shm")
+_KEY = re.compile(r"^/?[A-Za-z0-9_.-]{1,250}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    view: memoryview  # the region's bytes: [offset, offset + byte_size) of the object
+
+
+class SystemSharedMemory:
+    def __init__(self, root: Path = SHM_ROOT) -> None:
+        self._root = root
+        self._regions: dict[str, Region] = {}
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
+        if not name:
+            raise invalid("a shared memory region needs a name")
+        if name in self._regions:
+            raise ServingError(ErrorCode.ALREADY_EXISTS, f"shared memory region {name!r} is already registered")
+        if not _KEY.match(key) or key.strip("/") in (".", ".."):
+            raise invalid(f"shared memory key {key!r} is not a POSIX shared memory name like '/region'")
+        if byte_size < 1:
+            raise invalid(f"shared memory region {name!r}: byte_size must be at least 1, got {byte_size}")
+        path = self._root / key.lstrip("/")
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise invalid(f"shared memory region {name!r}: no shared memory object {key!r} on the server") from None
+        except OSError as exc:
+            raise invalid(f"shared memory region {name!r}: cannot open {key!r}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if offset + byte_size > size:
+                raise invalid(
+                    f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is past the end of "
+                    f"{key!r} ({size} bytes)"
+                )
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets are page-aligned
+            mapping = mmap.mmap(fd, offset + byte_size - start, offset=start)
+        finally:
+            os.close(fd)
+        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset - start :])
+        self._regions[name] = region
+        self._maps[name] = mapping
+        return region
+
+    def unregister(self, name: str) -> None:
+        """Forget one region, or every region when ``name`` is empty; an unknown name is not an error (Triton)."""
+        for gone in list(self._regions) if not name else [name]:
+            region = self._regions.pop(gone, None)
+            mapping = self._maps.pop(gone, None)
+            # Arrays of requests still in flight may view it: then it stays mapped until they are gone.
+            with contextlib.suppress(BufferError):
+                if region is not None:
+                    region.view.release()
+                if mapping is not None:
+                    mapping.close()
+
+    def status(self, name: str = "") -> list[Region]:
+        if not name:
+            return sorted(self._regions.values(), key=lambda r: r.name)
+        region = self._regions.get(name)
+        if region is None:
+            raise ServingError(ErrorCode.NOT_FOUND, f"shared memory region {name!r} is not registered")
+        return [region]
+
+    def view(self, what: str, name: str, offset: int, byte_size: int) -> memoryview:
+        """``byte_size`` bytes at ``offset`` into region ``name``, for tensor ``what`` ("input 'x'")."""
+        region = self._regions.get(name)
+        if region is None:
+            raise invalid(f"{what}: shared memory region {name!r} is not registered")
+        if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
+            raise invalid(
+                f"{what}: offset {offset} + byte_size {byte_size} is outside shared memory region {name!r} "
+                f"({region.byte_size} bytes)"
+            )
+        return region.view[offset : offset + byte_size]
+
+    def close(self) -> None:
+        self.unregister("")
