@@ -2,6 +2,7 @@
 
 from .client import AsyncClient, Client
 from .errors import (
+    CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -13,17 +14,33 @@ from .errors import (
     UnavailableError,
 )
 from .options import Keepalive, RetryPolicy, TLSConfig, read_token_file
-from .wire import InferResult, ModelIndexEntry, ModelMetadata, TensorInfo
+from .stream import AsyncInferStream, InferStream
+from .wire import (
+    Classification,
+    InferResult,
+    InstanceGroup,
+    ModelConfig,
+    ModelIndexEntry,
+    ModelMetadata,
+    TensorConfig,
+    TensorInfo,
+)
 
 __all__ = [
     "AsyncClient",
+    "AsyncInferStream",
+    "CancelledError",
+    "Classification",
     "Client",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InferResult",
+    "InferStream",
+    "InstanceGroup",
     "InvalidArgumentError",
     "Keepalive",
     "KerveError",
+    "ModelConfig",
     "ModelIndexEntry",
     "ModelMetadata",
     "NotFoundError",
@@ -31,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "TLSConfig",
+    "TensorConfig",
     "TensorInfo",
     "UnauthenticatedError",
     "UnavailableError",

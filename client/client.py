@@ -30,10 +30,25 @@ from .options import (
     call_with_retry,
     client_config,
 )
-from .wire import InferResult, ModelIndexEntry, ModelMetadata
+from .stream import AsyncInferStream, InferStream
+from .wire import Classification, InferResult, ModelConfig, ModelIndexEntry, ModelMetadata
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _version(version: int | str | None) -> str:
+    return "" if version is None else str(version)
+
+
+class _Budget:
+    """One timeout shared by the calls of one method (classify: metadata, then infer)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._end = time.monotonic() + timeout
+
+    def left(self) -> float:
+        return max(0.0, self._end - time.monotonic())
 
 
 class Client:
@@ -61,7 +76,7 @@ class Client:
         keepalive: Keepalive | None = None,
         load_balancing: str = "round_robin",
     ) -> None:
-        self.config = client_config(
+        self.options = client_config(
             target,
             timeout=timeout,
             max_message_bytes=max_message_bytes,
@@ -74,11 +89,11 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._rng = random.Random()
-        self._channel = self.config.sync_channel()
+        self._channel = self.options.sync_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
-        metadata = self.config.metadata
+        metadata = self.options.metadata
 
         def attempt(remaining: float | None) -> Any:
             try:
@@ -86,7 +101,7 @@ class Client:
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
 
-        policy = self.config.retry if retry else NO_RETRY
+        policy = self.options.retry if retry else NO_RETRY
         return call_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
 
     def live(self, timeout: float | None = None) -> bool:
@@ -97,7 +112,7 @@ class Client:
         try:
             if model is None:
                 return bool(self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout, retry=False).ready)
-            request = pb.ModelReadyRequest(name=model, version="" if version is None else str(version))
+            request = pb.ModelReadyRequest(name=model, version=_version(version))
             return bool(self._call(self._stub.ModelReady, request, timeout, retry=False).ready)
         except UnavailableError:
             return False
@@ -116,7 +131,7 @@ class Client:
             delay = min(delay * 2, 0.5)
 
     def metadata(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelMetadata:
-        request = pb.ModelMetadataRequest(name=model, version="" if version is None else str(version))
+        request = pb.ModelMetadataRequest(name=model, version=_version(version))
         return wire.parse_metadata(self._call(self._stub.ModelMetadata, request, timeout))
 
     def infer(
@@ -127,9 +142,12 @@ class Client:
         outputs: Sequence[str] | None = None,
         timeout: float | None = None,
         request_id: str = "",
+        *,
+        class_counts: Mapping[str, int] | None = None,
     ) -> InferResult:
-        """Full result: outputs plus the model version that served the request."""
-        request = wire.build_infer_request(model, inputs, version, outputs, request_id)
+        """Full result: outputs plus the model version that served the request. `class_counts` ({output: k})
+        answers those outputs as their top k "<score>:<index>" labels (see `classify`)."""
+        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
         return wire.parse_infer_response(self._call(self._stub.ModelInfer, request, timeout))
 
     def predict(
@@ -146,6 +164,50 @@ class Client:
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(self._call(self._stub.RepositoryIndex, request, timeout))
+
+    def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
+        """How the server runs the model: batch limit, per-row dims, dynamic batching, instance groups."""
+        request = pb.ModelConfigRequest(name=model, version=_version(version))
+        return wire.parse_config(self._call(self._stub.ModelConfig, request, timeout))
+
+    def classify(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        output: str | None = None,
+        top_k: int = 1,
+        version: int | str | None = None,
+        timeout: float | None = None,
+    ) -> Classification:
+        """The `top_k` best classes of `output` per row (`indices` and `scores`, best first), ranked by the server
+        (the V2 classification extension), so only k pairs per row cross the wire. `output` may be left out for a
+        model with one output (that costs a metadata call); `timeout` covers both calls."""
+        budget = _Budget(self.timeout if timeout is None else timeout)
+        if output is None:
+            output = wire.only_output(self.metadata(model, version, budget.left()))
+        result = self.infer(model, inputs, version, None, budget.left(), class_counts={output: top_k})
+        return wire.parse_classification(result, output)
+
+    def stream(
+        self,
+        model: str,
+        version: int | str | None = None,
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> InferStream:
+        """Open a `ModelStreamInfer` stream for `model` that any number of threads share: `stream.infer(inputs)`.
+
+        Cheaper per request than `infer` (no new HTTP/2 stream per call, and the server batches a stream's
+        messages together). `timeout` is each call's default (the client's if None). Close it (a `with` block).
+        Calls on it are never retried; see kerve.client.stream for what happens when it breaks."""
+        return InferStream(
+            self._stub,
+            model,
+            version,
+            outputs,
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self.options.metadata,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -172,7 +234,7 @@ class AsyncClient:
         keepalive: Keepalive | None = None,
         load_balancing: str = "round_robin",
     ) -> None:
-        self.config = client_config(
+        self.options = client_config(
             target,
             timeout=timeout,
             max_message_bytes=max_message_bytes,
@@ -185,11 +247,11 @@ class AsyncClient:
         self.target = target
         self.timeout = timeout
         self._rng = random.Random()
-        self._channel = self.config.aio_channel()
+        self._channel = self.options.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
-        metadata = self.config.metadata
+        metadata = self.options.metadata
 
         async def attempt(remaining: float | None) -> Any:
             try:
@@ -197,7 +259,7 @@ class AsyncClient:
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
 
-        policy = self.config.retry if retry else NO_RETRY
+        policy = self.options.retry if retry else NO_RETRY
         return await acall_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
 
     async def live(self, timeout: float | None = None) -> bool:
@@ -210,7 +272,7 @@ class AsyncClient:
             if model is None:
                 response = await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout, retry=False)
                 return bool(response.ready)
-            request = pb.ModelReadyRequest(name=model, version="" if version is None else str(version))
+            request = pb.ModelReadyRequest(name=model, version=_version(version))
             return bool((await self._call(self._stub.ModelReady, request, timeout, retry=False)).ready)
         except UnavailableError:
             return False
@@ -230,7 +292,7 @@ class AsyncClient:
     async def metadata(
         self, model: str, version: int | str | None = None, timeout: float | None = None
     ) -> ModelMetadata:
-        request = pb.ModelMetadataRequest(name=model, version="" if version is None else str(version))
+        request = pb.ModelMetadataRequest(name=model, version=_version(version))
         return wire.parse_metadata(await self._call(self._stub.ModelMetadata, request, timeout))
 
     async def infer(
@@ -241,8 +303,10 @@ class AsyncClient:
         outputs: Sequence[str] | None = None,
         timeout: float | None = None,
         request_id: str = "",
+        *,
+        class_counts: Mapping[str, int] | None = None,
     ) -> InferResult:
-        request = wire.build_infer_request(model, inputs, version, outputs, request_id)
+        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
         return wire.parse_infer_response(await self._call(self._stub.ModelInfer, request, timeout))
 
     async def predict(
@@ -258,6 +322,43 @@ class AsyncClient:
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(await self._call(self._stub.RepositoryIndex, request, timeout))
+
+    async def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
+        request = pb.ModelConfigRequest(name=model, version=_version(version))
+        return wire.parse_config(await self._call(self._stub.ModelConfig, request, timeout))
+
+    async def classify(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        output: str | None = None,
+        top_k: int = 1,
+        version: int | str | None = None,
+        timeout: float | None = None,
+    ) -> Classification:
+        budget = _Budget(self.timeout if timeout is None else timeout)
+        if output is None:
+            output = wire.only_output(await self.metadata(model, version, budget.left()))
+        result = await self.infer(model, inputs, version, None, budget.left(), class_counts={output: top_k})
+        return wire.parse_classification(result, output)
+
+    def stream(
+        self,
+        model: str,
+        version: int | str | None = None,
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncInferStream:
+        """Open a stream that any number of tasks share: `async with aclient.stream(model) as s: await s.infer(x)`.
+        Call it inside a running event loop."""
+        return AsyncInferStream(
+            self._stub,
+            model,
+            version,
+            outputs,
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self.options.metadata,
+        )
 
     async def close(self) -> None:
         await self._channel.close()

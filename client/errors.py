@@ -48,6 +48,12 @@ class FailedPreconditionError(KerveError):
     code = "FAILED_PRECONDITION"
 
 
+class CancelledError(KerveError):
+    """The call was cancelled before it was answered: its stream was closed, or its channel."""
+
+    code = "CANCELLED"
+
+
 class ServerError(KerveError):
     """INTERNAL, UNKNOWN, UNIMPLEMENTED and any other status: not the caller's fault."""
 
@@ -60,6 +66,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KerveError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.CANCELLED: CancelledError,
 }
 
 
@@ -69,3 +76,13 @@ def from_rpc_error(error: grpc.RpcError) -> KerveError:
     details = (error.details() if hasattr(error, "details") else None) or str(error)
     cls = _BY_CODE.get(code, ServerError)
     return cls(details, code=code.name if code is not None else "UNKNOWN")
+
+
+def from_error_message(message: str) -> KerveError:
+    """Translate an in-band stream error, `"<STATUS>: <text>"` (a ModelStreamInferResponse's `error_message`, one
+    message's failure), into the matching KerveError subclass; text without a known status is a ServerError."""
+    name, sep, text = message.partition(": ")
+    code = grpc.StatusCode.__members__.get(name) if sep else None
+    if code is None or code is grpc.StatusCode.OK:
+        return ServerError(message, code="UNKNOWN")
+    return _BY_CODE.get(code, ServerError)(text, code=code.name)

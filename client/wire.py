@@ -13,6 +13,8 @@ from kerve.protos import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError, ServerError
 
+CLASSIFICATION = "classification"  # the requested-output parameter of the V2 classification extension
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -39,6 +41,58 @@ class InferResult:
 
 
 @dataclass(frozen=True)
+class Classification:
+    """The classification extension's answer for one output: its top k classes per row, best first (ties: the
+    lower index first). `indices` (int64) and `scores` (float64) have the shape of the server's label tensor:
+    [batch, k] for a batched output, [k] for one without a batch dimension; k is less than asked when the output
+    has fewer classes."""
+
+    model_name: str
+    model_version: str
+    output: str
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    name: str
+    datatype: str  # the V2 datatype name, as metadata gives it ("FP32", "BYTES", ...)
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1 marks a variable one
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """Replicas of the model: `kind` is "CPU", "GPU" (on the devices in `gpus`), "MODEL" (a replica spanning
+    devices, or a TPU core) or "AUTO"."""
+
+    name: str
+    kind: str
+    count: int
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the server runs a model version with (the V2 ModelConfig RPC, Triton's shape of it).
+
+    `max_batch_size` 0 means no batcher: inputs take their full shapes. With dynamic batching, `max_queue_delay_s`
+    is how long a request may wait for others to share its batch and `preferred_batch_sizes` the sizes batches are
+    padded up to (empty: any size); without it both are None / empty."""
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    dynamic_batching: bool
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_s: float | None
+    instance_groups: tuple[InstanceGroup, ...]
+
+
+@dataclass(frozen=True)
 class ModelIndexEntry:
     name: str
     version: str
@@ -52,8 +106,12 @@ def build_infer_request(
     version: int | str | None = None,
     outputs: Sequence[str] | None = None,
     request_id: str = "",
+    class_counts: Mapping[str, int] | None = None,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server)."""
+    """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server).
+
+    `class_counts` ({output: k}) asks for those outputs' top k classes (the classification extension) instead of
+    their tensors; they are requested besides `outputs` (so with `outputs` None, only they come back)."""
     if not inputs:
         raise InvalidArgumentError("inputs is empty: pass {input_name: array}")
     request = pb.ModelInferRequest(
@@ -70,9 +128,18 @@ def build_infer_request(
             raise InvalidArgumentError(f"input {name!r}: {exc}") from None
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         request.raw_input_contents.append(raw)
-    for name in outputs or ():
-        request.outputs.add(name=name)
+    counts = dict(class_counts or {})
+    for name in [*(outputs or ()), *(n for n in counts if n not in (outputs or ()))]:
+        requested = request.outputs.add(name=name)
+        if name in counts:
+            requested.parameters[CLASSIFICATION].int64_param = _class_count(name, counts[name])
     return request
+
+
+def _class_count(output: str, count: Any) -> int:
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise InvalidArgumentError(f"output {output!r}: the class count must be a positive integer, got {count!r}")
+    return int(count)
 
 
 def parse_infer_response(response: pb.ModelInferResponse) -> InferResult:
@@ -108,3 +175,64 @@ def parse_metadata(response: pb.ModelMetadataResponse) -> ModelMetadata:
 
 def parse_index(response: pb.RepositoryIndexResponse) -> list[ModelIndexEntry]:
     return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in response.models]
+
+
+def only_output(metadata: ModelMetadata) -> str:
+    """The name of a model's only output; several (or none) need the caller to choose."""
+    names = [t.name for t in metadata.outputs]
+    if len(names) != 1:
+        raise InvalidArgumentError(f"model {metadata.name!r} has outputs {names}: pass output= to choose one")
+    return names[0]
+
+
+def parse_classification(result: InferResult, output: str) -> Classification:
+    """Parse the "<score>:<index>[:<label>]" strings the server answers a classification request with."""
+    labels = result.outputs.get(output)
+    if labels is None or labels.dtype != object:
+        got = "nothing" if labels is None else f"{labels.dtype} {list(labels.shape)}"
+        raise ServerError(f"output {output!r}: expected classification labels (BYTES), got {got}")
+    scores = np.empty(labels.shape, dtype=np.float64)
+    indices = np.empty(labels.shape, dtype=np.int64)
+    for at, label in np.ndenumerate(labels):
+        try:
+            score, index = bytes(label).split(b":", 2)[:2]
+            scores[at], indices[at] = float(score), int(index)
+        except ValueError:
+            raise ServerError(f"output {output!r}: malformed classification label {label!r}") from None
+    return Classification(result.model_name, result.model_version, output, indices, scores)
+
+
+def _config_datatype(value: int) -> str:
+    name = pb.DataType.Name(value) if value in pb.DataType.values() else "TYPE_INVALID"
+    name = name.removeprefix("TYPE_")
+    return codecs.BYTES if name == "STRING" else name
+
+
+def _tensor_configs(items: Any) -> tuple[TensorConfig, ...]:
+    return tuple(TensorConfig(t.name, _config_datatype(t.data_type), tuple(t.dims)) for t in items)
+
+
+def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
+    config = response.config
+    batching = config.HasField("dynamic_batching")
+    kinds = pb.ModelInstanceGroup.Kind
+    return ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        inputs=_tensor_configs(config.input),
+        outputs=_tensor_configs(config.output),
+        dynamic_batching=batching,
+        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+        max_queue_delay_s=config.dynamic_batching.max_queue_delay_microseconds / 1e6 if batching else None,
+        instance_groups=tuple(
+            InstanceGroup(
+                name=g.name,
+                kind=kinds.Name(g.kind).removeprefix("KIND_") if g.kind in kinds.values() else "AUTO",
+                count=g.count,
+                gpus=tuple(g.gpus),
+            )
+            for g in config.instance_group
+        ),
+    )

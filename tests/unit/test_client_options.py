@@ -242,11 +242,11 @@ def test_clients_accept_cluster_targets_and_options_without_connecting() -> None
         "load_balancing": "round_robin",
     }
     with Client("dns:///kerve-headless.default.svc.cluster.local:8500", **options) as client:
-        assert client.config.tls is not None and client.config.metadata == (("authorization", "Bearer t"),)
+        assert client.options.tls is not None and client.options.metadata == (("authorization", "Bearer t"),)
 
     async def main() -> None:
         async with AsyncClient("dns:///kerve-headless:8500", **options) as client:
-            assert client.config.retry.max_attempts == 2
+            assert client.options.retry.max_attempts == 2
 
     asyncio.run(main())
     with pytest.raises(ValueError, match="timeout"):

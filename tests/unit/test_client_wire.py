@@ -1,0 +1,173 @@
+"""Client wire helpers without a server: class counts in requests, classification labels, model config, in-band
+stream errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerve.client import (
+    CancelledError,
+    InferResult,
+    InstanceGroup,
+    InvalidArgumentError,
+    ModelMetadata,
+    NotFoundError,
+    ServerError,
+    TensorConfig,
+    TensorInfo,
+)
+from kerve.client.errors import from_error_message
+from kerve.client.wire import (
+    CLASSIFICATION,
+    build_infer_request,
+    only_output,
+    parse_classification,
+    parse_config,
+)
+from kerve.protos import grpc_service_pb2 as pb
+
+X = {"x": np.zeros((2, 3), np.float32)}
+
+
+# --- class counts in requests -------------------------------------------------------------------------------
+
+
+def test_class_counts_request_their_outputs_with_the_classification_parameter() -> None:
+    request = build_infer_request("m", X, outputs=["raw"], class_counts={"probs": 3, "raw": np.int64(2)})
+    assert [o.name for o in request.outputs] == ["raw", "probs"]  # `outputs` first, each name once
+    params = {o.name: o.parameters[CLASSIFICATION] for o in request.outputs}
+    assert params["probs"].WhichOneof("parameter_choice") == "int64_param" and params["probs"].int64_param == 3
+    assert params["raw"].int64_param == 2
+
+    only = build_infer_request("m", X, class_counts={"probs": 1})
+    assert [(o.name, o.parameters[CLASSIFICATION].int64_param) for o in only.outputs] == [("probs", 1)]
+    plain = build_infer_request("m", X, outputs=["a"])
+    assert CLASSIFICATION not in plain.outputs[0].parameters
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, True, "3", None])
+def test_a_class_count_must_be_a_positive_integer(count: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="'probs': the class count must be a positive integer"):
+        build_infer_request("m", X, class_counts={"probs": count})  # type: ignore[dict-item]
+
+
+# --- classification labels ----------------------------------------------------------------------------------
+
+
+def labels(rows: list[list[bytes]]) -> np.ndarray:
+    array = np.empty((len(rows), len(rows[0])), dtype=object)
+    array[:] = rows
+    return array
+
+
+def test_labels_parse_into_indices_and_scores_of_the_same_shape() -> None:
+    result = InferResult("m", "2", "", {"p": labels([[b"0.75:3", b"0.25:0"], [b"1:9", b"-0.5:2:cat"]])})
+    top = parse_classification(result, "p")
+    assert (top.model_name, top.model_version, top.output) == ("m", "2", "p")
+    assert top.indices.dtype == np.int64 and top.scores.dtype == np.float64
+    np.testing.assert_array_equal(top.indices, [[3, 0], [9, 2]])
+    np.testing.assert_array_equal(top.scores, [[0.75, 0.25], [1.0, -0.5]])
+
+    flat = np.array([b"0.5:1", b"nan:0"], dtype=object)  # an output without a batch dimension
+    unbatched = parse_classification(InferResult("m", "1", "", {"p": flat}), "p")
+    assert unbatched.indices.tolist() == [1, 0] and unbatched.scores[0] == 0.5 and np.isnan(unbatched.scores[1])
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        ({"p": labels([[b"0.5"]])}, "malformed classification label b'0.5'"),
+        ({"p": labels([[b"x:1"]])}, "malformed classification label b'x:1'"),
+        ({"p": np.zeros((1, 2), np.float32)}, "expected classification labels \\(BYTES\\), got float32 \\[1, 2\\]"),
+        ({}, "expected classification labels \\(BYTES\\), got nothing"),
+    ],
+)
+def test_a_malformed_classification_answer_is_a_server_error(outputs: dict, message: str) -> None:
+    with pytest.raises(ServerError, match=message):
+        parse_classification(InferResult("m", "1", "", outputs), "p")
+
+
+def test_only_output_needs_exactly_one() -> None:
+    tensor = TensorInfo("out", "FP32", (-1, 3))
+    assert only_output(ModelMetadata("m", ("1",), "p", (), (tensor,))) == "out"
+    two = ModelMetadata("m", ("1",), "p", (), (tensor, TensorInfo("aux", "FP32", (-1,))))
+    with pytest.raises(InvalidArgumentError, match=r"model 'm' has outputs \['out', 'aux'\]: pass output="):
+        only_output(two)
+
+
+# --- model config -------------------------------------------------------------------------------------------
+
+
+def test_config_with_dynamic_batching_and_gpu_groups() -> None:
+    config = pb.ModelConfig(
+        name="m",
+        platform="tensorflow_savedmodel",
+        backend="tensorflow",
+        max_batch_size=32,
+        input=[
+            pb.ModelInput(name="text", data_type=pb.TYPE_STRING, dims=[-1]),
+            pb.ModelInput(name="x", data_type=pb.TYPE_BF16, dims=[4, 2]),
+        ],
+        output=[pb.ModelOutput(name="y", data_type=pb.TYPE_FP32, dims=[10])],
+        instance_group=[
+            pb.ModelInstanceGroup(name="m_gpu", kind=pb.ModelInstanceGroup.KIND_GPU, count=1, gpus=[0, 1]),
+            pb.ModelInstanceGroup(name="m_cpu", kind=pb.ModelInstanceGroup.KIND_CPU, count=2),
+            pb.ModelInstanceGroup(name="m", kind=pb.ModelInstanceGroup.KIND_MODEL, count=1),
+        ],
+    )
+    config.dynamic_batching.preferred_batch_size.extend([8, 16, 32])
+    config.dynamic_batching.max_queue_delay_microseconds = 2500
+    parsed = parse_config(pb.ModelConfigResponse(config=config))
+    assert (parsed.name, parsed.platform, parsed.backend, parsed.max_batch_size) == (
+        "m",
+        "tensorflow_savedmodel",
+        "tensorflow",
+        32,
+    )
+    assert parsed.inputs == (TensorConfig("text", "BYTES", (-1,)), TensorConfig("x", "BF16", (4, 2)))
+    assert parsed.outputs == (TensorConfig("y", "FP32", (10,)),)
+    assert parsed.dynamic_batching and parsed.preferred_batch_sizes == (8, 16, 32)
+    assert parsed.max_queue_delay_s == pytest.approx(0.0025)
+    assert parsed.instance_groups == (
+        InstanceGroup("m_gpu", "GPU", 1, (0, 1)),
+        InstanceGroup("m_cpu", "CPU", 2, ()),
+        InstanceGroup("m", "MODEL", 1, ()),
+    )
+
+
+def test_config_without_a_batcher() -> None:
+    config = pb.ModelConfig(name="m", max_batch_size=0, input=[pb.ModelInput(name="x", data_type=pb.TYPE_INT64)])
+    parsed = parse_config(pb.ModelConfigResponse(config=config))
+    assert parsed.max_batch_size == 0 and not parsed.dynamic_batching
+    assert parsed.max_queue_delay_s is None and parsed.preferred_batch_sizes == ()
+    assert parsed.inputs == (TensorConfig("x", "INT64", ()),) and parsed.instance_groups == ()
+
+    zero_delay = pb.ModelConfig(name="m", max_batch_size=8)
+    zero_delay.dynamic_batching.max_queue_delay_microseconds = 0  # present, all defaults
+    assert parse_config(pb.ModelConfigResponse(config=zero_delay)).max_queue_delay_s == 0.0
+
+
+# --- in-band stream errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "cls", "code", "text"),
+    [
+        (
+            "INVALID_ARGUMENT: input 'x': expected FP32",
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            "input 'x': expected FP32",
+        ),
+        ("NOT_FOUND: model 'm' not found: a: b", NotFoundError, "NOT_FOUND", "model 'm' not found: a: b"),
+        ("CANCELLED: shutting down", CancelledError, "CANCELLED", "shutting down"),
+        ("INTERNAL: boom", ServerError, "INTERNAL", "boom"),
+        ("OK: odd", ServerError, "UNKNOWN", "OK: odd"),
+        ("no status here", ServerError, "UNKNOWN", "no status here"),
+        ("invalid_argument: lower case", ServerError, "UNKNOWN", "invalid_argument: lower case"),
+    ],
+)
+def test_in_band_stream_errors_map_to_the_status_classes(message: str, cls: type, code: str, text: str) -> None:
+    error = from_error_message(message)
+    assert type(error) is cls and error.code == code and error.message == text
