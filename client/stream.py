@@ -8,7 +8,8 @@ throughput from one stream than from as many unary calls. Both stream classes he
   `id` is the request's) or an in-band `error_message` ("<STATUS>: <text>"), and the stream goes on after an
   error. Answers are matched to callers by `id`, so their order does not matter.
 - each `infer` waits for its own answer with its own timeout (DeadlineExceededError after it; a late answer is
-  dropped). There is no retry: a message may already have run.
+  dropped). The message carries that timeout to the server (the `timeout` parameter), which answers a message
+  still queued past it DEADLINE_EXCEEDED instead of running it. There is no retry: a message may already have run.
 - when the stream itself breaks (server gone, RPC error), every pending call fails with the mapped error and
   every later call raises it too: a broken stream is not reopened behind the caller's back (a new one may reach
   another replica, or a restarted server, which the caller should decide). Open a new stream to go on.
@@ -77,9 +78,14 @@ class _Requests:
         self.outputs = tuple(outputs) if outputs else None
         self._ids = itertools.count()
 
-    def build(self, inputs: Mapping[str, Any]) -> tuple[str, pb.ModelInferRequest]:
+    def build(self, inputs: Mapping[str, Any], timeout: float | None) -> tuple[str, pb.ModelInferRequest]:
         request_id = str(next(self._ids))  # itertools.count is atomic under the GIL
-        return request_id, wire.build_infer_request(self.model, inputs, self.version, self.outputs, request_id)
+        request = wire.build_infer_request(self.model, inputs, self.version, self.outputs, request_id)
+        # The call's own deadline for the server (Triton's `timeout` parameter, microseconds): a message still
+        # queued when its caller gives up is dropped there instead of running for nobody.
+        if timeout is not None:
+            request.parameters["timeout"].int64_param = max(1, round(timeout * 1e6))
+        return request_id, request
 
 
 class InferStream:
@@ -131,7 +137,7 @@ class InferStream:
     def infer(self, inputs: Mapping[str, Any], timeout: float | None = None) -> InferResult:
         """Send one message and wait for its answer (at most `timeout` s, default the stream's)."""
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs)
+        request_id, request = self._builder.build(inputs, timeout)
         future: Future[pb.ModelInferResponse] = Future()
         with self._lock:
             if self._closed:
@@ -255,7 +261,7 @@ class AsyncInferStream:
 
     async def infer(self, inputs: Mapping[str, Any], timeout: float | None = None) -> InferResult:
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs)
+        request_id, request = self._builder.build(inputs, timeout)
         if self._closed:
             raise CancelledError("the stream is closed")
         if self._error is not None:

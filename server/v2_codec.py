@@ -61,6 +61,10 @@ def decode_request(
             raise invalid(f"input {name!r}: {exc}") from None
     if next_raw != len(raw):
         _check_raw_count(message)
+    if message.parameters and TIMEOUT in message.parameters:
+        timeout_s = _timeout_s(message.parameters[TIMEOUT])
+        if timeout_s is not None:
+            time_remaining = timeout_s if time_remaining is None else min(time_remaining, timeout_s)
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return InferRequest(
         model=message.model_name,
@@ -92,6 +96,17 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
         if output.parameters and SHM_REGION in output.parameters
     }
     return OutputRequests(classify, targets) if classify or targets else None
+
+
+TIMEOUT = "timeout"
+
+
+def _timeout_s(param: pb.InferParameter) -> float | None:
+    """Triton's per-request ``timeout`` (microseconds; 0: none), honoured as a deadline like gRPC's own: a message of
+    a stream can carry one, where the stream's deadline is the whole stream's."""
+    if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 0:
+        raise invalid("the timeout parameter must be a non-negative int64_param (microseconds)")
+    return param.int64_param / 1e6 if param.int64_param else None
 
 
 def _check_raw_count(message: pb.ModelInferRequest) -> None:

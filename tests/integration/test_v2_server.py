@@ -369,6 +369,27 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
         assert proc.wait(timeout=60) == 0
 
 
+def test_the_timeout_parameter_is_a_per_message_deadline(stub) -> None:
+    """Triton's `timeout` (microseconds): a message whose timeout passes before its batch forms is answered
+    DEADLINE_EXCEEDED and never run; the stream's other messages are served; a malformed one is INVALID_ARGUMENT."""
+    requests = []
+    for i, timeout_us in enumerate([None, 1, 60_000_000, 0]):
+        request = raw_request()
+        request.id = str(i)
+        if timeout_us is not None:
+            request.parameters["timeout"].int64_param = timeout_us
+        requests.append(request)
+    responses = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert [r.error_message.split(":")[0] for r in responses] == ["", "DEADLINE_EXCEEDED", "", ""]
+    expired = raw_request()
+    expired.parameters["timeout"].int64_param = 1
+    assert_code(lambda: stub.ModelInfer(expired, timeout=60), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
+    bad = raw_request()
+    bad.parameters["timeout"].string_param = "1s"
+    assert_code(lambda: stub.ModelInfer(bad, timeout=60), grpc.StatusCode.INVALID_ARGUMENT,
+                "timeout parameter must be a non-negative int64_param")  # fmt: skip
+
+
 def test_stream_is_pipelined_in_order_with_errors_in_place(stub, in_process) -> None:
     """Many messages on one stream, one of them bad: answers come back in request order, the bad one as an
     error_message, and the stream goes on (requests of one stream run concurrently, so they can share batches)."""

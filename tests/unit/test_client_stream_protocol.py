@@ -44,11 +44,13 @@ class Scripted(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self) -> None:
         self.group = 1
         self.received = 0
+        self.timeouts: list[int] = []  # each message's `timeout` parameter (microseconds)
 
     def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest], context: Any) -> Any:
         held: list[pb.ModelInferRequest] = []
         for request in request_iterator:
             self.received += 1
+            self.timeouts.append(request.parameters["timeout"].int64_param)
             if request.inputs[0].name == "die":
                 context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
             held.append(request)
@@ -157,3 +159,17 @@ def test_a_stream_the_server_aborts_fails_every_pending_and_later_call(scripted:
             assert astream._reader.done()
 
     asyncio.run(main())
+
+
+def test_each_message_carries_its_calls_timeout_to_the_server(scripted: tuple[str, Scripted]) -> None:
+    target, servicer = scripted
+    with Client(target) as client, client.stream("m", timeout=7) as stream:
+        stream.infer({"x": np.zeros(2, np.float32)})
+        stream.infer({"x": np.zeros(2, np.float32)}, timeout=0.25)
+
+    async def main() -> None:
+        async with AsyncClient(target) as aclient, aclient.stream("m", timeout=3) as astream:
+            await astream.infer({"x": np.zeros(2, np.float32)})
+
+    asyncio.run(main())
+    assert servicer.timeouts == [7_000_000, 250_000, 3_000_000]
