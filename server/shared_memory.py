@@ -4,8 +4,10 @@ memory object and sends only its place, so large tensors skip protobuf and the s
 A region is a client-chosen name for ``byte_size`` bytes at ``offset`` of the object ``key`` (``/name``, as
 ``shm_open`` and tritonclient's ``shared_memory`` module name them; the file ``/dev/shm/name``). The server maps it
 once at registration; requests then name the region, an offset into it and a byte size per tensor. Inputs are
-read in place (numpy views of the mapping, no copy) and outputs written straight into it, so the client must leave
-a region alone until the request that uses it has been answered, as with Triton.
+copied out when the request is decoded and outputs written straight in when it is answered, both on the event
+loop after checking the object's size: a client that shrinks its object (where touching the lost pages would kill
+the server with SIGBUS) gets INVALID_ARGUMENT, and one that rewrites a region cannot change a queued request. As
+with Triton, a client leaves an output region alone until the request that names it has been answered.
 
 Pure Python (mmap), used on the event loop thread only. The registry is per server process: with ``--processes N``
 a client registers and infers over one connection (one channel), which the kernel keeps on one process.
@@ -33,6 +35,22 @@ class Region:
     offset: int
     byte_size: int
     view: memoryview  # the region's bytes: [offset, offset + byte_size) of the object
+    fd: int  # kept open to check the object's size before each use
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Place:
+    """Where a request put one tensor: ``byte_size`` bytes at ``offset`` into a region, for tensor ``what``."""
+
+    registry: SystemSharedMemory
+    what: str  # "input 'x'", "output 'y'": how errors name the tensor
+    region: str
+    offset: int
+    byte_size: int
+
+    def view(self) -> memoryview:
+        """The bytes, checked now: use them at once, on this thread."""
+        return self.registry.view(self.what, self.region, self.offset, self.byte_size)
 
 
 class SystemSharedMemory:
@@ -66,9 +84,10 @@ class SystemSharedMemory:
                 )
             start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets are page-aligned
             mapping = mmap.mmap(fd, offset + byte_size - start, offset=start)
-        finally:
+        except BaseException:
             os.close(fd)
-        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset - start :])
+            raise
+        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset - start :], fd)
         self._regions[name] = region
         self._maps[name] = mapping
         return region
@@ -78,8 +97,9 @@ class SystemSharedMemory:
         for gone in list(self._regions) if not name else [name]:
             region = self._regions.pop(gone, None)
             mapping = self._maps.pop(gone, None)
-            # Arrays of requests still in flight may view it: then it stays mapped until they are gone.
-            with contextlib.suppress(BufferError):
+            if region is not None:
+                os.close(region.fd)
+            with contextlib.suppress(BufferError):  # a view still held stays valid; the mapping goes with it
                 if region is not None:
                     region.view.release()
                 if mapping is not None:
@@ -94,7 +114,8 @@ class SystemSharedMemory:
         return [region]
 
     def view(self, what: str, name: str, offset: int, byte_size: int) -> memoryview:
-        """``byte_size`` bytes at ``offset`` into region ``name``, for tensor ``what`` ("input 'x'")."""
+        """``byte_size`` bytes at ``offset`` into region ``name``, for tensor ``what`` ("input 'x'"); use them at
+        once, on this thread: the object may shrink later."""
         region = self._regions.get(name)
         if region is None:
             raise invalid(f"{what}: shared memory region {name!r} is not registered")
@@ -103,6 +124,9 @@ class SystemSharedMemory:
                 f"{what}: offset {offset} + byte_size {byte_size} is outside shared memory region {name!r} "
                 f"({region.byte_size} bytes)"
             )
+        size = os.fstat(region.fd).st_size
+        if region.offset + offset + byte_size > size:  # touching pages past the end would be SIGBUS
+            raise invalid(f"{what}: shared memory object {region.key!r} of region {name!r} shrank to {size} bytes")
         return region.view[offset : offset + byte_size]
 
     def close(self) -> None:

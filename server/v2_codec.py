@@ -20,7 +20,7 @@ from .batcher import BatchingConfig
 from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
-from .shared_memory import SystemSharedMemory
+from .shared_memory import Place, SystemSharedMemory
 from .types import InferRequest, InferResponse, TensorSpec
 from .validation import DtypeMismatch
 
@@ -47,8 +47,8 @@ def decode_request(
             if tensor.parameters and SHM_REGION in tensor.parameters:
                 if tensor.HasField("contents") and codecs.has_contents(tensor.contents):
                     raise codecs.CodecError("set both contents and a shared memory region; use one")
-                data = _shared_view(f"input {name!r}", tensor.parameters, shm)
-                inputs[name] = codecs.decode_raw(data, tensor.datatype, tensor.shape)
+                data = _shared_place(f"input {name!r}", tensor.parameters, shm).view()
+                inputs[name] = codecs.decode_raw(data, tensor.datatype, tensor.shape).copy()  # see shared_memory
             elif raw:
                 # HasField first: a client that never touched `contents` (the raw path) skips the field scan
                 if tensor.HasField("contents") and codecs.has_contents(tensor.contents):
@@ -82,7 +82,7 @@ class OutputRequests:
     """How the client asked to get outputs back, where it asked for more than the raw tensor."""
 
     classify: Mapping[str, int]  # output name -> class count: top classes instead of the tensor (below)
-    shared_memory: Mapping[str, memoryview]  # output name -> where in a registered region its bytes go
+    shared_memory: Mapping[str, Place]  # output name -> where in a registered region its bytes go
 
 
 def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | None = None) -> OutputRequests | None:
@@ -91,10 +91,12 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
         return None
     classify = classification_counts(message)
     targets = {
-        output.name: _shared_view(f"output {output.name!r}", output.parameters, shm)
+        output.name: _shared_place(f"output {output.name!r}", output.parameters, shm)
         for output in message.outputs
         if output.parameters and SHM_REGION in output.parameters
     }
+    for place in targets.values():
+        place.view()  # a region that is not there, or too small for the place, fails before the model runs
     return OutputRequests(classify, targets) if classify or targets else None
 
 
@@ -140,8 +142,8 @@ SHM_OFFSET = "shared_memory_offset"
 SHM_BYTE_SIZE = "shared_memory_byte_size"
 
 
-def _shared_view(what: str, params: Mapping[str, pb.InferParameter], shm: SystemSharedMemory | None) -> memoryview:
-    """The bytes a tensor's shared memory parameters name (tritonclient's ``set_shared_memory``)."""
+def _shared_place(what: str, params: Mapping[str, pb.InferParameter], shm: SystemSharedMemory | None) -> Place:
+    """Where a tensor's shared memory parameters put it (tritonclient's ``set_shared_memory``)."""
     region = params[SHM_REGION]
     if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
         raise invalid(f"{what}: {SHM_REGION} must be a region name (string_param)")
@@ -159,10 +161,11 @@ def _shared_view(what: str, params: Mapping[str, pb.InferParameter], shm: System
         values[key] = getattr(param, choice)
     if shm is None:
         raise invalid(f"{what}: this server does not take tensors in shared memory")
-    return shm.view(what, region.string_param, values[SHM_OFFSET], values[SHM_BYTE_SIZE])
+    return Place(shm, what, region.string_param, values[SHM_OFFSET], values[SHM_BYTE_SIZE])
 
 
-def _write_shared(name: str, array: np.ndarray, target: memoryview) -> None:
+def _write_shared(name: str, array: np.ndarray, place: Place) -> None:
+    target = place.view()  # checked again: the object may have shrunk while the model ran
     if array.dtype.kind in "OSU":  # BYTES: length-prefixed elements
         data = codecs.encode_raw(array)
         size = len(data)

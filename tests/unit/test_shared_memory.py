@@ -168,3 +168,25 @@ def test_plain_outputs_need_no_output_requests() -> None:
     assert output_requests(message) is None
     message.outputs.add(name="probs")
     assert output_requests(message) is None
+
+
+def test_a_shrunk_object_is_invalid_not_a_crash_and_inputs_are_copied_out(
+    tmp_path: Path, shm: SystemSharedMemory
+) -> None:
+    shm.register("in", "/data", 4096, 64)
+    message = pb.ModelInferRequest(model_name="m")
+    with_shm(message.inputs.add(name="x", datatype="FP32", shape=[4]), "in", 16)
+    shm.view("x", "in", 0, 16)[:] = np.ones(4, dtype=np.float32).tobytes()
+    request = decode_request(message, shm=shm)
+    shm.view("x", "in", 0, 16)[:] = bytes(16)  # the client reuses its region while the request is queued
+    assert request.inputs["x"].tolist() == [1.0] * 4  # copied when decoded
+
+    out = pb.ModelInferRequest(model_name="m")
+    with_shm(out.outputs.add(name="y"), "in", 16)
+    outputs = output_requests(out, shm)
+    with open(tmp_path / "data", "r+b") as f:
+        f.truncate(4100)  # touching the lost pages would kill the server with SIGBUS
+    shrunk = "shared memory object '/data' of region 'in' shrank to 4100 bytes"
+    assert code_of(lambda: decode_request(message, shm=shm)) == (ErrorCode.INVALID_ARGUMENT, f"input 'x': {shrunk}")
+    response = InferResponse(model="m", version=1, outputs={"y": np.zeros(4, np.float32)})
+    assert code_of(lambda: encode_response(response, outputs)) == (ErrorCode.INVALID_ARGUMENT, f"output 'y': {shrunk}")
