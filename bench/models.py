@@ -79,6 +79,12 @@ def _lstm(keras: Any) -> Any:
     return keras.Model(tokens, score, name="lstm")
 
 
+def _big_image(keras: Any) -> Any:
+    image = keras.Input(shape=(224, 224, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(image)
+    return keras.Model(image, keras.layers.Dense(10, activation="softmax")(x), name="big_image")
+
+
 def _tiny(keras: Any) -> Any:
     features = keras.Input(shape=(8,), name="features")
     return keras.Model(features, keras.layers.Dense(4)(features), name="tiny")
@@ -112,6 +118,12 @@ MODELS: dict[str, BenchModel] = {
             (InputSpec("tokens", "int32", (200,)),),
             _lstm,
             "Embedding 10000x128 -> LSTM 128 -> Dense 1 sigmoid on int32 ids, length 200",
+        ),
+        BenchModel(
+            "big_image",
+            (InputSpec("image", "float32", (224, 224, 3)),),
+            _big_image,
+            "GlobalAveragePooling -> Dense 10 on 224x224x3 (602 KB per sample, little compute: bench.shared_memory)",
         ),
         BenchModel("tiny", (InputSpec("features", "float32", (8,)),), _tiny, "Dense 4 on 8 features (smoke test)"),
     )

@@ -189,3 +189,19 @@ def test_gc_pauses_bench_times_collections_in_a_server_with_and_without_freezing
         assert row["errors"] == 0 and _positive(row["samples_per_s"]) and _positive(row["max_ms"])
         assert row["young"]["count"] > 0  # the timer saw the requests' collections inside the window
         assert row["outside_window_max_ms"] > 0  # and those of the start-up
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_shared_memory_bench_compares_raw_and_shared_inputs(tmp_path: Path) -> None:
+    results, stdout = run_bench(
+        "bench.shared_memory", "--models", "tiny", "--batches", "1,4", "--seconds", "0.2", "--rounds", "2",
+        out=tmp_path / "shm.json", timeout=170,
+    )  # fmt: skip
+    assert set(results["results"]) == {"tiny/b1", "tiny/b4"}
+    for row in results["results"].values():
+        assert row["input_bytes"] > 0 and _positive(row["shm_vs_raw"])
+        for mode in ("raw", "shm"):
+            assert len(row[mode]["rounds_requests_per_s"]) == 2
+            assert all(_positive(row[mode][k]) for k in ("requests_per_s", "p50_ms", "p99_ms", "requests"))
+    assert "shm / raw" in stdout
