@@ -14,6 +14,7 @@ from .errors import (
     UnavailableError,
 )
 from .options import Keepalive, RetryPolicy, TLSConfig, read_token_file
+from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedTensor
 from .stream import AsyncInferStream, InferStream
 from .wire import (
     Classification,
@@ -29,6 +30,8 @@ from .wire import (
 __all__ = [
     "AsyncClient",
     "AsyncInferStream",
+    "AsyncRegion",
+    "BlockingRegion",
     "CancelledError",
     "Classification",
     "Client",
@@ -47,6 +50,8 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "ServerError",
+    "SharedMemoryRegion",
+    "SharedTensor",
     "TLSConfig",
     "TensorConfig",
     "TensorInfo",

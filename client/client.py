@@ -30,6 +30,7 @@ from .options import (
     call_with_retry,
     client_config,
 )
+from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion
 from .stream import AsyncInferStream, InferStream
 from .wire import Classification, InferResult, ModelConfig, ModelIndexEntry, ModelMetadata
 
@@ -164,6 +165,23 @@ class Client:
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(self._call(self._stub.RepositoryIndex, request, timeout))
+
+    def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> BlockingRegion:
+        """A new POSIX shared memory object of `byte_size` bytes, registered with the server as region `name`
+        (generated when None): ``region.put(array)`` gives an input value that travels through it instead of the
+        message (kerve.client.shared_memory). Only for a server on this host. Close it (a `with` block): that
+        unregisters the region and removes the object."""
+
+        def unregister(region: SharedMemoryRegion) -> None:
+            self._call(self._stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
+
+        region = BlockingRegion(byte_size, name, unregister)
+        try:  # not retried: a registration that did land would make the retry ALREADY_EXISTS
+            self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
+        except BaseException:
+            region.release()
+            raise
+        return region
 
     def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
         """How the server runs the model: batch limit, per-row dims, dynamic batching, instance groups."""
@@ -322,6 +340,20 @@ class AsyncClient:
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(await self._call(self._stub.RepositoryIndex, request, timeout))
+
+    async def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> AsyncRegion:
+        """As `Client.shared_memory`; ``async with await client.shared_memory(n) as region:``."""
+
+        async def unregister(region: SharedMemoryRegion) -> None:
+            await self._call(self._stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
+
+        region = AsyncRegion(byte_size, name, unregister)
+        try:
+            await self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
+        except BaseException:
+            region.release()
+            raise
+        return region
 
     async def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
         request = pb.ModelConfigRequest(name=model, version=_version(version))

@@ -12,6 +12,7 @@ from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError, ServerError
+from .shared_memory import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedTensor
 
 CLASSIFICATION = "classification"  # the requested-output parameter of the V2 classification extension
 
@@ -108,7 +109,8 @@ def build_infer_request(
     request_id: str = "",
     class_counts: Mapping[str, int] | None = None,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server).
+    """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server), or as its place
+    in a registered shared memory region when the value is a SharedTensor (`Client.shared_memory`).
 
     `class_counts` ({output: k}) asks for those outputs' top k classes (the classification extension) instead of
     their tensors; they are requested besides `outputs` (so with `outputs` None, only they come back)."""
@@ -118,6 +120,13 @@ def build_infer_request(
         model_name=model, model_version="" if version is None else str(version), id=request_id
     )
     for name, value in inputs.items():
+        if isinstance(value, SharedTensor):  # in a registered region: the request names its place, no raw entry
+            tensor = request.inputs.add(name=name, datatype=value.datatype, shape=list(value.shape))
+            tensor.parameters[SHM_REGION].string_param = value.region
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = value.byte_size
+            if value.offset:
+                tensor.parameters[SHM_OFFSET].int64_param = value.offset
+            continue
         array = np.asarray(value)
         if array.dtype.kind == "U":
             array = array.astype(object)
