@@ -53,6 +53,7 @@ class Classification:
     output: str
     indices: np.ndarray
     scores: np.ndarray
+    labels: np.ndarray | None = None  # the classes' names (str, "" where a class has none); None: the model has none
 
 
 @dataclass(frozen=True)
@@ -202,13 +203,17 @@ def parse_classification(result: InferResult, output: str) -> Classification:
         raise ServerError(f"output {output!r}: expected classification labels (BYTES), got {got}")
     scores = np.empty(labels.shape, dtype=np.float64)
     indices = np.empty(labels.shape, dtype=np.int64)
+    names = np.full(labels.shape, "", dtype=object)
     for at, label in np.ndenumerate(labels):
         try:
-            score, index = bytes(label).split(b":", 2)[:2]
+            score, index, *name = bytes(label).split(b":", 2)
             scores[at], indices[at] = float(score), int(index)
+            if name:
+                names[at] = name[0].decode("utf-8", errors="replace")
         except ValueError:
             raise ServerError(f"output {output!r}: malformed classification label {label!r}") from None
-    return Classification(result.model_name, result.model_version, output, indices, scores)
+    named = names if any(names.flat) else None
+    return Classification(result.model_name, result.model_version, output, indices, scores, named)
 
 
 def _config_datatype(value: int) -> str:

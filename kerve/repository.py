@@ -2,6 +2,7 @@
 
     <repo>/<model>/config.yaml        optional per-model settings
     <repo>/<model>/<version>/         a SavedModel (integer version >= 1) with kerve.json beside saved_model.pb
+    <repo>/<model>/<version>/labels.txt   optional class names, one per line (line i names class i)
     <repo>/<model>/.tmp-*/            a publish in progress; readers ignore every dot-directory
 
 Publishing writes into a dot-directory and renames it into place, so a reader sees a version either whole or
@@ -26,6 +27,7 @@ METADATA_FILE = "kerve.json"
 CONFIG_FILE = "config.yaml"
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
+LABELS_FILE = "labels.txt"
 TMP_PREFIX = ".tmp-"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -105,6 +107,25 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RepositoryError(f"{meta}: metadata must be a JSON object")
     return data
+
+
+def class_labels(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """A classifier version's class names, index i -> name i: its labels.txt (one per line, like a Triton label
+    file), else the `dataset.class_names` kerve's training records in kerve.json for a classification task; None
+    when neither names them. Raises RepositoryError for an unreadable file."""
+    labels = Path(path) / LABELS_FILE
+    if labels.is_file():
+        try:
+            names = labels.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RepositoryError(f"{labels}: unreadable labels: {exc}") from exc
+        return tuple(names) or None
+    meta = read_metadata(path)
+    dataset = meta.get("dataset")
+    names = dataset.get("class_names") if meta.get("task") == "classification" and isinstance(dataset, dict) else None
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return None
 
 
 def clean_stale_tmp(

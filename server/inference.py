@@ -282,6 +282,7 @@ class Call:
                 outputs={name: outputs[name] for name in self.output_names},
                 id=self.request.id,
                 output_specs={n: self.signature.outputs[n] for n in self.output_names},
+                class_labels=entry.class_labels if len(self.signature.outputs) == 1 else None,
             )
         except Exception as exc:
             self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output missing or unusable: {exc!r}"))

@@ -71,6 +71,7 @@ class ModelVersion:
     config: ModelConfig = field(default_factory=ModelConfig)  # the model's config when this version loaded
     fingerprint: tuple[int, ...] = ()  # of the files on disk when it loaded: a FAILED version retries on change
     warmup_requests: int = 0
+    class_labels: tuple[str, ...] | None = None  # class i's name (kerve.repository.class_labels), for classification
     inflight: int = 0
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
@@ -317,14 +318,19 @@ class ModelManager:
         entry = record.versions.get(version)
         return entry is None or entry.state in (VersionState.UNLOADED, VersionState.FAILED)
 
-    def _load_and_warm(self, model: str, path: Path, config: ModelConfig) -> tuple[Any, int]:
+    def _load_and_warm(self, model: str, path: Path, config: ModelConfig) -> tuple[Any, int, tuple[str, ...] | None]:
         servable = self._loader(path, config)
         try:
             warmed = self._warmup(model, path, servable) if self._warmup is not None else 0
         except BaseException:
             _close(servable)  # a version that fails warm-up gives back its devices (servables close synchronously)
             raise
-        return servable, warmed
+        try:
+            labels = repository.class_labels(path)
+        except repository.RepositoryError as exc:  # labels are a nicety: the version still serves without them
+            log.warning("%s: serving without class labels: %s", path, exc)
+            labels = None
+        return servable, warmed, labels
 
     async def _load(self, record: _Model, version: int, config: ModelConfig, fingerprint: tuple[int, ...]) -> None:
         path = repository.version_dir(self.repository, record.name, version)
@@ -334,7 +340,7 @@ class ModelManager:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            entry.servable, entry.warmup_requests = await loop.run_in_executor(
+            entry.servable, entry.warmup_requests, entry.class_labels = await loop.run_in_executor(
                 self._executor, self._load_and_warm, record.name, path, config
             )
         except Exception as exc:  # a broken version must never take the server down

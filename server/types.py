@@ -46,3 +46,4 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str = ""
     output_specs: dict[str, TensorSpec] = field(default_factory=dict)
+    class_labels: tuple[str, ...] | None = None  # class i's name, for a single-output classifier that has them

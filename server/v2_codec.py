@@ -126,7 +126,7 @@ def encode_response(response: InferResponse, requests: OutputRequests | None = N
     message = pb.ModelInferResponse(model_name=response.model, model_version=str(response.version), id=response.id)
     for name, array in response.outputs.items():
         if requests is not None and name in requests.classify:
-            array = top_classes(name, array, requests.classify[name])
+            array = top_classes(name, array, requests.classify[name], response.class_labels)
         datatype = _datatype(response.model, "output", name, array.dtype)
         message.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if requests is not None and name in requests.shared_memory:
@@ -232,10 +232,11 @@ def classification_counts(message: pb.ModelInferRequest) -> dict[str, int]:
     return counts
 
 
-def top_classes(name: str, scores: np.ndarray, count: int) -> np.ndarray:
+def top_classes(name: str, scores: np.ndarray, count: int, labels: Sequence[str] | None = None) -> np.ndarray:
     """The ``count`` highest scores per row as BYTES ``"<value>:<index>"``, highest first (ties: lower index
     first), as Triton answers: shape [batch, count] for a batched output, [count] for one without a batch dimension.
-    Every element of a row past the batch dimension is a class. Fewer classes than ``count``: all of them."""
+    Every element of a row past the batch dimension is a class. Fewer classes than ``count``: all of them. With
+    ``labels``, ``"<value>:<index>:<label>"`` for a class that has one, as Triton does with a label file."""
     if scores.dtype.kind == "V" and scores.dtype.name == codecs.BFLOAT16:
         scores = scores.astype(np.float32)  # exact: every bfloat16 value is a float32 one
     if scores.dtype.kind not in "biuf" or scores.ndim == 0 or scores.size == 0:
@@ -244,11 +245,12 @@ def top_classes(name: str, scores: np.ndarray, count: int) -> np.ndarray:
         )
     rows = scores.reshape(len(scores), -1) if scores.ndim > 1 else scores.reshape(1, -1)
     order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
-    labels = np.empty(order.shape, dtype=object)
+    out = np.empty(order.shape, dtype=object)
     for r, indices in enumerate(order):
         for c, index in enumerate(indices):
-            labels[r, c] = f"{_number(rows[r, index])}:{index}".encode()
-    return labels if scores.ndim > 1 else labels[0]
+            label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
+            out[r, c] = f"{_number(rows[r, index])}:{index}{label}".encode()
+    return out if scores.ndim > 1 else out[0]
 
 
 def _number(value: np.generic) -> str:

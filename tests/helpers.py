@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kerve.client import Client
 from kerve.quickstart import free_port, start_server, wait_until_ready
 
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # for cnn's 10 classes
+
 
 def build_models(repo: Path) -> None:
     """A small CNN on 8x8x1 images and a two-input model (float features + int64 ids)."""

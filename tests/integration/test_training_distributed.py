@@ -57,7 +57,11 @@ def test_mirrored_strategy_on_two_cpu_devices_trains_exports_and_serves(tmp_path
     d = data.load_digits_split(seed=0)
     with running_server(repo, tmp_path) as (target, _proc), Client(target) as client:
         result = client.infer("digits", {"image": d.x_test})
+        top = client.classify("digits", {"image": d.x_test[:3]}, top_k=2)
     assert result.model_version in ("1", 1)
+    # the class names training recorded in kerve.json name the classes in classification answers
+    assert top.labels is not None
+    assert top.labels.tolist() == [[meta["dataset"]["class_names"][i] for i in row] for row in top.indices]
     probabilities = result.outputs[output]
     assert probabilities.shape == (len(d.y_test), 10)
     accuracy = float((probabilities.argmax(axis=1) == d.y_test).mean())

@@ -68,10 +68,14 @@ def test_labels_parse_into_indices_and_scores_of_the_same_shape() -> None:
     assert top.indices.dtype == np.int64 and top.scores.dtype == np.float64
     np.testing.assert_array_equal(top.indices, [[3, 0], [9, 2]])
     np.testing.assert_array_equal(top.scores, [[0.75, 0.25], [1.0, -0.5]])
+    assert top.labels is not None and top.labels.tolist() == [["", ""], ["", "cat"]]  # "" where a class has none
+    named = parse_classification(InferResult("m", "2", "", {"p": labels([[b"0.5:1:a:b"]])}), "p")
+    assert named.labels is not None and named.labels.tolist() == [["a:b"]]  # a label may hold ':'
 
     flat = np.array([b"0.5:1", b"nan:0"], dtype=object)  # an output without a batch dimension
     unbatched = parse_classification(InferResult("m", "1", "", {"p": flat}), "p")
     assert unbatched.indices.tolist() == [1, 0] and unbatched.scores[0] == 0.5 and np.isnan(unbatched.scores[1])
+    assert unbatched.labels is None  # the model has no labels
 
 
 @pytest.mark.parametrize(

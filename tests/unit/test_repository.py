@@ -179,3 +179,22 @@ def test_read_metadata(tmp_path: Path) -> None:
     (tmp_path / repository.METADATA_FILE).write_text("{not json")
     with pytest.raises(RepositoryError, match="unreadable"):
         repository.read_metadata(tmp_path)
+
+
+def test_class_labels_from_a_labels_file_or_the_training_metadata(tmp_path: Path) -> None:
+    version = tmp_path / "1"
+    version.mkdir()
+    assert repository.class_labels(version) is None
+    (version / repository.METADATA_FILE).write_text(
+        json.dumps({"task": "classification", "dataset": {"class_names": ["cat", "dog"]}})
+    )
+    assert repository.class_labels(version) == ("cat", "dog")
+    (version / repository.METADATA_FILE).write_text(
+        json.dumps({"task": "regression", "dataset": {"class_names": ["x"]}})
+    )
+    assert repository.class_labels(version) is None
+    (version / repository.LABELS_FILE).write_text("zero\none\n")  # a Triton-style label file wins
+    assert repository.class_labels(version) == ("zero", "one")
+    (version / repository.LABELS_FILE).write_bytes(b"\xff\xfe")
+    with pytest.raises(RepositoryError, match="unreadable labels"):
+        repository.class_labels(version)

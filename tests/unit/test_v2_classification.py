@@ -84,3 +84,11 @@ def test_encode_response_sends_classified_outputs_as_bytes_and_the_rest_raw() ->
     assert codecs.decode_raw(message.raw_output_contents[0], "BYTES", [1, 2]).tolist() == [[b"0.6:1", b"0.3:2"]]
     assert (b.name, b.datatype, list(b.shape)) == ("other", "FP32", [1, 1])
     assert encode_response(response).outputs[0].datatype == "FP32"
+
+
+def test_labels_name_the_classes_that_have_one() -> None:
+    scores = np.array([[0.1, 0.7, 0.2]], dtype=np.float32)
+    assert top_classes("p", scores, 3, ("a", "b")).tolist() == [[b"0.7:1:b", b"0.2:2", b"0.1:0:a"]]
+    response = InferResponse(model="m", version=1, outputs={"probs": scores}, class_labels=("x", "y", "z"))
+    message = encode_response(response, output_requests(request(classification=pb.InferParameter(int64_param=1))))
+    assert codecs.decode_raw(message.raw_output_contents[0], "BYTES", [1, 1]).tolist() == [[b"0.7:1:y"]]

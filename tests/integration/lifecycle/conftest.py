@@ -56,6 +56,8 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     _copies(cnn, repo, "some", (1, 2, 3), "version_policy: {specific: [1, 3]}\n")
     _copies(cnn, repo, "labeled", (1, 2), "labels: {stable: 1, canary: 2}\n")
     _copies(cnn, repo, "badcfg", (1,), "version_policy: {latest: 0}\n")
+    _copies(cnn, repo, "classes", (1,))
+    (repo / "classes" / "1" / "labels.txt").write_text("".join(f"{name}\n" for name in helpers.CLASS_NAMES))
     _copies(cnn, repo, "warm", (1,))
     _write_warmup(repo / "warm" / "1", "warm", "image", np.zeros((2, 8, 8, 1), np.float32))  # kerve train's writer
     _copies(cnn, repo, "warmbad", (1,))
