@@ -25,6 +25,7 @@ from pathlib import Path
 from .errors import ErrorCode, ServingError, invalid
 
 SHM_ROOT = Path("/dev/shm")
+MAX_REGIONS = 256  # each holds a file descriptor: a client registering without end must not exhaust the server's
 _KEY = re.compile(r"^/?[A-Za-z0-9_.-]{1,250}$")
 
 
@@ -64,6 +65,12 @@ class SystemSharedMemory:
             raise invalid("a shared memory region needs a name")
         if name in self._regions:
             raise ServingError(ErrorCode.ALREADY_EXISTS, f"shared memory region {name!r} is already registered")
+        if len(self._regions) >= MAX_REGIONS:
+            raise ServingError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{MAX_REGIONS} shared memory regions are registered, the most one server process holds; "
+                "unregister some first",
+            )
         if not _KEY.match(key) or key.strip("/") in (".", ".."):
             raise invalid(f"shared memory key {key!r} is not a POSIX shared memory name like '/region'")
         if byte_size < 1:

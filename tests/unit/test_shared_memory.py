@@ -190,3 +190,15 @@ def test_a_shrunk_object_is_invalid_not_a_crash_and_inputs_are_copied_out(
     assert code_of(lambda: decode_request(message, shm=shm)) == (ErrorCode.INVALID_ARGUMENT, f"input 'x': {shrunk}")
     response = InferResponse(model="m", version=1, outputs={"y": np.zeros(4, np.float32)})
     assert code_of(lambda: encode_response(response, outputs)) == (ErrorCode.INVALID_ARGUMENT, f"output 'y': {shrunk}")
+
+
+def test_the_number_of_regions_is_bounded(shm: SystemSharedMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kerve.server import shared_memory
+
+    monkeypatch.setattr(shared_memory, "MAX_REGIONS", 2)
+    shm.register("a", "/data", 0, 8)
+    shm.register("b", "/data", 8, 8)
+    code, message = code_of(lambda: shm.register("c", "/data", 16, 8))
+    assert code is ErrorCode.RESOURCE_EXHAUSTED and "2 shared memory regions are registered" in message
+    shm.unregister("a")
+    shm.register("c", "/data", 16, 8)
