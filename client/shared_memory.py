@@ -13,7 +13,6 @@ host that serves the extension (``--shared-memory``, kerve's default).
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
 import uuid
@@ -33,7 +32,6 @@ SHM_ROOT = Path("/dev/shm")
 SHM_REGION = "shared_memory_region"  # an input tensor's parameters naming its place (Triton's names)
 SHM_OFFSET = "shared_memory_offset"
 SHM_BYTE_SIZE = "shared_memory_byte_size"
-_names = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,9 @@ class SharedMemoryRegion:
             raise InvalidArgumentError(f"a shared memory region needs a positive byte size, got {byte_size!r}")
         if not SHM_ROOT.is_dir():
             raise InvalidArgumentError(f"no POSIX shared memory here ({SHM_ROOT} does not exist)")
-        self.name = name or f"kerve-{os.getpid()}-{next(_names)}"
-        self.key = f"/kerve-{uuid.uuid4().hex}"
+        unique = uuid.uuid4().hex  # not the pid: clients in containers of one pod can all be pid 1
+        self.name = name or f"kerve-{unique}"
+        self.key = f"/kerve-{unique}"
         self.byte_size = byte_size
         self._path = SHM_ROOT / self.key[1:]
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
