@@ -161,7 +161,7 @@ class KerveServer:
                 await processes.wait_for_group(*self.settings.group_fds, self.settings.process_index or 0)
         await self._listen()
         if not grouped:
-            await self.manager.load_all()
+            await self.manager.load_all(self.settings.load_models)
         self.manager.start_polling(self.settings.poll_interval_s)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         ready = [f"{e.model}:{e.version}" for e in self.manager.entries() if e.servable is not None]
@@ -213,7 +213,11 @@ async def serve(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:  # e.g. a --load-model name the repository lacks: close the port before exiting
+        await server.stop()
+        raise
     await stop.wait()
     await server.stop()
     return 0
@@ -232,6 +236,6 @@ def main(settings: ServerSettings) -> int:
     log.info("event loop: %s", loop_name)
     try:
         return run(serve(settings))
-    except SecurityConfigError as exc:
+    except (SecurityConfigError, FileNotFoundError) as exc:  # a bad start-up setting: one line, not a traceback
         log.error("%s", exc)
         return 2

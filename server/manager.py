@@ -24,7 +24,7 @@ import enum
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,11 +152,20 @@ class ModelManager:
 
     # --- lifecycle entry points ---------------------------------------------------------------------------
 
-    async def load_all(self) -> None:
-        """Load every model in the repository (both control modes); failures are recorded, not raised."""
+    async def load_all(self, only: Sequence[str] | None = None) -> None:
+        """Load every model in the repository (both control modes), or with `only` (explicit control's
+        --load-model, as Triton's) just those, the rest left for RepositoryModelLoad; failures are recorded, not
+        raised. A name in `only` that the repository lacks raises FileNotFoundError: the server must not start."""
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
-        await self._sync_many(repository.list_models(self.repository))
+        names = repository.list_models(self.repository)
+        if only is not None:
+            self.require_explicit("loading only some models at start")
+            missing = sorted(set(only) - set(names))
+            if missing:
+                raise FileNotFoundError(f"--load-model {', '.join(missing)}: not in model repository {self.repository}")
+            names = [name for name in names if name in set(only)]
+        await self._sync_many(names)
         self.initial_load_done = True
 
     async def poll(self) -> None:

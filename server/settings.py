@@ -35,6 +35,7 @@ class ServerSettings:
     model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
+    load_models: tuple[str, ...] | None = None  # explicit control: the models loaded at start (None: all)
     processes: int = 1  # >1: that many server processes share the port (server/processes.py), children included
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
@@ -68,6 +69,8 @@ class ServerSettings:
             raise ValueError(f"--model-control must be poll or explicit, got {self.model_control!r}")
         if self.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.load_models is not None and self.model_control != "explicit":
+            raise ValueError("--load-model needs --model-control explicit (poll mode serves the whole repository)")
         if self.processes > 1 and self.model_control == "explicit":
             raise ValueError(
                 "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
@@ -149,8 +152,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-control",
         choices=["poll", "explicit"],
         default=_env("MODEL_CONTROL", "poll"),
-        help="poll: follow the repository; explicit: load what is there at start, then change models only "
-        "through RepositoryModelLoad/Unload and HandleReloadConfigRequest (env KERVE_MODEL_CONTROL)",
+        help="poll: follow the repository; explicit: load what is there at start (or the --load-model ones), then "
+        "change models only through RepositoryModelLoad/Unload and HandleReloadConfigRequest (env KERVE_MODEL_CONTROL)",
+    )
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="with --model-control explicit: load only this model at start (repeatable; '*' = all, the default), "
+        "the others wait for RepositoryModelLoad, as Triton's --load-model (env KERVE_LOAD_MODELS, comma-separated)",
     )
     parser.add_argument(
         "--processes",
@@ -308,6 +319,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         model_thread_nice=args.model_thread_nice,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
+        load_models=_load_models(args.load_model),
         processes=args.processes,
         process_index=args.process_index,
         group_fds=_fd_pair(args.group_fds),
@@ -316,6 +328,15 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
         shared_memory=_env_flag("SHARED_MEMORY", True) if args.shared_memory is None else args.shared_memory,
     )
+
+
+def _load_models(flags: list[str] | None) -> tuple[str, ...] | None:
+    """--load-model values, else KERVE_LOAD_MODELS; None (every model) when neither names any or one says '*'."""
+    names = flags if flags is not None else [n for n in (_env("LOAD_MODELS", "") or "").split(",") if n.strip()]
+    names = [n.strip() for n in names]
+    if not names or "*" in names:
+        return None
+    return tuple(dict.fromkeys(names))
 
 
 def _fd_pair(text: str | None) -> tuple[int, int] | None:

@@ -301,3 +301,26 @@ def test_explicit_control(tmp_path: Path) -> None:
         assert manager.ready_versions("b") == [1]
 
     run(tmp_path, body, control=EXPLICIT)
+
+
+def test_explicit_control_can_load_only_some_models_at_start(tmp_path: Path) -> None:
+    for model in ("a", "b", "c"):
+        version(tmp_path, model, 1)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            manager = ModelManager(tmp_path, Loader(), executor, Metrics(), control=EXPLICIT)
+            with pytest.raises(FileNotFoundError, match="--load-model zz: not in model repository"):
+                await manager.load_all(["a", "zz"])
+            await manager.load_all(["c", "a"])
+            assert manager.models() == ["a", "c"]
+            assert [(r.model, r.state, r.reason) for r in manager.index() if r.model == "b"] == [
+                ("b", "UNLOADED", "not loaded")
+            ]
+            await manager.load_model("b")  # the others wait for RepositoryModelLoad
+            assert manager.ready_versions("b") == [1]
+            polled = ModelManager(tmp_path, Loader(), executor, Metrics())
+            with pytest.raises(ServingError, match="needs explicit model control"):
+                await polled.load_all(["a"])
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -114,3 +114,15 @@ def test_shared_memory_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KERVE_SHARED_MEMORY", "0")
     assert _settings(tmp_path).shared_memory is False
     assert _settings(tmp_path, "--shared-memory").shared_memory is True
+
+
+def test_load_model_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = ("--model-control", "explicit")
+    assert _settings(tmp_path, *explicit).load_models is None
+    assert _settings(tmp_path, *explicit, "--load-model", "a", "--load-model", "b").load_models == ("a", "b")
+    assert _settings(tmp_path, *explicit, "--load-model", "a", "--load-model", "*").load_models is None
+    monkeypatch.setenv("KERVE_LOAD_MODELS", "x, y")
+    assert _settings(tmp_path, *explicit).load_models == ("x", "y")
+    assert _settings(tmp_path, *explicit, "--load-model", "a").load_models == ("a",)  # the flag wins
+    with pytest.raises(ValueError, match="--load-model needs --model-control explicit"):
+        _settings(tmp_path, "--load-model", "a")

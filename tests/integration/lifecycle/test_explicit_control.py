@@ -115,3 +115,31 @@ def test_handle_reload_config_request_sets_the_served_models(explicit, channel, 
     assert_code(lambda: reload({"name": "b", "base_path": "/etc"}), grpc.StatusCode.INVALID_ARGUMENT, "base_path")
     assert_code(lambda: reload({"name": "nope"}), grpc.StatusCode.NOT_FOUND)
     assert ready(v2, "a") and ready(v2, "b")  # rejected requests changed nothing
+
+
+def test_load_model_picks_what_loads_at_start(explicit, tmp_path) -> None:
+    """--load-model (Triton's): only the named models load at start; the rest wait for RepositoryModelLoad, and a
+    name the repository lacks stops the server at once with one line saying so."""
+    import subprocess
+    import sys
+
+    from helpers import running_server
+
+    with running_server(explicit.repo, tmp_path, "--model-control", "explicit", "--load-model", "a") as (target, _):
+        client = triton.InferenceServerClient(target)
+        try:
+            assert client.is_model_ready("a") and not client.is_model_ready("b")
+            index = {
+                (m["name"], m.get("state"), m.get("reason"))
+                for m in client.get_model_repository_index(as_json=True)["models"]
+            }
+            assert ("b", "UNLOADED", "not loaded") in index
+            client.load_model("b")
+            assert client.is_model_ready("b")
+        finally:
+            client.close()
+    cmd = [sys.executable, "-m", "kerve", "serve", "--model-repository", str(explicit.repo), "--port", "0",
+           "--metrics-port", "0", "--model-control", "explicit", "--load-model", "nope"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--load-model nope: not in model repository" in proc.stderr and "Traceback" not in proc.stderr
