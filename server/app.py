@@ -25,6 +25,7 @@ from . import event_loop, heap, processes, tfs_service, thread_priority, warmup
 from .cpus import usable_cores
 from .devices import configure_devices, thread_counts
 from .inference import InferenceEngine
+from .log_settings import LogSettings
 from .manager import ModelManager
 from .metrics import Metrics
 from .model import ReplicaLoader
@@ -121,8 +122,9 @@ class KerveServer:
         self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.server = grpc.aio.server(options=options, interceptors=server_interceptors(settings.auth_token_file))
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
+        logs = LogSettings(log_format(settings.process_index))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory), self.server
+            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory, logs), self.server
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tfs_service.PredictionServicer(self.manager, self.engine), self.server

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .batcher import Batcher, BatchingConfig, BatchStats, Ticket
 from .errors import ErrorCode, ServingError
+from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
 from .types import InferRequest, InferResponse
@@ -102,6 +103,8 @@ class InferenceEngine:
         kerve_requests_total sees every request; no latency is observed for it."""
         model_label = model if self.manager.knows(model) else UNKNOWN_MODEL
         self.metrics.count_request(model_label, "", protocol, error.code.value)
+        if REQUESTS.verbose:
+            REQUESTS.logger.debug("%s request for %s rejected: %s: %s", protocol, model, error.code.value, error)
 
     def _run_alone(self, call: Call, signature: Any, inputs: dict[str, Any], output_names: list[str]) -> None:
         """A request that does not go through a batcher: one model call in a worker thread, one hop back."""
@@ -339,9 +342,13 @@ class Call:
     def _observe(self, code: str) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.
         version = str(self.entry.version) if self.entry is not None else ""
-        self._engine.metrics.observe_request(
-            self._model_label, version, self.request.protocol, code, time.monotonic() - self.started
-        )
+        seconds = time.monotonic() - self.started
+        self._engine.metrics.observe_request(self._model_label, version, self.request.protocol, code, seconds)
+        if REQUESTS.verbose:  # log_verbose_level >= 1 (LogSettings): one line per request
+            REQUESTS.logger.debug(
+                "%s request %r for %s version %s: %s after %.2f ms",
+                self.request.protocol, self.request.id, self.request.model, version or "-", code, 1e3 * seconds,
+            )  # fmt: skip
 
 
 def _model_failed(model: str, exc: BaseException) -> ServingError:

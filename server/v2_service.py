@@ -13,7 +13,7 @@ import kerve
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import v2_codec
+from . import log_settings, v2_codec
 from .errors import ErrorCode, ServingError
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
@@ -24,8 +24,9 @@ from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
-EXTENSIONS = ["classification", "statistics", "model_repository", "model_configuration"]
+EXTENSIONS = ["classification", "statistics", "model_repository", "model_configuration", "logging"]
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
+_SETTING_FIELDS = {bool: "bool_param", int: "uint32_param", str: "string_param"}  # LogSettings values by type
 STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)
 
 
@@ -40,11 +41,13 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         engine: InferenceEngine,
         is_ready: Callable[[], bool],
         shared_memory: SystemSharedMemory | None = None,
+        logs: log_settings.LogSettings | None = None,
     ) -> None:
         self.manager = manager
         self.engine = engine
         self._is_ready = is_ready
         self.shared_memory = shared_memory  # None: the extension is off (--no-shared-memory)
+        self.logs = logs if logs is not None else log_settings.LogSettings(log_settings.DEFAULT_FORMAT)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -240,6 +243,27 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:
             await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
+
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogSettingsResponse:
+        """Read the logging settings, or change the ones named (tritonclient's get/update_log_settings)."""
+        changes: dict[str, bool | int | str] = {}
+        for key, value in request.settings.items():
+            choice = value.WhichOneof("parameter_choice")
+            if choice is None:
+                await abort(context, ServingError(ErrorCode.INVALID_ARGUMENT, f"log setting {key!r} has no value"))
+            changes[key] = getattr(value, choice)
+        try:
+            current = self.logs.update(changes)
+        except ServingError as exc:
+            await abort(context, exc)
+        if changes:
+            log.info("log settings changed: %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+        response = pb.LogSettingsResponse()
+        for key, value in current.items():
+            setattr(response.settings[key], _SETTING_FIELDS[type(value)], value)
+        return response
 
     def _regions(self) -> SystemSharedMemory:
         if self.shared_memory is None:
