@@ -26,14 +26,19 @@ def capture() -> Iterator[Capture]:
     handler = Capture()
     root = logging.getLogger()
     root.addHandler(handler)
-    level = root.level
+    level, kerve_level = root.level, logging.getLogger("kerve").level
+    saved = [(h, h.formatter, list(h.filters)) for h in root.handlers]  # pytest's own handlers too
     root.setLevel(logging.DEBUG)
     try:
         yield handler
-    finally:
-        LogSettings(DEFAULT_FORMAT).update({})  # back to the defaults for the other tests
+    finally:  # leave logging as the other tests found it
+        REQUESTS.verbose = False
+        for h, formatter, filters in saved:
+            h.setFormatter(formatter)
+            h.filters[:] = filters
         root.removeHandler(handler)
         root.setLevel(level)
+        logging.getLogger("kerve").setLevel(kerve_level)
 
 
 def test_defaults_and_a_bad_change_changes_nothing(capture: Capture) -> None:
