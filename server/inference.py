@@ -79,17 +79,14 @@ class InferenceEngine:
             call.cancel()
             raise
 
-    def start(self, request: InferRequest, completion: Completion | None = None) -> Call:
+    def start(self, request: InferRequest, completion: Completion) -> Call:
         """Start a request without a coroutine: validated and queued (or sent to a worker) before this returns.
 
-        The response (or a ServingError) lands on ``completion`` (a new asyncio future when None; the call's
-        ``future`` either way) from the batch's completion callback, with no task per request and no extra loop
-        turn: a stream can keep many requests in flight by holding their calls. A request rejected up front
-        (unknown model, bad inputs, queue full) raises here and leaves ``completion`` untouched. Whoever stops
-        waiting calls `Call.cancel`.
+        The response (or a ServingError) lands on ``completion`` (an asyncio future, or a stream's slot) from the
+        batch's completion callback, with no task per request and no extra loop turn: a stream can keep many
+        requests in flight by holding their calls. A request rejected up front (unknown model, bad inputs, queue
+        full) raises here and leaves ``completion`` untouched. Whoever stops waiting calls `Call.cancel`.
         """
-        if completion is None:
-            completion = asyncio.get_running_loop().create_future()
         call = Call(self, request, completion)
         try:
             call.begin()
@@ -209,7 +206,7 @@ class Call:
     """One request through the engine, from acquire to release; also the batcher's sink for its outputs.
 
     Bookkeeping happens once, whichever way the request ends (outputs, error, cancellation): the version is
-    released, its statistics and the request metrics are recorded, the in-flight gauge drops, and `future` gets
+    released, its statistics and the request metrics are recorded, the in-flight gauge drops, and `completion` gets
     the InferResponse or the ServingError.
     """
 
@@ -219,9 +216,9 @@ class Call:
         "_model_label",
         "_ticket",
         "batcher",
+        "completion",
         "entry",
         "finished",
-        "future",
         "output_names",
         "request",
         "rows",
@@ -230,10 +227,10 @@ class Call:
         "work",
     )
 
-    def __init__(self, engine: InferenceEngine, request: InferRequest, future: Completion) -> None:
+    def __init__(self, engine: InferenceEngine, request: InferRequest, completion: Completion) -> None:
         self._engine = engine
         self.request = request
-        self.future = future
+        self.completion = completion
         self.started = time.monotonic()
         self._model_label = request.model if engine.manager.knows(request.model) else UNKNOWN_MODEL
         self._inflight = engine.metrics.inflight_gauge(self._model_label)
@@ -293,8 +290,8 @@ class Call:
         self._end()
         entry.stats.record_success(time.monotonic() - self.started, self.rows)
         self._observe("OK")
-        if not self.future.done():
-            self.future.set_result(response)
+        if not self.completion.done():
+            self.completion.set_result(response)
 
     def set_exception(self, exception: BaseException, /) -> None:
         if isinstance(exception, ServingError):
@@ -313,14 +310,14 @@ class Call:
         if self.entry is not None:
             self.entry.stats.record_failure(time.monotonic() - self.started)
         self._observe(error.code.value)
-        if deliver and not self.future.done():
-            self.future.set_exception(error)
+        if deliver and not self.completion.done():
+            self.completion.set_exception(error)
 
     def cancel(self) -> None:
         """The caller stopped waiting: drop what has not run yet, count the request CANCELLED."""
         if self.finished:
-            if self.future.done() and not self.future.cancelled():
-                self.future.exception()  # mark it retrieved: asyncio would log a dropped failure as unhandled
+            if self.completion.done() and not self.completion.cancelled():
+                self.completion.exception()  # mark it retrieved: asyncio would log a dropped failure as unhandled
             return
         if self.batcher is not None and self._ticket is not None:
             self.batcher.abandon(self._ticket)
@@ -328,7 +325,7 @@ class Call:
             self.work.cancel()
         self._end()
         self._observe("CANCELLED")
-        self.future.cancel()
+        self.completion.cancel()
 
     def _end(self) -> None:
         self.finished = True

@@ -133,14 +133,14 @@ def test_rejections_raise_from_start_and_are_counted() -> None:
 
     async def main() -> None:
         with pytest.raises(ServingError) as info:  # unknown model: no version was acquired
-            engine.start(request(model="nope"))
+            engine.start(request(model="nope"), asyncio.get_running_loop().create_future())
         assert info.value.code is ErrorCode.NOT_FOUND
         bad = InferRequest(model="m", inputs={"x": np.ones((1, 3), np.float32)})
         with pytest.raises(ServingError) as info:  # wrong shape: released again
-            engine.start(bad)
+            engine.start(bad, asyncio.get_running_loop().create_future())
         assert info.value.code is ErrorCode.INVALID_ARGUMENT and "'x'" in info.value.message
         with pytest.raises(ServingError) as info:  # more rows than the queue may hold
-            engine.start(request(rows=5))
+            engine.start(request(rows=5), asyncio.get_running_loop().create_future())
         assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
 
     asyncio.run(main())
@@ -162,14 +162,14 @@ def test_cancelled_requests_never_run_and_are_released() -> None:
         while not model.calls:  # the first request is in the model
             await asyncio.sleep(0.001)
         unary = asyncio.ensure_future(engine.infer(request()))
-        streamed = engine.start(request())
+        streamed = engine.start(request(), asyncio.get_running_loop().create_future())
         await asyncio.sleep(0.01)
         unary.cancel()
         streamed.cancel()
         streamed.cancel()  # twice is harmless
         with pytest.raises(asyncio.CancelledError):
             await unary
-        assert streamed.future.cancelled()
+        assert streamed.completion.cancelled()
         assert manager.entry.inflight == 1 and inflight(metrics) == 1  # only the running one is left
         model.gate.set()
         await running
@@ -190,12 +190,12 @@ def test_deadline_passed_in_the_queue() -> None:
         running = asyncio.ensure_future(engine.infer(request()))
         while not model.calls:
             await asyncio.sleep(0.001)
-        late = engine.start(request(deadline=loop.time() + 0.01))
+        late = engine.start(request(deadline=loop.time() + 0.01), asyncio.get_running_loop().create_future())
         await asyncio.sleep(0.05)
         model.gate.set()  # the replica frees up after the deadline: the queued request is failed, not run
         await running
         with pytest.raises(ServingError) as info:
-            await late.future
+            await late.completion
         assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
 
     asyncio.run(main())
@@ -214,7 +214,7 @@ def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> Non
         running = asyncio.ensure_future(engine.infer(request(3)))
         while not model.calls:
             await asyncio.sleep(0.001)
-        queued = engine.start(request(3))
+        queued = engine.start(request(3), asyncio.get_running_loop().create_future())
         queued.cancel()
         model.gate.set()
         await running
