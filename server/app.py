@@ -36,6 +36,11 @@ from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
 
+
+class StartupError(Exception):
+    """The server cannot start as configured (its port is taken, say); reported in one line, exit code 2."""
+
+
 V2_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -176,12 +181,15 @@ class KerveServer:
     async def _listen(self) -> None:
         """Bind and start the gRPC server (live; ready once models are loaded) and the metrics endpoint."""
         address = f"{self.settings.host}:{self.settings.port}"
-        if self.credentials is not None:
-            self.port = self.server.add_secure_port(address, self.credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.credentials is not None:
+                self.port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": say what the operator can do about it
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise StartupError(f"cannot listen on {address}: another process holds the port, or the host is not local")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.settings.metrics_port:
@@ -196,6 +204,14 @@ class KerveServer:
         log.info("transport: %s; auth: %s", self._transport(), self._auth())
         if self.settings.auth_token_file is not None and self.credentials is None:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key")
+
+    async def close_after_failed_start(self) -> None:
+        """Release what a start that failed half-way opened (the port, the poller, the threads): nothing to drain."""
+        await self.manager.close()
+        await self.server.stop(None)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.shared_memory is not None:
+            self.shared_memory.close()
 
     async def stop(self) -> None:
         self.draining = True
@@ -218,7 +234,7 @@ async def serve(settings: ServerSettings) -> int:
     try:
         await server.start()
     except BaseException:  # e.g. a --load-model name the repository lacks: close the port before exiting
-        await server.stop()
+        await server.close_after_failed_start()
         raise
     await stop.wait()
     await server.stop()
@@ -238,6 +254,6 @@ def main(settings: ServerSettings) -> int:
     log.info("event loop: %s", loop_name)
     try:
         return run(serve(settings))
-    except (SecurityConfigError, FileNotFoundError) as exc:  # a bad start-up setting: one line, not a traceback
+    except (SecurityConfigError, StartupError, FileNotFoundError) as exc:  # a bad setting: one line, no traceback
         log.error("%s", exc)
         return 2

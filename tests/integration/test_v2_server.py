@@ -409,3 +409,20 @@ def test_stream_is_pipelined_in_order_with_errors_in_place(stub, in_process) -> 
         got = np.frombuffer(response.infer_response.raw_output_contents[0], np.float32)
         expected = in_process("cnn", {"image": IMAGES[i % 5 : i % 5 + 1]})["output_0"].ravel()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)  # batched with its neighbours
+
+
+def test_a_taken_port_stops_the_start_with_one_line(model_repo: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "kerve", "serve", "--model-repository", str(model_repo), "--host", "127.0.0.1",
+               "--port", str(port), "--metrics-port", "0"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: another process holds the port" in proc.stderr
+    assert "Traceback" not in proc.stderr
