@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
@@ -82,25 +80,17 @@ class SharedMemoryRegion:
         SharedTensor stands for it as an input value."""
         if self._mapping is None:
             raise InvalidArgumentError(f"shared memory region {self.name!r} is closed")
-        array = np.asarray(value)
-        if array.dtype.kind == "U":
-            array = array.astype(object)
-        try:
-            datatype = codecs.datatype_of(array.dtype)
-            data = codecs.encode_raw(array) if datatype == codecs.BYTES else None
-        except codecs.CodecError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-        size = len(data) if data is not None else array.nbytes
-        if offset < 0 or offset + size > self.byte_size:
-            raise InvalidArgumentError(
-                f"{size} bytes at offset {offset} do not fit shared memory region {self.name!r} "
-                f"({self.byte_size} bytes)"
-            )
-        if data is not None:
-            self._mapping[offset : offset + size] = data
-        else:
-            target = np.frombuffer(self._mapping, dtype=array.dtype.newbyteorder("<"), count=array.size, offset=offset)
-            target[...] = array.reshape(-1)
+        with memoryview(self._mapping) as whole, whole[offset if offset >= 0 else len(whole) :] as target:
+            try:
+                array, datatype = codecs.wire_array(value)
+                size = codecs.write_raw(array, target)  # writes only what fits
+            except codecs.CodecError as exc:
+                raise InvalidArgumentError(str(exc)) from None
+            if offset < 0 or size > len(target):
+                raise InvalidArgumentError(
+                    f"{size} bytes at offset {offset} do not fit shared memory region {self.name!r} "
+                    f"({self.byte_size} bytes)"
+                )
         return SharedTensor(self.name, offset, size, datatype, tuple(array.shape))
 
     def release(self) -> None:

@@ -128,11 +128,8 @@ def build_infer_request(
             if value.offset:
                 tensor.parameters[SHM_OFFSET].int64_param = value.offset
             continue
-        array = np.asarray(value)
-        if array.dtype.kind == "U":
-            array = array.astype(object)
         try:
-            datatype = codecs.datatype_of(array.dtype)
+            array, datatype = codecs.wire_array(value)
             raw = codecs.encode_raw(array)
         except codecs.CodecError as exc:
             raise InvalidArgumentError(f"input {name!r}: {exc}") from None

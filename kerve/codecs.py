@@ -98,6 +98,31 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
+def wire_array(value: Any) -> tuple[np.ndarray, str]:
+    """`value` (an array, or anything numpy makes one of) as the array a request carries and its V2 datatype:
+    numpy's fixed-width unicode strings become BYTES elements."""
+    array = np.asarray(value)
+    if array.dtype.kind == "U":
+        array = array.astype(object)
+    return array, datatype_of(array.dtype)
+
+
+def write_raw(array: np.ndarray, target: memoryview) -> int:
+    """Write the array's raw V2 bytes (what encode_raw returns) at the start of `target`, numeric ones straight
+    from the array (one copy); return how many bytes they take. Nothing is written when they do not fit: the
+    caller compares the result with len(target) and words its own error."""
+    datatype = datatype_of(array.dtype)
+    if datatype == BYTES:
+        data = _encode_bytes_elements(array)
+        if len(data) <= len(target):
+            target[: len(data)] = data
+        return len(data)
+    dtype = bfloat16() if datatype == BF16 else _NUMERIC[datatype]
+    if array.nbytes <= len(target):
+        np.frombuffer(target, dtype=dtype, count=array.size)[...] = array.reshape(-1)
+    return array.nbytes
+
+
 def encode_raw(array: np.ndarray) -> bytes:
     """Raw V2 bytes for an array (little-endian, row-major; BYTES length-prefixed)."""
     datatype = datatype_of(array.dtype)

@@ -166,21 +166,12 @@ def _shared_place(what: str, params: Mapping[str, pb.InferParameter], shm: Syste
 
 def _write_shared(name: str, array: np.ndarray, place: Place) -> None:
     target = place.view()  # checked again: the object may have shrunk while the model ran
-    if array.dtype.kind in "OSU":  # BYTES: length-prefixed elements
-        data = codecs.encode_raw(array)
-        size = len(data)
-    else:
-        data = None
-        size = array.nbytes
+    size = codecs.write_raw(array, target)
     if size > len(target):
         raise invalid(
             f"output {name!r}: the shared memory given for it ({len(target)} bytes) should be at least {size} "
             "bytes to hold the result"
         )
-    if data is not None:
-        target[:size] = data
-    else:  # straight from the model's array into the region: one copy
-        np.frombuffer(target, dtype=array.dtype.newbyteorder("<"), count=array.size)[...] = array.reshape(-1)
 
 
 def _datatype(model: str, kind: str, name: str, dtype: np.dtype) -> str:

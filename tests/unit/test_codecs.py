@@ -108,3 +108,30 @@ def test_typed_contents_checks() -> None:
         codecs.decode_contents(contents, "FP32", [3])
     with pytest.raises(codecs.CodecError, match="FP16 has no typed contents field"):
         codecs.decode_contents(pb.InferTensorContents(), "FP16", [1])
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian in, V2's little-endian out
+        np.array([True, False]),
+        np.array([b"ab", b"", b"cde"], dtype=object),
+        np.arange(4, dtype=np.int64)[::2],  # not contiguous
+    ],
+)
+def test_write_raw_writes_what_encode_raw_returns(array: np.ndarray) -> None:
+    expected = codecs.encode_raw(array)
+    buffer = bytearray(len(expected) + 3)
+    assert codecs.write_raw(array, memoryview(buffer)) == len(expected)
+    assert bytes(buffer[: len(expected)]) == expected
+    small = bytearray(len(expected) - 1)
+    assert codecs.write_raw(array, memoryview(small)) == len(expected)  # too small: the size, nothing written
+    assert small == bytearray(len(expected) - 1)
+
+
+def test_wire_array_makes_unicode_strings_bytes_elements() -> None:
+    array, datatype = codecs.wire_array(["a", "bc"])
+    assert datatype == "BYTES" and array.dtype == object
+    assert codecs.wire_array([[1.5]])[1] == "FP64"
+    with pytest.raises(codecs.CodecError):
+        codecs.wire_array(np.zeros(1, np.complex64))
