@@ -37,6 +37,7 @@ class Region:
     byte_size: int
     view: memoryview  # the region's bytes: [offset, offset + byte_size) of the object
     fd: int  # kept open to check the object's size before each use
+    mapping: mmap.mmap
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +59,6 @@ class SystemSharedMemory:
     def __init__(self, root: Path = SHM_ROOT) -> None:
         self._root = root
         self._regions: dict[str, Region] = {}
-        self._maps: dict[str, mmap.mmap] = {}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
         if not name:
@@ -94,23 +94,20 @@ class SystemSharedMemory:
         except BaseException:
             os.close(fd)
             raise
-        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset - start :], fd)
+        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset - start :], fd, mapping)
         self._regions[name] = region
-        self._maps[name] = mapping
         return region
 
     def unregister(self, name: str) -> None:
         """Forget one region, or every region when ``name`` is empty; an unknown name is not an error (Triton)."""
         for gone in list(self._regions) if not name else [name]:
             region = self._regions.pop(gone, None)
-            mapping = self._maps.pop(gone, None)
-            if region is not None:
-                os.close(region.fd)
+            if region is None:
+                continue
+            os.close(region.fd)
             with contextlib.suppress(BufferError):  # a view still held stays valid; the mapping goes with it
-                if region is not None:
-                    region.view.release()
-                if mapping is not None:
-                    mapping.close()
+                region.view.release()
+                region.mapping.close()
 
     def status(self, name: str = "") -> list[Region]:
         if not name:

@@ -147,21 +147,21 @@ def _shared_place(what: str, params: Mapping[str, pb.InferParameter], shm: Syste
     region = params[SHM_REGION]
     if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
         raise invalid(f"{what}: {SHM_REGION} must be a region name (string_param)")
-    values: dict[str, int] = {}
-    for key in (SHM_BYTE_SIZE, SHM_OFFSET):
-        if key not in params:
-            if key == SHM_BYTE_SIZE:
-                raise invalid(f"{what}: {SHM_BYTE_SIZE} is required with {SHM_REGION}")
-            values[key] = 0
-            continue
-        param = params[key]
-        choice = param.WhichOneof("parameter_choice")
-        if choice not in ("int64_param", "uint64_param"):
-            raise invalid(f"{what}: {key} must be an integer (int64_param)")
-        values[key] = getattr(param, choice)
+    if SHM_BYTE_SIZE not in params:
+        raise invalid(f"{what}: {SHM_BYTE_SIZE} is required with {SHM_REGION}")
+    byte_size = _int_param(what, params, SHM_BYTE_SIZE)
+    offset = _int_param(what, params, SHM_OFFSET) if SHM_OFFSET in params else 0
     if shm is None:
         raise invalid(f"{what}: this server does not take tensors in shared memory")
-    return Place(shm, what, region.string_param, values[SHM_OFFSET], values[SHM_BYTE_SIZE])
+    return Place(shm, what, region.string_param, offset, byte_size)
+
+
+def _int_param(what: str, params: Mapping[str, pb.InferParameter], key: str) -> int:
+    param = params[key]
+    choice = param.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param"):
+        raise invalid(f"{what}: {key} must be an integer (int64_param)")
+    return getattr(param, choice)
 
 
 def _write_shared(name: str, array: np.ndarray, place: Place) -> None:
