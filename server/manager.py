@@ -161,10 +161,11 @@ class ModelManager:
         names = repository.list_models(self.repository)
         if only is not None:
             self.require_explicit("loading only some models at start")
-            missing = sorted(set(only) - set(names))
+            wanted = set(only)
+            missing = sorted(wanted - set(names))
             if missing:
                 raise FileNotFoundError(f"--load-model {', '.join(missing)}: not in model repository {self.repository}")
-            names = [name for name in names if name in set(only)]
+            names = [name for name in names if name in wanted]
         await self._sync_many(names)
         self.initial_load_done = True
 
