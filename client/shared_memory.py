@@ -24,7 +24,7 @@ from typing import Any
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, KerveError, UnavailableError
+from .errors import InvalidArgumentError, UnavailableError
 
 SHM_ROOT = Path("/dev/shm")
 SHM_REGION = "shared_memory_region"  # an input tensor's parameters naming its place (Triton's names)
@@ -105,16 +105,7 @@ class SharedMemoryRegion:
         return self._mapping is None
 
 
-class _Unregistering:
-    """The close protocol shared by both region classes: tell the server, then release, whatever the server said."""
-
-    def _forgotten(self, error: BaseException | None) -> None:
-        self.release()  # type: ignore[attr-defined]
-        if error is not None and not isinstance(error, UnavailableError):  # a server that is gone forgot it too
-            raise error
-
-
-class BlockingRegion(_Unregistering, SharedMemoryRegion):
+class BlockingRegion(SharedMemoryRegion):
     """A region made by `Client.shared_memory`; ``close()`` (or the end of a ``with`` block) unregisters it."""
 
     def __init__(self, byte_size: int, name: str | None, unregister: Callable[[SharedMemoryRegion], None]) -> None:
@@ -122,14 +113,15 @@ class BlockingRegion(_Unregistering, SharedMemoryRegion):
         self._unregister = unregister
 
     def close(self) -> None:
+        """Tell the server, then release the object whatever the server said."""
         if self.closed:
             return
         try:
             self._unregister(self)
-        except KerveError as exc:
-            self._forgotten(exc)
-        else:
-            self._forgotten(None)
+        except UnavailableError:  # a server that is gone forgot it too
+            pass
+        finally:
+            self.release()
 
     def __enter__(self) -> BlockingRegion:
         return self
@@ -138,7 +130,7 @@ class BlockingRegion(_Unregistering, SharedMemoryRegion):
         self.close()
 
 
-class AsyncRegion(_Unregistering, SharedMemoryRegion):
+class AsyncRegion(SharedMemoryRegion):
     """A region made by `AsyncClient.shared_memory`; ``await close()`` (or ``async with``) unregisters it."""
 
     def __init__(
@@ -148,14 +140,15 @@ class AsyncRegion(_Unregistering, SharedMemoryRegion):
         self._unregister = unregister
 
     async def close(self) -> None:
+        """Tell the server, then release the object whatever the server said."""
         if self.closed:
             return
         try:
             await self._unregister(self)
-        except KerveError as exc:
-            self._forgotten(exc)
-        else:
-            self._forgotten(None)
+        except UnavailableError:  # a server that is gone forgot it too
+            pass
+        finally:
+            self.release()
 
     async def __aenter__(self) -> AsyncRegion:
         return self
