@@ -495,7 +495,9 @@ _COUNTED = (
 def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
     """kerve's own counts for a model so far: samples and model executions (kerve_batch_size), seconds inside
     model calls, and requests with their seconds from decode to response (kerve_request_duration_seconds),
-    summed over the processes of a `--processes N` server, where ModelStatistics would answer for one process."""
+    summed over the processes of a `--processes N` server, where ModelStatistics would answer for one process.
+    A group's figures reach /metrics up to a second late: the case's window shifts by that much, which moves its
+    ratios (samples per batch, seconds per request) little and is why none of them is a bare count."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families

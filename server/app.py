@@ -35,6 +35,7 @@ from .shared_memory import SystemSharedMemory
 from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
+METRICS_PUSH_S = 1.0  # how far a --processes group's /metrics may lag its processes (one process: not at all)
 
 
 class StartupError(Exception):
@@ -112,6 +113,7 @@ class KerveServer:
         self.health = health.aio.HealthServicer()
         self.draining = False
         self.port = 0
+        self._metrics_pusher: asyncio.Task[None] | None = None
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -192,6 +194,7 @@ class KerveServer:
             raise StartupError(f"cannot listen on {address}: another process holds the port, or the host is not local")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        self._metrics_pusher = asyncio.create_task(self.metrics.push_every(METRICS_PUSH_S))
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         log.info(
@@ -209,6 +212,7 @@ class KerveServer:
         """Release what a start that failed half-way opened (the port, the poller, the threads): nothing to drain."""
         await self.manager.close()
         await self.server.stop(None)
+        self._stop_metrics_pusher()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
@@ -220,9 +224,16 @@ class KerveServer:
         log.info("draining: finishing in-flight requests (grace %.1fs)", self.settings.grace_s)
         await self.server.stop(self.settings.grace_s)
         self.executor.shutdown(wait=True, cancel_futures=False)
+        self._stop_metrics_pusher()
         if self.shared_memory is not None:
             self.shared_memory.close()
         log.info("stopped")
+
+    def _stop_metrics_pusher(self) -> None:
+        """After the last request: push what it counted (a group's parent reads it after this process exits)."""
+        if self._metrics_pusher is not None:
+            self._metrics_pusher.cancel()
+        self.metrics.push()
 
 
 async def serve(settings: ServerSettings) -> int:

@@ -136,14 +136,14 @@ class InferenceEngine:
         config = self.batching_for(entry, signature)
         if config is None:
             return None
-        depth = self.metrics.queue_depth.labels(entry.model)
-        per_device = [self.metrics.batches.labels(entry.model, device) for device in entry.servable.runner_devices]
+        depth = self.metrics.queue_depth_gauge(entry.model)
+        per_device = [self.metrics.device_batches(entry.model, device) for device in entry.servable.runner_devices]
 
         def on_batch(stats: BatchStats) -> None:
-            depth.set(batcher.queued_samples)
+            depth.value = batcher.queued_samples
             if stats.ok:
                 self._record_batch(entry, stats.batch_size, stats.queue_wait_s, stats.compute_s)
-                per_device[stats.replica].inc()
+                per_device[stats.replica].value += 1
 
         batcher = Batcher(
             entry.servable.runners(key),
@@ -234,7 +234,7 @@ class Call:
         self.started = time.monotonic()
         self._model_label = request.model if engine.manager.knows(request.model) else UNKNOWN_MODEL
         self._inflight = engine.metrics.inflight_gauge(self._model_label)
-        self._inflight.inc()
+        self._inflight.value += 1
         self._ticket: Ticket | None = None
         self.batcher: Batcher | None = None
         self.entry: ModelVersion | None = None
@@ -332,7 +332,7 @@ class Call:
         # The batcher's request holds this call as its sink, the worker's future a callback that holds it: drop
         # both links back, so no cycle per request is left for the cyclic garbage collector to find
         self._ticket = self.work = None
-        self._inflight.dec()
+        self._inflight.value -= 1
         if self.entry is not None:
             self._engine.manager.release(self.entry)
 

@@ -4,13 +4,26 @@ The engine and manager call these methods with plain values (model, version, pro
 nothing here knows a wire format. Each server owns its own registry so several can run in one process. In a
 `serve --processes N` group each process writes its values to a shared directory (PROMETHEUS_MULTIPROC_DIR) and
 the parent exports their combination.
+
+What changes per request or per batch is kept in tallies (tally.py) and pushed into the instruments when /metrics
+is scraped and once a second (`push_every`, for a group's processes, which are never scraped themselves): a
+group's figures are at most that second behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
+from collections.abc import Iterator
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+from .tally import CounterTally, GaugeTally, HistogramTally, Tally
+
+T = TypeVar("T", bound=Tally)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -21,44 +34,65 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # Updated per request or per batch through tallies (tally.py), registered through one collector that
+        # pushes the tallies first, so a scrape reads every update made before it
         self.requests = Counter(
-            "kerve_requests",
-            "Inference requests by outcome.",
-            ["model", "version", "protocol", "code"],
-            registry=r,
+            "kerve_requests", "Inference requests by outcome.", ["model", "version", "protocol", "code"], registry=None
         )
         self.request_seconds = Histogram(
             "kerve_request_duration_seconds",
             "Time from decode to response.",
             ["model", "protocol"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=None,
         )
         self.queue_seconds = Histogram(
             "kerve_queue_duration_seconds",
             "Time a request waited before its batch ran.",
             ["model"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=None,
         )
         self.compute_seconds = Histogram(
             "kerve_compute_duration_seconds",
             "Model execution time per batch.",
             ["model"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=None,
         )
         self.batch_size = Histogram(
-            "kerve_batch_size", "Samples per model execution.", ["model"], buckets=BATCH_BUCKETS, registry=r
+            "kerve_batch_size", "Samples per model execution.", ["model"], buckets=BATCH_BUCKETS, registry=None
         )
-        self.batches = Counter("kerve_batches", "Model executions by device replica.", ["model", "device"], registry=r)
+        self.batches = Counter(
+            "kerve_batches", "Model executions by device replica.", ["model", "device"], registry=None
+        )
         # multiprocess_mode: how a `serve --processes N` group's values combine (ignored by a single process)
         self.queue_depth = Gauge(
-            "kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=r, multiprocess_mode="livesum"
+            "kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=None, multiprocess_mode="livesum"
         )
         self.inflight = Gauge(
-            "kerve_inflight_requests", "Requests being processed.", ["model"], registry=r, multiprocess_mode="livesum"
+            "kerve_inflight_requests",
+            "Requests being processed.",
+            ["model"],
+            registry=None,
+            multiprocess_mode="livesum",
         )
+        r.register(
+            _PushedOnCollect(
+                self,
+                (
+                    self.requests,
+                    self.request_seconds,
+                    self.queue_seconds,
+                    self.compute_seconds,
+                    self.batch_size,
+                    self.batches,
+                    self.queue_depth,
+                    self.inflight,
+                ),
+            )
+        )
+        # Updated on model loads and unloads only: straight into prometheus_client
         self.model_state = Gauge(
             "kerve_model_state",
             "1 for the current state of each model version.",
@@ -80,43 +114,89 @@ class Metrics:
             registry=r,
         )
 
-        # Label children by label values, so the per-request path is a dict lookup instead of prometheus'
-        # labels() (argument checks, a lock, a tuple). Label values are bounded (UNKNOWN_MODEL, known codes).
-        self._request_series: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._batch_series: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
-        self._inflight_series: dict[str, Gauge] = {}
+        # Tallies by label values (bounded: UNKNOWN_MODEL, known codes and devices), made on first use
+        self._tallies: list[Tally] = []
+        self._push_lock = threading.Lock()  # a scrape's push and the periodic one
+        self._counts: dict[tuple[str, str, str, str], CounterTally] = {}
+        self._latencies: dict[tuple[str, str], HistogramTally] = {}
+        self._request_series: dict[tuple[str, str, str, str], tuple[CounterTally, HistogramTally]] = {}
+        self._batch_series: dict[str, tuple[HistogramTally, HistogramTally, HistogramTally]] = {}
+        self._inflight_tallies: dict[str, GaugeTally] = {}
+        self._depth_tallies: dict[str, GaugeTally] = {}
+        self._device_counts: dict[tuple[str, str], CounterTally] = {}
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+    def push(self) -> None:
+        """Move the tallies' updates into the instruments (a scrape does this first)."""
+        with self._push_lock:
+            for tally in tuple(self._tallies):  # the loop may add one meanwhile
+                tally.push()
+
+    async def push_every(self, interval_s: float) -> None:
+        """Keep the instruments current without a scrape: a --processes group's parent reads its children's
+        values from shared files, never through their registries. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.push()
+
+    def _tally(self, tally: T) -> T:
+        self._tallies.append(tally)
+        return tally
+
+    def _count_tally(self, key: tuple[str, str, str, str]) -> CounterTally:
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = self._tally(CounterTally(self.requests.labels(*key)))
+        return count
 
     def observe_request(self, model: str, version: str, protocol: str, code: str, seconds: float) -> None:
         key = (model, version, protocol, code)
         series = self._request_series.get(key)
         if series is None:
-            series = self._request_series[key] = (
-                self.requests.labels(model, version, protocol, code),
-                self.request_seconds.labels(model, protocol),
-            )
-        series[0].inc()
+            latency = self._latencies.get((model, protocol))
+            if latency is None:
+                latency = self._latencies[model, protocol] = self._tally(
+                    HistogramTally(self.request_seconds.labels(model, protocol))
+                )
+            series = self._request_series[key] = (self._count_tally(key), latency)
+        series[0].value += 1
         series[1].observe(seconds)
-
-    def inflight_gauge(self, model: str) -> Gauge:
-        gauge = self._inflight_series.get(model)
-        if gauge is None:
-            gauge = self._inflight_series[model] = self.inflight.labels(model)
-        return gauge
 
     def count_request(self, model: str, version: str, protocol: str, code: str) -> None:
         """A request that ended before timing started (rejected while decoding)."""
-        self.requests.labels(model, version, protocol, code).inc()
+        self._count_tally((model, version, protocol, code)).value += 1
+
+    def inflight_gauge(self, model: str) -> GaugeTally:
+        """The model's requests in flight: the caller adds 1 when one starts and takes it off when it ends."""
+        return self._gauge(self._inflight_tallies, self.inflight, model)
+
+    def queue_depth_gauge(self, model: str) -> GaugeTally:
+        """Samples waiting in the model's batchers: set after every batch."""
+        return self._gauge(self._depth_tallies, self.queue_depth, model)
+
+    def _gauge(self, tallies: dict[str, GaugeTally], gauge: Gauge, model: str) -> GaugeTally:
+        tally = tallies.get(model)
+        if tally is None:
+            tally = tallies[model] = self._tally(GaugeTally(gauge.labels(model)))
+        return tally
+
+    def device_batches(self, model: str, device: str) -> CounterTally:
+        """Model executions on one replica: the caller adds 1 per batch."""
+        key = (model, device)
+        tally = self._device_counts.get(key)
+        if tally is None:
+            tally = self._device_counts[key] = self._tally(CounterTally(self.batches.labels(model, device)))
+        return tally
 
     def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
         series = self._batch_series.get(model)
         if series is None:
             series = self._batch_series[model] = (
-                self.batch_size.labels(model),
-                self.queue_seconds.labels(model),
-                self.compute_seconds.labels(model),
+                self._tally(HistogramTally(self.batch_size.labels(model))),
+                self._tally(HistogramTally(self.queue_seconds.labels(model))),
+                self._tally(HistogramTally(self.compute_seconds.labels(model))),
             )
         series[0].observe(size)
         series[1].observe(queue_s)
@@ -137,3 +217,19 @@ class Metrics:
         for name in all_states:
             with contextlib.suppress(KeyError):
                 self.model_state.remove(model, str(version), name)
+
+
+class _PushedOnCollect:
+    """The registry's view of the tallied instruments: pushes the tallies, then reports the instruments."""
+
+    def __init__(self, metrics: Metrics, instruments: tuple[MetricWrapperBase, ...]) -> None:
+        self._metrics = metrics
+        self._instruments = instruments
+
+    def describe(self) -> list[Metric]:
+        return [family for instrument in self._instruments for family in instrument.describe()]
+
+    def collect(self) -> Iterator[Metric]:
+        self._metrics.push()
+        for instrument in self._instruments:
+            yield from instrument.collect()

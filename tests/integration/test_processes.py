@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import running_server, scrape, stop_server, value
+from helpers import running_server, scrape, stop_server, value, wait_for
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from kerve.quickstart import free_port, start_server
@@ -77,9 +77,13 @@ def test_connections_are_spread_over_both_processes(group, in_process) -> None:
             groups.append(same)
             unassigned = [i for i in unassigned if i not in same]
         assert len(groups) == 2, f"connections by process: {groups}"
-        # the parent's /metrics adds up both processes
-        after = value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK")
-        assert after - before == sent == 2
+
+        # the parent's /metrics adds up both processes, each pushing its figures every METRICS_PUSH_S
+        def counted() -> float:
+            return value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK") - before
+
+        wait_for(lambda: counted() >= sent, "both processes' requests in the group's /metrics", timeout_s=30)
+        assert counted() == sent == 2
     finally:
         for channel in channels:
             channel.close()

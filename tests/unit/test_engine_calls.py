@@ -82,12 +82,14 @@ def setup(model: Model, batching: BatchingConfig | None = BatchingConfig()) -> t
     return engine, manager, metrics
 
 
-def count(metrics: Metrics, code: str, version: str = "1") -> float:
-    return metrics.requests.labels("m", version, "v2", code)._value.get()
+def count(metrics: Metrics, code: str, version: str = "1", model: str = "m") -> float:
+    """As a scrape reads it (which pushes the engine's tallies first)."""
+    labels = {"model": model, "version": version, "protocol": "v2", "code": code}
+    return metrics.registry.get_sample_value("kerve_requests_total", labels) or 0.0
 
 
 def inflight(metrics: Metrics) -> float:
-    return metrics.inflight.labels("m")._value.get()
+    return metrics.registry.get_sample_value("kerve_inflight_requests", {"model": "m"}) or 0.0
 
 
 def request(rows: int = 1, model: str = "m", deadline: float | None = None) -> InferRequest:
@@ -144,7 +146,7 @@ def test_rejections_raise_from_start_and_are_counted() -> None:
         assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
 
     asyncio.run(main())
-    assert metrics.requests.labels(UNKNOWN_MODEL, "", "v2", "NOT_FOUND")._value.get() == 1
+    assert count(metrics, "NOT_FOUND", version="", model=UNKNOWN_MODEL) == 1
     assert count(metrics, "INVALID_ARGUMENT") == 1 and count(metrics, "RESOURCE_EXHAUSTED") == 1
     assert manager.entry.inflight == 0 and manager.released == 2 and inflight(metrics) == 0
 
