@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import inspect
 import logging
@@ -315,6 +316,7 @@ class ModelManager:
                         break
                     await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
                 record.config = config  # labels move now, together with the versions they may point to
+                await self._rebatch(record, config)
             leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
             await self._unload(leaving)
             for v in [v for v, e in record.versions.items() if v not in on_disk and e.state not in _LIVE]:
@@ -322,6 +324,20 @@ class ModelManager:
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
+
+    async def _rebatch(self, record: _Model, config: ModelConfig) -> None:
+        """A changed `batching:` applies to loaded versions at once, without reloading them: batching is the
+        engine's, not the model's. Their batchers finish what they hold; the next request makes new ones."""
+        for entry in record.versions.values():
+            if entry.state is not VersionState.READY or entry.config.batching == config.batching:
+                continue
+            entry.config = dataclasses.replace(entry.config, batching=config.batching)
+            batchers = list(entry.batchers.values())
+            entry.batchers.clear()
+            shown = dict(config.batching) or "the server's"
+            log.info("%s version %d: batching now %s", entry.model, entry.version, shown)
+            for batcher in batchers:
+                await batcher.close(drain=True)
 
     @staticmethod
     def _needs_load(record: _Model, version: int) -> bool:

@@ -185,6 +185,11 @@ def read_config_mapping(model_dir: Path) -> dict[str, Any]:
 
 
 def load_model_config(model_dir: Path, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
-    """Read and validate `<model_dir>/config.yaml`; `overrides` (keys of the same schema) replace its keys."""
-    data = {**read_config_mapping(model_dir), **(overrides or {})}
+    """Read and validate `<model_dir>/config.yaml`; `overrides` (keys of the same schema) replace its keys, and
+    `batching` options one by one (an override need not repeat the file's other batching options)."""
+    data = read_config_mapping(model_dir)
+    replacing = dict(overrides or {})
+    if isinstance(data.get("batching"), Mapping) and isinstance(replacing.get("batching"), Mapping):
+        replacing["batching"] = {**data["batching"], **replacing["batching"]}
+    data.update(replacing)
     return parse_model_config(data, f"{model_dir.name}/{repository.CONFIG_FILE}")

@@ -13,7 +13,7 @@ import kerve
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import log_settings, v2_codec
+from . import log_settings, triton_config, v2_codec
 from .errors import ErrorCode, ServingError
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
@@ -96,20 +96,23 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         try:
-            entry, signature = self._described(request.name, request.version)
-            config = v2_codec.model_config(
-                entry.model,
-                PLATFORM,
-                signature.inputs,
-                signature.outputs,
-                self.engine.batching_for(entry, signature),
-                entry.config.version_policy,
-                getattr(entry.servable, "runner_devices", ()),
-            )
+            config = self._model_config(request.name, request.version)
         except ServingError as exc:
             await abort(context, exc)
             raise
         return pb.ModelConfigResponse(config=config)
+
+    def _model_config(self, name: str, version: str) -> pb.ModelConfig:
+        entry, signature = self._described(name, version)
+        return v2_codec.model_config(
+            entry.model,
+            PLATFORM,
+            signature.inputs,
+            signature.outputs,
+            self.engine.batching_for(entry, signature),
+            entry.config.version_policy,
+            getattr(entry.servable, "runner_devices", ()),
+        )
 
     def _described(self, name: str, version: str) -> tuple[ModelVersion, Any]:
         """The version a metadata or config request names, and its default signature (what both describe)."""
@@ -223,14 +226,27 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        """(Re)load a model from the repository with its current config.yaml and versions (explicit control)."""
+        """(Re)load a model from the repository with its current config.yaml and versions (explicit control); a
+        `config` parameter (Triton ModelConfig JSON) overrides config.yaml for this load (triton_config.py)."""
         try:
             self.manager.require_explicit("RepositoryModelLoad")
-            _check_repository_request(request, allowed=())
-            await self.manager.load_model(request.model_name)
+            _check_repository_request(request, allowed=("config",))
+            await self.manager.load_model(request.model_name, self._load_overrides(request))
         except ServingError as exc:
             await abort(context, exc)
         return pb.RepositoryModelLoadResponse()
+
+    def _load_overrides(self, request: pb.RepositoryModelLoadRequest) -> dict[str, Any] | None:
+        if "config" not in request.parameters:
+            return None
+        parameter = request.parameters["config"]
+        if parameter.WhichOneof("parameter_choice") != "string_param":
+            raise ServingError(ErrorCode.INVALID_ARGUMENT, "the load parameter 'config' must be a string (JSON)")
+        try:
+            current: pb.ModelConfig | None = self._model_config(request.model_name, "")
+        except ServingError:  # not loaded (or not at all): nothing to compare a config's inputs with
+            current = None
+        return triton_config.overrides(request.model_name, parameter.string_param, PLATFORM, current)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
@@ -320,7 +336,8 @@ def _check_repository_request(
     if unsupported:
         raise ServingError(
             ErrorCode.INVALID_ARGUMENT,
-            f"parameters {unsupported} are not supported: put model settings in <repository>/<model>/config.yaml",
+            f"parameters {unsupported} are not supported (only {list(allowed)}): model files come from the "
+            f"repository, model settings from <repository>/<model>/config.yaml",
         )
 
 

@@ -3,6 +3,8 @@ tritonclient sends them) and TF Serving's HandleReloadConfigRequest; names canno
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
 import pytest
@@ -64,9 +66,38 @@ def test_unload_and_load_through_the_v2_rpcs(explicit, v2) -> None:
         assert not client.is_model_ready("b")
         client.load_model("b")
         assert client.is_model_ready("b")
+    finally:
+        client.close()
+
+
+def test_tritonclient_load_model_with_a_config(explicit, v2) -> None:
+    """Triton's load_model(config=JSON): the config read from ModelConfig, edited and sent back, applies its
+    batching to the loaded version; what kerve cannot apply is refused; a load without a config restores
+    config.yaml."""
+    client = triton.InferenceServerClient(explicit.target)
+    try:
+        before = client.get_model_config("b", as_json=True)["config"]
+        edited = {**before, "max_batch_size": 5, "dynamic_batching": {"max_queue_delay_microseconds": "300"}}
+        client.load_model("b", config=json.dumps(edited))
+        after = client.get_model_config("b", as_json=True)["config"]
+        assert after["max_batch_size"] == 5 and after["dynamic_batching"]["max_queue_delay_microseconds"] == "300"
+        with Client(explicit.target, retry=None) as kerve_client:
+            out = kerve_client.predict("b", {"features": np.ones((2, 3), np.float32), "ids": np.ones((2, 2), np.int64)})
+            assert all(len(array) == 2 for array in out.values())
+        wrong = {**edited, "input": [{**before["input"][0], "dims": ["7"]}, *before["input"][1:]]}
         with pytest.raises(InferenceServerException) as info:
-            client.load_model("b", config='{"max_batch_size": 8}')
-        assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "config.yaml" in info.value.message()
+            client.load_model("b", config=json.dumps(wrong))
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
+        assert "input comes from the SavedModel's signature" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("b", config=json.dumps({"sequence_batching": {}}))
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "sequence_batching" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("b", config=json.dumps(edited), files={"file:1/saved_model.pb": b"x"})
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "model files come from" in info.value.message()
+        assert client.get_model_config("b", as_json=True)["config"]["max_batch_size"] == 5  # refused: unchanged
+        client.load_model("b")
+        assert client.get_model_config("b", as_json=True)["config"]["max_batch_size"] == before["max_batch_size"]
     finally:
         client.close()
 

@@ -1,0 +1,91 @@
+"""Triton's `load_model(name, config=JSON)`: a ModelConfig sent with a load, turned into config.yaml overrides.
+
+Triton loads the model with the given config instead of its config.pbtxt. kerve's settings live in config.yaml,
+so the fields that have a config.yaml key override it for that load (as TF Serving's reload config does), and a
+later load without a config goes back to config.yaml alone:
+
+    version_policy                       -> version_policy
+    max_batch_size + dynamic_batching    -> batching (max_batch_size, max_queue_delay_s, allowed_batch_sizes
+                                            padded to, from preferred_batch_size); no dynamic_batching: batching off
+
+The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
+itself (instance groups: config.yaml's `replicas`, applied when a version loads). A config may repeat what
+kerve's ModelConfig reports for them, so a config read, edited and sent back loads; any other value is refused
+with the field named, never ignored. So is a field outside the ModelConfig subset kerve speaks (the parser's
+error names it). No TensorFlow here: the caller passes the model's current ModelConfig, if it has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from kerve.protos import grpc_service_pb2 as pb
+
+from .errors import invalid
+
+BACKEND = "tensorflow"
+
+
+def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | None) -> dict[str, Any]:
+    """config.yaml keys for a load of `model` with Triton config JSON `text`; INVALID_ARGUMENT when kerve cannot
+    apply it. `current` is what ModelConfig reports for the model now (None when no version is loaded)."""
+    where = f"load config for model {model!r}"
+    try:
+        config = json_format.Parse(text, pb.ModelConfig())
+    except json_format.ParseError as exc:
+        raise invalid(f"{where}: {exc} (kerve applies version_policy, max_batch_size and dynamic_batching)") from None
+    for field, want in (("name", model), ("platform", platform), ("backend", BACKEND)):
+        got = getattr(config, field)
+        if got and got != want:
+            raise invalid(f"{where}: {field} must be {want!r} (or left out), got {got!r}")
+    for field in ("input", "output", "instance_group"):
+        given = list(getattr(config, field))
+        if given and (current is None or given != list(getattr(current, field))):
+            raise invalid(f"{where}: {field} {_unchangeable(field, current)}")
+    result: dict[str, Any] = {"batching": _batching(where, config)}
+    if config.HasField("version_policy"):
+        result["version_policy"] = _version_policy(config.version_policy)
+    return result
+
+
+def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
+    why = (
+        "comes from the SavedModel's signature"
+        if field != "instance_group"
+        else "is kerve's placement: set `replicas` in config.yaml (applied when a version loads)"
+    )
+    if current is None:
+        return f"{why}: leave it out (no version of the model is loaded to compare it with)"
+    return f"{why}: leave it out, or send what ModelConfig reports"
+
+
+def _batching(where: str, config: pb.ModelConfig) -> dict[str, Any]:
+    """Triton batches dynamically only with a dynamic_batching section; max_batch_size alone bounds a request."""
+    if not config.HasField("dynamic_batching"):
+        return {"enabled": False}
+    if config.max_batch_size <= 0:
+        raise invalid(f"{where}: dynamic_batching needs max_batch_size > 0, got {config.max_batch_size}")
+    dynamic = config.dynamic_batching
+    preferred = sorted(set(dynamic.preferred_batch_size))
+    if preferred and preferred[-1] > config.max_batch_size:
+        raise invalid(f"{where}: preferred_batch_size {preferred[-1]} is above max_batch_size {config.max_batch_size}")
+    if preferred and preferred[-1] != config.max_batch_size:
+        preferred.append(config.max_batch_size)  # kerve pads up to these sizes: a full batch must be one of them
+    return {
+        "enabled": True,
+        "max_batch_size": config.max_batch_size,
+        "max_queue_delay_s": dynamic.max_queue_delay_microseconds / 1e6,
+        "allowed_batch_sizes": preferred,
+        "pad_to_allowed": True,
+    }
+
+
+def _version_policy(policy: pb.ModelVersionPolicy) -> Any:
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return "all"
+    if choice == "specific":
+        return {"specific": list(policy.specific.versions)}
+    return {"latest": policy.latest.num_versions}

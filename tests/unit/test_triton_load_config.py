@@ -1,0 +1,152 @@
+"""Triton's load_model(config=JSON) as config.yaml overrides (server/triton_config.py), without TensorFlow: what a
+config may change, that one read from ModelConfig and sent back loads unchanged, and that everything kerve cannot
+apply is refused with the field named."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from kerve.server import triton_config
+from kerve.server.batcher import BatchingConfig
+from kerve.server.errors import ErrorCode, ServingError
+from kerve.server.manager import EXPLICIT, ModelManager
+from kerve.server.metrics import Metrics
+from kerve.server.model_config import VersionPolicy, load_model_config
+from kerve.server.types import TensorSpec
+from kerve.server.v2_codec import model_config
+
+PLATFORM = "tensorflow_savedmodel"
+SPEC = {"x": TensorSpec("x", np.dtype(np.float32), (None, 4))}
+
+
+def current(batching: BatchingConfig | None = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002)) -> Any:
+    """What kerve's ModelConfig RPC reports for a served version."""
+    return model_config("m", PLATFORM, SPEC, SPEC, batching, VersionPolicy(), ["/device:CPU:0"])
+
+
+def overrides(config: dict[str, Any] | str, now: Any = None) -> dict[str, Any]:
+    text = config if isinstance(config, str) else json.dumps(config)
+    return triton_config.overrides("m", text, PLATFORM, now)
+
+
+def refused(config: dict[str, Any] | str, now: Any = None) -> str:
+    with pytest.raises(ServingError) as info:
+        overrides(config, now)
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+    return info.value.message
+
+
+def test_a_config_read_from_model_config_and_sent_back_keeps_the_settings() -> None:
+    now = current()
+    got = overrides(json_format.MessageToJson(now), now)
+    assert got == {
+        "batching": {
+            "enabled": True,
+            "max_batch_size": 8,
+            "max_queue_delay_s": 0.002,
+            "allowed_batch_sizes": [],
+            "pad_to_allowed": True,
+        },
+        "version_policy": {"latest": 1},
+    }
+    # without a batcher kerve reports max_batch_size 0 and no dynamic_batching: it stays off
+    unbatched = current(None)
+    assert overrides(json_format.MessageToJson(unbatched), unbatched)["batching"] == {"enabled": False}
+
+
+def test_batching_and_version_policy_change() -> None:
+    config = {
+        "max_batch_size": 32,
+        "dynamic_batching": {"max_queue_delay_microseconds": 500, "preferred_batch_size": [16, 4]},
+        "version_policy": {"specific": {"versions": [1, 3]}},
+    }
+    got = overrides(config)
+    assert got["batching"]["max_batch_size"] == 32 and got["batching"]["max_queue_delay_s"] == 0.0005
+    assert got["batching"]["allowed_batch_sizes"] == [4, 16, 32]  # padded to: a full batch must be one of them
+    assert got["version_policy"] == {"specific": [1, 3]}
+    assert overrides({"version_policy": {"all": {}}})["version_policy"] == "all"
+    assert overrides({"max_batch_size": 16}) == {"batching": {"enabled": False}}  # Triton: no dynamic batcher
+    assert overrides({"maxBatchSize": 4, "dynamicBatching": {}})["batching"]["max_batch_size"] == 4  # camelCase JSON
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"name": "other"}, "name must be 'm'"),
+        ({"platform": "onnxruntime_onnx"}, "platform must be 'tensorflow_savedmodel'"),
+        ({"backend": "python"}, "backend must be 'tensorflow'"),
+        ({"dynamic_batching": {}}, "dynamic_batching needs max_batch_size > 0"),
+        ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}}, "preferred_batch_size 8"),
+        ({"optimization": {"priority": 1}}, "optimization"),  # outside kerve's ModelConfig: the parser names it
+        ({"dynamic_batching": {"priority_levels": 2}}, "priority_levels"),
+        ("{not json", "load config for model 'm'"),
+    ],
+)
+def test_what_kerve_cannot_apply_is_refused_by_name(config: dict[str, Any] | str, words: str) -> None:
+    assert words in refused(config, current())
+
+
+def test_inputs_outputs_and_instance_groups_may_only_repeat_what_is_reported() -> None:
+    now = current()
+    reported = json.loads(json_format.MessageToJson(now))
+    assert overrides({"input": reported["input"], "output": reported["output"]}, now)  # the same: fine
+    changed = [{**reported["input"][0], "dims": ["8"]}]
+    assert "input comes from the SavedModel's signature" in refused({"input": changed}, now)
+    assert "no version of the model is loaded" in refused({"output": reported["output"]}, None)
+    message = refused({"instance_group": [{"count": 3, "kind": "KIND_CPU"}]}, now)
+    assert "instance_group" in message and "replicas" in message
+
+
+def test_batching_overrides_keep_the_files_other_batching_options(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.yaml").write_text("batching: {max_queued: 7, max_batch_size: 4}\nreplicas: 1\n")
+    config = load_model_config(tmp_path / "m", overrides({"max_batch_size": 16, "dynamic_batching": {}}))
+    assert config.batching["max_queued"] == 7 and config.batching["max_batch_size"] == 16
+    assert config.replicas == 1
+
+
+class Batcher:
+    def __init__(self) -> None:
+        self.closed_with: bool | None = None
+
+    async def close(self, drain: bool = True) -> None:
+        self.closed_with = drain
+
+
+def test_a_load_that_changes_batching_applies_it_to_loaded_versions(tmp_path: Path) -> None:
+    """Without reloading the version: its batchers drain and the engine makes new ones with the new knobs."""
+    path = tmp_path / "m" / "1"
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_text("fake: the loader below reads nothing")
+    loads: list[Path] = []
+
+    def loader(version_dir: Path, config: Any) -> object:
+        loads.append(version_dir)
+        return object()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            manager = ModelManager(tmp_path, loader, executor, Metrics(), control=EXPLICIT)
+            await manager.load_all()
+            (entry,) = manager.entries("m")
+            old = entry.batchers["serving_default"] = Batcher()
+            await manager.load_model("m", overrides({"max_batch_size": 16, "dynamic_batching": {}}))
+            assert manager.entries("m") == [entry] and len(loads) == 1  # the same version object, not reloaded
+            assert entry.config.batching["max_batch_size"] == 16
+            assert old.closed_with is True and entry.batchers == {}
+            again = entry.batchers["serving_default"] = Batcher()
+            await manager.load_model("m", overrides({"max_batch_size": 16, "dynamic_batching": {}}))
+            assert again.closed_with is None  # nothing changed: the batcher stays
+            await manager.load_model("m")  # no config: back to config.yaml (none: the server's flags)
+            assert entry.config.batching == {} and again.closed_with is True
+            await manager.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
