@@ -14,12 +14,13 @@ from .errors import (
     UnavailableError,
 )
 from .options import Keepalive, RetryPolicy, TLSConfig, read_token_file
-from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedTensor
+from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedOutput, SharedTensor
 from .stream import AsyncInferStream, InferStream
 from .wire import (
     Classification,
     InferResult,
     InstanceGroup,
+    LogSetting,
     ModelConfig,
     ModelIndexEntry,
     ModelMetadata,
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidArgumentError",
     "Keepalive",
     "KerveError",
+    "LogSetting",
     "ModelConfig",
     "ModelIndexEntry",
     "ModelMetadata",
@@ -51,6 +53,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SharedMemoryRegion",
+    "SharedOutput",
     "SharedTensor",
     "TLSConfig",
     "TensorConfig",

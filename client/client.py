@@ -30,9 +30,9 @@ from .options import (
     call_with_retry,
     client_config,
 )
-from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion
+from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedOutput
 from .stream import AsyncInferStream, InferStream
-from .wire import Classification, InferResult, ModelConfig, ModelIndexEntry, ModelMetadata
+from .wire import Classification, InferResult, LogSetting, ModelConfig, ModelIndexEntry, ModelMetadata
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY = RetryPolicy()
@@ -140,23 +140,25 @@ class Client:
         model: str,
         inputs: Mapping[str, Any],
         version: int | str | None = None,
-        outputs: Sequence[str] | None = None,
+        outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
         request_id: str = "",
         *,
         class_counts: Mapping[str, int] | None = None,
     ) -> InferResult:
         """Full result: outputs plus the model version that served the request. `class_counts` ({output: k})
-        answers those outputs as their top k "<score>:<index>" labels (see `classify`)."""
+        answers those outputs as their top k "<score>:<index>" labels (see `classify`). An output named by a
+        `region.output(...)` travels through that region and is read back from it into the result."""
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
-        return wire.parse_infer_response(self._call(self._stub.ModelInfer, request, timeout))
+        response = self._call(self._stub.ModelInfer, request, timeout)
+        return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     def predict(
         self,
         model: str,
         inputs: Mapping[str, Any],
         version: int | str | None = None,
-        outputs: Sequence[str] | None = None,
+        outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """numpy in, numpy out: {input_name: array} -> {output_name: array}."""
@@ -165,6 +167,20 @@ class Client:
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(self._call(self._stub.RepositoryIndex, request, timeout))
+
+    def log_settings(self, timeout: float | None = None) -> dict[str, LogSetting]:
+        """The server's logging settings (the V2 logging extension: `log_info`, `log_warning`, `log_error`,
+        `log_verbose_level`, `log_format`, `log_file`), as the server process that answers holds them."""
+        return wire.parse_log_settings(self._call(self._stub.LogSettings, pb.LogSettingsRequest(), timeout))
+
+    def update_log_settings(
+        self, settings: Mapping[str, LogSetting], timeout: float | None = None
+    ) -> dict[str, LogSetting]:
+        """Change the settings named (bool, int >= 0 or str, by the setting), without a restart; returns every
+        setting after the change. The server checks all of them first: one it refuses (InvalidArgumentError)
+        changes nothing."""
+        request = wire.log_settings_request(settings)
+        return wire.parse_log_settings(self._call(self._stub.LogSettings, request, timeout))
 
     def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> BlockingRegion:
         """A new POSIX shared memory object of `byte_size` bytes, registered with the server as region `name`
@@ -318,21 +334,22 @@ class AsyncClient:
         model: str,
         inputs: Mapping[str, Any],
         version: int | str | None = None,
-        outputs: Sequence[str] | None = None,
+        outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
         request_id: str = "",
         *,
         class_counts: Mapping[str, int] | None = None,
     ) -> InferResult:
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
-        return wire.parse_infer_response(await self._call(self._stub.ModelInfer, request, timeout))
+        response = await self._call(self._stub.ModelInfer, request, timeout)
+        return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     async def predict(
         self,
         model: str,
         inputs: Mapping[str, Any],
         version: int | str | None = None,
-        outputs: Sequence[str] | None = None,
+        outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         return (await self.infer(model, inputs, version, outputs, timeout)).outputs
@@ -340,6 +357,15 @@ class AsyncClient:
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(await self._call(self._stub.RepositoryIndex, request, timeout))
+
+    async def log_settings(self, timeout: float | None = None) -> dict[str, LogSetting]:
+        return wire.parse_log_settings(await self._call(self._stub.LogSettings, pb.LogSettingsRequest(), timeout))
+
+    async def update_log_settings(
+        self, settings: Mapping[str, LogSetting], timeout: float | None = None
+    ) -> dict[str, LogSetting]:
+        request = wire.log_settings_request(settings)
+        return wire.parse_log_settings(await self._call(self._stub.LogSettings, request, timeout))
 
     async def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> AsyncRegion:
         """As `Client.shared_memory`; ``async with await client.shared_memory(n) as region:``."""

@@ -7,29 +7,35 @@ array into it and returns a `SharedTensor` to pass as an input value in place of
 ``predict``, streams). Closing the region unregisters it and removes the object. The server copies an input out of
 the region when it reads the request, so a region may be reused as soon as the call that used it has returned.
 
-Outputs still come back in the response (they are usually small). Linux only, and only against a server on this
-host that serves the extension (``--shared-memory``, kerve's default).
+Outputs may go the other way: ``region.output(name)`` gives a `SharedOutput` to pass in ``infer``'s `outputs`; the
+server writes that output into the region instead of the response, and the result still holds it as an array, read
+back from the region. Leave that part of the region alone until the call has returned. Linux only, and only against
+a server on this host that serves the extension (``--shared-memory``, kerve's default).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import struct
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, UnavailableError
+from .errors import InvalidArgumentError, ServerError, UnavailableError
 
 SHM_ROOT = Path("/dev/shm")
 SHM_REGION = "shared_memory_region"  # an input tensor's parameters naming its place (Triton's names)
 SHM_OFFSET = "shared_memory_offset"
 SHM_BYTE_SIZE = "shared_memory_byte_size"
+_LEN = struct.Struct("<I")  # the length prefix of each BYTES element
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,23 @@ class SharedTensor:
     byte_size: int
     datatype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SharedOutput:
+    """An output the server is to write into a registered region instead of the response: what ``infer``'s
+    `outputs` takes in place of the output's name. It keeps its region (`memory`) to read the answer back from."""
+
+    name: str
+    region: str
+    offset: int
+    byte_size: int
+    memory: SharedMemoryRegion = field(repr=False, compare=False)
+
+    def read(self, datatype: str, shape: Sequence[int]) -> np.ndarray:
+        """A copy of the tensor the server wrote here, not a view: the next call placing an output here would
+        overwrite a view under its holder, and a live view keeps the mapping from closing (mmap's BufferError)."""
+        return self.memory._copy_out(f"output {self.name!r}", self.offset, self.byte_size, datatype, shape)
 
 
 class SharedMemoryRegion:
@@ -93,6 +116,39 @@ class SharedMemoryRegion:
                 )
         return SharedTensor(self.name, offset, size, datatype, tuple(array.shape))
 
+    def output(self, name: str, offset: int = 0, byte_size: int | None = None) -> SharedOutput:
+        """A place for output `name`: `byte_size` bytes at `offset` (default: the rest of the region). Pass it in
+        ``infer``'s `outputs`; the result holds the output as an array read back from here. Too small a place
+        for the result fails the call with InvalidArgumentError (the server's answer, naming the output)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"an output placed in shared memory needs a name, got {name!r}")
+        if self._mapping is None:
+            raise InvalidArgumentError(f"shared memory region {self.name!r} is closed")
+        size = self.byte_size - offset if byte_size is None and _is_index(offset) else byte_size
+        if not (_is_index(offset) and _is_index(size) and offset + size <= self.byte_size):
+            raise InvalidArgumentError(
+                f"output {name!r}: byte_size {byte_size!r} at offset {offset!r} is not within shared memory region "
+                f"{self.name!r} ({self.byte_size} bytes)"
+            )
+        return SharedOutput(name, self.name, offset, size, self)
+
+    def _copy_out(self, what: str, offset: int, byte_size: int, datatype: str, shape: Sequence[int]) -> np.ndarray:
+        if self._mapping is None:
+            raise InvalidArgumentError(f"{what}: shared memory region {self.name!r} was closed before it was read")
+        with memoryview(self._mapping) as whole, whole[offset : offset + byte_size] as place:
+            try:
+                size = _raw_size(place, datatype, shape)
+                if size > len(place):
+                    least = "at least " if datatype == codecs.BYTES else ""
+                    raise ServerError(
+                        f"{what}: {datatype} {list(shape)} takes {least}{size} bytes, more than the {len(place)} "
+                        f"bytes placed for it in shared memory region {self.name!r}"
+                    )
+                with place[:size] as data:
+                    return codecs.decode_raw(data, datatype, shape).copy()  # the view dies before `data` is released
+            except codecs.CodecError as exc:
+                raise ServerError(f"{what}: {exc}") from None
+
     def release(self) -> None:
         """Unmap and remove the object (after the server has been told to forget the region)."""
         mapping, self._mapping = self._mapping, None
@@ -103,6 +159,24 @@ class SharedMemoryRegion:
     @property
     def closed(self) -> bool:
         return self._mapping is None
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _raw_size(data: memoryview, datatype: str, shape: Sequence[int]) -> int:
+    """How many bytes from the start of `data` a tensor's raw V2 bytes take. A place may be larger than its tensor,
+    so BYTES elements are walked by their length prefixes; past the end of `data`, the walk stops and says more."""
+    count = codecs.element_count(shape)
+    if datatype != codecs.BYTES:
+        return count * codecs.dtype_of(datatype).itemsize
+    end = 0
+    for _ in range(count):
+        if end + _LEN.size > len(data):
+            return end + _LEN.size
+        end += _LEN.size + _LEN.unpack_from(data, end)[0]
+    return end
 
 
 class BlockingRegion(SharedMemoryRegion):

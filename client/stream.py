@@ -40,12 +40,14 @@ from . import wire
 from .errors import (
     CancelledError,
     DeadlineExceededError,
+    InvalidArgumentError,
     KerveError,
     ServerError,
     UnavailableError,
     from_error_message,
     from_rpc_error,
 )
+from .shared_memory import SharedOutput
 from .wire import InferResult
 
 DEFAULT_CLOSE_GRACE_S = 5.0
@@ -73,6 +75,8 @@ class _Requests:
     """What both stream classes build per message: the model, version and outputs fixed, a fresh id each."""
 
     def __init__(self, model: str, version: int | str | None, outputs: Sequence[str] | None) -> None:
+        if any(isinstance(o, SharedOutput) for o in outputs or ()):  # the stream's calls would share one place
+            raise InvalidArgumentError("a stream's outputs are names: outputs in shared memory need unary infer")
         self.model = model
         self.version = version
         self.outputs = tuple(outputs) if outputs else None

@@ -12,9 +12,11 @@ from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError, ServerError
-from .shared_memory import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedTensor
+from .shared_memory import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedOutput, SharedTensor
 
 CLASSIFICATION = "classification"  # the requested-output parameter of the V2 classification extension
+UINT32_MAX = 2**32 - 1
+LogSetting = bool | int | str  # a LogSettings value: Triton's SettingValue is one of bool, uint32 and string
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,13 @@ def build_infer_request(
     model: str,
     inputs: Mapping[str, Any],
     version: int | str | None = None,
-    outputs: Sequence[str] | None = None,
+    outputs: Sequence[str | SharedOutput] | None = None,
     request_id: str = "",
     class_counts: Mapping[str, int] | None = None,
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server), or as its place
-    in a registered shared memory region when the value is a SharedTensor (`Client.shared_memory`).
+    in a registered shared memory region when the value is a SharedTensor (`Client.shared_memory`). An output
+    given as a SharedOutput is requested with its place, for the server to write it there.
 
     `class_counts` ({output: k}) asks for those outputs' top k classes (the classification extension) instead of
     their tensors; they are requested besides `outputs` (so with `outputs` None, only they come back)."""
@@ -123,10 +126,7 @@ def build_infer_request(
     for name, value in inputs.items():
         if isinstance(value, SharedTensor):  # in a registered region: the request names its place, no raw entry
             tensor = request.inputs.add(name=name, datatype=value.datatype, shape=list(value.shape))
-            tensor.parameters[SHM_REGION].string_param = value.region
-            tensor.parameters[SHM_BYTE_SIZE].int64_param = value.byte_size
-            if value.offset:
-                tensor.parameters[SHM_OFFSET].int64_param = value.offset
+            _set_place(tensor.parameters, value.region, value.offset, value.byte_size)
             continue
         try:
             array, datatype = codecs.wire_array(value)
@@ -135,12 +135,45 @@ def build_infer_request(
             raise InvalidArgumentError(f"input {name!r}: {exc}") from None
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         request.raw_input_contents.append(raw)
-    counts = dict(class_counts or {})
-    for name in [*(outputs or ()), *(n for n in counts if n not in (outputs or ()))]:
+    _request_outputs(request, outputs or (), dict(class_counts or {}))
+    return request
+
+
+def _request_outputs(
+    request: pb.ModelInferRequest, outputs: Sequence[str | SharedOutput], counts: Mapping[str, int]
+) -> None:
+    names = [_output_name(o) for o in outputs]
+    places = shared_outputs(outputs)
+    for name in [*names, *(n for n in counts if n not in names)]:
         requested = request.outputs.add(name=name)
         if name in counts:
             requested.parameters[CLASSIFICATION].int64_param = _class_count(name, counts[name])
-    return request
+        if name in places:
+            place = places[name]
+            _set_place(requested.parameters, place.region, place.offset, place.byte_size)
+
+
+def shared_outputs(outputs: Sequence[str | SharedOutput] | None) -> dict[str, SharedOutput]:
+    """The outputs placed in shared memory, by name: what the response is read back with. A name placed and also
+    asked for otherwise would leave the server two answers to choose from, so it is refused."""
+    places = {o.name: o for o in outputs or () if isinstance(o, SharedOutput)}
+    names = [_output_name(o) for o in outputs or ()]
+    for name in places:
+        if names.count(name) > 1:
+            raise InvalidArgumentError(f"output {name!r} is requested more than once; place it in one region only")
+    return places
+
+
+def _output_name(output: str | SharedOutput) -> str:
+    return output.name if isinstance(output, SharedOutput) else output
+
+
+def _set_place(params: Any, region: str, offset: int, byte_size: int) -> None:
+    """A tensor's place in a registered region, as Triton's parameters name it (an offset of 0 is left out)."""
+    params[SHM_REGION].string_param = region
+    params[SHM_BYTE_SIZE].int64_param = byte_size
+    if offset:
+        params[SHM_OFFSET].int64_param = offset
 
 
 def _class_count(output: str, count: Any) -> int:
@@ -149,21 +182,62 @@ def _class_count(output: str, count: Any) -> int:
     return int(count)
 
 
-def parse_infer_response(response: pb.ModelInferResponse) -> InferResult:
-    """Outputs as arrays; raw contents are decoded without a copy, typed contents are converted."""
+def parse_infer_response(
+    response: pb.ModelInferResponse, shared: Mapping[str, SharedOutput] | None = None
+) -> InferResult:
+    """Outputs as arrays; raw contents are decoded without a copy, typed contents are converted, and an output
+    placed in shared memory (`shared`, by name) is copied out of its region, with the datatype and shape the
+    response gives it. Its raw entry is empty then; a server that sent the bytes anyway (one that ignores the
+    placement) is believed over a region it may never have written."""
     raw = response.raw_output_contents
     if raw and len(raw) != len(response.outputs):
         raise ServerError(f"response has {len(response.outputs)} outputs but {len(raw)} raw contents")
     arrays: dict[str, np.ndarray] = {}
     for i, out in enumerate(response.outputs):
         try:
-            if raw:
+            if shared and out.name in shared and not (raw and raw[i]):
+                arrays[out.name] = shared[out.name].read(out.datatype, out.shape)
+            elif raw:
                 arrays[out.name] = codecs.decode_raw(raw[i], out.datatype, out.shape)
             else:
                 arrays[out.name] = codecs.decode_contents(out.contents, out.datatype, out.shape)
         except codecs.CodecError as exc:
             raise ServerError(f"output {out.name!r}: {exc}") from None
     return InferResult(response.model_name, response.model_version, response.id, arrays)
+
+
+def log_settings_request(settings: Mapping[str, LogSetting]) -> pb.LogSettingsRequest:
+    """A LogSettings request changing `settings`; each value's Python type picks its field (bool before int:
+    True is an int to Python, not to the server). Empty: a request that only reads them."""
+    request = pb.LogSettingsRequest()
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"a log setting's name must be a non-empty str, got {key!r}")
+        field, plain = _setting_field(key, value)
+        setattr(request.settings[key], field, plain)
+    return request
+
+
+def _setting_field(key: str, value: Any) -> tuple[str, LogSetting]:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool_param", bool(value)
+    if isinstance(value, (int, np.integer)):
+        if not 0 <= value <= UINT32_MAX:  # the wire's uint32: a negative level would otherwise wrap or fail late
+            raise InvalidArgumentError(f"log setting {key!r} takes an integer from 0 to {UINT32_MAX}, got {value}")
+        return "uint32_param", int(value)
+    if isinstance(value, str):
+        return "string_param", value
+    raise InvalidArgumentError(f"log setting {key!r} takes a bool, an int or a str, got {value!r}")
+
+
+def parse_log_settings(response: pb.LogSettingsResponse) -> dict[str, LogSetting]:
+    settings: dict[str, LogSetting] = {}
+    for key, value in sorted(response.settings.items()):
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise ServerError(f"log setting {key!r} came back without a value")
+        settings[key] = getattr(value, choice)
+    return settings
 
 
 def _tensors(items: Any) -> tuple[TensorInfo, ...]:

@@ -1,5 +1,5 @@
-"""The SDK's shared memory inputs against a real `kerve serve` on this host: regions made, registered, used by
-unary calls and streams, unregistered and removed."""
+"""The SDK's shared memory against a real `kerve serve` on this host: regions made, registered, used by unary calls
+and streams for inputs and by unary calls for outputs, unregistered and removed."""
 
 from __future__ import annotations
 
@@ -74,7 +74,52 @@ def test_a_region_the_server_forgot_fails_the_call_precisely(server: str) -> Non
         with grpc.insecure_channel(server) as channel:  # someone else unregisters every region
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=30)
-        with pytest.raises(InvalidArgumentError, match=f"shared memory region '{region.name}' is not registered"):
+        forgotten = f"shared memory region '{region.name}' is not registered"
+        with pytest.raises(InvalidArgumentError, match=forgotten):
             client.predict("cnn", {"image": tensor})
+        with pytest.raises(InvalidArgumentError, match=f"output 'output_0': {forgotten}"):
+            client.predict("cnn", {"image": IMAGES}, outputs=[region.output("output_0")])
     # closing still removed the object, though the server had forgotten the region already
     assert not Path("/dev/shm", region.key[1:]).exists()
+
+
+def test_outputs_written_into_a_region_match_outputs_in_the_message(server: str) -> None:
+    with Client(server) as client:
+        expected = client.predict("cnn", {"image": IMAGES})["output_0"]
+        size, at = expected.nbytes, IMAGES.nbytes + 8
+        with client.shared_memory(at + size, name="sdk-outputs") as region:
+            place = region.output("output_0", offset=at, byte_size=size)
+            got = client.infer("cnn", {"image": region.put(IMAGES)}, outputs=[place]).outputs["output_0"]
+            assert (got.dtype, got.shape) == (np.float32, expected.shape) and got.tobytes() == expected.tobytes()
+            again = client.predict("cnn", {"image": region.put(IMAGES[::-1])}, outputs=[place])["output_0"]
+            assert again.tobytes() == expected[::-1].tobytes()
+            assert Path("/dev/shm", region.key[1:]).read_bytes()[at:] == again.tobytes()  # it came through the region
+            assert got.tobytes() == expected.tobytes()  # a copy: the region's reuse left the first result alone
+
+            classes = client.infer("cnn", {"image": IMAGES}, class_counts={"output_0": 3}).outputs["output_0"]
+            placed = client.infer(
+                "cnn", {"image": IMAGES}, outputs=[region.output("output_0")], class_counts={"output_0": 3}
+            )
+            assert placed.outputs["output_0"].tolist() == classes.tolist()  # BYTES, read back by their lengths
+
+
+def test_an_output_region_too_small_for_the_result_fails_the_call_precisely(server: str) -> None:
+    with Client(server) as client, client.shared_memory(IMAGES.nbytes) as region:
+        size = client.predict("cnn", {"image": IMAGES})["output_0"].nbytes
+        short = region.output("output_0", byte_size=size - 1)
+        message = f"output 'output_0': the shared memory given for it \\({size - 1} bytes\\) should be at least {size}"
+        with pytest.raises(InvalidArgumentError, match=message):
+            client.infer("cnn", {"image": IMAGES}, outputs=[short])
+
+
+def test_async_outputs_in_a_region(server: str) -> None:
+    async def main() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncClient(server) as client:
+            expected = (await client.predict("cnn", {"image": IMAGES}))["output_0"]
+            async with await client.shared_memory(2 * IMAGES.nbytes) as region:
+                place = region.output("output_0", offset=IMAGES.nbytes)
+                got = await client.predict("cnn", {"image": region.put(IMAGES)}, outputs=[place])
+                return got["output_0"], expected
+
+    got, expected = asyncio.run(main())
+    assert got.shape == expected.shape and got.tobytes() == expected.tobytes()

@@ -1,4 +1,5 @@
-"""kerve.client's shared memory region on its own (no server): what `put` writes and what it hands the request."""
+"""kerve.client's shared memory region on its own (no server): what `put` writes and what it hands the request, how
+an output is placed in it and read back from it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 
 from kerve import codecs
-from kerve.client import InvalidArgumentError, SharedMemoryRegion, SharedTensor
-from kerve.client.wire import build_infer_request
+from kerve.client import InferStream, InvalidArgumentError, ServerError, SharedMemoryRegion, SharedTensor
+from kerve.client.wire import build_infer_request, parse_infer_response, shared_outputs
+from kerve.protos import grpc_service_pb2 as pb
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no POSIX shared memory (/dev/shm) here")
 
@@ -56,3 +58,118 @@ def test_bad_puts_and_release(region: SharedMemoryRegion) -> None:
         region.put(np.zeros(1, np.float32))
     with pytest.raises(InvalidArgumentError, match="positive byte size"):
         SharedMemoryRegion(0)
+
+
+# --- outputs placed in a region -------------------------------------------------------------------------------
+
+
+def served(region: SharedMemoryRegion, offset: int, array: np.ndarray) -> None:
+    """Write `array`'s raw V2 bytes into the region's object at `offset`, as the server does through its mapping."""
+    with Path("/dev/shm", region.key[1:]).open("r+b") as shm:
+        shm.seek(offset)
+        shm.write(codecs.encode_raw(array))
+
+
+def answer(*outputs: tuple[str, str, tuple[int, ...], bytes]) -> pb.ModelInferResponse:
+    """A response listing each output (name, datatype, shape) with its raw entry (b"": written to shared memory)."""
+    response = pb.ModelInferResponse(model_name="m", model_version="1", id="7")
+    for name, datatype, shape, raw in outputs:
+        response.outputs.add(name=name, datatype=datatype, shape=list(shape))
+        response.raw_output_contents.append(raw)
+    return response
+
+
+def test_an_output_place_is_requested_with_triton_parameters(region: SharedMemoryRegion) -> None:
+    at_8 = region.output("y", offset=8, byte_size=16)
+    assert (at_8.name, at_8.region, at_8.offset, at_8.byte_size) == ("y", "r", 8, 16)
+    rest = region.output("z")  # the whole region by default
+    assert (rest.offset, rest.byte_size) == (0, 64)
+    request = build_infer_request("m", {"x": np.zeros(2)}, outputs=["plain", at_8, rest], class_counts={"z": 2})
+    plain, y, z = request.outputs
+    assert (plain.name, dict(plain.parameters)) == ("plain", {})
+    assert y.parameters["shared_memory_region"].string_param == "r"
+    assert y.parameters["shared_memory_byte_size"].int64_param == 16
+    assert y.parameters["shared_memory_offset"].int64_param == 8
+    assert z.parameters["shared_memory_byte_size"].int64_param == 64
+    assert "shared_memory_offset" not in z.parameters  # 0 is the default: left out, as for inputs
+    assert z.parameters["classification"].int64_param == 2  # classes written into the region as BYTES
+
+
+@pytest.mark.parametrize(
+    ("offset", "byte_size"), [(60, 8), (-1, 4), (0, -1), (65, None), (True, 4), (0, 1.5), ("0", 4), ("0", None)]
+)
+def test_an_output_place_must_lie_in_the_region(region: SharedMemoryRegion, offset: object, byte_size: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="output 'y': byte_size .* is not within shared memory region 'r'"):
+        region.output("y", offset=offset, byte_size=byte_size)  # type: ignore[arg-type]
+
+
+def test_an_output_place_needs_a_name_and_an_open_region(region: SharedMemoryRegion) -> None:
+    with pytest.raises(InvalidArgumentError, match="needs a name"):
+        region.output("")
+    place = region.output("y")
+    region.release()
+    with pytest.raises(InvalidArgumentError, match="is closed"):
+        region.output("y")
+    with pytest.raises(
+        InvalidArgumentError, match="output 'y': shared memory region 'r' was closed before it was read"
+    ):
+        parse_infer_response(answer(("y", "FP32", (1,), b"")), shared_outputs([place]))
+
+
+def test_an_output_is_read_back_from_its_place_as_a_copy(region: SharedMemoryRegion) -> None:
+    numbers = np.arange(6, dtype=np.float32).reshape(2, 3)
+    served(region, 8, numbers)
+    words = np.array([b"ab", b"", b"xyz"], dtype=object)
+    served(region, 40, words)  # 3 * 4 + 5 = 17 bytes of a 24-byte place: BYTES are walked, not sized by the place
+    places = shared_outputs([region.output("y", offset=8, byte_size=32), region.output("w", offset=40), "plain"])
+    extra = np.array([1, 2], dtype=np.int64)
+    result = parse_infer_response(
+        answer(("y", "FP32", (2, 3), b""), ("w", "BYTES", (3,), b""), ("plain", "INT64", (2,), extra.tobytes())),
+        places,
+    )
+    assert (result.model_name, result.model_version, result.id) == ("m", "1", "7")
+    y = result.outputs["y"]
+    assert y.dtype == np.float32 and y.tobytes() == numbers.tobytes()
+    assert result.outputs["w"].tolist() == [b"ab", b"", b"xyz"]
+    assert result.outputs["plain"].tolist() == [1, 2]
+    served(region, 8, numbers + 100)  # the region reused by a later call: an earlier result does not change
+    assert y.tobytes() == numbers.tobytes() and y.flags.writeable
+    region.release()  # and no view is left to keep the mapping open (mmap would raise BufferError)
+
+
+def test_bytes_sent_in_the_response_win_over_the_region(region: SharedMemoryRegion) -> None:
+    """A server that ignores the placement answers in the message; the region then holds nothing of this call."""
+    served(region, 0, np.zeros(2, np.float32))
+    sent = np.array([3.0, 4.0], np.float32)
+    result = parse_infer_response(answer(("y", "FP32", (2,), sent.tobytes())), shared_outputs([region.output("y")]))
+    assert result.outputs["y"].tolist() == [3.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "message"),
+    [
+        ("FP32", (5,), r"FP32 \[5\] takes 20 bytes, more than the 16 bytes placed for it in shared memory region 'r'"),
+        ("BYTES", (2,), r"BYTES \[2\] takes at least 20 bytes, more than the 16 bytes placed"),
+        ("FP33", (1,), "unsupported datatype 'FP33'"),
+        ("FP32", (-1,), r"shape \[-1\] has a negative dimension"),
+    ],
+)
+def test_an_answer_that_does_not_fit_its_place_is_a_server_error(
+    region: SharedMemoryRegion, datatype: str, shape: tuple[int, ...], message: str
+) -> None:
+    served(region, 0, np.array([b"0123456789ab"], dtype=object))  # fills the 16 bytes: no room for a 2nd
+    with pytest.raises(ServerError, match=f"output 'y': {message}"):
+        parse_infer_response(answer(("y", datatype, shape, b"")), shared_outputs([region.output("y", byte_size=16)]))
+
+
+def test_an_output_placed_twice_is_refused(region: SharedMemoryRegion) -> None:
+    with pytest.raises(InvalidArgumentError, match="output 'y' is requested more than once"):
+        build_infer_request("m", {"x": np.zeros(1)}, outputs=["y", region.output("y")])
+    with pytest.raises(InvalidArgumentError, match="output 'y' is requested more than once"):
+        shared_outputs([region.output("y"), region.output("y", offset=32)])
+
+
+def test_a_stream_refuses_outputs_in_shared_memory(region: SharedMemoryRegion) -> None:
+    """Its calls run concurrently with fixed outputs: all of them would write one place."""
+    with pytest.raises(InvalidArgumentError, match="outputs in shared memory need unary infer"):
+        InferStream(object(), "m", outputs=[region.output("y")], timeout=1.0)  # type: ignore[list-item]

@@ -1,5 +1,5 @@
 """Client wire helpers without a server: class counts in requests, classification labels, model config, in-band
-stream errors."""
+stream errors, log settings."""
 
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ from kerve.client import (
 from kerve.client.errors import from_error_message
 from kerve.client.wire import (
     CLASSIFICATION,
+    UINT32_MAX,
     build_infer_request,
+    log_settings_request,
     only_output,
     parse_classification,
     parse_config,
+    parse_log_settings,
 )
 from kerve.protos import grpc_service_pb2 as pb
 
@@ -175,3 +178,61 @@ def test_config_without_a_batcher() -> None:
 def test_in_band_stream_errors_map_to_the_status_classes(message: str, cls: type, code: str, text: str) -> None:
     error = from_error_message(message)
     assert type(error) is cls and error.code == code and error.message == text
+
+
+# --- log settings -------------------------------------------------------------------------------------------
+
+
+def test_log_settings_take_their_field_from_the_value_type() -> None:
+    request = log_settings_request(
+        {
+            "log_info": False,
+            "log_error": np.bool_(True),
+            "log_verbose_level": 2,
+            "other_level": np.uint64(UINT32_MAX),
+            "log_format": "ISO8601",
+            "log_file": "",
+        }
+    )
+    fields = {key: (value.WhichOneof("parameter_choice"), getattr(value, value.WhichOneof("parameter_choice")))
+              for key, value in request.settings.items()}  # fmt: skip
+    assert fields == {
+        "log_info": ("bool_param", False),
+        "log_error": ("bool_param", True),  # a bool is an int to Python, not to the server
+        "log_verbose_level": ("uint32_param", 2),
+        "other_level": ("uint32_param", UINT32_MAX),
+        "log_format": ("string_param", "ISO8601"),
+        "log_file": ("string_param", ""),
+    }
+    assert not log_settings_request({}).settings  # a request that only reads
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"log_verbose_level": -1}, r"'log_verbose_level' takes an integer from 0 to 4294967295, got -1"),
+        ({"log_verbose_level": 2**32}, r"'log_verbose_level' takes an integer from 0 to 4294967295, got 4294967296"),
+        ({"log_verbose_level": np.int8(-3)}, "got -3"),
+        ({"log_info": None}, "'log_info' takes a bool, an int or a str, got None"),
+        ({"log_verbose_level": 1.0}, "got 1.0"),
+        ({"log_file": b"x"}, "got b'x'"),
+        ({"": True}, "a log setting's name must be a non-empty str, got ''"),
+        ({1: True}, "got 1"),
+    ],
+)
+def test_log_settings_the_wire_cannot_carry_are_refused_before_sending(settings: dict, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        log_settings_request(settings)
+
+
+def test_log_settings_answer_parses_to_plain_values() -> None:
+    response = pb.LogSettingsResponse()
+    response.settings["log_info"].bool_param = False
+    response.settings["log_verbose_level"].uint32_param = 0
+    response.settings["log_format"].string_param = "default"
+    parsed = parse_log_settings(response)
+    assert parsed == {"log_format": "default", "log_info": False, "log_verbose_level": 0}
+    assert [type(v) for v in parsed.values()] == [str, bool, int]
+    response.settings["log_file"].Clear()  # present without a value
+    with pytest.raises(ServerError, match="log setting 'log_file' came back without a value"):
+        parse_log_settings(response)
