@@ -75,6 +75,10 @@ class BatchingConfig:
       turns into fast, retryable errors instead of unbounded latency and memory.
     - ``pad_to_allowed``: False keeps ``allowed_batch_sizes`` in the config but runs batches at their natural
       size, so one config.yaml serves both a TPU deployment and a CPU/GPU one.
+    - ``priority_levels``: Triton's priority levels (0: none). A request's ``priority`` 1 is the highest level;
+      batches take the highest level queued first, oldest first within a level, and fill up from lower levels.
+      A lower level waits as long as higher ones keep the replicas busy (as in Triton): give its requests a
+      deadline. ``default_priority_level`` is the level of a request without one (0: the lowest level).
     """
 
     max_batch_size: int = 64
@@ -82,6 +86,8 @@ class BatchingConfig:
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queued: int = 1024
     pad_to_allowed: bool = True
+    priority_levels: int = 0
+    default_priority_level: int = 0
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
@@ -96,6 +102,12 @@ class BatchingConfig:
         set_("max_queue_delay_s", delay)
         if not isinstance(self.pad_to_allowed, bool):
             raise ValueError(f"pad_to_allowed must be true or false, got {self.pad_to_allowed!r}")
+        levels = non_negative_int("priority_levels", self.priority_levels)
+        default = non_negative_int("default_priority_level", self.default_priority_level)
+        if default > levels:
+            raise ValueError(f"default_priority_level must be between 1 and priority_levels ({levels}), got {default}")
+        set_("priority_levels", levels)
+        set_("default_priority_level", default or levels)
 
         sizes = self.allowed_batch_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)):
@@ -141,10 +153,18 @@ class BatchingConfig:
 
 def positive_int(name: str, value: object) -> int:
     """``value`` as an int if it is an integer >= 1 (bools are not), else ValueError naming ``name``."""
+    return _int_at_least(name, value, 1)
+
+
+def non_negative_int(name: str, value: object) -> int:
+    return _int_at_least(name, value, 0)
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -170,7 +190,9 @@ class BatchStats:
 class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
-    __slots__ = ("arrival", "dead", "deadline", "inputs", "n", "next_row", "parts", "rows_done", "seq", "sink")
+    __slots__ = (
+        "arrival", "dead", "deadline", "inputs", "level", "n", "next_row", "parts", "rows_done", "seq", "sink"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -180,6 +202,7 @@ class _Request:
         arrival: float,
         deadline: float | None,
         seq: int,
+        level: int,
     ) -> None:
         self.inputs = inputs
         self.n = n
@@ -187,6 +210,7 @@ class _Request:
         self.arrival = arrival
         self.deadline = deadline
         self.seq = seq
+        self.level = level  # priority level: 1 first; 0 when the batcher has none
         self.next_row = 0  # rows [0, next_row) have been put into batches
         self.rows_done = 0  # rows whose outputs came back (split requests only)
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
@@ -350,7 +374,8 @@ class Batcher:
       few light-model clients, for the whole delay on every request.
     - A batch takes up to ``max_batch_size`` rows from the oldest queued request onwards (FIFO, so nothing
       starves), only from requests concatenable with it; others wait for a later batch. A request larger than
-      the room left is split, and its pieces are reassembled in order.
+      the room left is split, and its pieces are reassembled in order. With priority levels the batch starts at
+      the oldest request of the highest level queued and fills up from the levels below.
     - The batch goes to the replica that has been idle longest (each replica runs one batch at a time, so the
       idle ones are the least loaded).
     """
@@ -378,7 +403,8 @@ class Batcher:
             max_workers=len(self._replicas), thread_name_prefix=f"kerve-batch-{name or 'model'}"
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: dict[_Key, deque[_Request]] = {}
+        # by input key; with priority levels by (level, input key)
+        self._queues: dict[Any, deque[_Request]] = {}
         self._queued = 0  # live rows not yet put into a batch
         self._seq = itertools.count()
         self._idle: deque[int] = deque(range(len(self._replicas)))
@@ -430,7 +456,9 @@ class Batcher:
 
     # ---- public API
 
-    async def submit(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+    async def submit(
+        self, inputs: dict[str, np.ndarray], deadline: float | None = None, priority: int = 0
+    ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (leading batch dimension n >= 1) through the model, batched with other callers.
 
         ``deadline`` is an absolute time on the batcher's clock; a request still queued when it passes is
@@ -438,18 +466,19 @@ class Batcher:
         Cancelling the awaiting task removes the request from the queue if it has not started.
         """
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        ticket = self.enqueue(inputs, deadline, future)
+        ticket = self.enqueue(inputs, deadline, future, priority)
         try:
             return await future
         except asyncio.CancelledError:
             self.abandon(ticket)
             raise
 
-    def enqueue(self, inputs: dict[str, np.ndarray], deadline: float | None, sink: Sink) -> Ticket:
+    def enqueue(self, inputs: dict[str, np.ndarray], deadline: float | None, sink: Sink, priority: int = 0) -> Ticket:
         """``submit`` without a coroutine: queue the request and return at once; its outputs (or a ServingError)
         go to ``sink`` from the batch's completion callback. Must run on the event loop thread. Raises a
         ServingError instead of queueing when the batcher is draining, the queue is full or the deadline passed.
-        A caller that stops waiting passes the ticket to ``abandon``.
+        A caller that stops waiting passes the ticket to ``abandon``. ``priority`` (Triton's: 1 is the highest
+        level) counts only with ``priority_levels``; 0 or a level the config lacks means the default level.
         """
         if self._closing:
             raise unavailable(f"{self._label} is draining; not accepting new requests")
@@ -470,7 +499,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        req = _Request(inputs, n, sink, now, deadline, next(self._seq))
+        levels = self._config.priority_levels
+        if levels:
+            level = priority if 0 < priority <= levels else self._config.default_priority_level
+            key = (level, key)  # type: ignore[assignment]
+        else:
+            level = 0
+        req = _Request(inputs, n, sink, now, deadline, next(self._seq), level)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
@@ -531,19 +566,21 @@ class Batcher:
             found = self._oldest()
             if found is None:
                 break
-            queue, head = found
+            key, queue, head = found
             if not force and self._hold(head):
                 return
             force = False
-            batch = self._form(queue)
+            batch = self._form(self._lower_levels(key, queue) if head.level else (queue,))
             if batch is not None:
                 self._launch(batch)
         self._cancel_timer()
 
-    def _oldest(self) -> tuple[deque[_Request], _Request] | None:
+    def _oldest(self) -> tuple[Any, deque[_Request], _Request] | None:
+        """The queue whose head goes first: the highest priority level queued (1 before 2), then the oldest."""
+        best_key: Any = None
         best_queue: deque[_Request] | None = None
         best: _Request | None = None
-        empty: list[_Key] = []
+        empty: list[Any] = []
         for key, queue in self._queues.items():
             while queue and queue[0].dead:
                 queue.popleft()
@@ -551,13 +588,19 @@ class Batcher:
                 empty.append(key)
                 continue
             head = queue[0]
-            if best is None or head.seq < best.seq:
-                best, best_queue = head, queue
+            if best is None or head.level < best.level or (head.level == best.level and head.seq < best.seq):
+                best, best_queue, best_key = head, queue, key
         for key in empty:
             del self._queues[key]
         if best is None or best_queue is None:
             return None
-        return best_queue, best
+        return best_key, best_queue, best
+
+    def _lower_levels(self, key: tuple[int, _Key], queue: deque[_Request]) -> list[deque[_Request]]:
+        """``queue`` and then the queues of the same inputs at the levels below, to fill a batch from."""
+        level, inputs = key
+        lower = (self._queues.get((below, inputs)) for below in range(level + 1, self._config.priority_levels + 1))
+        return [queue, *(q for q in lower if q)]
 
     def _hold(self, head: _Request) -> bool:
         """Whether to keep ``head`` queued a little longer for a fuller batch; arms the timer if so."""
@@ -591,33 +634,35 @@ class Batcher:
             self._timer = None
             self._timer_req = None
 
-    def _form(self, queue: deque[_Request]) -> _Batch | None:
+    def _form(self, queues: Sequence[deque[_Request]]) -> _Batch | None:
+        """A batch from the front of ``queues``, taken in order (requests with the same inputs key)."""
         max_rows = self._config.max_batch_size
         now = self._clock()
         slices: list[_Slice] = []
         rows = 0
-        while queue and rows < max_rows:
-            req = queue[0]
-            if req.dead:
-                queue.popleft()
-                continue
-            if req.deadline is not None and req.deadline <= now:
-                queue.popleft()
-                waited = now - req.arrival
-                self._fail(
-                    req,
-                    ServingError(
-                        ErrorCode.DEADLINE_EXCEEDED, f"deadline exceeded after {waited:.3f}s waiting for the model"
-                    ),
-                )
-                continue
-            start = req.next_row
-            stop = start + min(req.n - start, max_rows - rows)
-            req.next_row = stop
-            slices.append((req, start, stop))
-            rows += stop - start
-            if stop == req.n:
-                queue.popleft()
+        for queue in queues:
+            while queue and rows < max_rows:
+                req = queue[0]
+                if req.dead:
+                    queue.popleft()
+                    continue
+                if req.deadline is not None and req.deadline <= now:
+                    queue.popleft()
+                    waited = now - req.arrival
+                    self._fail(
+                        req,
+                        ServingError(
+                            ErrorCode.DEADLINE_EXCEEDED, f"deadline exceeded after {waited:.3f}s waiting for the model"
+                        ),
+                    )
+                    continue
+                start = req.next_row
+                stop = start + min(req.n - start, max_rows - rows)
+                req.next_row = stop
+                slices.append((req, start, stop))
+                rows += stop - start
+                if stop == req.n:
+                    queue.popleft()
         if not slices:
             return None
         self._queued -= rows

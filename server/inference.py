@@ -257,7 +257,7 @@ class Call:
             batcher = engine._batcher(entry, signature)
             if batcher is not None and not _runs_alone(batcher.config, rows):
                 self.batcher = batcher
-                self._ticket = batcher.enqueue(request.inputs, request.deadline, self)
+                self._ticket = batcher.enqueue(request.inputs, request.deadline, self, request.priority)
             else:
                 engine._run_alone(self, signature, request.inputs, self.output_names)
         except ServingError:

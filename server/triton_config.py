@@ -6,7 +6,8 @@ later load without a config goes back to config.yaml alone:
 
     version_policy                       -> version_policy
     max_batch_size + dynamic_batching    -> batching (max_batch_size, max_queue_delay_s, allowed_batch_sizes
-                                            padded to, from preferred_batch_size); no dynamic_batching: batching off
+                                            padded to, from preferred_batch_size; priority_levels,
+                                            default_priority_level); no dynamic_batching: batching off
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
 itself (instance groups: config.yaml's `replicas`, applied when a version loads). A config may repeat what
@@ -35,7 +36,10 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     try:
         config = json_format.Parse(text, pb.ModelConfig())
     except json_format.ParseError as exc:
-        raise invalid(f"{where}: {exc} (kerve applies version_policy, max_batch_size and dynamic_batching)") from None
+        raise invalid(
+            f"{where}: {exc} (kerve applies version_policy, max_batch_size and dynamic_batching's "
+            "max_queue_delay_microseconds, preferred_batch_size, priority_levels, default_priority_level)"
+        ) from None
     for field, want in (("name", model), ("platform", platform), ("backend", BACKEND)):
         got = getattr(config, field)
         if got and got != want:
@@ -79,6 +83,8 @@ def _batching(where: str, config: pb.ModelConfig) -> dict[str, Any]:
         "max_queue_delay_s": dynamic.max_queue_delay_microseconds / 1e6,
         "allowed_batch_sizes": preferred,
         "pad_to_allowed": True,
+        "priority_levels": dynamic.priority_levels,
+        "default_priority_level": dynamic.default_priority_level,
     }
 
 

@@ -37,6 +37,7 @@ class InferRequest:
     id: str = ""
     deadline: float | None = None  # time.monotonic() value; None means no deadline
     protocol: str = "v2"
+    priority: int = 0  # Triton's priority level (1 highest); 0: the model's default
 
 
 @dataclass

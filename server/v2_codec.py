@@ -61,10 +61,16 @@ def decode_request(
             raise invalid(f"input {name!r}: {exc}") from None
     if next_raw != len(raw):
         _check_raw_count(message)
-    if message.parameters and TIMEOUT in message.parameters:
-        timeout_s = _timeout_s(message.parameters[TIMEOUT])
-        if timeout_s is not None:
-            time_remaining = timeout_s if time_remaining is None else min(time_remaining, timeout_s)
+    priority = 0
+    if message.parameters:  # Triton's schedule policy parameters
+        if TIMEOUT in message.parameters:
+            timeout_s = _timeout_s(message.parameters[TIMEOUT])
+            if timeout_s is not None:
+                time_remaining = timeout_s if time_remaining is None else min(time_remaining, timeout_s)
+        if PRIORITY in message.parameters:
+            priority = _int_param("request", message.parameters, PRIORITY)
+            if priority < 0:
+                raise invalid(f"the priority parameter must be >= 0 (1 is the highest level), got {priority}")
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
     return InferRequest(
         model=message.model_name,
@@ -74,6 +80,7 @@ def decode_request(
         id=message.id,
         deadline=deadline,
         protocol="v2",
+        priority=priority,
     )
 
 
@@ -101,6 +108,7 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
 
 
 TIMEOUT = "timeout"
+PRIORITY = "priority"  # 1 is the highest level; 0 the model's default (batcher.BatchingConfig.priority_levels)
 
 
 def _timeout_s(param: pb.InferParameter) -> float | None:
@@ -291,6 +299,8 @@ def model_config(
     )
     if batching is not None:
         config.dynamic_batching.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
+        config.dynamic_batching.priority_levels = batching.priority_levels
+        config.dynamic_batching.default_priority_level = batching.default_priority_level
         if batching.pad_to_allowed:
             config.dynamic_batching.preferred_batch_size.extend(batching.allowed_batch_sizes)
     return config

@@ -24,7 +24,9 @@ from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
 
-EXTENSIONS = ["classification", "statistics", "model_repository", "model_configuration", "logging"]
+EXTENSIONS = [
+    "classification", "statistics", "model_repository", "model_configuration", "logging", "schedule_policy"
+]  # fmt: skip
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
 _SETTING_FIELDS = {bool: "bool_param", int: "uint32_param", str: "string_param"}  # LogSettings values by type
 STREAM_WINDOW = 256  # requests of one stream in flight at once; reading pauses beyond it (backpressure)

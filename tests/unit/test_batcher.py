@@ -387,6 +387,49 @@ def test_fifo_no_starvation_under_a_continuous_stream() -> None:
     run(main())
 
 
+def test_priority_levels_go_first_and_fill_up_from_the_levels_below() -> None:
+    """Triton's priority: level 1 before 2 before 3, oldest first within a level; a batch that one level cannot
+    fill takes the next level's rows; 0 or a level the model lacks means the default level (2 here)."""
+
+    async def main() -> None:
+        model = FakeModel(block=True)
+        config = BatchingConfig(max_batch_size=3, max_queue_delay_s=0, priority_levels=3, default_priority_level=2)
+        batcher = Batcher([model], config, clock=FakeClock())
+        first = await busy(batcher, 0)
+        queued = [
+            submit(batcher, rows(10), priority=3),
+            submit(batcher, rows(20)),  # no priority: the default level, 2
+            submit(batcher, rows(30), priority=1),
+            submit(batcher, rows(21), priority=2),
+            submit(batcher, rows(11), priority=3),
+            submit(batcher, rows(22), priority=7),  # no such level: the default
+            submit(batcher, rows(31), priority=1),
+        ]
+        await spin(lambda: batcher.queued_samples == 7)
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        assert model.seen == [0, 30, 31, 20, 21, 22, 10, 11]
+        assert model.sizes == [1, 3, 3, 1]  # level 1's two rows took the oldest level-2 row along
+        await batcher.close()
+
+    run(main())
+
+
+def test_without_priority_levels_a_priority_changes_nothing() -> None:
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=FakeClock())
+        first = await busy(batcher, 0)
+        queued = [submit(batcher, rows(v), priority=p) for v, p in ((1, 3), (2, 1), (3, 0))]
+        await spin(lambda: batcher.queued_samples == 3)
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        assert model.seen == [0, 1, 2, 3]
+        await batcher.close()
+
+    run(main())
+
+
 def test_cancelled_request_never_reaches_the_model() -> None:
     async def main() -> None:
         model = FakeModel(block=True)
@@ -728,6 +771,9 @@ def test_on_batch_reports_sizes_and_its_errors_do_not_break_batching() -> None:
         ({"max_batch_size": 8, "allowed_batch_sizes": (2, 4)}, "must equal max_batch_size (8)"),
         ({"max_batch_size": 8, "allowed_batch_sizes": (0, 8)}, "allowed_batch_sizes entry must be >= 1"),
         ({"allowed_batch_sizes": "64"}, "allowed_batch_sizes must be a list"),
+        ({"priority_levels": -1}, "priority_levels must be >= 0"),
+        ({"priority_levels": 2, "default_priority_level": 3}, "default_priority_level must be between 1 and"),
+        ({"default_priority_level": 1}, "default_priority_level must be between 1 and priority_levels (0)"),
     ],
 )
 def test_config_validation(kwargs: dict[str, Any], fragment: str) -> None:

@@ -36,6 +36,7 @@ class Model:
         self.outputs = SPEC_OUT
         self.runner_devices = ["cpu"]
         self.calls: list[int] = []
+        self.seen: list[float] = []  # every row's first value, in the order the model ran them
         self.gate: threading.Event | None = None
         self.fail: Exception | None = None
 
@@ -47,6 +48,7 @@ class Model:
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Any = None) -> dict[str, np.ndarray]:
         self.calls.append(len(inputs["x"]))
+        self.seen += [float(v) for v in inputs["x"][:, 0]]
         if self.gate is not None:
             assert self.gate.wait(10)
         if self.fail is not None:
@@ -180,6 +182,30 @@ def test_cancelled_requests_never_run_and_are_released() -> None:
     assert model.calls == [1]  # the cancelled requests never ran
     assert count(metrics, "CANCELLED") == 2 and count(metrics, "OK") == 1
     assert manager.entry.inflight == 0 and manager.released == 3 and inflight(metrics) == 0
+
+
+def test_a_requests_priority_orders_the_queue() -> None:
+    """InferRequest.priority reaches the batcher: with the model's priority levels, level 1 runs first."""
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, _ = setup(model, BatchingConfig(max_batch_size=1, priority_levels=2))
+
+    def valued(value: float, priority: int) -> InferRequest:
+        return InferRequest(model="m", inputs={"x": np.full((1, 2), value, np.float32)}, priority=priority)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(valued(0, 0)))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(engine.infer(valued(v, p))) for v, p in ((1, 0), (2, 2), (3, 1))]
+        (batcher,) = manager.entry.batchers.values()
+        while batcher.queued_samples < 3:
+            await asyncio.sleep(0.001)
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+
+    asyncio.run(main())
+    assert model.seen == [0, 3, 1, 2]  # no priority: the default level, the lowest (2), in arrival order
 
 
 def test_deadline_passed_in_the_queue() -> None:

@@ -54,6 +54,8 @@ def test_a_config_read_from_model_config_and_sent_back_keeps_the_settings() -> N
             "max_queue_delay_s": 0.002,
             "allowed_batch_sizes": [],
             "pad_to_allowed": True,
+            "priority_levels": 0,
+            "default_priority_level": 0,
         },
         "version_policy": {"latest": 1},
     }
@@ -72,6 +74,8 @@ def test_batching_and_version_policy_change() -> None:
     assert got["batching"]["max_batch_size"] == 32 and got["batching"]["max_queue_delay_s"] == 0.0005
     assert got["batching"]["allowed_batch_sizes"] == [4, 16, 32]  # padded to: a full batch must be one of them
     assert got["version_policy"] == {"specific": [1, 3]}
+    levels = overrides({"max_batch_size": 4, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}})
+    assert levels["batching"]["priority_levels"] == 3 and levels["batching"]["default_priority_level"] == 2
     assert overrides({"version_policy": {"all": {}}})["version_policy"] == "all"
     assert overrides({"max_batch_size": 16}) == {"batching": {"enabled": False}}  # Triton: no dynamic batcher
     assert overrides({"maxBatchSize": 4, "dynamicBatching": {}})["batching"]["max_batch_size"] == 4  # camelCase JSON
@@ -86,7 +90,7 @@ def test_batching_and_version_policy_change() -> None:
         ({"dynamic_batching": {}}, "dynamic_batching needs max_batch_size > 0"),
         ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}}, "preferred_batch_size 8"),
         ({"optimization": {"priority": 1}}, "optimization"),  # outside kerve's ModelConfig: the parser names it
-        ({"dynamic_batching": {"priority_levels": 2}}, "priority_levels"),
+        ({"dynamic_batching": {"default_queue_policy": {}}}, "default_queue_policy"),
         ("{not json", "load config for model 'm'"),
     ],
 )

@@ -77,13 +77,26 @@ def test_tritonclient_load_model_with_a_config(explicit, v2) -> None:
     client = triton.InferenceServerClient(explicit.target)
     try:
         before = client.get_model_config("b", as_json=True)["config"]
-        edited = {**before, "max_batch_size": 5, "dynamic_batching": {"max_queue_delay_microseconds": "300"}}
+        batching = {"max_queue_delay_microseconds": "300", "priority_levels": "2"}
+        edited = {**before, "max_batch_size": 5, "dynamic_batching": batching}
         client.load_model("b", config=json.dumps(edited))
         after = client.get_model_config("b", as_json=True)["config"]
-        assert after["max_batch_size"] == 5 and after["dynamic_batching"]["max_queue_delay_microseconds"] == "300"
+        assert after["max_batch_size"] == 5
+        assert after["dynamic_batching"] == {**batching, "default_priority_level": "2"}  # default: the lowest
         with Client(explicit.target, retry=None) as kerve_client:
             out = kerve_client.predict("b", {"features": np.ones((2, 3), np.float32), "ids": np.ones((2, 2), np.int64)})
             assert all(len(array) == 2 for array in out.values())
+        # Triton's schedule policy: priority 1 is the highest level; 0 or a level the model lacks is the default
+        assert "schedule_policy" in client.get_server_metadata().extensions
+        inputs = [triton.InferInput("features", [1, 3], "FP32"), triton.InferInput("ids", [1, 2], "INT64")]
+        inputs[0].set_data_from_numpy(np.ones((1, 3), np.float32))
+        inputs[1].set_data_from_numpy(np.ones((1, 2), np.int64))
+        for priority in (1, 2, 9):
+            assert client.infer("b", inputs, priority=priority).get_response().outputs
+        negative = pb.ModelInferRequest(model_name="b")
+        negative.parameters["priority"].int64_param = -1
+        assert_code(lambda: v2.ModelInfer(negative, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
+                    "priority parameter must be >= 0")  # fmt: skip
         wrong = {**edited, "input": [{**before["input"][0], "dims": ["7"]}, *before["input"][1:]]}
         with pytest.raises(InferenceServerException) as info:
             client.load_model("b", config=json.dumps(wrong))
