@@ -40,6 +40,9 @@ class _Drop(logging.Filter):
         return not self.off or record.levelno not in self.off or not record.name.startswith(LOGGER)
 
 
+_KINDS = {bool: "true or false", int: "an integer >= 0", str: "a string"}  # as the messages name them
+
+
 class LogSettings:
     def __init__(self, line_format: str) -> None:
         self._format = line_format
@@ -61,7 +64,7 @@ class LogSettings:
                 raise invalid(f"unknown log setting {key!r}; settings are {', '.join(KEYS)}")
             expected = type(self.values[key])
             if type(value) is not expected:
-                raise invalid(f"log setting {key!r} takes a {expected.__name__}, got {value!r}")
+                raise invalid(f"log setting {key!r} takes {_KINDS[expected]}, got {value!r}")
             merged[key] = value
         if merged["log_file"]:
             raise invalid("kerve logs to standard error (the container's log): log_file must stay empty")

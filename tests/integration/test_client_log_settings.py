@@ -44,8 +44,8 @@ def test_settings_read_change_and_stay_changed_for_other_clients(client: Client,
     ("change", "message"),
     [
         ({"log_info": False, "nope": True}, "unknown log setting 'nope'"),
-        ({"log_info": False, "log_warning": 1}, "log setting 'log_warning' takes a bool, got 1"),
-        ({"log_verbose_level": True}, "log setting 'log_verbose_level' takes a int, got True"),
+        ({"log_info": False, "log_warning": 1}, "log setting 'log_warning' takes true or false, got 1"),
+        ({"log_verbose_level": True}, "log setting 'log_verbose_level' takes an integer >= 0, got True"),
         ({"log_format": "XML"}, "log_format must be one of"),
     ],
 )

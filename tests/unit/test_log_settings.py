@@ -49,8 +49,8 @@ def test_defaults_and_a_bad_change_changes_nothing(capture: Capture) -> None:
     }  # fmt: skip
     for change, message in [
         ({"log_colour": True}, "unknown log setting 'log_colour'"),
-        ({"log_info": 1}, "log setting 'log_info' takes a bool, got 1"),
-        ({"log_verbose_level": True}, "log setting 'log_verbose_level' takes a int, got True"),
+        ({"log_info": 1}, "log setting 'log_info' takes true or false, got 1"),
+        ({"log_verbose_level": True}, "log setting 'log_verbose_level' takes an integer >= 0, got True"),
         ({"log_file": "/tmp/x.log"}, "log_file must stay empty"),
         ({"log_format": "json"}, "log_format must be one of"),
         ({"log_info": False, "log_format": "json"}, "log_format must be one of"),
