@@ -153,8 +153,10 @@ class SharedMemoryRegion:
         """Unmap and remove the object (after the server has been told to forget the region)."""
         mapping, self._mapping = self._mapping, None
         if mapping is not None:
-            mapping.close()
-            self._path.unlink(missing_ok=True)
+            try:
+                mapping.close()  # BufferError while a view of it lives: the object still goes
+            finally:
+                self._path.unlink(missing_ok=True)
 
     @property
     def closed(self) -> bool:
