@@ -255,7 +255,7 @@ _Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", f
 
 
 def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
-    if not isinstance(inputs, Mapping) or not inputs:
+    if not isinstance(inputs, (dict, Mapping)) or not inputs:  # dict first: a dict skips the ABC check (a call)
         raise invalid("request has no inputs")
     n = -1
     first = ""
@@ -273,7 +273,7 @@ def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
     if n == 0:
         raise invalid("request has an empty batch (leading dimension 0)")
     if len(inputs) == 1:
-        key: _Key = tuple((name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items())
+        key: _Key = ((name, arr.dtype, arr.shape[1:]),)  # the loop's one input
     else:
         key = tuple(sorted(((name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items()), key=_first))
     return n, key

@@ -282,14 +282,17 @@ class Call:
                 outputs={name: outputs[name] for name in self.output_names},
                 id=self.request.id,
                 output_specs={n: self.signature.outputs[n] for n in self.output_names},
-                class_labels=entry.class_labels if len(self.signature.outputs) == 1 else None,
+                class_labels=entry.class_labels
+                if entry.class_labels is not None and len(self.signature.outputs) == 1
+                else None,
             )
         except Exception as exc:
             self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output missing or unusable: {exc!r}"))
             return
         self._end()
-        entry.stats.record_success(time.monotonic() - self.started, self.rows)
-        self._observe("OK")
+        seconds = time.monotonic() - self.started
+        entry.stats.record_success(seconds, self.rows)
+        self._observe("OK", seconds)
         if not self.completion.done():
             self.completion.set_result(response)
 
@@ -307,9 +310,10 @@ class Call:
         if self.finished:
             return
         self._end()
+        seconds = time.monotonic() - self.started
         if self.entry is not None:
-            self.entry.stats.record_failure(time.monotonic() - self.started)
-        self._observe(error.code.value)
+            self.entry.stats.record_failure(seconds)
+        self._observe(error.code.value, seconds)
         if deliver and not self.completion.done():
             self.completion.set_exception(error)
 
@@ -324,7 +328,7 @@ class Call:
         if self.work is not None:
             self.work.cancel()
         self._end()
-        self._observe("CANCELLED")
+        self._observe("CANCELLED", time.monotonic() - self.started)
         self.completion.cancel()
 
     def _end(self) -> None:
@@ -336,10 +340,9 @@ class Call:
         if self.entry is not None:
             self._engine.manager.release(self.entry)
 
-    def _observe(self, code: str) -> None:
+    def _observe(self, code: str, seconds: float) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.
         version = str(self.entry.version) if self.entry is not None else ""
-        seconds = time.monotonic() - self.started
         self._engine.metrics.observe_request(self._model_label, version, self.request.protocol, code, seconds)
         if REQUESTS.verbose:  # log_verbose_level >= 1 (LogSettings): one line per request
             REQUESTS.logger.debug(

@@ -15,15 +15,20 @@ class TensorSpec:
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int | None, ...] | None  # None: unknown rank
+    # Derived once, read per request without a call: whether the leading dimension is variable (requests can be
+    # concatenated on it), and the fixed dims after it when all of them are fixed (a tuple to compare shapes with)
+    batched: bool = field(init=False, repr=False, compare=False)
+    batch_tail: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        batched = bool(self.shape) and self.shape[0] is None  # type: ignore[index]
+        tail = self.shape[1:] if batched else None  # type: ignore[index]
+        object.__setattr__(self, "batched", batched)
+        object.__setattr__(self, "batch_tail", tail if tail is not None and None not in tail else None)
 
     @property
     def wire_shape(self) -> list[int]:
         return [-1 if d is None else int(d) for d in (self.shape or ())]
-
-    @property
-    def batched(self) -> bool:
-        """True when the leading dimension is variable, so requests can be concatenated on it."""
-        return bool(self.shape) and self.shape[0] is None
 
 
 @dataclass

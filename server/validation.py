@@ -54,9 +54,13 @@ def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping
         if array.dtype != spec.dtype and not (array.dtype.kind == "O" and spec.dtype.kind == "O"):
             raise DtypeMismatch(name, spec.dtype, array.dtype)
         if spec.shape is not None:
-            ok = len(array.shape) == len(spec.shape) and all(
-                want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True)
-            )
+            tail = spec.batch_tail
+            if tail is not None:  # the usual signature (any batch, then fixed dims): one tuple comparison
+                ok = array.ndim != 0 and array.shape[1:] == tail
+            else:
+                ok = len(array.shape) == len(spec.shape) and all(
+                    want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True)
+                )
             if not ok:
                 raise invalid(
                     f"input {name!r}: expected shape {describe_shape(spec.shape)}, got {describe_shape(array.shape)}"

@@ -58,6 +58,24 @@ def test_string_inputs_accept_object_arrays() -> None:
     validate_inputs("m", {"text": np.array([b"a"], dtype=object)}, specs)
 
 
+@pytest.mark.parametrize(
+    ("shape", "good", "bad"),
+    [
+        ((None, 2), [(1, 2), (5, 2)], [(2,), (1, 3), (1, 2, 1), (2, 1)]),  # fixed dims after the batch: one compare
+        ((None,), [(1,), (7,)], [(), (1, 1)]),  # a scalar has no batch dimension
+        ((None, None, 3), [(1, 4, 3), (2, 9, 3)], [(1, 4), (1, 4, 2), (1, 4, 3, 1)]),  # a variable dim: dim by dim
+        ((2, 3), [(2, 3)], [(1, 3), (2, 3, 1)]),  # no batch dimension
+    ],
+)
+def test_shapes_are_checked_dim_by_dim(shape: tuple, good: list[tuple], bad: list[tuple]) -> None:
+    specs = {"x": TensorSpec("x", np.dtype(np.float32), shape)}
+    for got in good:
+        validate_inputs("m", {"x": np.zeros(got, np.float32)}, specs)
+    for got in bad:
+        with pytest.raises(ServingError, match="input 'x': expected shape"):
+            validate_inputs("m", {"x": np.zeros(got, np.float32)}, specs)
+
+
 def test_unknown_rank_accepts_any_shape() -> None:
     specs = {"x": TensorSpec("x", np.dtype(np.float32), None)}
     validate_inputs("m", {"x": np.zeros((2, 5, 7), np.float32)}, specs)
