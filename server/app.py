@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +33,7 @@ from .model import ReplicaLoader
 from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings, apply_gil_switch_interval
 from .shared_memory import SystemSharedMemory
+from .trace import Tracer
 from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
@@ -107,8 +109,9 @@ class KerveServer:
             control=settings.model_control,
             after_change=heap.settle if settings.gc_freeze else None,
         )
+        self.tracer = Tracer(_trace_file(settings), settings.trace_level, settings.trace_rate)
         self.engine = InferenceEngine(
-            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches
+            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer
         )
         self.health = health.aio.HealthServicer()
         self.draining = False
@@ -225,6 +228,7 @@ class KerveServer:
         await self.server.stop(self.settings.grace_s)
         self.executor.shutdown(wait=True, cancel_futures=False)
         self._stop_metrics_pusher()
+        self.tracer.close()
         if self.shared_memory is not None:
             self.shared_memory.close()
         log.info("stopped")
@@ -250,6 +254,14 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     await server.stop()
     return 0
+
+
+def _trace_file(settings: ServerSettings) -> Path | None:
+    """The processes of a --processes group write their own files (<file>.p0, <file>.p1, ...)."""
+    path = settings.trace_file
+    if path is None or settings.process_index is None:
+        return path
+    return path.with_name(f"{path.name}.p{settings.process_index}")
 
 
 def log_format(process_index: int | None) -> str:

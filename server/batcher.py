@@ -250,8 +250,8 @@ class _Batch:
         self.replica = -1
 
 
-# (per-slice outputs, error, compute seconds): the worker never raises, so errors keep their compute time.
-_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", float]
+# (per-slice outputs, error, compute start, compute seconds): the worker never raises, so errors keep their times.
+_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", float, float]
 
 
 def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
@@ -290,7 +290,7 @@ def pad_rows(arr: np.ndarray, extra: int) -> np.ndarray:
 
 def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clock: Callable[[], float]) -> _Outcome:
     """Runs in a worker thread: assemble the batch, call the model, split its outputs per slice."""
-    compute = 0.0
+    t0 = compute = 0.0
     try:
         if len(slices) == 1:
             req, start, stop = slices[0]
@@ -315,16 +315,16 @@ def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clo
         outputs = _check_outputs(raw, padded)
 
         if len(slices) == 1 and padded == rows:
-            return [outputs], None, compute
+            return [outputs], None, t0, compute
         parts = []
         offset = 0
         for _, start, stop in slices:
             end = offset + stop - start
             parts.append({name: arr[offset:end] for name, arr in outputs.items()})
             offset = end
-        return parts, None, compute
+        return parts, None, t0, compute
     except Exception as exc:  # delivered to every request of the batch by the loop
-        return None, exc, compute
+        return None, exc, t0, compute
 
 
 def _check_outputs(raw: object, padded: int) -> dict[str, np.ndarray]:
@@ -416,6 +416,9 @@ class Batcher:
         self._timer_req: _Request | None = None
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
+        self.last_compute: tuple[float, float] = (0.0, 0.0)
+        """(start, end) of the model call of the batch whose results are being delivered, on the batcher's clock:
+        a sink that traces its request reads it in ``set_result``."""
 
     # ---- introspection
 
@@ -705,7 +708,8 @@ class Batcher:
         else:
             error = future.exception()
             if error is None:
-                parts, error, compute = future.result()
+                parts, error, started, compute = future.result()
+                self.last_compute = (started, started + compute)
         if parts is not None:
             # The next batch first: delivering runs each caller's completion (a sink finishes its request right
             # there), and the replica need not sit idle meanwhile.

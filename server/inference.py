@@ -23,6 +23,7 @@ from .errors import ErrorCode, ServingError
 from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
+from .trace import Tracer
 from .types import InferRequest, InferResponse
 from .validation import select_outputs, validate_inputs
 
@@ -62,9 +63,11 @@ class InferenceEngine:
         metrics: Metrics,
         batching: BatchingConfig | None = None,
         pad_batches: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.tracer = tracer or Tracer()
         self._executor = executor
         if batching is not None and pad_batches and not batching.allowed_batch_sizes:
             batching = dataclasses.replace(batching, allowed_batch_sizes=tpu_batch_sizes(batching.max_batch_size))
@@ -125,6 +128,7 @@ class InferenceEngine:
         outputs, compute_started, compute_s = work.result()
         if call.entry is not None:
             self._record_batch(call.entry, call.rows, compute_started - call.started, compute_s)
+        call.compute = (compute_started, compute_started + compute_s)
         call.set_result(outputs)
 
     def _batcher(self, entry: ModelVersion, signature: Any) -> Batcher | None:
@@ -217,13 +221,16 @@ class Call:
         "_ticket",
         "batcher",
         "completion",
+        "compute",
         "entry",
         "finished",
         "output_names",
+        "queued",
         "request",
         "rows",
         "signature",
         "started",
+        "traced",
         "work",
     )
 
@@ -243,6 +250,10 @@ class Call:
         self.rows = 1
         self.finished = False
         self.work: concurrent.futures.Future[Any] | None = None
+        tracer = engine.tracer
+        self.traced = tracer.on and tracer.sample(self._model_label)
+        self.queued = self.started  # when traced: handed to the batcher or a worker
+        self.compute = (0.0, 0.0)  # when traced and run alone: its model call's (start, end)
 
     def begin(self) -> None:
         engine, request = self._engine, self.request
@@ -255,6 +266,8 @@ class Call:
                 raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request could run")
             self.rows = rows = _batch_size(request)
             batcher = engine._batcher(entry, signature)
+            if self.traced:
+                self.queued = time.monotonic()
             if batcher is not None and not _runs_alone(batcher.config, rows):
                 self.batcher = batcher
                 self._ticket = batcher.enqueue(request.inputs, request.deadline, self, request.priority)
@@ -293,6 +306,9 @@ class Call:
         seconds = time.monotonic() - self.started
         entry.stats.record_success(seconds, self.rows)
         self._observe("OK", seconds)
+        if self.traced:
+            start, end = self.batcher.last_compute if self.batcher is not None else self.compute
+            self._trace(("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_END", end))
         if not self.completion.done():
             self.completion.set_result(response)
 
@@ -314,6 +330,8 @@ class Call:
         if self.entry is not None:
             self.entry.stats.record_failure(seconds)
         self._observe(error.code.value, seconds)
+        if self.traced:
+            self._trace()
         if deliver and not self.completion.done():
             self.completion.set_exception(error)
 
@@ -329,6 +347,8 @@ class Call:
             self.work.cancel()
         self._end()
         self._observe("CANCELLED", time.monotonic() - self.started)
+        if self.traced:
+            self._trace()
         self.completion.cancel()
 
     def _end(self) -> None:
@@ -339,6 +359,11 @@ class Call:
         self._inflight.value -= 1
         if self.entry is not None:
             self._engine.manager.release(self.entry)
+
+    def _trace(self, *between: tuple[str, float]) -> None:
+        stamps = [("REQUEST_START", self.started), *between, ("REQUEST_END", time.monotonic())]
+        version = self.entry.version if self.entry is not None else None
+        self._engine.tracer.record(self.request.model, version, self.request.id, stamps)
 
     def _observe(self, code: str, seconds: float) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.

@@ -43,6 +43,9 @@ class ServerSettings:
     event_loop: str = "asyncio"  # asyncio | uvloop | auto (uvloop when installed)
     gc_freeze: bool = True  # one full collection per model change, then freeze the survivors (server/heap.py)
     shared_memory: bool = True  # Triton's system shared memory RPCs and tensors (server/shared_memory.py)
+    trace_file: Path | None = None  # where traces go (server/trace.py); None: the log
+    trace_level: str = "OFF"  # OFF | TIMESTAMPS at start; the TraceSetting RPC changes it
+    trace_rate: int = 1000  # trace every Nth request of a model
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -77,6 +80,10 @@ class ServerSettings:
                 "got the call, so the processes would serve different models"
             )
         event_loop.resolve(self.event_loop)  # unknown, or uvloop without uvloop installed: ValueError
+        if self.trace_level not in ("OFF", "TIMESTAMPS"):
+            raise ValueError(f"--trace-level must be OFF or TIMESTAMPS, got {self.trace_level!r}")
+        if self.trace_rate < 1:
+            raise ValueError(f"--trace-rate must be >= 1, got {self.trace_rate}")
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
@@ -200,6 +207,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Triton's system shared memory extension: clients on this host register regions of POSIX shared "
         "memory objects (/dev/shm) and pass tensors through them (default on, as in Triton; --no-shared-memory or "
         "env KERVE_SHARED_MEMORY=0 answers those RPCs FAILED_PRECONDITION and such tensors INVALID_ARGUMENT)",
+    )
+    parser.add_argument(
+        "--trace-file",
+        type=Path,
+        default=_env("TRACE_FILE"),
+        help="write request traces (Triton's JSON, see TraceSetting) to this file; default: one JSON line per trace "
+        "in the log. A --processes group's process N writes <file>.pN (env KERVE_TRACE_FILE)",
+    )
+    parser.add_argument(
+        "--trace-level",
+        choices=["OFF", "TIMESTAMPS"],
+        default=_env("TRACE_LEVEL", "OFF"),
+        help="trace requests from the start (TIMESTAMPS) or not until the TraceSetting RPC says so (OFF, default; "
+        "env KERVE_TRACE_LEVEL)",
+    )
+    parser.add_argument(
+        "--trace-rate",
+        type=int,
+        default=int(_env("TRACE_RATE", "1000") or 1000),
+        help="trace every Nth request of a model (1000; env KERVE_TRACE_RATE)",
     )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -327,6 +354,9 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         event_loop=args.event_loop,
         gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
         shared_memory=_env_flag("SHARED_MEMORY", True) if args.shared_memory is None else args.shared_memory,
+        trace_file=_path(args.trace_file),
+        trace_level=args.trace_level,
+        trace_rate=args.trace_rate,
     )
 
 

@@ -25,7 +25,7 @@ from .types import InferRequest
 log = logging.getLogger("kerve.server.v2")
 
 EXTENSIONS = [
-    "classification", "statistics", "model_repository", "model_configuration", "logging", "schedule_policy"
+    "classification", "statistics", "model_repository", "model_configuration", "logging", "schedule_policy", "trace"
 ]  # fmt: skip
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
 _SETTING_FIELDS = {bool: "bool_param", int: "uint32_param", str: "string_param"}  # LogSettings values by type
@@ -281,6 +281,28 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.LogSettingsResponse()
         for key, value in current.items():
             setattr(response.settings[key], _SETTING_FIELDS[type(value)], value)
+        return response
+
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        """Read the trace settings (global, or a model's), or change the ones named (tritonclient's
+        get/update_trace_settings)."""
+        tracer = self.engine.tracer
+        model = request.model_name or None
+        try:
+            if model is not None and not self.manager.knows(model):
+                raise ServingError(ErrorCode.NOT_FOUND, f"model {model!r} not found")
+            changes = {key: list(value.value) for key, value in request.settings.items()}
+            current = tracer.update(model, changes) if changes else tracer.settings(model)
+        except ServingError as exc:
+            await abort(context, exc)
+        if changes:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+            log.info("trace settings of %s changed: %s", model or "every model", shown)
+        response = pb.TraceSettingResponse()
+        for key, values in current.items():
+            response.settings[key].value.extend(values)
         return response
 
     def _regions(self) -> SystemSharedMemory:

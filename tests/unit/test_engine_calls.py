@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from kerve.server.errors import ErrorCode, ServingError, not_found
 from kerve.server.inference import InferenceEngine
 from kerve.server.manager import ModelVersion
 from kerve.server.metrics import UNKNOWN_MODEL, Metrics
+from kerve.server.trace import Tracer
 from kerve.server.types import InferRequest, TensorSpec
 
 SPEC_IN = {"x": TensorSpec("x", np.dtype(np.float32), (None, 2))}
@@ -206,6 +208,31 @@ def test_a_requests_priority_orders_the_queue() -> None:
 
     asyncio.run(main())
     assert model.seen == [0, 3, 1, 2]  # no priority: the default level, the lowest (2), in arrival order
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_traced_request_records_its_timestamps_in_order(batched: bool, tmp_path: Path) -> None:
+    """Batched or run alone, a traced request's five timestamps come out in Triton's order; a failed one has its
+    start and end."""
+    model = Model(batched)
+    engine, _, _ = setup(model)
+    engine.tracer = Tracer(tmp_path / "trace.json", level="TIMESTAMPS", rate=1)
+
+    async def main() -> None:
+        await engine.infer(request(2 if batched else 3))
+        model.fail = RuntimeError("boom")
+        with pytest.raises(ServingError):
+            await engine.infer(request(2 if batched else 3))
+
+    asyncio.run(main())
+    engine.tracer.close()
+    ok, failed = json.loads((tmp_path / "trace.json").read_text())
+    names = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+    assert [t["name"] for t in ok["timestamps"]] == names
+    times = [t["ns"] for t in ok["timestamps"]]
+    assert times == sorted(times) and times[2] > times[0]  # the model's call, not zeros
+    assert (ok["model_name"], ok["model_version"]) == ("m", 1)
+    assert [t["name"] for t in failed["timestamps"]] == ["REQUEST_START", "REQUEST_END"]
 
 
 def test_deadline_passed_in_the_queue() -> None:

@@ -126,3 +126,16 @@ def test_load_model_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.
     assert _settings(tmp_path, *explicit, "--load-model", "a").load_models == ("a",)  # the flag wins
     with pytest.raises(ValueError, match="--load-model needs --model-control explicit"):
         _settings(tmp_path, "--load-model", "a")
+
+
+def test_trace_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = _settings(tmp_path)
+    assert (default.trace_file, default.trace_level, default.trace_rate) == (None, "OFF", 1000)
+    traced = _settings(tmp_path, "--trace-file", str(tmp_path / "t.json"), "--trace-level", "TIMESTAMPS",
+                       "--trace-rate", "10")  # fmt: skip
+    assert (traced.trace_file, traced.trace_level, traced.trace_rate) == (tmp_path / "t.json", "TIMESTAMPS", 10)
+    monkeypatch.setenv("KERVE_TRACE_RATE", "3")
+    monkeypatch.setenv("KERVE_TRACE_FILE", str(tmp_path / "e.json"))
+    assert (_settings(tmp_path).trace_rate, _settings(tmp_path).trace_file) == (3, tmp_path / "e.json")
+    with pytest.raises(ValueError, match="--trace-rate must be >= 1"):
+        _settings(tmp_path, "--trace-rate", "0")

@@ -1,0 +1,172 @@
+"""Triton's trace extension: timestamps of a sample of requests, to see where one request's time went.
+
+A traced request records REQUEST_START (decoded), QUEUE_START (handed to its batcher or worker), COMPUTE_START and
+COMPUTE_END (its batch's model call) and REQUEST_END (answer built); a failed or cancelled one records its start
+and end. Every `trace_rate`-th request of a model is traced, until `trace_count` traces (-1: no limit) have been.
+Traces go to `--trace-file` as Triton's JSON (an array of {"id", "model_name", "model_version", "request_id",
+"timestamps": [{"name", "ns"}]}, readable by Triton's trace_summary.py): with `log_frequency` N > 0 every N traces
+to `<file>.<index>`, with 0 all of them to `<file>` at shutdown. Without a trace file each trace is one JSON line
+in the log (logger kerve.trace), where a container's logs are collected.
+
+Settings change at run time through the TraceSetting RPC (tritonclient's get/update_trace_settings), globally or
+per model (a model's own values override the global ones key by key; clearing one falls back to the global value).
+Values travel as lists of strings, as in Triton. The trace file itself is fixed at start: a client must not be able
+to make the server write wherever it names (Triton made the same choice). Per process.
+
+The request path pays one attribute test while tracing is off (`Tracer.on`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import invalid
+
+log = logging.getLogger("kerve.trace")
+
+LEVELS = ("OFF", "TIMESTAMPS")
+KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
+Stamps = Sequence[tuple[str, float]]  # (Triton's activity name, time.monotonic() seconds)
+
+
+class Tracer:
+    def __init__(self, trace_file: Path | None = None, level: str = "OFF", rate: int = 1000) -> None:
+        self._file = trace_file
+        self._defaults: dict[str, list[str]] = {
+            "trace_file": [str(trace_file or "")],
+            "trace_level": [level],
+            "trace_rate": [str(rate)],
+            "trace_count": ["-1"],
+            "log_frequency": ["0"],
+            "trace_mode": ["triton"],
+        }
+        _check(self._defaults)
+        self._global = dict(self._defaults)
+        self._models: dict[str, dict[str, list[str]]] = {}  # a model's own values
+        self._seen: dict[str, int] = {}  # requests of a model since its rate last changed
+        self._left: dict[str | None, int] = {}  # traces left to take where trace_count was set (None: global)
+        self._pending: list[dict[str, Any]] = []
+        self._files = itertools.count()
+        self._ids = itertools.count(1)
+        self.on = False
+        self._settle()
+
+    # ---- settings (the TraceSetting RPC)
+
+    def settings(self, model: str | None = None) -> dict[str, list[str]]:
+        """The settings that apply to `model` (None: the global ones)."""
+        return {**self._global, **self._models.get(model or "", {})}
+
+    def update(self, model: str | None, changes: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """Apply `changes` (an empty list clears a setting: a model's falls back to the global value, a global one
+        to the server's start value); all are checked first, so a bad one changes nothing."""
+        unknown = sorted(set(changes) - set(KEYS))
+        if unknown:
+            raise invalid(f"unknown trace setting {unknown[0]!r}; settings are {', '.join(KEYS)}")
+        if "trace_file" in changes and list(changes["trace_file"]) not in ([], self._defaults["trace_file"]):
+            raise invalid("the trace file is fixed when the server starts (--trace-file); it cannot be changed")
+        scope = dict(self._models.get(model, {})) if model else dict(self._global)
+        for key, values in changes.items():
+            if list(values):
+                scope[key] = [str(v) for v in values]
+            elif model:
+                scope.pop(key, None)
+            else:
+                scope[key] = self._defaults[key]
+        _check(scope)
+        if model:
+            self._models[model] = scope
+        else:
+            self._global = scope
+        if "trace_count" in changes:
+            self._left.pop(model or None, None)  # a new count starts over
+        if "trace_rate" in changes:
+            self._seen.clear()
+        self._settle()
+        return self.settings(model)
+
+    def _settle(self) -> None:
+        levels = [self._global["trace_level"], *(s["trace_level"] for s in self._models.values() if "trace_level" in s)]
+        self.on = any(level != ["OFF"] for level in levels)
+
+    # ---- the request path (the event loop thread)
+
+    def sample(self, model: str) -> bool:
+        """Whether to trace this request of `model` (called only while `on`)."""
+        own = self._models.get(model, {})
+        settings = {**self._global, **own}
+        if settings["trace_level"] == ["OFF"]:
+            return False
+        seen = self._seen[model] = self._seen.get(model, 0) + 1
+        if seen % int(settings["trace_rate"][0]):
+            return False
+        count = int(settings["trace_count"][0])
+        if count < 0:
+            return True
+        scope = model if "trace_count" in own else None
+        left = self._left.setdefault(scope, count)
+        if left <= 0:
+            return False
+        self._left[scope] = left - 1
+        return True
+
+    def record(self, model: str, version: int | None, request_id: str, stamps: Stamps) -> None:
+        trace = {
+            "id": next(self._ids),
+            "model_name": model,
+            "model_version": -1 if version is None else version,
+            "request_id": request_id,
+            "timestamps": [{"name": name, "ns": int(at * 1e9)} for name, at in stamps],
+        }
+        if self._file is None:
+            log.info("%s", json.dumps(trace))
+            return
+        self._pending.append(trace)
+        frequency = int(self.settings(model)["log_frequency"][0])
+        if frequency and len(self._pending) >= frequency:
+            self._write(Path(f"{self._file}.{next(self._files)}"))
+
+    def close(self) -> None:
+        """At shutdown: write what has not been written (all of it with log_frequency 0)."""
+        if self._pending and self._file is not None:
+            self._write(self._file if not any(self._frequencies()) else Path(f"{self._file}.{next(self._files)}"))
+
+    def _frequencies(self) -> list[int]:
+        scopes = [self._global, *self._models.values()]
+        return [int(s["log_frequency"][0]) for s in scopes if "log_frequency" in s]
+
+    def _write(self, path: Path) -> None:
+        traces, self._pending = self._pending, []
+        try:
+            path.write_text(json.dumps(traces, indent=1) + "\n")
+        except OSError as exc:  # a full disk must not fail requests: say so and drop the traces
+            log.error("cannot write %d traces to %s: %s", len(traces), path, exc)
+
+
+def _check(scope: Mapping[str, list[str]]) -> None:
+    """INVALID_ARGUMENT naming the setting unless every value in `scope` is one kerve can apply."""
+    for key, values in scope.items():
+        if key == "trace_level":
+            if not values or any(v not in LEVELS for v in values) or ("OFF" in values and len(values) > 1):
+                raise invalid(f"trace_level must be OFF or TIMESTAMPS (kerve does not trace tensors), got {values}")
+            continue
+        if len(values) != 1:
+            raise invalid(f"trace setting {key!r} takes one value, got {values}")
+        value = values[0]
+        if key == "trace_mode" and value != "triton":
+            raise invalid(f"trace_mode must be triton (Triton's JSON traces), got {value!r}")
+        lowest = {"trace_rate": 1, "trace_count": -1, "log_frequency": 0}.get(key)
+        if lowest is not None and not _integer(value) >= lowest:
+            raise invalid(f"trace setting {key!r} must be an integer >= {lowest}, got {value!r}")
+
+
+def _integer(text: str) -> float:
+    try:
+        return int(text)
+    except ValueError:
+        return float("-inf")
