@@ -26,6 +26,7 @@ from .wire import (
     ModelMetadata,
     TensorConfig,
     TensorInfo,
+    TraceSetting,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "TLSConfig",
     "TensorConfig",
     "TensorInfo",
+    "TraceSetting",
     "UnauthenticatedError",
     "UnavailableError",
     "read_token_file",

@@ -32,7 +32,15 @@ from .options import (
 )
 from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedOutput
 from .stream import AsyncInferStream, InferStream
-from .wire import Classification, InferResult, LogSetting, ModelConfig, ModelIndexEntry, ModelMetadata
+from .wire import (
+    Classification,
+    InferResult,
+    LogSetting,
+    ModelConfig,
+    ModelIndexEntry,
+    ModelMetadata,
+    TraceSetting,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY = RetryPolicy()
@@ -181,6 +189,19 @@ class Client:
         changes nothing."""
         request = wire.log_settings_request(settings)
         return wire.parse_log_settings(self._call(self._stub.LogSettings, request, timeout))
+
+    def trace_settings(self, model: str | None = None, timeout: float | None = None) -> dict[str, list[str]]:
+        """The server's request trace settings for `model` (None: the global ones), as lists of strings."""
+        request = wire.trace_settings_request(model=model)
+        return wire.parse_trace_settings(self._call(self._stub.TraceSetting, request, timeout))
+
+    def update_trace_settings(
+        self, settings: Mapping[str, TraceSetting | None], model: str | None = None, timeout: float | None = None
+    ) -> dict[str, list[str]]:
+        """Change the trace settings named, for `model` or globally (None clears one: a model's falls back to the
+        global value); returns the settings after the change. One the server refuses changes nothing."""
+        request = wire.trace_settings_request(settings, model)
+        return wire.parse_trace_settings(self._call(self._stub.TraceSetting, request, timeout))
 
     def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> BlockingRegion:
         """A new POSIX shared memory object of `byte_size` bytes, registered with the server as region `name`
@@ -366,6 +387,16 @@ class AsyncClient:
     ) -> dict[str, LogSetting]:
         request = wire.log_settings_request(settings)
         return wire.parse_log_settings(await self._call(self._stub.LogSettings, request, timeout))
+
+    async def trace_settings(self, model: str | None = None, timeout: float | None = None) -> dict[str, list[str]]:
+        request = wire.trace_settings_request(model=model)
+        return wire.parse_trace_settings(await self._call(self._stub.TraceSetting, request, timeout))
+
+    async def update_trace_settings(
+        self, settings: Mapping[str, TraceSetting | None], model: str | None = None, timeout: float | None = None
+    ) -> dict[str, list[str]]:
+        request = wire.trace_settings_request(settings, model)
+        return wire.parse_trace_settings(await self._call(self._stub.TraceSetting, request, timeout))
 
     async def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> AsyncRegion:
         """As `Client.shared_memory`; ``async with await client.shared_memory(n) as region:``."""

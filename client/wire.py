@@ -17,6 +17,7 @@ from .shared_memory import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedOutput, 
 CLASSIFICATION = "classification"  # the requested-output parameter of the V2 classification extension
 UINT32_MAX = 2**32 - 1
 LogSetting = bool | int | str  # a LogSettings value: Triton's SettingValue is one of bool, uint32 and string
+TraceSetting = str | int | Sequence[str | int]  # a TraceSetting value: Triton's are lists of strings
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,27 @@ def parse_log_settings(response: pb.LogSettingsResponse) -> dict[str, LogSetting
             raise ServerError(f"log setting {key!r} came back without a value")
         settings[key] = getattr(value, choice)
     return settings
+
+
+def trace_settings_request(
+    settings: Mapping[str, TraceSetting | None] | None = None, model: str | None = None
+) -> pb.TraceSettingRequest:
+    """A TraceSetting request for `model` (None: every model): each value is a string, an int or a list of them
+    (Triton's settings are lists of strings); None clears the setting. No settings: a request that only reads."""
+    request = pb.TraceSettingRequest(model_name=model or "")
+    for key, value in (settings or {}).items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"a trace setting's name must be a non-empty str, got {key!r}")
+        values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+        for item in values:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise InvalidArgumentError(f"trace setting {key!r} takes strings or ints, got {item!r}")
+        request.settings[key].value.extend(str(item) for item in values)
+    return request
+
+
+def parse_trace_settings(response: pb.TraceSettingResponse) -> dict[str, list[str]]:
+    return {key: list(value.value) for key, value in sorted(response.settings.items())}
 
 
 def _tensors(items: Any) -> tuple[TensorInfo, ...]:

@@ -12,6 +12,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from helpers import running_server, wait_for
+from kerve.client import Client, InvalidArgumentError
 
 pytestmark = pytest.mark.integration
 
@@ -56,5 +57,13 @@ def test_tritonclient_turns_tracing_on_for_a_model(model_repo: Path, tmp_path: P
             assert info.value.status() == "StatusCode.NOT_FOUND"
             client.update_trace_settings("cnn", {"trace_level": None})  # cleared: the global OFF again
             assert client.get_trace_settings("cnn", as_json=True)["settings"]["trace_level"]["value"] == ["OFF"]
+
+            with Client(target, retry=None) as sdk:  # kerve.client speaks the same RPC
+                got = sdk.update_trace_settings({"trace_count": 5, "log_frequency": None}, model="cnn")
+                assert got["trace_count"] == ["5"] and got["log_frequency"] == ["0"]  # cleared: the global value
+                assert sdk.trace_settings("cnn")["trace_count"] == ["5"]
+                assert sdk.trace_settings()["trace_count"] == ["-1"]  # the global one
+                with pytest.raises(InvalidArgumentError, match="kerve does not trace tensors"):
+                    sdk.update_trace_settings({"trace_level": "TENSORS"})
         finally:
             client.close()

@@ -27,6 +27,8 @@ from kerve.client.wire import (
     parse_classification,
     parse_config,
     parse_log_settings,
+    parse_trace_settings,
+    trace_settings_request,
 )
 from kerve.protos import grpc_service_pb2 as pb
 
@@ -236,3 +238,21 @@ def test_log_settings_answer_parses_to_plain_values() -> None:
     response.settings["log_file"].Clear()  # present without a value
     with pytest.raises(ServerError, match="log setting 'log_file' came back without a value"):
         parse_log_settings(response)
+
+
+def test_trace_settings_travel_as_lists_of_strings() -> None:
+    request = trace_settings_request({"trace_level": ["TIMESTAMPS"], "trace_rate": 1, "trace_count": None}, "m")
+    assert request.model_name == "m"
+    assert {k: list(v.value) for k, v in request.settings.items()} == {
+        "trace_level": ["TIMESTAMPS"],
+        "trace_rate": ["1"],
+        "trace_count": [],  # None clears it
+    }
+    assert not trace_settings_request().settings and trace_settings_request().model_name == ""  # a read
+    for bad in ({"trace_rate": True}, {"trace_rate": 1.5}, {"": "x"}):
+        with pytest.raises(InvalidArgumentError):
+            trace_settings_request(bad)
+    response = pb.TraceSettingResponse()
+    response.settings["trace_rate"].value.append("5")
+    response.settings["trace_level"].value.extend(["TIMESTAMPS"])
+    assert parse_trace_settings(response) == {"trace_level": ["TIMESTAMPS"], "trace_rate": ["5"]}
