@@ -23,15 +23,19 @@ class Tally(Protocol):
     def push(self) -> None: ...
 
 
-class CounterTally:
-    """A counter child's increments: `value += n` on the loop."""
-
+class _ValueTally:
     __slots__ = ("_child", "_pushed", "value")
 
     def __init__(self, child: Any) -> None:
         self._child = child
         self.value = 0
         self._pushed = 0
+
+
+class CounterTally(_ValueTally):
+    """A counter child's increments: `value += n` on the loop."""
+
+    __slots__ = ()
 
     def push(self) -> None:
         value = self.value
@@ -40,15 +44,10 @@ class CounterTally:
             self._pushed = value
 
 
-class GaugeTally:
+class GaugeTally(_ValueTally):
     """A gauge child's current value: `value = n` (or `+= 1` / `-= 1`) on the loop."""
 
-    __slots__ = ("_child", "_pushed", "value")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self.value = 0
-        self._pushed = 0
+    __slots__ = ()
 
     def push(self) -> None:
         value = self.value

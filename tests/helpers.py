@@ -295,3 +295,22 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples named `name` whose labels include `labels` (0 when there is none)."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+@contextlib.contextmanager
+def in_process_v2_server(servicer: Any, workers: int) -> Iterator[str]:
+    """A V2 servicer (a test's scripted fake) served in this process on a loopback port; yields its target."""
+    from concurrent import futures
+
+    import grpc
+
+    from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

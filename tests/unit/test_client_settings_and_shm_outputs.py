@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from helpers import in_process_v2_server
 from kerve.client import AsyncClient, Client, InvalidArgumentError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -70,14 +70,8 @@ class Scripted(pb_grpc.GRPCInferenceServiceServicer):
 @pytest.fixture
 def scripted() -> Iterator[tuple[str, Scripted]]:
     servicer = Scripted()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        server.stop(grace=None)
+    with in_process_v2_server(servicer, workers=2) as target:
+        yield target, servicer
 
 
 def test_log_settings_read_and_update(scripted: tuple[str, Scripted]) -> None:

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from helpers import in_process_v2_server
 from kerve.client import AsyncClient, Client, InvalidArgumentError, ServerError, UnavailableError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -63,14 +64,8 @@ class Scripted(pb_grpc.GRPCInferenceServiceServicer):
 @pytest.fixture
 def scripted() -> Iterator[tuple[str, Scripted]]:
     servicer = Scripted()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        server.stop(grace=None)
+    with in_process_v2_server(servicer, workers=4) as target:
+        yield target, servicer
 
 
 def poll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
