@@ -249,12 +249,15 @@ class Client:
         version: int | str | None = None,
         outputs: Sequence[str] | None = None,
         timeout: float | None = None,
+        *,
+        class_counts: Mapping[str, int] | None = None,
     ) -> InferStream:
         """Open a `ModelStreamInfer` stream for `model` that any number of threads share: `stream.infer(inputs)`.
 
         Cheaper per request than `infer` (no new HTTP/2 stream per call, and the server batches a stream's
-        messages together). `timeout` is each call's default (the client's if None). Close it (a `with` block).
-        Calls on it are never retried; see kerve.client.stream for what happens when it breaks."""
+        messages together). `timeout` is each call's default (the client's if None). `class_counts` asks every
+        call for those outputs' top k classes, as in `infer`. Close it (a `with` block). Calls on it are never
+        retried; see kerve.client.stream for what happens when it breaks."""
         return InferStream(
             self._stub,
             model,
@@ -262,6 +265,7 @@ class Client:
             outputs,
             timeout=self.timeout if timeout is None else timeout,
             metadata=self.options.metadata,
+            class_counts=class_counts,
         )
 
     def close(self) -> None:
@@ -437,6 +441,8 @@ class AsyncClient:
         version: int | str | None = None,
         outputs: Sequence[str] | None = None,
         timeout: float | None = None,
+        *,
+        class_counts: Mapping[str, int] | None = None,
     ) -> AsyncInferStream:
         """Open a stream that any number of tasks share: `async with aclient.stream(model) as s: await s.infer(x)`.
         Call it inside a running event loop."""
@@ -447,6 +453,7 @@ class AsyncClient:
             outputs,
             timeout=self.timeout if timeout is None else timeout,
             metadata=self.options.metadata,
+            class_counts=class_counts,
         )
 
     async def close(self) -> None:

@@ -72,19 +72,30 @@ def _outcome(response: pb.ModelStreamInferResponse) -> pb.ModelInferResponse | K
 
 
 class _Requests:
-    """What both stream classes build per message: the model, version and outputs fixed, a fresh id each."""
+    """What both stream classes build per message: the model, version, outputs and class counts fixed, a fresh id
+    each."""
 
-    def __init__(self, model: str, version: int | str | None, outputs: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: int | str | None,
+        outputs: Sequence[str] | None,
+        class_counts: Mapping[str, int] | None = None,
+    ) -> None:
         if any(isinstance(o, SharedOutput) for o in outputs or ()):  # the stream's calls would share one place
             raise InvalidArgumentError("a stream's outputs are names: outputs in shared memory need unary infer")
         self.model = model
         self.version = version
         self.outputs = tuple(outputs) if outputs else None
+        # checked now, so a bad count fails opening the stream rather than its first call
+        self.class_counts = {name: wire.class_count(name, k) for name, k in (class_counts or {}).items()} or None
         self._ids = itertools.count()
 
     def build(self, inputs: Mapping[str, Any], timeout: float | None) -> tuple[str, pb.ModelInferRequest]:
         request_id = str(next(self._ids))  # itertools.count is atomic under the GIL
-        request = wire.build_infer_request(self.model, inputs, self.version, self.outputs, request_id)
+        request = wire.build_infer_request(
+            self.model, inputs, self.version, self.outputs, request_id, self.class_counts
+        )
         # The call's own deadline for the server (Triton's `timeout` parameter, microseconds): a message still
         # queued when its caller gives up is dropped there instead of running for nobody.
         if timeout is not None:
@@ -110,9 +121,10 @@ class InferStream:
         *,
         timeout: float,
         metadata: _Metadata = None,
+        class_counts: Mapping[str, int] | None = None,
     ) -> None:
         self.timeout = timeout
-        self._builder = _Requests(model, version, outputs)
+        self._builder = _Requests(model, version, outputs, class_counts)
         self._lock = threading.Lock()
         self._pending: dict[str, Future[pb.ModelInferResponse]] = {}
         self._error: KerveError | None = None  # set once the stream is broken
@@ -241,9 +253,10 @@ class AsyncInferStream:
         *,
         timeout: float,
         metadata: _Metadata = None,
+        class_counts: Mapping[str, int] | None = None,
     ) -> None:
         self.timeout = timeout
-        self._builder = _Requests(model, version, outputs)
+        self._builder = _Requests(model, version, outputs, class_counts)
         self._pending: dict[str, asyncio.Future[pb.ModelInferResponse]] = {}
         self._error: KerveError | None = None
         self._closed = False

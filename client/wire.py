@@ -148,7 +148,7 @@ def _request_outputs(
     for name in [*names, *(n for n in counts if n not in names)]:
         requested = request.outputs.add(name=name)
         if name in counts:
-            requested.parameters[CLASSIFICATION].int64_param = _class_count(name, counts[name])
+            requested.parameters[CLASSIFICATION].int64_param = class_count(name, counts[name])
         if name in places:
             place = places[name]
             _set_place(requested.parameters, place.region, place.offset, place.byte_size)
@@ -177,7 +177,7 @@ def _set_place(params: Any, region: str, offset: int, byte_size: int) -> None:
         params[SHM_OFFSET].int64_param = offset
 
 
-def _class_count(output: str, count: Any) -> int:
+def class_count(output: str, count: Any) -> int:
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise InvalidArgumentError(f"output {output!r}: the class count must be a positive integer, got {count!r}")
     return int(count)

@@ -369,3 +369,25 @@ def test_classify_ranks_like_argsort_of_the_raw_output(server: str, in_process) 
 
     every = asyncio.run(main())
     np.testing.assert_array_equal(every.indices, best)
+
+
+def test_a_stream_can_ask_every_call_for_the_top_classes(server: str, in_process) -> None:
+    """stream(..., class_counts=...) answers each call with "<score>:<index>" labels, as unary infer does."""
+    images = IMAGES[:4]
+    best = np.argsort(-in_process("cnn", {"image": images})["output_0"], axis=1, kind="stable")
+    with Client(server) as client:
+        unary = client.infer("cnn", {"image": images}, class_counts={"output_0": 2}).outputs["output_0"]
+        with client.stream("cnn", class_counts={"output_0": 2}) as stream:
+            streamed = [stream.infer({"image": images[i : i + 1]}).outputs["output_0"] for i in range(4)]
+        with pytest.raises(InvalidArgumentError, match="positive integer"):
+            client.stream("cnn", class_counts={"output_0": 0})  # refused when the stream opens
+
+    async def main() -> Any:
+        async with AsyncClient(server) as aclient, aclient.stream("cnn", class_counts={"output_0": 2}) as stream:
+            return (await stream.infer({"image": images})).outputs["output_0"]
+
+    def indices(labels: np.ndarray) -> list[list[int]]:  # scores may differ in the last digit between batch sizes
+        return [[int(label.split(b":")[1]) for label in row] for row in labels]
+
+    assert indices(np.concatenate(streamed)) == indices(unary) == best[:, :2].tolist()
+    np.testing.assert_array_equal(asyncio.run(main()), unary)  # the same batch of four: the same labels
