@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-from .tally import CounterTally, GaugeTally, HistogramTally, Tally
+from .tally import CounterTally, GaugeTally, HistogramTally
 
-T = TypeVar("T", bound=Tally)
+_TALLIES: dict[type, Any] = {Counter: CounterTally, Gauge: GaugeTally, Histogram: HistogramTally}
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -114,16 +114,12 @@ class Metrics:
             registry=r,
         )
 
-        # Tallies by label values (bounded: UNKNOWN_MODEL, known codes and devices), made on first use
-        self._tallies: list[Tally] = []
+        # One tally per (instrument, label values), made on first use; label values are bounded (UNKNOWN_MODEL,
+        # known codes and devices). The two series below only save the per-request and per-batch paths lookups.
+        self._tallies: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self._push_lock = threading.Lock()  # a scrape's push and the periodic one
-        self._counts: dict[tuple[str, str, str, str], CounterTally] = {}
-        self._latencies: dict[tuple[str, str], HistogramTally] = {}
         self._request_series: dict[tuple[str, str, str, str], tuple[CounterTally, HistogramTally]] = {}
         self._batch_series: dict[str, tuple[HistogramTally, HistogramTally, HistogramTally]] = {}
-        self._inflight_tallies: dict[str, GaugeTally] = {}
-        self._depth_tallies: dict[str, GaugeTally] = {}
-        self._device_counts: dict[tuple[str, str], CounterTally] = {}
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -131,7 +127,7 @@ class Metrics:
     def push(self) -> None:
         """Move the tallies' updates into the instruments (a scrape does this first)."""
         with self._push_lock:
-            for tally in tuple(self._tallies):  # the loop may add one meanwhile
+            for tally in list(self._tallies.values()):  # one C call: the loop cannot add one midway
                 tally.push()
 
     async def push_every(self, interval_s: float) -> None:
@@ -141,62 +137,49 @@ class Metrics:
             await asyncio.sleep(interval_s)
             self.push()
 
-    def _tally(self, tally: T) -> T:
-        self._tallies.append(tally)
+    def _tally(self, instrument: MetricWrapperBase, *labels: str) -> Any:
+        """The tally of `instrument`'s child for `labels` (a CounterTally, GaugeTally or HistogramTally, by the
+        instrument's type)."""
+        key = (instrument, labels)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _TALLIES[type(instrument)](instrument.labels(*labels))
         return tally
-
-    def _count_tally(self, key: tuple[str, str, str, str]) -> CounterTally:
-        count = self._counts.get(key)
-        if count is None:
-            count = self._counts[key] = self._tally(CounterTally(self.requests.labels(*key)))
-        return count
 
     def observe_request(self, model: str, version: str, protocol: str, code: str, seconds: float) -> None:
         key = (model, version, protocol, code)
         series = self._request_series.get(key)
         if series is None:
-            latency = self._latencies.get((model, protocol))
-            if latency is None:
-                latency = self._latencies[model, protocol] = self._tally(
-                    HistogramTally(self.request_seconds.labels(model, protocol))
-                )
-            series = self._request_series[key] = (self._count_tally(key), latency)
+            series = self._request_series[key] = (
+                self._tally(self.requests, *key),
+                self._tally(self.request_seconds, model, protocol),
+            )
         series[0].value += 1
         series[1].observe(seconds)
 
     def count_request(self, model: str, version: str, protocol: str, code: str) -> None:
         """A request that ended before timing started (rejected while decoding)."""
-        self._count_tally((model, version, protocol, code)).value += 1
+        self._tally(self.requests, model, version, protocol, code).value += 1
 
     def inflight_gauge(self, model: str) -> GaugeTally:
         """The model's requests in flight: the caller adds 1 when one starts and takes it off when it ends."""
-        return self._gauge(self._inflight_tallies, self.inflight, model)
+        return self._tally(self.inflight, model)
 
     def queue_depth_gauge(self, model: str) -> GaugeTally:
         """Samples waiting in the model's batchers: set after every batch."""
-        return self._gauge(self._depth_tallies, self.queue_depth, model)
-
-    def _gauge(self, tallies: dict[str, GaugeTally], gauge: Gauge, model: str) -> GaugeTally:
-        tally = tallies.get(model)
-        if tally is None:
-            tally = tallies[model] = self._tally(GaugeTally(gauge.labels(model)))
-        return tally
+        return self._tally(self.queue_depth, model)
 
     def device_batches(self, model: str, device: str) -> CounterTally:
         """Model executions on one replica: the caller adds 1 per batch."""
-        key = (model, device)
-        tally = self._device_counts.get(key)
-        if tally is None:
-            tally = self._device_counts[key] = self._tally(CounterTally(self.batches.labels(model, device)))
-        return tally
+        return self._tally(self.batches, model, device)
 
     def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
         series = self._batch_series.get(model)
         if series is None:
             series = self._batch_series[model] = (
-                self._tally(HistogramTally(self.batch_size.labels(model))),
-                self._tally(HistogramTally(self.queue_seconds.labels(model))),
-                self._tally(HistogramTally(self.compute_seconds.labels(model))),
+                self._tally(self.batch_size, model),
+                self._tally(self.queue_seconds, model),
+                self._tally(self.compute_seconds, model),
             )
         series[0].observe(size)
         series[1].observe(queue_s)

@@ -16,11 +16,7 @@ that lands between a histogram's bucket and sum updates sees the sum one observa
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Protocol
-
-
-class Tally(Protocol):
-    def push(self) -> None: ...
+from typing import Any
 
 
 class _ValueTally:
