@@ -363,7 +363,7 @@ class Call:
     def _trace(self, *between: tuple[str, float]) -> None:
         stamps = [("REQUEST_START", self.started), *between, ("REQUEST_END", time.monotonic())]
         version = self.entry.version if self.entry is not None else None
-        self._engine.tracer.record(self.request.model, version, self.request.id, stamps)
+        self._engine.tracer.record(self._model_label, version, self.request.id, stamps)  # bounded names
 
     def _observe(self, code: str, seconds: float) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.

@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,17 @@ log = logging.getLogger("kerve.trace")
 LEVELS = ("OFF", "TIMESTAMPS")
 KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 Stamps = Sequence[tuple[str, float]]  # (Triton's activity name, time.monotonic() seconds)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A model's settings as the request path uses them, parsed once per settings change."""
+
+    on: bool
+    rate: int
+    count: int  # -1: no limit
+    count_scope: str | None  # where trace_count was set: the model, or None (global)
+    frequency: int  # log_frequency
 
 
 class Tracer:
@@ -50,6 +62,7 @@ class Tracer:
         self._models: dict[str, dict[str, list[str]]] = {}  # a model's own values
         self._seen: dict[str, int] = {}  # requests of a model since its rate last changed
         self._left: dict[str | None, int] = {}  # traces left to take where trace_count was set (None: global)
+        self._plans: dict[str, _Plan] = {}  # by model, made on first use after each change
         self._pending: list[dict[str, Any]] = []
         self._files = itertools.count()
         self._ids = itertools.count(1)
@@ -87,6 +100,7 @@ class Tracer:
             self._left.pop(model or None, None)  # a new count starts over
         if "trace_rate" in changes:
             self._seen.clear()
+        self._plans.clear()
         self._settle()
         return self.settings(model)
 
@@ -96,23 +110,33 @@ class Tracer:
 
     # ---- the request path (the event loop thread)
 
+    def _plan(self, model: str) -> _Plan:
+        plan = self._plans.get(model)
+        if plan is None:
+            settings = self.settings(model)
+            plan = self._plans[model] = _Plan(
+                on=settings["trace_level"] != ["OFF"],
+                rate=int(settings["trace_rate"][0]),
+                count=int(settings["trace_count"][0]),
+                count_scope=model if "trace_count" in self._models.get(model, {}) else None,
+                frequency=int(settings["log_frequency"][0]),
+            )
+        return plan
+
     def sample(self, model: str) -> bool:
         """Whether to trace this request of `model` (called only while `on`)."""
-        own = self._models.get(model, {})
-        settings = {**self._global, **own}
-        if settings["trace_level"] == ["OFF"]:
+        plan = self._plan(model)
+        if not plan.on:
             return False
         seen = self._seen[model] = self._seen.get(model, 0) + 1
-        if seen % int(settings["trace_rate"][0]):
+        if seen % plan.rate:
             return False
-        count = int(settings["trace_count"][0])
-        if count < 0:
+        if plan.count < 0:
             return True
-        scope = model if "trace_count" in own else None
-        left = self._left.setdefault(scope, count)
+        left = self._left.setdefault(plan.count_scope, plan.count)
         if left <= 0:
             return False
-        self._left[scope] = left - 1
+        self._left[plan.count_scope] = left - 1
         return True
 
     def record(self, model: str, version: int | None, request_id: str, stamps: Stamps) -> None:
@@ -127,7 +151,7 @@ class Tracer:
             log.info("%s", json.dumps(trace))
             return
         self._pending.append(trace)
-        frequency = int(self.settings(model)["log_frequency"][0])
+        frequency = self._plan(model).frequency
         if frequency and len(self._pending) >= frequency:
             self._write(Path(f"{self._file}.{next(self._files)}"))
 
