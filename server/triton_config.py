@@ -25,8 +25,7 @@ from google.protobuf import json_format
 from kerve.protos import grpc_service_pb2 as pb
 
 from .errors import invalid
-
-BACKEND = "tensorflow"
+from .v2_codec import BACKEND
 
 
 def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | None) -> dict[str, Any]:

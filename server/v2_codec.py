@@ -107,6 +107,7 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
     return OutputRequests(classify, targets) if classify or targets else None
 
 
+BACKEND = "tensorflow"  # ModelConfig's backend: what a Triton load config may repeat (triton_config.py)
 TIMEOUT = "timeout"
 PRIORITY = "priority"  # 1 is the highest level; 0 the model's default (batcher.BatchingConfig.priority_levels)
 
@@ -284,7 +285,7 @@ def model_config(
     config = pb.ModelConfig(
         name=model,
         platform=platform,
-        backend="tensorflow",
+        backend=BACKEND,
         max_batch_size=batching.max_batch_size if batching is not None else 0,
         version_policy=_version_policy(policy),
         input=[
