@@ -23,11 +23,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import heapq
 import itertools
 import logging
 import math
 import numbers
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import ErrorCode, ServingError, invalid, unavailable
+from .queue_policy import QueuePolicy, level_policies
 
 __all__ = ["BatchStats", "Batcher", "BatchingConfig", "Replica", "Sink", "Ticket"]
 
@@ -79,6 +82,9 @@ class BatchingConfig:
       batches take the highest level queued first, oldest first within a level, and fill up from lower levels.
       A lower level waits as long as higher ones keep the replicas busy (as in Triton): give its requests a
       deadline. ``default_priority_level`` is the level of a request without one (0: the lowest level).
+    - ``queue_policy``, ``priority_queue_policy``: Triton's queue policies (``queue_policy.QueuePolicy``), the
+      first for every level the second (level -> policy) does not name: a timeout per queued request, what happens
+      to a request that reaches it (reject or delay), and the most requests a level may hold.
     """
 
     max_batch_size: int = 64
@@ -88,6 +94,8 @@ class BatchingConfig:
     pad_to_allowed: bool = True
     priority_levels: int = 0
     default_priority_level: int = 0
+    queue_policy: QueuePolicy = QueuePolicy()
+    priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # a mapping is accepted and kept as pairs
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
@@ -108,6 +116,12 @@ class BatchingConfig:
             raise ValueError(f"default_priority_level must be between 1 and priority_levels ({levels}), got {default}")
         set_("priority_levels", levels)
         set_("default_priority_level", default or levels)
+        per_level = self.priority_queue_policy
+        if isinstance(per_level, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in per_level):
+            per_level = dict(per_level)  # the pairs this field keeps (dataclasses.replace, a copy)
+        base, policies = level_policies(self.queue_policy, per_level, levels)
+        set_("queue_policy", base)
+        set_("priority_queue_policy", tuple(sorted(policies.items())))
 
         sizes = self.allowed_batch_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)):
@@ -142,6 +156,10 @@ class BatchingConfig:
                     raise ValueError(f"max_queue_delay_s must be a number of seconds, got {value!r}") from None
             values[key] = value
         return cls(**values)
+
+    def policy(self, level: int) -> QueuePolicy:
+        """The queue policy of priority level ``level`` (0 on a model without levels)."""
+        return dict(self.priority_queue_policy).get(level, self.queue_policy)
 
     def padded_size(self, rows: int) -> int:
         """Size the model is actually called with for ``rows`` real rows."""
@@ -191,7 +209,8 @@ class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
     __slots__ = (
-        "arrival", "dead", "deadline", "inputs", "level", "n", "next_row", "parts", "rows_done", "seq", "sink"
+        "__weakref__", "arrival", "dead", "deadline", "expires", "inputs", "key", "n", "next_row", "parts", "rank",
+        "rows_done", "seq", "sink",
     )  # fmt: skip
 
     def __init__(
@@ -202,7 +221,7 @@ class _Request:
         arrival: float,
         deadline: float | None,
         seq: int,
-        level: int,
+        rank: int,
     ) -> None:
         self.inputs = inputs
         self.n = n
@@ -210,7 +229,11 @@ class _Request:
         self.arrival = arrival
         self.deadline = deadline
         self.seq = seq
-        self.level = level  # priority level: 1 first; 0 when the batcher has none
+        # Queue order: 2 x priority level (1 first; 0 when the batcher has none), + 1 once delayed by its queue
+        # policy, so a level's delayed requests go after its others and before the next level's
+        self.rank = rank
+        self.expires = math.inf  # when its queue policy's timeout strikes, if it has one and has not started
+        self.key: _Key | None = None  # its inputs' key, kept when it has a queue timeout (to find its queue)
         self.next_row = 0  # rows [0, next_row) have been put into batches
         self.rows_done = 0  # rows whose outputs came back (split requests only)
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
@@ -376,6 +399,9 @@ class Batcher:
       starves), only from requests concatenable with it; others wait for a later batch. A request larger than
       the room left is split, and its pieces are reassembled in order. With priority levels the batch starts at
       the oldest request of the highest level queued and fills up from the levels below.
+    - A queue policy's timeout is watched by one timer for the earliest one: a request that reaches it before
+      any of its rows started is answered DEADLINE_EXCEEDED (``reject``) or moved behind its level's requests
+      that have not timed out (``delay``).
     - The batch goes to the replica that has been idle longest (each replica runs one batch at a time, so the
       idle ones are the least loaded).
     """
@@ -416,6 +442,18 @@ class Batcher:
         self._timer_req: _Request | None = None
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
+        # queue policies, by priority level (index 0: a batcher without levels)
+        config = self._config
+        self._levels = levels = config.priority_levels
+        self._policies = policies = tuple(config.policy(level) for level in range(levels + 1))
+        self._ranked = bool(levels) or any(p.delays for p in policies)  # queues keyed (rank, inputs key)
+        self._counting = any(p.max_queue_size for p in policies)
+        self._waiting = [0] * (levels + 1)  # requests not yet wholly in batches, by level (when _counting)
+        # heap of queue timeouts: weak, so the entries of requests that left (swept now and then) keep no arrays
+        self._expiry: list[tuple[float, int, weakref.ref[_Request]]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_when = math.inf
+        self._compact_at = _COMPACT_MIN
         self.last_compute: tuple[float, float] = (0.0, 0.0)
         """(start, end) of the model call of the batch whose results are being delivered, on the batcher's clock:
         a sink that traces its request reads it in ``set_result``."""
@@ -460,7 +498,11 @@ class Batcher:
     # ---- public API
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], deadline: float | None = None, priority: int = 0
+        self,
+        inputs: dict[str, np.ndarray],
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (leading batch dimension n >= 1) through the model, batched with other callers.
 
@@ -469,19 +511,28 @@ class Batcher:
         Cancelling the awaiting task removes the request from the queue if it has not started.
         """
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        ticket = self.enqueue(inputs, deadline, future, priority)
+        ticket = self.enqueue(inputs, deadline, future, priority, timeout_s)
         try:
             return await future
         except asyncio.CancelledError:
             self.abandon(ticket)
             raise
 
-    def enqueue(self, inputs: dict[str, np.ndarray], deadline: float | None, sink: Sink, priority: int = 0) -> Ticket:
+    def enqueue(
+        self,
+        inputs: dict[str, np.ndarray],
+        deadline: float | None,
+        sink: Sink,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> Ticket:
         """``submit`` without a coroutine: queue the request and return at once; its outputs (or a ServingError)
         go to ``sink`` from the batch's completion callback. Must run on the event loop thread. Raises a
         ServingError instead of queueing when the batcher is draining, the queue is full or the deadline passed.
         A caller that stops waiting passes the ticket to ``abandon``. ``priority`` (Triton's: 1 is the highest
         level) counts only with ``priority_levels``; 0 or a level the config lacks means the default level.
+        ``timeout_s`` is the request's own timeout (Triton's ``timeout`` parameter): its queue timeout where its
+        level's queue policy allows overrides and it is shorter than the policy's, otherwise a deadline.
         """
         if self._closing:
             raise unavailable(f"{self._label} is draining; not accepting new requests")
@@ -495,25 +546,43 @@ class Batcher:
                     f"{self._label}: queue is full ({self._queued} samples queued, max_queued={limit}); retry later"
                 )
             raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, message)
+        levels = self._levels
+        level = (priority if 0 < priority <= levels else self._config.default_priority_level) if levels else 0
+        policy = self._policies[level]
+        if policy.max_queue_size and self._waiting[level] >= policy.max_queue_size:
+            where = f"priority level {level}'s queue" if levels else "queue"
+            raise ServingError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{self._label}: {where} is full ({policy.max_queue_size} requests, its queue policy's "
+                "max_queue_size); retry later",
+            )
         now = self._clock()
+        timeout = policy.timeout_s
+        if timeout_s:
+            if policy.allow_timeout_override:
+                if not timeout or timeout_s < timeout:
+                    timeout = timeout_s
+            elif deadline is None or now + timeout_s < deadline:
+                deadline = now + timeout_s
         if deadline is not None and deadline <= now:
             raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
 
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        levels = self._config.priority_levels
-        if levels:
-            level = priority if 0 < priority <= levels else self._config.default_priority_level
-            key = (level, key)  # type: ignore[assignment]
-        else:
-            level = 0
-        req = _Request(inputs, n, sink, now, deadline, next(self._seq), level)
-        queue = self._queues.get(key)
+        req = _Request(inputs, n, sink, now, deadline, next(self._seq), level << 1)
+        queue_key: Any = (req.rank, key) if self._ranked else key
+        queue = self._queues.get(queue_key)
         if queue is None:
-            queue = self._queues[key] = deque()
+            queue = self._queues[queue_key] = deque()
         queue.append(req)
         self._queued += n
+        if self._counting:
+            self._waiting[level] += 1
+        if timeout:
+            req.key = key
+            req.expires = now + timeout
+            self._push_expiry(req)
         if self._idle and not self._kick_scheduled:
             # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
             self._kick_scheduled = True
@@ -541,6 +610,7 @@ class Batcher:
                     if not req.dead:
                         self._fail(req, unavailable(f"{self._label} is shutting down; the request was not run"))
             self._queues.clear()
+            self._clear_expiry()
         elif self._queued and self._idle:
             self._dispatch(force=False)  # nothing is held while closing
         if self._queued or self._in_flight:
@@ -548,6 +618,7 @@ class Batcher:
             if self._drained is None:
                 self._drained = self._loop.create_future()
             await asyncio.shield(self._drained)
+        self._clear_expiry()
         if self._owns_executor:
             self._executor.shutdown(wait=False)
 
@@ -558,6 +629,7 @@ class Batcher:
             raise RuntimeError("Batcher is in use by another event loop")
         self._loop = loop
         self._drained = None
+        self._clear_expiry()  # only stale entries can be left, and a timer of the old loop
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -573,7 +645,7 @@ class Batcher:
             if not force and self._hold(head):
                 return
             force = False
-            batch = self._form(self._lower_levels(key, queue) if head.level else (queue,))
+            batch = self._form(self._lower_ranks(key, queue) if self._ranked else (queue,))
             if batch is not None:
                 self._launch(batch)
         self._cancel_timer()
@@ -591,7 +663,7 @@ class Batcher:
                 empty.append(key)
                 continue
             head = queue[0]
-            if best is None or head.level < best.level or (head.level == best.level and head.seq < best.seq):
+            if best is None or head.rank < best.rank or (head.rank == best.rank and head.seq < best.seq):
                 best, best_queue, best_key = head, queue, key
         for key in empty:
             del self._queues[key]
@@ -599,10 +671,11 @@ class Batcher:
             return None
         return best_key, best_queue, best
 
-    def _lower_levels(self, key: tuple[int, _Key], queue: deque[_Request]) -> list[deque[_Request]]:
-        """``queue`` and then the queues of the same inputs at the levels below, to fill a batch from."""
-        level, inputs = key
-        lower = (self._queues.get((below, inputs)) for below in range(level + 1, self._config.priority_levels + 1))
+    def _lower_ranks(self, key: tuple[int, _Key], queue: deque[_Request]) -> list[deque[_Request]]:
+        """``queue`` and then the queues of the same inputs ranked below it (its level's delayed requests, the
+        levels below), to fill a batch from."""
+        rank, inputs = key
+        lower = (self._queues.get((below, inputs)) for below in range(rank + 1, 2 * self._levels + 2))
         return [queue, *(q for q in lower if q)]
 
     def _hold(self, head: _Request) -> bool:
@@ -649,6 +722,10 @@ class Batcher:
                 if req.dead:
                     queue.popleft()
                     continue
+                if req.expires <= now and req.next_row == 0:  # its queue policy's timeout (the timer may lag)
+                    queue.popleft()
+                    self._expire(req, now)
+                    continue
                 if req.deadline is not None and req.deadline <= now:
                     queue.popleft()
                     waited = now - req.arrival
@@ -666,6 +743,8 @@ class Batcher:
                 rows += stop - start
                 if stop == req.n:
                     queue.popleft()
+                    if self._counting:
+                        self._waiting[req.rank >> 1] -= 1
         if not slices:
             return None
         self._queued -= rows
@@ -776,8 +855,7 @@ class Batcher:
     def _fail(self, req: _Request, exc: ServingError) -> None:
         if not req.dead:
             req.dead = True
-            self._queued -= req.n - req.next_row
-            req.next_row = req.n
+            self._leave(req)
         if not req.sink.done():
             req.sink.set_exception(exc)
 
@@ -786,13 +864,106 @@ class Batcher:
         if req.dead:
             return
         req.dead = True
-        self._queued -= req.n - req.next_row
-        req.next_row = req.n
+        self._leave(req)
         if self._queued == 0:
             self._queues.clear()  # only dead requests are left; free their arrays now
         if self._closing:
             self._check_drained()
 
+    def _leave(self, req: _Request) -> None:
+        """A dead request's rows that were still queued are no longer."""
+        if req.next_row < req.n:
+            self._queued -= req.n - req.next_row
+            req.next_row = req.n
+            if self._counting:
+                self._waiting[req.rank >> 1] -= 1
+
     def _check_drained(self) -> None:
         if self._queued == 0 and self._in_flight == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+            self._clear_expiry()
+
+    # ---- queue policy timeouts (event loop thread only)
+
+    def _push_expiry(self, req: _Request) -> None:
+        heap = self._expiry
+        if len(heap) >= self._compact_at:  # entries of requests that left: drop them (amortised O(1) per push)
+            heap[:] = [entry for entry in heap if _waits(entry[2]())]
+            heapq.heapify(heap)
+            self._compact_at = max(_COMPACT_MIN, 2 * len(heap))
+        heapq.heappush(heap, (req.expires, req.seq, weakref.ref(req)))
+        if req.expires < self._expiry_when:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        heap = self._expiry
+        while heap and not _waits(heap[0][2]()):
+            heapq.heappop(heap)
+        if not heap:
+            self._expiry_when = math.inf
+            return
+        assert self._loop is not None
+        self._expiry_when = when = heap[0][0]
+        self._expiry_timer = self._loop.call_later(max(0.0, when - self._clock()), self._on_expiry, when)
+
+    def _on_expiry(self, when: float) -> None:
+        # As with the hold timer, the timer is the authority that `when` has come (a test clock need not move).
+        self._expiry_timer = None
+        now = self._clock()
+        limit = max(when, now)
+        heap = self._expiry
+        while heap and heap[0][0] <= limit:
+            req = heapq.heappop(heap)[2]()
+            if not _waits(req):
+                continue
+            queue = self._queues.get((req.rank, req.key) if self._ranked else req.key)
+            if queue is None:
+                continue
+            try:
+                queue.remove(req)
+            except ValueError:
+                continue
+            self._expire(req, now)
+        self._arm_expiry()
+        if self._closing:
+            self._check_drained()
+
+    def _expire(self, req: _Request, now: float) -> None:
+        """``req`` (taken off its queue, none of it started) reached its queue policy's timeout."""
+        policy = self._policies[req.rank >> 1]
+        if policy.delays:
+            req.rank |= 1
+            req.expires = math.inf
+            key = (req.rank, req.key)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = deque()
+            queue.append(req)
+            return
+        waited = now - req.arrival
+        self._fail(
+            req,
+            ServingError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"{self._label}: request timed out after {1e3 * waited:.1f} ms in the queue (its queue policy's "
+                f"timeout: {1e3 * (req.expires - req.arrival):.1f} ms)",
+            ),
+        )
+
+    def _clear_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry.clear()
+        self._expiry_when = math.inf
+
+
+_COMPACT_MIN = 1024  # queue timeout heap entries before the first sweep of stale ones
+
+
+def _waits(req: _Request | None) -> bool:
+    """Whether a request (None: gone) still waits for its queue timeout: none of it started, not delayed already."""
+    return req is not None and not req.dead and req.next_row == 0 and req.expires != math.inf
