@@ -270,7 +270,9 @@ class Call:
                 self.queued = time.monotonic()
             if batcher is not None and not _runs_alone(batcher.config, rows):
                 self.batcher = batcher
-                self._ticket = batcher.enqueue(request.inputs, request.deadline, self, request.priority)
+                self._ticket = batcher.enqueue(
+                    request.inputs, request.deadline, self, request.priority, request.timeout_s
+                )
             else:
                 engine._run_alone(self, signature, request.inputs, self.output_names)
         except ServingError:

@@ -7,7 +7,8 @@ later load without a config goes back to config.yaml alone:
     version_policy                       -> version_policy
     max_batch_size + dynamic_batching    -> batching (max_batch_size, max_queue_delay_s, allowed_batch_sizes
                                             padded to, from preferred_batch_size; priority_levels,
-                                            default_priority_level); no dynamic_batching: batching off
+                                            default_priority_level; default_queue_policy -> queue_policy,
+                                            priority_queue_policy); no dynamic_batching: batching off
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
 itself (instance groups: config.yaml's `replicas`, applied when a version loads). A config may repeat what
@@ -37,7 +38,8 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     except json_format.ParseError as exc:
         raise invalid(
             f"{where}: {exc} (kerve applies version_policy, max_batch_size and dynamic_batching's "
-            "max_queue_delay_microseconds, preferred_batch_size, priority_levels, default_priority_level)"
+            "max_queue_delay_microseconds, preferred_batch_size, priority_levels, default_priority_level, "
+            "default_queue_policy, priority_queue_policy)"
         ) from None
     for field, want in (("name", model), ("platform", platform), ("backend", BACKEND)):
         got = getattr(config, field)
@@ -84,6 +86,18 @@ def _batching(where: str, config: pb.ModelConfig) -> dict[str, Any]:
         "pad_to_allowed": True,
         "priority_levels": dynamic.priority_levels,
         "default_priority_level": dynamic.default_priority_level,
+        "queue_policy": _queue_policy(dynamic.default_queue_policy),
+        "priority_queue_policy": {level: _queue_policy(p) for level, p in dynamic.priority_queue_policy.items()},
+    }
+
+
+def _queue_policy(policy: pb.ModelQueuePolicy) -> dict[str, Any]:
+    """config.yaml's queue policy keys (queue_policy.QueuePolicy) for a Triton ModelQueuePolicy."""
+    return {
+        "timeout_s": policy.default_timeout_microseconds / 1e6,
+        "timeout_action": "delay" if policy.timeout_action == pb.ModelQueuePolicy.DELAY else "reject",
+        "allow_timeout_override": policy.allow_timeout_override,
+        "max_queue_size": policy.max_queue_size,
     }
 
 

@@ -43,6 +43,7 @@ class InferRequest:
     deadline: float | None = None  # time.monotonic() value; None means no deadline
     protocol: str = "v2"
     priority: int = 0  # Triton's priority level (1 highest); 0: the model's default
+    timeout_s: float | None = None  # Triton's per-request timeout: a queue policy's, or else a deadline (batcher)
 
 
 @dataclass

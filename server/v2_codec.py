@@ -20,6 +20,7 @@ from .batcher import BatchingConfig
 from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
+from .queue_policy import QueuePolicy
 from .shared_memory import Place, SystemSharedMemory
 from .types import InferRequest, InferResponse, TensorSpec
 from .validation import DtypeMismatch
@@ -62,11 +63,10 @@ def decode_request(
     if next_raw != len(raw):
         _check_raw_count(message)
     priority = 0
+    timeout_s = None
     if message.parameters:  # Triton's schedule policy parameters
         if TIMEOUT in message.parameters:
             timeout_s = _timeout_s(message.parameters[TIMEOUT])
-            if timeout_s is not None:
-                time_remaining = timeout_s if time_remaining is None else min(time_remaining, timeout_s)
         if PRIORITY in message.parameters:
             priority = _int_param("request", message.parameters, PRIORITY)
             if priority < 0:
@@ -81,6 +81,7 @@ def decode_request(
         deadline=deadline,
         protocol="v2",
         priority=priority,
+        timeout_s=timeout_s,
     )
 
 
@@ -113,8 +114,9 @@ PRIORITY = "priority"  # 1 is the highest level; 0 the model's default (batcher.
 
 
 def _timeout_s(param: pb.InferParameter) -> float | None:
-    """Triton's per-request ``timeout`` (microseconds; 0: none), honoured as a deadline like gRPC's own: a message of
-    a stream can carry one, where the stream's deadline is the whole stream's."""
+    """Triton's per-request ``timeout`` (microseconds; 0: none): the request's queue timeout where the model's queue
+    policy allows overrides, a deadline like gRPC's own otherwise (batcher.Batcher.enqueue). A message of a stream
+    can carry one, where the stream's deadline is the whole stream's."""
     if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 0:
         raise invalid("the timeout parameter must be a non-negative int64_param (microseconds)")
     return param.int64_param / 1e6 if param.int64_param else None
@@ -304,7 +306,20 @@ def model_config(
         config.dynamic_batching.default_priority_level = batching.default_priority_level
         if batching.pad_to_allowed:
             config.dynamic_batching.preferred_batch_size.extend(batching.allowed_batch_sizes)
+        if batching.queue_policy != QueuePolicy():
+            config.dynamic_batching.default_queue_policy.CopyFrom(_queue_policy(batching.queue_policy))
+        for level, policy in batching.priority_queue_policy:
+            config.dynamic_batching.priority_queue_policy[level].CopyFrom(_queue_policy(policy))
     return config
+
+
+def _queue_policy(policy: QueuePolicy) -> pb.ModelQueuePolicy:
+    return pb.ModelQueuePolicy(
+        timeout_action=pb.ModelQueuePolicy.DELAY if policy.delays else pb.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=round(policy.timeout_s * 1e6),
+        allow_timeout_override=policy.allow_timeout_override,
+        max_queue_size=policy.max_queue_size,
+    )
 
 
 def _data_type(model: str, kind: str, spec: TensorSpec) -> pb.DataType:

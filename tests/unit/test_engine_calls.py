@@ -258,6 +258,31 @@ def test_deadline_passed_in_the_queue() -> None:
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
 
 
+def test_a_requests_timeout_reaches_the_batchers_queue_policy() -> None:
+    """InferRequest.timeout_s: under a queue policy that allows overrides it is the request's queue timeout, so the
+    request is answered when it strikes, while the model is still busy; without one it is a deadline."""
+    model = Model()
+    model.gate = threading.Event()
+    policy = {"timeout_s": 60.0, "allow_timeout_override": True}
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=1, queue_policy=policy))
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request()))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        timed = InferRequest(model="m", inputs={"x": np.ones((1, 2), np.float32)}, timeout_s=0.01)
+        with pytest.raises(ServingError) as info:
+            await asyncio.wait_for(engine.infer(timed), 10)
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED and "in the queue" in info.value.message
+        assert not running.done()
+        model.gate.set()
+        await running
+
+    asyncio.run(main())
+    assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
+    assert manager.entry.inflight == 0 and inflight(metrics) == 0
+
+
 def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> None:
     """Unbatchable requests go straight to the worker pool; one cancelled while queued there never runs."""
     model = Model(batched=False)

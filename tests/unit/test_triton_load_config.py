@@ -19,7 +19,7 @@ from kerve.server.batcher import BatchingConfig
 from kerve.server.errors import ErrorCode, ServingError
 from kerve.server.manager import EXPLICIT, ModelManager
 from kerve.server.metrics import Metrics
-from kerve.server.model_config import VersionPolicy, load_model_config
+from kerve.server.model_config import ModelConfigError, VersionPolicy, load_model_config
 from kerve.server.types import TensorSpec
 from kerve.server.v2_codec import model_config
 
@@ -56,6 +56,13 @@ def test_a_config_read_from_model_config_and_sent_back_keeps_the_settings() -> N
             "pad_to_allowed": True,
             "priority_levels": 0,
             "default_priority_level": 0,
+            "queue_policy": {
+                "timeout_s": 0.0,
+                "timeout_action": "reject",
+                "allow_timeout_override": False,
+                "max_queue_size": 0,
+            },
+            "priority_queue_policy": {},
         },
         "version_policy": {"latest": 1},
     }
@@ -90,12 +97,37 @@ def test_batching_and_version_policy_change() -> None:
         ({"dynamic_batching": {}}, "dynamic_batching needs max_batch_size > 0"),
         ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}}, "preferred_batch_size 8"),
         ({"optimization": {"priority": 1}}, "optimization"),  # outside kerve's ModelConfig: the parser names it
-        ({"dynamic_batching": {"default_queue_policy": {}}}, "default_queue_policy"),
+        ({"max_batch_size": 4, "dynamic_batching": {"preserve_ordering": True}}, "preserve_ordering"),
         ("{not json", "load config for model 'm'"),
     ],
 )
 def test_what_kerve_cannot_apply_is_refused_by_name(config: dict[str, Any] | str, words: str) -> None:
     assert words in refused(config, current())
+
+
+def test_queue_policies_round_trip_through_model_config(tmp_path: Path) -> None:
+    """Triton's default_queue_policy / priority_queue_policy: reported by ModelConfig, and a config read, edited
+    and sent back gives the batcher the same policies."""
+    batching = BatchingConfig(
+        max_batch_size=8,
+        priority_levels=2,
+        queue_policy={"timeout_s": 0.25, "max_queue_size": 100},
+        priority_queue_policy={1: {"timeout_s": 0.005, "timeout_action": "delay", "allow_timeout_override": True}},
+    )
+    now = current(batching)
+    reported = json.loads(json_format.MessageToJson(now))["dynamicBatching"]
+    assert reported["defaultQueuePolicy"] == {"defaultTimeoutMicroseconds": "250000", "maxQueueSize": 100}
+    assert reported["priorityQueuePolicy"] == {
+        "1": {"timeoutAction": "DELAY", "defaultTimeoutMicroseconds": "5000", "allowTimeoutOverride": True}
+    }
+    options = dict(overrides(json_format.MessageToJson(now), now)["batching"])
+    assert options.pop("enabled") is True
+    assert BatchingConfig.from_mapping(options) == batching
+    assert "defaultQueuePolicy" not in json_format.MessageToJson(current())  # the default policy: left out
+    (tmp_path / "m").mkdir()
+    bad = {"max_batch_size": 4, "dynamic_batching": {"priority_levels": 2, "priority_queue_policy": {"3": {}}}}
+    with pytest.raises(ModelConfigError, match="level 3 is not one of the model's priority levels"):
+        load_model_config(tmp_path / "m", overrides(bad))  # checked as config.yaml's are (the load is refused)
 
 
 def test_inputs_outputs_and_instance_groups_may_only_repeat_what_is_reported() -> None:

@@ -109,6 +109,20 @@ def test_tritonclient_load_model_with_a_config(explicit, v2) -> None:
             client.load_model("b", config=json.dumps(edited), files={"file:1/saved_model.pb": b"x"})
         assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "model files come from" in info.value.message()
         assert client.get_model_config("b", as_json=True)["config"]["max_batch_size"] == 5  # refused: unchanged
+        # Triton's queue policies: reported as loaded; a request's `timeout` (microseconds) is its queue timeout
+        # where the policy allows overrides, so one of 1 us times out in the queue and never runs
+        policies = {
+            "default_queue_policy": {"allow_timeout_override": True, "max_queue_size": 8},
+            "priority_queue_policy": {"1": {"timeoutAction": "DELAY", "allowTimeoutOverride": True}},
+        }
+        client.load_model("b", config=json.dumps({**edited, "dynamic_batching": {**batching, **policies}}))
+        after = client.get_model_config("b", as_json=True)["config"]["dynamic_batching"]
+        assert after["default_queue_policy"] == policies["default_queue_policy"]
+        assert after["priority_queue_policy"] == {"1": {"timeout_action": "DELAY", "allow_timeout_override": True}}
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("b", inputs, priority=2, timeout=1)
+        assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED" and "in the queue" in info.value.message()
+        assert client.infer("b", inputs, priority=1, timeout=1).get_response().outputs  # level 1 delays instead
         client.load_model("b")
         assert client.get_model_config("b", as_json=True)["config"]["max_batch_size"] == before["max_batch_size"]
     finally:
