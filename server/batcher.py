@@ -209,8 +209,8 @@ class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
     __slots__ = (
-        "__weakref__", "arrival", "dead", "deadline", "expires", "inputs", "key", "n", "next_row", "parts", "rank",
-        "rows_done", "seq", "sink",
+        "__weakref__", "arrival", "dead", "deadline", "expires", "first_compute", "inputs", "key", "n", "next_row",
+        "parts", "rank", "rows_done", "seq", "sink",
     )  # fmt: skip
 
     def __init__(
@@ -455,8 +455,9 @@ class Batcher:
         self._expiry_when = math.inf
         self._compact_at = _COMPACT_MIN
         self.last_compute: tuple[float, float] = (0.0, 0.0)
-        """(start, end) of the model call of the batch whose results are being delivered, on the batcher's clock:
-        a sink that traces its request reads it in ``set_result``."""
+        """(start, end) of the model call of the batch whose results are being delivered, on the batcher's clock
+        (for a split request: its first piece's start, its last piece's end): a sink reads it in ``set_result``,
+        for statistics and traces."""
 
     # ---- introspection
 
@@ -821,8 +822,12 @@ class Batcher:
             if stop - start == req.n:
                 sink.set_result(out)
                 continue
+            started = self.last_compute[0]
             if req.parts is None:
                 req.parts = []
+                req.first_compute = started  # set with its first piece's outputs (split requests only)
+            elif started < req.first_compute:
+                req.first_compute = started
             req.parts.append((start, out))
             req.rows_done += stop - start
             if req.rows_done == req.n:
@@ -831,7 +836,11 @@ class Batcher:
                 except Exception as exc:  # pieces disagree on output names or shapes
                     self._fail(req, ServingError(ErrorCode.INTERNAL, f"cannot reassemble split request: {exc}"))
                 else:
+                    # its sink reads the model calls' span: from its first piece's start to its last piece's end
+                    last = self.last_compute
+                    self.last_compute = (req.first_compute, last[1])
                     sink.set_result(result)
+                    self.last_compute = last
                 req.parts = None
 
     def _fail_batch(self, batch: _Batch, error: BaseException | None) -> None:

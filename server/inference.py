@@ -185,7 +185,7 @@ class InferenceEngine:
             ) from None
 
     def _record_batch(self, entry: ModelVersion, size: int, queue_s: float, compute_s: float) -> None:
-        entry.stats.record_execution(size, queue_s, compute_s)
+        entry.stats.record_execution(size, compute_s)
         self.metrics.observe_batch(entry.model, size, queue_s, compute_s)
 
 
@@ -253,7 +253,7 @@ class Call:
         tracer = engine.tracer
         self.traced = tracer.on and tracer.sample(self._model_label)
         self.queued = self.started  # when traced: handed to the batcher or a worker
-        self.compute = (0.0, 0.0)  # when traced and run alone: its model call's (start, end)
+        self.compute = (0.0, 0.0)  # run alone: its model call's (start, end), set before set_result
 
     def begin(self) -> None:
         engine, request = self._engine, self.request
@@ -305,11 +305,12 @@ class Call:
             self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output missing or unusable: {exc!r}"))
             return
         self._end()
-        seconds = time.monotonic() - self.started
-        entry.stats.record_success(seconds, self.rows)
+        now = time.monotonic()
+        seconds = now - self.started
+        start, end = self.batcher.last_compute if self.batcher is not None else self.compute
+        entry.stats.record_success(seconds, self.rows, start - self.started, end - start, now)
         self._observe("OK", seconds)
         if self.traced:
-            start, end = self.batcher.last_compute if self.batcher is not None else self.compute
             self._trace(("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_END", end))
         if not self.completion.done():
             self.completion.set_result(response)

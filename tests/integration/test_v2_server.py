@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -333,6 +334,11 @@ def test_statistics_count_requests(stub) -> None:
     after = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair")).model_stats[0]
     assert after.inference_stats.success.count - before.inference_stats.success.count == 3
     assert after.inference_count - before.inference_count == 12  # 3 requests x batch 4
+    stats = after.inference_stats  # Triton's: queue and compute_infer count requests, as success does
+    assert stats.queue.count == stats.compute_infer.count == stats.success.count
+    assert stats.compute_infer.ns > 0 and stats.success.ns >= stats.queue.ns + stats.compute_infer.ns
+    assert after.execution_count == sum(b.compute_infer.count for b in after.batch_stats) <= stats.success.count
+    assert abs(after.last_inference / 1000 - time.time()) < 60
     assert_code(lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), grpc.StatusCode.NOT_FOUND)
 
 

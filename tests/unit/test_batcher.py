@@ -521,6 +521,39 @@ def test_enqueue_delivers_to_the_callers_sink_and_abandon_silences_it() -> None:
     run(main())
 
 
+def test_a_sink_reads_its_model_calls_span_and_a_split_requests_runs_from_first_to_last_piece() -> None:
+    """What statistics and traces read in set_result: a request's batch's model call, or for a split request the
+    span from its first piece's call to its last's."""
+
+    class Spanning(RecordingSink):
+        def __init__(self, batcher: Batcher) -> None:
+            super().__init__()
+            self.batcher = batcher
+            self.span: tuple[float, float] | None = None
+
+        def set_result(self, result: dict[str, np.ndarray], /) -> None:
+            self.span = self.batcher.last_compute
+            super().set_result(result)
+
+    clock = FakeClock()
+
+    class Ticking(FakeModel):  # every call takes one second of the batcher's clock
+        def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            clock.advance(1.0)
+            return super().__call__(inputs)
+
+    async def main() -> None:
+        batcher = Batcher([Ticking()], BatchingConfig(max_batch_size=2, max_queue_delay_s=0), clock=clock)
+        split, joined = Spanning(batcher), Spanning(batcher)
+        batcher.enqueue({"x": rows(*range(5))}, None, split)  # calls of rows 2, 2, then 1 + `joined`'s
+        batcher.enqueue({"x": rows(9)}, None, joined)
+        await settle(lambda: split.done() and joined.done())
+        assert split.span == (0.0, 3.0) and joined.span == (2.0, 3.0)
+        await batcher.close()
+
+    run(main())
+
+
 # ----------------------------------------------------------------------------------------------- failures
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -256,6 +257,39 @@ def test_deadline_passed_in_the_queue() -> None:
     asyncio.run(main())
     assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
+
+
+def test_statistics_count_queue_and_compute_per_request_and_executions_per_batch() -> None:
+    """Triton's ModelStatistics semantics: inference_stats.queue / compute_infer count requests (each its own wait
+    until its batch's model call, and that call's time); execution_count and batch_stats count model calls."""
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, _ = setup(model, BatchingConfig(max_batch_size=4))
+
+    async def main() -> float:
+        running = asyncio.ensure_future(engine.infer(request()))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(engine.infer(request())) for _ in range(3)]
+        (batcher,) = manager.entry.batchers.values()
+        while batcher.queued_samples < 3:
+            await asyncio.sleep(0.001)
+        all_queued = time.monotonic()
+        await asyncio.sleep(0.02)  # a measurable wait in the queue (and in the first call), not a wait for an event
+        released = time.monotonic()
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+        return released - all_queued
+
+    held = asyncio.run(main())
+    stats = manager.entry.stats
+    assert model.calls == [1, 3]
+    assert stats.success.count == stats.queue.count == stats.compute_infer.count == 4
+    assert stats.execution_count == 2 and {s: d.count for s, d in stats.batch_sizes.items()} == {1: 1, 3: 1}
+    assert stats.queue.seconds >= 3 * held  # the three queued requests each waited at least that long
+    assert stats.compute_infer.seconds >= held  # the first request's call was held at least as long
+    assert stats.success.seconds >= stats.queue.seconds + stats.compute_infer.seconds
+    assert abs(stats.last_inference_ms / 1000 - time.time()) < 5
 
 
 def test_a_requests_timeout_reaches_the_batchers_queue_policy() -> None:
