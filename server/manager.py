@@ -74,6 +74,10 @@ class ModelVersion:
     warmup_requests: int = 0
     class_labels: tuple[str, ...] | None = None  # class i's name (kerve.repository.class_labels), for classification
     inflight: int = 0
+    # False for a copy loading beside the serving one (a new placement), and for that one once replaced: the
+    # version's state in metrics is the serving copy's
+    published: bool = True
+    failed_placement: tuple[str, int | None] | None = None  # a re-placement that failed: not retried unchanged
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
 
@@ -100,6 +104,11 @@ class _Model:
 
 Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config) -> servable
 Warmup = Callable[[str, Path, Any], int]  # (model, version dir, servable) -> requests replayed
+
+
+def _placement(config: ModelConfig) -> tuple[str, int | None]:
+    """What decides where a version's replicas go when it loads (model.ReplicaLoader)."""
+    return config.device_mode, config.replicas
 
 
 def _fingerprint(path: Path) -> tuple[int, ...]:
@@ -316,6 +325,7 @@ class ModelManager:
                         break
                     await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
                 record.config = config  # labels move now, together with the versions they may point to
+                await self._replace(record, config, on_disk)
                 await self._rebatch(record, config)
             leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
             await self._unload(leaving)
@@ -324,6 +334,31 @@ class ModelManager:
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
+
+    async def _replace(self, record: _Model, config: ModelConfig, on_disk: Mapping[int, tuple[int, ...]]) -> None:
+        """A changed `replicas` or `device_mode` applies to loaded versions as a hot reload does: a copy with the
+        new placement loads and warms beside the serving one (both in memory for that time), takes the new
+        requests once READY, and the old copy finishes its in-flight requests and unloads, so none fails. If the
+        new copy cannot load, the old one keeps serving; that placement is not tried again until it changes."""
+        target = _placement(config)
+        for version, old in list(record.versions.items()):
+            if old.state is not VersionState.READY or target in (_placement(old.config), old.failed_placement):
+                continue
+            log.info("%s version %d: re-placing (device_mode, replicas) %s -> %s",
+                     record.name, version, _placement(old.config), target)  # fmt: skip
+            fingerprint = on_disk.get(version, old.fingerprint)
+            new = ModelVersion(record.name, version, old.path, config=config, fingerprint=fingerprint, published=False)
+            await self._bring_up(new)
+            if new.state is not VersionState.READY:
+                old.failed_placement = target
+                log.error("%s version %d keeps its placement: the re-placed copy failed: %s",
+                          record.name, version, new.reason)  # fmt: skip
+                continue
+            new.stats = old.stats  # the same version to its clients: its statistics go on
+            new.published, old.published = True, False
+            record.versions[version] = new
+            self._set_state(new, VersionState.READY)
+            await self._unload([old])
 
     async def _rebatch(self, record: _Model, config: ModelConfig) -> None:
         """A changed `batching:` applies to loaded versions at once, without reloading them: batching is the
@@ -362,26 +397,30 @@ class ModelManager:
         path = repository.version_dir(self.repository, record.name, version)
         entry = ModelVersion(record.name, version, path, config=config, fingerprint=fingerprint)
         record.versions[version] = entry
+        await self._bring_up(entry)
+
+    async def _bring_up(self, entry: ModelVersion) -> None:
+        """Load and warm ``entry`` in a worker thread: READY, or FAILED with the reason."""
         self._set_state(entry, VersionState.LOADING)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
             entry.servable, entry.warmup_requests, entry.class_labels = await loop.run_in_executor(
-                self._executor, self._load_and_warm, record.name, path, config
+                self._executor, self._load_and_warm, entry.model, entry.path, entry.config
             )
         except Exception as exc:  # a broken version must never take the server down
             entry.reason = _load_failure(exc)
             self._set_state(entry, VersionState.FAILED)
-            self._metrics.reloads.labels(record.name, "load_failed").inc()
-            log.error("failed to load %s version %d from %s: %s", record.name, version, path, entry.reason)
+            self._metrics.reloads.labels(entry.model, "load_failed").inc()
+            log.error("failed to load %s version %d from %s: %s", entry.model, entry.version, entry.path, entry.reason)
         else:
             self._set_state(entry, VersionState.READY)
-            self._metrics.reloads.labels(record.name, "loaded").inc()
+            self._metrics.reloads.labels(entry.model, "loaded").inc()
             warmed = f", {entry.warmup_requests} warmup requests" if entry.warmup_requests else ""
-            log.info("loaded %s version %d in %.2fs%s", record.name, version, time.monotonic() - started, warmed)
+            log.info("loaded %s version %d in %.2fs%s", entry.model, entry.version, time.monotonic() - started, warmed)
         self._changes += 1
         entry.load_seconds = time.monotonic() - started
-        self._metrics.load_seconds.labels(record.name, str(version)).set(entry.load_seconds)
+        self._metrics.load_seconds.labels(entry.model, str(entry.version)).set(entry.load_seconds)
 
     async def _unload(self, entries: list[ModelVersion]) -> None:
         for entry in entries:  # all stop taking requests at once, before any waiting
@@ -411,7 +450,8 @@ class ModelManager:
 
     def _set_state(self, entry: ModelVersion, state: VersionState) -> None:
         entry.state = state
-        self._metrics.set_state(entry.model, entry.version, state.value, STATES)
+        if entry.published:
+            self._metrics.set_state(entry.model, entry.version, state.value, STATES)
 
     def _forget(self, entry: ModelVersion) -> None:
         self._metrics.clear_state(entry.model, entry.version, STATES)

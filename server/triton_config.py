@@ -11,7 +11,7 @@ later load without a config goes back to config.yaml alone:
                                             priority_queue_policy); no dynamic_batching: batching off
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
-itself (instance groups: config.yaml's `replicas`, applied when a version loads). A config may repeat what
+itself (instance groups: config.yaml's `replicas`, which re-places loaded versions). A config may repeat what
 kerve's ModelConfig reports for them, so a config read, edited and sent back loads; any other value is refused
 with the field named, never ignored. So is a field outside the ModelConfig subset kerve speaks (the parser's
 error names it). No TensorFlow here: the caller passes the model's current ModelConfig, if it has one.
@@ -59,7 +59,7 @@ def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
     why = (
         "comes from the SavedModel's signature"
         if field != "instance_group"
-        else "is kerve's placement: set `replicas` in config.yaml (applied when a version loads)"
+        else "is kerve's placement: set `replicas` in config.yaml (loaded versions are re-placed)"
     )
     if current is None:
         return f"{why}: leave it out (no version of the model is loaded to compare it with)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,13 +88,17 @@ def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_p
     for name in ("light", "light2"):
         (repo / name / "config.yaml").write_text("replicas: 1\n")
     metrics_port = free_port()
-    args = ("--cpu-replicas", "2", "--max-batch-size", "8", "--batch-timeout-us", "3000")
+    args = ("--cpu-replicas", "2", "--max-batch-size", "8", "--batch-timeout-us", "3000", "--poll-interval", "0.5")
     with running_server(repo, tmp_path, *args, "--metrics-port", str(metrics_port)) as (target, _):
         results = {
             name: send_concurrently(target, threads=16, rounds=10, model=name) for name in ("heavy", "light", "light2")
         }
         text = scrape(metrics_port)
         configs = {name: triton_config(target, name) for name in ("heavy", "light")}
+        replaced = place_again_under_load(target, repo / "light2", "replicas: 2\n")
+        after = scrape(metrics_port)
+    assert replaced["instance_group"] == [{"name": "light2_cpu", "kind": "KIND_CPU", "count": 2}]
+    assert metric(after, "kerve_model_state", model="light2", version="1", state="READY") == 1
     # what tritonclient learns: one instance per replica, the server's batching flags
     assert configs["heavy"]["instance_group"] == [{"name": "heavy_cpu", "kind": "KIND_CPU", "count": 2}]
     assert configs["light"]["instance_group"] == [{"name": "light_cpu", "kind": "KIND_CPU", "count": 1}]
@@ -116,6 +122,39 @@ def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_p
             if line.startswith("kerve_batches_total{") and f'model="{name}"' in line and f'device="{other}"' in line
         ]
         assert series == [], series
+
+
+def place_again_under_load(target: str, model_dir: Path, config: str) -> dict:
+    """Write a new config.yaml placement for a served model while a client keeps calling it, until ModelConfig
+    shows the new placement; every call must succeed across the swap (asserted here). Bounded: 90 s, 5000 calls."""
+    model = model_dir.name
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def call_until_stopped() -> None:
+        with Client(target, retry=None) as client:
+            while not stop.is_set() and len(answered) < 5000:
+                client.infer(model, {"image": IMAGES[:1]})
+                answered.append(1)
+
+    before = triton_config(target, model)["instance_group"]
+    with ThreadPoolExecutor(2) as pool:
+        callers = [pool.submit(call_until_stopped) for _ in range(2)]
+        (model_dir / "config.yaml").write_text(config)
+        deadline = time.monotonic() + 90
+        try:
+            while triton_config(target, model)["instance_group"] == before:
+                assert time.monotonic() < deadline, "the new placement never served"
+                assert not any(c.done() for c in callers), [c.exception() for c in callers if c.done()]
+                time.sleep(0.1)  # polling the server with a deadline
+            seen = len(answered)
+            while len(answered) < seen + 20 and not any(c.done() for c in callers):  # calls reach the new copy
+                time.sleep(0.01)
+        finally:
+            stop.set()
+        for caller in callers:
+            caller.result()  # re-raises any failed call
+    return triton_config(target, model)
 
 
 def test_padding_to_allowed_sizes_returns_only_real_rows(model_repo: Path, tmp_path: Path, in_process) -> None:

@@ -163,6 +163,67 @@ def test_unload_waits_for_in_flight_requests(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_a_changed_placement_reloads_a_serving_version_beside_itself(tmp_path: Path) -> None:
+    """config.yaml's replicas / device_mode apply to a loaded version as a hot reload does: a new copy loads while
+    the old one serves, takes the new requests once READY, and the old one unloads after its in-flight request;
+    the version's state never leaves READY and its statistics go on. A placement whose copy cannot load leaves the
+    old copy serving and is not tried again until it changes."""
+    version(tmp_path, "m", 1)
+
+    class Picky(Loader):
+        def __call__(self, path: Path, config: ModelConfig) -> FakeServable:
+            if config.replicas == 2:
+                self.calls.append((path.parent.name, int(path.name)))
+                raise RuntimeError("no room for two replicas")
+            return super().__call__(path, config)
+
+    def ready_metric(manager: ModelManager) -> float | None:
+        labels = {"model": "m", "version": "1", "state": "READY"}
+        return manager._metrics.registry.get_sample_value("kerve_model_state", labels)
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        old = manager.acquire("m")
+        old.stats.record_failure(0.5)
+        (tmp_path / "m" / "config.yaml").write_text("replicas: 1\n")
+        poll = asyncio.create_task(manager.poll())
+        for _ in range(500):  # bounded: until the new copy serves and the old one waits for its request
+            if old.state is VersionState.UNLOADING:
+                break
+            await asyncio.sleep(0.01)
+        new = manager.resolve("m")
+        assert new is not old and new.version == 1 and new.config.replicas == 1
+        assert old.state is VersionState.UNLOADING and not old.servable.closed and not poll.done()
+        assert states(manager, "m") == {1: "READY"} and ready_metric(manager) == 1.0
+        manager.release(old)
+        await asyncio.wait_for(poll, 5)
+        assert old.state is VersionState.UNLOADED and not new.servable.closed
+        assert ready_metric(manager) == 1.0 and new.stats.fail.count == 1
+        assert loader.calls == [("m", 1), ("m", 1)]
+
+        (tmp_path / "m" / "config.yaml").write_text("replicas: 2\n")
+        await manager.poll()
+        assert manager.resolve("m") is new and states(manager, "m") == {1: "READY"} and len(loader.calls) == 3
+        await manager.poll()
+        assert len(loader.calls) == 3  # that placement failed: not retried on every poll
+        await manager.poll()
+        servable = new.servable
+        (tmp_path / "m" / "config.yaml").write_text("device_mode: mirrored\n")
+        await manager.poll()
+        assert manager.resolve("m").config.device_mode == "mirrored" and len(loader.calls) == 4
+        assert new.state is VersionState.UNLOADED and servable.closed
+
+    loader = Picky()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            manager = ModelManager(tmp_path, loader, executor, Metrics())
+            await manager.load_all()
+            await body(manager, loader)
+            await manager.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_deleted_version_unloads_and_is_forgotten(tmp_path: Path) -> None:
     version(tmp_path, "m", 1)
     version(tmp_path, "m", 2)
