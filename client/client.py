@@ -153,11 +153,16 @@ class Client:
         request_id: str = "",
         *,
         class_counts: Mapping[str, int] | None = None,
+        priority: int = 0,
     ) -> InferResult:
         """Full result: outputs plus the model version that served the request. `class_counts` ({output: k})
         answers those outputs as their top k "<score>:<index>" labels (see `classify`). An output named by a
-        `region.output(...)` travels through that region and is read back from it into the result."""
-        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
+        `region.output(...)` travels through that region and is read back from it into the result.
+
+        `priority` is Triton's request priority, for a model whose config.yaml sets `batching: {priority_levels:
+        N}`: 1 jumps ahead of every lower level queued for a batch; 0 (not sent) or a level above N takes the
+        model's default level, and a model without levels ignores it. A negative one fails before sending."""
+        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
         response = self._call(self._stub.ModelInfer, request, timeout)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
@@ -168,9 +173,11 @@ class Client:
         version: int | str | None = None,
         outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
+        *,
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
-        """numpy in, numpy out: {input_name: array} -> {output_name: array}."""
-        return self.infer(model, inputs, version, outputs, timeout).outputs
+        """numpy in, numpy out: {input_name: array} -> {output_name: array}; `priority` as in `infer`."""
+        return self.infer(model, inputs, version, outputs, timeout, priority=priority).outputs
 
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
@@ -233,14 +240,20 @@ class Client:
         top_k: int = 1,
         version: int | str | None = None,
         timeout: float | None = None,
+        *,
+        priority: int = 0,
     ) -> Classification:
         """The `top_k` best classes of `output` per row (`indices` and `scores`, best first), ranked by the server
         (the V2 classification extension), so only k pairs per row cross the wire. `output` may be left out for a
-        model with one output (that costs a metadata call); `timeout` covers both calls."""
+        model with one output (that costs a metadata call); `timeout` covers both calls. `priority` as in `infer`,
+        checked before the metadata call, so a bad one sends nothing."""
+        wire.priority_level(priority)
         budget = _Budget(self.timeout if timeout is None else timeout)
         if output is None:
             output = wire.only_output(self.metadata(model, version, budget.left()))
-        result = self.infer(model, inputs, version, None, budget.left(), class_counts={output: top_k})
+        result = self.infer(
+            model, inputs, version, None, budget.left(), class_counts={output: top_k}, priority=priority
+        )
         return wire.parse_classification(result, output)
 
     def stream(
@@ -364,8 +377,9 @@ class AsyncClient:
         request_id: str = "",
         *,
         class_counts: Mapping[str, int] | None = None,
+        priority: int = 0,
     ) -> InferResult:
-        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts)
+        request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
         response = await self._call(self._stub.ModelInfer, request, timeout)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
@@ -376,8 +390,10 @@ class AsyncClient:
         version: int | str | None = None,
         outputs: Sequence[str | SharedOutput] | None = None,
         timeout: float | None = None,
+        *,
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
-        return (await self.infer(model, inputs, version, outputs, timeout)).outputs
+        return (await self.infer(model, inputs, version, outputs, timeout, priority=priority)).outputs
 
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
@@ -428,11 +444,16 @@ class AsyncClient:
         top_k: int = 1,
         version: int | str | None = None,
         timeout: float | None = None,
+        *,
+        priority: int = 0,
     ) -> Classification:
+        wire.priority_level(priority)  # before the metadata call, as in Client.classify
         budget = _Budget(self.timeout if timeout is None else timeout)
         if output is None:
             output = wire.only_output(await self.metadata(model, version, budget.left()))
-        result = await self.infer(model, inputs, version, None, budget.left(), class_counts={output: top_k})
+        result = await self.infer(
+            model, inputs, version, None, budget.left(), class_counts={output: top_k}, priority=priority
+        )
         return wire.parse_classification(result, output)
 
     def stream(

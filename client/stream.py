@@ -9,7 +9,8 @@ throughput from one stream than from as many unary calls. Both stream classes he
   error. Answers are matched to callers by `id`, so their order does not matter.
 - each `infer` waits for its own answer with its own timeout (DeadlineExceededError after it; a late answer is
   dropped). The message carries that timeout to the server (the `timeout` parameter), which answers a message
-  still queued past it DEADLINE_EXCEEDED instead of running it. There is no retry: a message may already have run.
+  still queued past it DEADLINE_EXCEEDED instead of running it, and its own `priority` (Triton's, when not 0).
+  There is no retry: a message may already have run.
 - when the stream itself breaks (server gone, RPC error), every pending call fails with the mapped error and
   every later call raises it too: a broken stream is not reopened behind the caller's back (a new one may reach
   another replica, or a restarted server, which the caller should decide). Open a new stream to go on.
@@ -91,15 +92,20 @@ class _Requests:
         self.class_counts = {name: wire.class_count(name, k) for name, k in (class_counts or {}).items()} or None
         self._ids = itertools.count()
 
-    def build(self, inputs: Mapping[str, Any], timeout: float | None) -> tuple[str, pb.ModelInferRequest]:
+    def build(
+        self, inputs: Mapping[str, Any], timeout: float | None, priority: int = 0
+    ) -> tuple[str, pb.ModelInferRequest]:
         request_id = str(next(self._ids))  # itertools.count is atomic under the GIL
         request = wire.build_infer_request(
-            self.model, inputs, self.version, self.outputs, request_id, self.class_counts
+            self.model,
+            inputs,
+            self.version,
+            self.outputs,
+            request_id,
+            self.class_counts,
+            priority=priority,
+            timeout=timeout,
         )
-        # The call's own deadline for the server (Triton's `timeout` parameter, microseconds): a message still
-        # queued when its caller gives up is dropped there instead of running for nobody.
-        if timeout is not None:
-            request.parameters["timeout"].int64_param = max(1, round(timeout * 1e6))
         return request_id, request
 
 
@@ -150,10 +156,11 @@ class InferStream:
         with self._lock:
             return self._closed or self._error is not None
 
-    def infer(self, inputs: Mapping[str, Any], timeout: float | None = None) -> InferResult:
-        """Send one message and wait for its answer (at most `timeout` s, default the stream's)."""
+    def infer(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> InferResult:
+        """Send one message and wait for its answer (at most `timeout` s, default the stream's). `priority` is per
+        call, as on `Client.infer`: one stream may carry urgent and background work side by side."""
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs, timeout)
+        request_id, request = self._builder.build(inputs, timeout, priority)
         future: Future[pb.ModelInferResponse] = Future()
         with self._lock:
             if self._closed:
@@ -172,9 +179,9 @@ class InferStream:
             response = future.result()  # the reader took it first: its outcome is being set now
         return wire.parse_infer_response(response)
 
-    def predict(self, inputs: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def predict(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> dict[str, Any]:
         """numpy in, numpy out, over the stream."""
-        return self.infer(inputs, timeout).outputs
+        return self.infer(inputs, timeout, priority=priority).outputs
 
     def close(self, grace_s: float = DEFAULT_CLOSE_GRACE_S) -> None:
         """Stop new calls, let the server answer pending ones for up to `grace_s` s, cancel the rest; returns
@@ -276,9 +283,9 @@ class AsyncInferStream:
     def closed(self) -> bool:
         return self._closed or self._error is not None
 
-    async def infer(self, inputs: Mapping[str, Any], timeout: float | None = None) -> InferResult:
+    async def infer(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> InferResult:
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs, timeout)
+        request_id, request = self._builder.build(inputs, timeout, priority)
         if self._closed:
             raise CancelledError("the stream is closed")
         if self._error is not None:
@@ -294,8 +301,10 @@ class AsyncInferStream:
             self._pending.pop(request_id, None)  # timed out or cancelled: a late answer is dropped
         return wire.parse_infer_response(response)
 
-    async def predict(self, inputs: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return (await self.infer(inputs, timeout)).outputs
+    async def predict(
+        self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0
+    ) -> dict[str, Any]:
+        return (await self.infer(inputs, timeout, priority=priority)).outputs
 
     async def close(self, grace_s: float = DEFAULT_CLOSE_GRACE_S) -> None:
         """Stop new calls, let the server answer pending ones for up to `grace_s` s, cancel the rest; returns

@@ -15,7 +15,10 @@ from .errors import InvalidArgumentError, ServerError
 from .shared_memory import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedOutput, SharedTensor
 
 CLASSIFICATION = "classification"  # the requested-output parameter of the V2 classification extension
+PRIORITY = "priority"  # Triton's request priority level: 1 the highest, 0 the model's default level
+TIMEOUT = "timeout"  # Triton's per-request timeout, int64 microseconds
 UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
 LogSetting = bool | int | str  # a LogSettings value: Triton's SettingValue is one of bool, uint32 and string
 TraceSetting = str | int | Sequence[str | int]  # a TraceSetting value: Triton's are lists of strings
 
@@ -112,15 +115,21 @@ def build_infer_request(
     outputs: Sequence[str | SharedOutput] | None = None,
     request_id: str = "",
     class_counts: Mapping[str, int] | None = None,
+    *,
+    priority: int = 0,
+    timeout: float | None = None,
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest carrying every input as raw contents (the zero-copy path on the server), or as its place
     in a registered shared memory region when the value is a SharedTensor (`Client.shared_memory`). An output
     given as a SharedOutput is requested with its place, for the server to write it there.
 
     `class_counts` ({output: k}) asks for those outputs' top k classes (the classification extension) instead of
-    their tensors; they are requested besides `outputs` (so with `outputs` None, only they come back)."""
+    their tensors; they are requested besides `outputs` (so with `outputs` None, only they come back).
+    `priority` and `timeout` (seconds) become Triton's schedule parameters of the request (`_schedule`); only
+    streams need `timeout`, as a unary call's gRPC deadline already reaches the server."""
     if not inputs:
         raise InvalidArgumentError("inputs is empty: pass {input_name: array}")
+    level = priority_level(priority)  # before any input is encoded: a bad level costs nothing
     request = pb.ModelInferRequest(
         model_name=model, model_version="" if version is None else str(version), id=request_id
     )
@@ -137,7 +146,29 @@ def build_infer_request(
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         request.raw_input_contents.append(raw)
     _request_outputs(request, outputs or (), dict(class_counts or {}))
+    _schedule(request.parameters, level, timeout)
     return request
+
+
+def _schedule(params: Any, priority: int, timeout: float | None) -> None:
+    """Triton's request-level schedule parameters, each left out at its default: a request that sets neither is
+    byte for byte the one a server without priority levels (or an older SDK) has always seen."""
+    if priority:
+        params[PRIORITY].int64_param = priority
+    # The caller's own deadline for the server: a stream's gRPC deadline covers the whole stream, so without it a
+    # message still queued when its caller gives up would run for nobody. Never 0, which means "none".
+    if timeout is not None:
+        params[TIMEOUT].int64_param = max(1, round(timeout * 1e6))
+
+
+def priority_level(priority: Any) -> int:
+    """Checked here rather than left to the server: a bool would pass as level 1 (the highest), a float could not
+    be encoded, and a negative level would cost a round trip (or a stream message) only to be refused."""
+    if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) or not 0 <= priority <= INT64_MAX:
+        raise InvalidArgumentError(
+            f"priority must be an integer >= 0 (1 is the highest level, 0 the model's default), got {priority!r}"
+        )
+    return int(priority)
 
 
 def _request_outputs(
