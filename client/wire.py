@@ -81,12 +81,28 @@ class InstanceGroup:
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    """How long, and how many, requests of a priority level may wait for a batch (Triton's ModelQueuePolicy):
+    `timeout_s` 0 is no limit; a request that reaches it is refused (`timeout_action` "reject",
+    DeadlineExceededError) or moved behind fresher ones ("delay"); with `allow_timeout_override` a call's own
+    shorter timeout counts instead; `max_queue_size` 0 is no limit, else one more is ResourceExhaustedError."""
+
+    timeout_s: float
+    timeout_action: str
+    allow_timeout_override: bool
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What the server runs a model version with (the V2 ModelConfig RPC, Triton's shape of it).
 
     `max_batch_size` 0 means no batcher: inputs take their full shapes. With dynamic batching, `max_queue_delay_s`
     is how long a request may wait for others to share its batch and `preferred_batch_sizes` the sizes batches are
-    padded up to (empty: any size); without it both are None / empty."""
+    padded up to (empty: any size); without it both are None / empty. `priority_levels` (0: none) is how many
+    `priority=` levels the batcher keeps, `default_priority_level` a call without one's; `queue_policy` applies to
+    every level that `priority_queue_policies` ((level, policy) pairs) does not name, None when it is the default
+    (no limits)."""
 
     name: str
     platform: str
@@ -98,6 +114,10 @@ class ModelConfig:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_s: float | None
     instance_groups: tuple[InstanceGroup, ...]
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    queue_policy: QueuePolicy | None = None
+    priority_queue_policies: tuple[tuple[int, QueuePolicy], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,6 +373,7 @@ def _tensor_configs(items: Any) -> tuple[TensorConfig, ...]:
 def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
     config = response.config
     batching = config.HasField("dynamic_batching")
+    dynamic = config.dynamic_batching
     kinds = pb.ModelInstanceGroup.Kind
     return ModelConfig(
         name=config.name,
@@ -373,4 +394,19 @@ def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
             )
             for g in config.instance_group
         ),
+        priority_levels=dynamic.priority_levels,
+        default_priority_level=dynamic.default_priority_level,
+        queue_policy=_queue_policy(dynamic.default_queue_policy) if dynamic.HasField("default_queue_policy") else None,
+        priority_queue_policies=tuple(
+            (level, _queue_policy(policy)) for level, policy in sorted(dynamic.priority_queue_policy.items())
+        ),
+    )
+
+
+def _queue_policy(policy: pb.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        timeout_s=policy.default_timeout_microseconds / 1e6,
+        timeout_action="delay" if policy.timeout_action == pb.ModelQueuePolicy.DELAY else "reject",
+        allow_timeout_override=policy.allow_timeout_override,
+        max_queue_size=policy.max_queue_size,
     )

@@ -7,14 +7,11 @@ import asyncio
 import shutil
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
 from helpers import running_server
-from kerve.client import AsyncClient, Client, InvalidArgumentError
-from kerve.protos import grpc_service_pb2 as pb
-from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+from kerve.client import AsyncClient, Client, InvalidArgumentError, QueuePolicy
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +21,17 @@ IMAGE = np.random.default_rng(5).random((1, 8, 8, 1), dtype=np.float32)
 def test_a_model_with_priority_levels_serves_each_level(model_repo: Path, tmp_path: Path, in_process) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(model_repo / "cnn", repo / "ranked")
-    (repo / "ranked" / "config.yaml").write_text("batching: {priority_levels: 2, max_batch_size: 1}\n")
+    (repo / "ranked" / "config.yaml").write_text(
+        "batching:\n  priority_levels: 2\n  max_batch_size: 1\n"
+        "  priority_queue_policy: {1: {allow_timeout_override: true, max_queue_size: 64}}\n"
+    )
     expected = in_process("cnn", {"image": IMAGE})["output_0"]
     with running_server(repo, tmp_path) as (target, _), Client(target, retry=None) as client:
         # the levels are on (so the parameter is not simply ignored by a model without them)
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            config = stub.ModelConfig(pb.ModelConfigRequest(name="ranked"), timeout=30).config
-        assert (config.max_batch_size, config.dynamic_batching.priority_levels) == (1, 2)
+        config = client.config("ranked")
+        assert (config.max_batch_size, config.priority_levels, config.default_priority_level) == (1, 2, 2)
+        assert config.queue_policy is None
+        assert config.priority_queue_policies == ((1, QueuePolicy(0.0, "reject", True, 64)),)
         for priority in (1, 2, 0):
             np.testing.assert_allclose(
                 client.predict("ranked", {"image": IMAGE}, priority=priority)["output_0"], expected, rtol=1e-5

@@ -13,6 +13,7 @@ from kerve.client import (
     InvalidArgumentError,
     ModelMetadata,
     NotFoundError,
+    QueuePolicy,
     ServerError,
     TensorConfig,
     TensorInfo,
@@ -143,6 +144,18 @@ def test_config_with_dynamic_batching_and_gpu_groups() -> None:
         InstanceGroup("m_cpu", "CPU", 2, ()),
         InstanceGroup("m", "MODEL", 1, ()),
     )
+    assert (parsed.priority_levels, parsed.queue_policy, parsed.priority_queue_policies) == (0, None, ())
+
+    config.dynamic_batching.priority_levels = 2
+    config.dynamic_batching.default_priority_level = 2
+    config.dynamic_batching.default_queue_policy.max_queue_size = 100
+    level_1 = config.dynamic_batching.priority_queue_policy[1]
+    level_1.default_timeout_microseconds, level_1.timeout_action = 5000, pb.ModelQueuePolicy.DELAY
+    level_1.allow_timeout_override = True
+    parsed = parse_config(pb.ModelConfigResponse(config=config))
+    assert (parsed.priority_levels, parsed.default_priority_level) == (2, 2)
+    assert parsed.queue_policy == QueuePolicy(0.0, "reject", False, 100)
+    assert parsed.priority_queue_policies == ((1, QueuePolicy(0.005, "delay", True, 0)),)
 
 
 def test_config_without_a_batcher() -> None:
