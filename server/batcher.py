@@ -890,7 +890,6 @@ class Batcher:
     def _check_drained(self) -> None:
         if self._queued == 0 and self._in_flight == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-            self._clear_expiry()
 
     # ---- queue policy timeouts (event loop thread only)
 
