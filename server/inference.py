@@ -311,7 +311,8 @@ class Call:
         entry.stats.record_success(seconds, self.rows, start - self.started, end - start, now)
         self._observe("OK", seconds)
         if self.traced:
-            self._trace(("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_END", end))
+            stamps = (("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_END", end))
+            self._trace(stamps, response.outputs)
         if not self.completion.done():
             self.completion.set_result(response)
 
@@ -363,10 +364,11 @@ class Call:
         if self.entry is not None:
             self._engine.manager.release(self.entry)
 
-    def _trace(self, *between: tuple[str, float]) -> None:
+    def _trace(self, between: tuple[tuple[str, float], ...] = (), outputs: Mapping[str, Any] | None = None) -> None:
         stamps = [("REQUEST_START", self.started), *between, ("REQUEST_END", time.monotonic())]
         version = self.entry.version if self.entry is not None else None
-        self._engine.tracer.record(self._model_label, version, self.request.id, stamps)  # bounded names
+        # the model by its bounded label: the tracer keeps state per name
+        self._engine.tracer.record(self._model_label, version, self.request.id, stamps, self.request.inputs, outputs)
 
     def _observe(self, code: str, seconds: float) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.

@@ -44,7 +44,7 @@ class ServerSettings:
     gc_freeze: bool = True  # one full collection per model change, then freeze the survivors (server/heap.py)
     shared_memory: bool = True  # Triton's system shared memory RPCs and tensors (server/shared_memory.py)
     trace_file: Path | None = None  # where traces go (server/trace.py); None: the log
-    trace_level: str = "OFF"  # OFF | TIMESTAMPS at start; the TraceSetting RPC changes it
+    trace_level: str = "OFF"  # OFF | TIMESTAMPS | TENSORS | TIMESTAMPS,TENSORS at start; TraceSetting changes it
     trace_rate: int = 1000  # trace every Nth request of a model
 
     def __post_init__(self) -> None:
@@ -80,8 +80,10 @@ class ServerSettings:
                 "got the call, so the processes would serve different models"
             )
         event_loop.resolve(self.event_loop)  # unknown, or uvloop without uvloop installed: ValueError
-        if self.trace_level not in ("OFF", "TIMESTAMPS"):
-            raise ValueError(f"--trace-level must be OFF or TIMESTAMPS, got {self.trace_level!r}")
+        levels = self.trace_level.split(",")
+        if not set(levels) <= {"TIMESTAMPS", "TENSORS"} and levels != ["OFF"]:
+            raise ValueError(f"--trace-level must be OFF, or TIMESTAMPS and/or TENSORS (comma-separated), got "
+                             f"{self.trace_level!r}")  # fmt: skip
         if self.trace_rate < 1:
             raise ValueError(f"--trace-rate must be >= 1, got {self.trace_rate}")
         if self.gil_switch_interval_us < 0:
@@ -217,10 +219,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trace-level",
-        choices=["OFF", "TIMESTAMPS"],
         default=_env("TRACE_LEVEL", "OFF"),
-        help="trace requests from the start (TIMESTAMPS) or not until the TraceSetting RPC says so (OFF, default; "
-        "env KERVE_TRACE_LEVEL)",
+        help="trace requests from the start (TIMESTAMPS, TENSORS or TIMESTAMPS,TENSORS) or not until the "
+        "TraceSetting RPC says so (OFF, default; env KERVE_TRACE_LEVEL)",
     )
     parser.add_argument(
         "--trace-rate",

@@ -1,11 +1,15 @@
-"""Triton's trace extension: timestamps of a sample of requests, to see where one request's time went.
+"""Triton's trace extension: timestamps (and tensors) of a sample of requests, to see where one request's time went.
 
-A traced request records REQUEST_START (decoded), QUEUE_START (handed to its batcher or worker), COMPUTE_START and
-COMPUTE_END (its batch's model call) and REQUEST_END (answer built); a failed or cancelled one records its start
-and end. Every `trace_rate`-th request of a model is traced, until `trace_count` traces (-1: no limit) have been.
+At level TIMESTAMPS a traced request records REQUEST_START (decoded), QUEUE_START (handed to its batcher or
+worker), COMPUTE_START and COMPUTE_END (its batch's model call) and REQUEST_END (answer built); a failed or cancelled
+one records its start and end. At level TENSORS (alone or with TIMESTAMPS) it records its input tensors as they
+were queued (TENSOR_QUEUE_INPUT) and the output tensors it was answered with (TENSOR_BACKEND_OUTPUT), as Triton's
+entries {"id", "activity", "tensor": {"name", "data", "shape", "dtype"}} with the values flattened into a
+comma-separated string: what a request carried, to debug a model's answer to it (trace_summary.py's data flow).
+Every `trace_rate`-th request of a model is traced, until `trace_count` traces (-1: no limit) have been.
 Traces go to `--trace-file` as Triton's JSON (an array of {"id", "model_name", "model_version", "request_id",
 "timestamps": [{"name", "ns"}]}, readable by Triton's trace_summary.py): with `log_frequency` N > 0 every N traces
-to `<file>.<index>`, with 0 all of them to `<file>` at shutdown. Without a trace file each trace is one JSON line
+to `<file>.<index>`, with 0 all of them to `<file>` at shutdown. Without a trace file each entry is one JSON line
 in the log (logger kerve.trace), where a container's logs are collected.
 
 Settings change at run time through the TraceSetting RPC (tritonclient's get/update_trace_settings), globally or
@@ -26,11 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kerve import codecs
+
 from .errors import invalid
 
 log = logging.getLogger("kerve.trace")
 
-LEVELS = ("OFF", "TIMESTAMPS")
+LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
 KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 Stamps = Sequence[tuple[str, float]]  # (Triton's activity name, time.monotonic() seconds)
 
@@ -40,6 +48,8 @@ class _Plan:
     """A model's settings as the request path uses them, parsed once per settings change."""
 
     on: bool
+    timestamps: bool
+    tensors: bool
     rate: int
     count: int  # -1: no limit
     count_scope: str | None  # where trace_count was set: the model, or None (global)
@@ -51,7 +61,7 @@ class Tracer:
         self._file = trace_file
         self._defaults: dict[str, list[str]] = {
             "trace_file": [str(trace_file or "")],
-            "trace_level": [level],
+            "trace_level": level.split(","),  # "TIMESTAMPS,TENSORS" from --trace-level
             "trace_rate": [str(rate)],
             "trace_count": ["-1"],
             "log_frequency": ["0"],
@@ -114,8 +124,11 @@ class Tracer:
         plan = self._plans.get(model)
         if plan is None:
             settings = self.settings(model)
+            levels = settings["trace_level"]
             plan = self._plans[model] = _Plan(
-                on=settings["trace_level"] != ["OFF"],
+                on=levels != ["OFF"],
+                timestamps=levels != ["TENSORS"],  # a traced request has its timestamps unless only tensors were asked
+                tensors="TENSORS" in levels,
                 rate=int(settings["trace_rate"][0]),
                 count=int(settings["trace_count"][0]),
                 count_scope=model if "trace_count" in self._models.get(model, {}) else None,
@@ -139,20 +152,40 @@ class Tracer:
         self._left[plan.count_scope] = left - 1
         return True
 
-    def record(self, model: str, version: int | None, request_id: str, stamps: Stamps) -> None:
-        trace = {
-            "id": next(self._ids),
+    def record(
+        self,
+        model: str,
+        version: int | None,
+        request_id: str,
+        stamps: Stamps,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        outputs: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """One traced request; its tensors (`inputs` as queued, `outputs` as answered) count only at level
+        TENSORS."""
+        plan = self._plan(model)
+        trace_id = next(self._ids)
+        trace: dict[str, Any] = {
+            "id": trace_id,
             "model_name": model,
             "model_version": -1 if version is None else version,
             "request_id": request_id,
-            "timestamps": [{"name": name, "ns": int(at * 1e9)} for name, at in stamps],
         }
+        if plan.timestamps:
+            trace["timestamps"] = [{"name": name, "ns": int(at * 1e9)} for name, at in stamps]
+        entries = [trace]
+        if plan.tensors:
+            for activity, tensors in (("TENSOR_QUEUE_INPUT", inputs), ("TENSOR_BACKEND_OUTPUT", outputs)):
+                entries += [
+                    {"id": trace_id, "activity": activity, "tensor": _tensor(name, array)}
+                    for name, array in (tensors or {}).items()
+                ]
         if self._file is None:
-            log.info("%s", json.dumps(trace))
+            for entry in entries:
+                log.info("%s", json.dumps(entry))
             return
-        self._pending.append(trace)
-        frequency = self._plan(model).frequency
-        if frequency and len(self._pending) >= frequency:
+        self._pending.append(entries)
+        if plan.frequency and len(self._pending) >= plan.frequency:
             self._write(Path(f"{self._file}.{next(self._files)}"))
 
     def close(self) -> None:
@@ -167,9 +200,23 @@ class Tracer:
     def _write(self, path: Path) -> None:
         traces, self._pending = self._pending, []
         try:
-            path.write_text(json.dumps(traces, indent=1) + "\n")
+            path.write_text(json.dumps([entry for entries in traces for entry in entries], indent=1) + "\n")
         except OSError as exc:  # a full disk must not fail requests: say so and drop the traces
             log.error("cannot write %d traces to %s: %s", len(traces), path, exc)
+
+
+def _tensor(name: str, array: np.ndarray) -> dict[str, str]:
+    """Triton's tensor entry: V2 datatype, shape and the values flattened, comma-separated (strings decoded)."""
+    try:
+        dtype = codecs.datatype_of(array.dtype)
+    except codecs.CodecError:
+        dtype = str(array.dtype)
+    flat = array.reshape(-1)
+    if dtype == codecs.BYTES:
+        values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    else:
+        values = [str(v) for v in flat.tolist()]
+    return {"name": name, "data": ",".join(values), "shape": ",".join(str(d) for d in array.shape), "dtype": dtype}
 
 
 def _check(scope: Mapping[str, list[str]]) -> None:
@@ -177,7 +224,7 @@ def _check(scope: Mapping[str, list[str]]) -> None:
     for key, values in scope.items():
         if key == "trace_level":
             if not values or any(v not in LEVELS for v in values) or ("OFF" in values and len(values) > 1):
-                raise invalid(f"trace_level must be OFF or TIMESTAMPS (kerve does not trace tensors), got {values}")
+                raise invalid(f"trace_level must be OFF, or TIMESTAMPS and/or TENSORS, got {values}")
             continue
         if len(values) != 1:
             raise invalid(f"trace setting {key!r} takes one value, got {values}")

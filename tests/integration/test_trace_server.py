@@ -45,8 +45,20 @@ def test_tritonclient_turns_tracing_on_for_a_model(model_repo: Path, tmp_path: P
                 names = [stamp["name"] for stamp in trace["timestamps"]]
                 assert names == ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
 
+            # TENSORS: the request's inputs as queued and the outputs it was answered with
+            client.update_trace_settings("cnn", {"trace_level": ["TIMESTAMPS", "TENSORS"]})
+            client.infer("cnn", [image], request_id="r2")
+            wait_for(lambda: (tmp_path / "trace.json.2").exists(), "a third trace file", timeout_s=30)
+            entries = json.loads((tmp_path / "trace.json.2").read_text())
+            assert entries[0]["request_id"] == "r2" and len(entries[0]["timestamps"]) == 5
+            tensors = {e["activity"]: e["tensor"] for e in entries[1:]}
+            assert tensors["TENSOR_QUEUE_INPUT"] == {"name": "image", "data": ",".join(["0.0"] * 64),
+                                                     "shape": "1,8,8,1", "dtype": "FP32"}  # fmt: skip
+            output = tensors["TENSOR_BACKEND_OUTPUT"]
+            assert (output["shape"], output["dtype"], len(output["data"].split(","))) == ("1,10", "FP32", 10)
+
             for settings, words in (
-                ({"trace_level": ["TENSORS"]}, "kerve does not trace tensors"),
+                ({"trace_level": ["TENSOR"]}, "trace_level must be OFF, or TIMESTAMPS and/or TENSORS"),
                 ({"trace_file": "/tmp/elsewhere.json"}, "fixed when the server starts"),
             ):
                 with pytest.raises(InferenceServerException) as info:
@@ -63,7 +75,7 @@ def test_tritonclient_turns_tracing_on_for_a_model(model_repo: Path, tmp_path: P
                 assert got["trace_count"] == ["5"] and got["log_frequency"] == ["0"]  # cleared: the global value
                 assert sdk.trace_settings("cnn")["trace_count"] == ["5"]
                 assert sdk.trace_settings()["trace_count"] == ["-1"]  # the global one
-                with pytest.raises(InvalidArgumentError, match="kerve does not trace tensors"):
-                    sdk.update_trace_settings({"trace_level": "TENSORS"})
+                with pytest.raises(InvalidArgumentError, match="trace_level must be OFF, or TIMESTAMPS"):
+                    sdk.update_trace_settings({"trace_level": "OFTEN"})
         finally:
             client.close()

@@ -139,3 +139,7 @@ def test_trace_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Monk
     assert (_settings(tmp_path).trace_rate, _settings(tmp_path).trace_file) == (3, tmp_path / "e.json")
     with pytest.raises(ValueError, match="--trace-rate must be >= 1"):
         _settings(tmp_path, "--trace-rate", "0")
+    assert _settings(tmp_path, "--trace-level", "TIMESTAMPS,TENSORS").trace_level == "TIMESTAMPS,TENSORS"
+    for bad in ("SOMETIMES", "OFF,TENSORS", ""):
+        with pytest.raises(ValueError, match="--trace-level must be OFF, or TIMESTAMPS and/or TENSORS"):
+            _settings(tmp_path, "--trace-level", bad)

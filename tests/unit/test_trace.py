@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kerve.server.errors import ErrorCode, ServingError
@@ -36,6 +37,7 @@ def test_defaults_are_tritons_and_tracing_starts_off() -> None:
     }
     assert set(tracer.settings()) == set(KEYS) and not tracer.on
     assert Tracer(level="TIMESTAMPS", rate=5).settings()["trace_rate"] == ["5"]
+    assert Tracer(level="TIMESTAMPS,TENSORS").settings()["trace_level"] == ["TIMESTAMPS", "TENSORS"]
 
 
 def test_every_rate_th_request_is_traced_until_the_count_runs_out() -> None:
@@ -65,8 +67,8 @@ def test_a_models_settings_override_the_global_ones_until_cleared() -> None:
 
 def test_what_kerve_cannot_apply_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     tracer = Tracer(tmp_path / "t.json")
-    refused(tracer, None, {"trace_level": ["TENSORS"]}, "kerve does not trace tensors")
-    refused(tracer, None, {"trace_level": ["OFF", "TIMESTAMPS"]}, "trace_level must be OFF or TIMESTAMPS")
+    refused(tracer, None, {"trace_level": ["OFF", "TIMESTAMPS"]}, "trace_level must be OFF, or TIMESTAMPS and/or")
+    refused(tracer, None, {"trace_level": ["TENSOR"]}, "trace_level must be OFF, or TIMESTAMPS and/or TENSORS")
     refused(tracer, None, {"trace_rate": ["0"]}, "'trace_rate' must be an integer >= 1")
     refused(tracer, "a", {"trace_count": ["-2"]}, "'trace_count' must be an integer >= -1")
     refused(tracer, None, {"log_frequency": ["often"]}, "'log_frequency' must be an integer >= 0")
@@ -86,6 +88,33 @@ def test_without_a_file_each_trace_is_a_json_line_in_the_log(caplog: pytest.LogC
     assert (trace["model_name"], trace["model_version"], trace["request_id"]) == ("m", 3, "req-1")
     assert [t["name"] for t in trace["timestamps"]] == [name for name, _ in STAMPS]
     assert trace["timestamps"][0]["ns"] == 1_000_000_000
+
+
+def test_the_tensors_level_records_inputs_as_queued_and_outputs_as_answered(tmp_path: Path) -> None:
+    """Triton's TENSORS entries: one per tensor, with the trace's id, values flattened and comma-separated."""
+    inputs = {"x": np.array([[0.5, 1.0], [2.0, -3.0]], np.float32), "text": np.array([b"hi", "th\u00e9".encode()])}
+    outputs = {"y": np.array([[1], [0]], np.int64)}
+    tracer = Tracer(tmp_path / "t.json")
+    tracer.update(None, {"trace_level": ["TIMESTAMPS", "TENSORS"]})
+    tracer.record("m", 1, "r", STAMPS, inputs, outputs)
+    tracer.update("only", {"trace_level": ["TENSORS"]})
+    tracer.record("only", 2, "s", STAMPS, inputs)  # a failed request: its inputs only
+    tracer.update(None, {"trace_level": ["TIMESTAMPS"]})
+    tracer.record("m", 1, "t", STAMPS, inputs, outputs)  # no tensors at TIMESTAMPS
+    tracer.close()
+    entries = json.loads((tmp_path / "t.json").read_text())
+    first = [e for e in entries if e["id"] == 1]
+    assert first[0]["request_id"] == "r" and len(first[0]["timestamps"]) == 5
+    assert [(e["activity"], e["tensor"]) for e in first[1:]] == [
+        ("TENSOR_QUEUE_INPUT", {"name": "x", "data": "0.5,1.0,2.0,-3.0", "shape": "2,2", "dtype": "FP32"}),
+        ("TENSOR_QUEUE_INPUT", {"name": "text", "data": "hi,th\u00e9", "shape": "2", "dtype": "BYTES"}),
+        ("TENSOR_BACKEND_OUTPUT", {"name": "y", "data": "1,0", "shape": "2,1", "dtype": "INT64"}),
+    ]
+    second = [e for e in entries if e["id"] == 2]
+    assert "timestamps" not in second[0] and [e["activity"] for e in second[1:]] == ["TENSOR_QUEUE_INPUT"] * 2
+    assert [e for e in entries if e["id"] == 3] == [
+        {"id": 3, "model_name": "m", "model_version": 1, "request_id": "t", "timestamps": first[0]["timestamps"]}
+    ]
 
 
 def test_files_every_log_frequency_traces_and_the_rest_at_close(tmp_path: Path) -> None:
