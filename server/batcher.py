@@ -415,6 +415,7 @@ class Batcher:
         name: str = "",
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_timeout: Callable[[str], None] | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a Batcher needs at least one replica")
@@ -424,6 +425,9 @@ class Batcher:
         self._name = name
         self.on_batch = on_batch
         """Called on the event loop after every model call; metrics hook. Exceptions are logged and ignored."""
+        self.on_timeout = on_timeout
+        """Called with the action ("reject" or "delay") when a request reaches its queue policy's timeout; metrics
+        hook, as ``on_batch``."""
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self._replicas), thread_name_prefix=f"kerve-batch-{name or 'model'}"
@@ -942,6 +946,12 @@ class Batcher:
     def _expire(self, req: _Request, now: float) -> None:
         """``req`` (taken off its queue, none of it started) reached its queue policy's timeout."""
         policy = self._policies[req.rank >> 1]
+        hook = self.on_timeout
+        if hook is not None:
+            try:
+                hook(policy.timeout_action)
+            except Exception:
+                logger.exception("on_timeout hook of %s failed", self._label)
         if policy.delays:
             req.rank |= 1
             req.expires = math.inf

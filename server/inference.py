@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -155,6 +156,7 @@ class InferenceEngine:
             executor=self._executor,
             name=f"{entry.model}:{entry.version}:{key}",
             on_batch=on_batch,
+            on_timeout=functools.partial(self.metrics.count_queue_timeout, entry.model),
         )
         entry.batchers[key] = batcher
         return batcher

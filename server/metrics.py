@@ -66,6 +66,12 @@ class Metrics:
         self.batches = Counter(
             "kerve_batches", "Model executions by device replica.", ["model", "device"], registry=None
         )
+        self.queue_timeouts = Counter(
+            "kerve_queue_timeouts",
+            "Requests that reached their queue policy's timeout, by the action taken (reject, delay).",
+            ["model", "action"],
+            registry=None,
+        )
         # multiprocess_mode: how a `serve --processes N` group's values combine (ignored by a single process)
         self.queue_depth = Gauge(
             "kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=None, multiprocess_mode="livesum"
@@ -87,6 +93,7 @@ class Metrics:
                     self.compute_seconds,
                     self.batch_size,
                     self.batches,
+                    self.queue_timeouts,
                     self.queue_depth,
                     self.inflight,
                 ),
@@ -172,6 +179,10 @@ class Metrics:
     def device_batches(self, model: str, device: str) -> CounterTally:
         """Model executions on one replica: the caller adds 1 per batch."""
         return self._tally(self.batches, model, device)
+
+    def count_queue_timeout(self, model: str, action: str) -> None:
+        """A request of `model` reached its queue policy's timeout and was rejected or delayed (rare: no cache)."""
+        self._tally(self.queue_timeouts, model, action).value += 1
 
     def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
         series = self._batch_series.get(model)

@@ -24,7 +24,8 @@ def test_a_request_that_times_out_in_the_queue_is_rejected_at_once_and_never_run
         clock = FakeClock()
         model = FakeModel(block=True)
         config = BatchingConfig(max_batch_size=8, queue_policy={"timeout_s": 0.02})
-        batcher = Batcher([model], config, clock=clock)
+        actions: list[str] = []
+        batcher = Batcher([model], config, clock=clock, on_timeout=actions.append)
         first = await busy(batcher, 0)  # started before it could time out: runs to the end
         late = submit(batcher, rows(1))
         await spin(lambda: batcher.queued_samples == 1)
@@ -34,7 +35,7 @@ def test_a_request_that_times_out_in_the_queue_is_rejected_at_once_and_never_run
         err = await error_of(late)
         assert err.code is ErrorCode.DEADLINE_EXCEEDED
         assert "timed out after 30.0 ms in the queue" in err.message and "timeout: 20.0 ms" in err.message
-        assert batcher.queued_samples == 0
+        assert batcher.queued_samples == 0 and actions == ["reject"]
         model.release.set()
         await first
         assert model.seen == [0]
@@ -76,7 +77,8 @@ def test_without_priority_levels_a_delayed_request_fills_the_batch_after_fresh_o
         config = BatchingConfig(
             max_batch_size=8, max_queue_delay_s=0, queue_policy={"timeout_s": 1.0, "timeout_action": "delay"}
         )
-        batcher = Batcher([model], config, clock=clock)
+        actions: list[str] = []
+        batcher = Batcher([model], config, clock=clock, on_timeout=actions.append)
         first = await busy(batcher, 0)
         old = submit(batcher, rows(1))
         await spin(lambda: batcher.queued_samples == 1)
@@ -86,7 +88,7 @@ def test_without_priority_levels_a_delayed_request_fills_the_batch_after_fresh_o
         await spin(lambda: batcher.queued_samples == 3)
         model.release.set()
         await asyncio.gather(first, old, *fresh)
-        assert model.seen == [0, 2, 3, 1] and model.sizes == [1, 3]
+        assert model.seen == [0, 2, 3, 1] and model.sizes == [1, 3] and actions == ["delay"]
         await batcher.close()
 
     run(main())

@@ -315,6 +315,8 @@ def test_a_requests_timeout_reaches_the_batchers_queue_policy() -> None:
     asyncio.run(main())
     assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
+    timeouts = {"model": "m", "action": "reject"}
+    assert metrics.registry.get_sample_value("kerve_queue_timeouts_total", timeouts) == 1
 
 
 def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> None:
