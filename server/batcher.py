@@ -210,7 +210,7 @@ class _Request:
 
     __slots__ = (
         "__weakref__", "arrival", "dead", "deadline", "expires", "first_compute", "inputs", "key", "n", "next_row",
-        "parts", "rank", "rows_done", "seq", "sink",
+        "own_timeout", "parts", "rank", "rows_done", "seq", "sink",
     )  # fmt: skip
 
     def __init__(
@@ -234,6 +234,7 @@ class _Request:
         self.rank = rank
         self.expires = math.inf  # when its queue policy's timeout strikes, if it has one and has not started
         self.key: _Key | None = None  # its inputs' key, kept when it has a queue timeout (to find its queue)
+        self.own_timeout = False  # that timeout is the request's own (the policy allows overrides), not the policy's
         self.next_row = 0  # rows [0, next_row) have been put into batches
         self.rows_done = 0  # rows whose outputs came back (split requests only)
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
@@ -563,10 +564,11 @@ class Batcher:
             )
         now = self._clock()
         timeout = policy.timeout_s
+        own = False
         if timeout_s:
             if policy.allow_timeout_override:
                 if not timeout or timeout_s < timeout:
-                    timeout = timeout_s
+                    timeout, own = timeout_s, True
             elif deadline is None or now + timeout_s < deadline:
                 deadline = now + timeout_s
         if deadline is not None and deadline <= now:
@@ -587,6 +589,7 @@ class Batcher:
         if timeout:
             req.key = key
             req.expires = now + timeout
+            req.own_timeout = own
             self._push_expiry(req)
         if self._idle and not self._kick_scheduled:
             # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
@@ -961,15 +964,18 @@ class Batcher:
                 queue = self._queues[key] = deque()
             queue.append(req)
             return
-        waited = now - req.arrival
-        self._fail(
-            req,
-            ServingError(
+        waited, limit = 1e3 * (now - req.arrival), 1e3 * (req.expires - req.arrival)
+        if req.own_timeout:  # the caller's own budget ran out: as a deadline would
+            error = ServingError(
                 ErrorCode.DEADLINE_EXCEEDED,
-                f"{self._label}: request timed out after {1e3 * waited:.1f} ms in the queue (its queue policy's "
-                f"timeout: {1e3 * (req.expires - req.arrival):.1f} ms)",
-            ),
-        )
+                f"{self._label}: request timed out after {waited:.1f} ms in the queue (its timeout: {limit:.1f} ms)",
+            )
+        else:  # the server shed it, as Triton does (UNAVAILABLE): retryable, another replica may be less busy
+            error = unavailable(
+                f"{self._label}: request waited {waited:.1f} ms in the queue, past its queue policy's timeout "
+                f"({limit:.1f} ms); the model is busy, retry later"
+            )
+        self._fail(req, error)
 
     def _clear_expiry(self) -> None:
         if self._expiry_timer is not None:

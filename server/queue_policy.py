@@ -6,7 +6,8 @@ request that has waited long should step aside for fresh ones rather than fail. 
 that per priority level, and kerve takes it over unchanged so that a Triton model config means the same here:
 
 - ``timeout_s``: the longest a request waits in the queue before its first rows go into a batch (0: no limit).
-- ``timeout_action``: ``reject`` (answered DEADLINE_EXCEEDED, never run) or ``delay`` (it moves behind every request
+- ``timeout_action``: ``reject`` (answered UNAVAILABLE as in Triton: the server shed it, a client may retry; or
+  DEADLINE_EXCEEDED where the timeout was the request's own; never run) or ``delay`` (it moves behind every request
   of its level that has not timed out, and runs when they have; a stream of fresh ones can delay it indefinitely).
 - ``allow_timeout_override``: a request's own ``timeout`` parameter becomes its queue timeout when shorter than
   ``timeout_s`` (it may not lengthen it). Without the override kerve keeps that parameter a deadline for the whole
