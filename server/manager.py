@@ -325,7 +325,7 @@ class ModelManager:
                         break
                     await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
                 record.config = config  # labels move now, together with the versions they may point to
-                await self._replace(record, config, on_disk)
+                await self._replace(record, config, on_disk, aspired)
                 await self._rebatch(record, config)
             leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
             await self._unload(leaving)
@@ -335,14 +335,19 @@ class ModelManager:
                 self._set_model_error(record, "")
                 del self._models[name]
 
-    async def _replace(self, record: _Model, config: ModelConfig, on_disk: Mapping[int, tuple[int, ...]]) -> None:
+    async def _replace(
+        self, record: _Model, config: ModelConfig, on_disk: Mapping[int, tuple[int, ...]], staying: set[int]
+    ) -> None:
         """A changed `replicas` or `device_mode` applies to loaded versions as a hot reload does: a copy with the
         new placement loads and warms beside the serving one (both in memory for that time), takes the new
         requests once READY, and the old copy finishes its in-flight requests and unloads, so none fails. If the
-        new copy cannot load, the old one keeps serving; that placement is not tried again until it changes."""
+        new copy cannot load, the old one keeps serving; that placement is not tried again until it changes. Only
+        versions `staying` (the policy keeps them) are re-placed: the others are about to unload."""
         target = _placement(config)
         for version, old in list(record.versions.items()):
-            if old.state is not VersionState.READY or target in (_placement(old.config), old.failed_placement):
+            if old.state is not VersionState.READY or version not in staying:
+                continue
+            if target in (_placement(old.config), old.failed_placement):
                 continue
             log.info("%s version %d: re-placing (device_mode, replicas) %s -> %s",
                      record.name, version, _placement(old.config), target)  # fmt: skip

@@ -224,6 +224,19 @@ def test_a_changed_placement_reloads_a_serving_version_beside_itself(tmp_path: P
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_a_version_leaving_the_policy_is_not_re_placed(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        version(tmp_path, "m", 2)
+        (tmp_path / "m" / "config.yaml").write_text("replicas: 1\n")
+        await manager.poll()
+        assert states(manager, "m") == {1: "UNLOADED", 2: "READY"}
+        assert loader.calls == [("m", 1), ("m", 2)]  # version 1 unloads as it is: no copy with the new placement
+
+    run(tmp_path, body)
+
+
 def test_deleted_version_unloads_and_is_forgotten(tmp_path: Path) -> None:
     version(tmp_path, "m", 1)
     version(tmp_path, "m", 2)
