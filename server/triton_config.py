@@ -9,12 +9,14 @@ later load without a config goes back to config.yaml alone:
                                             padded to, from preferred_batch_size; priority_levels,
                                             default_priority_level; default_queue_policy -> queue_policy,
                                             priority_queue_policy); no dynamic_batching: batching off
+    instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group of count 1
+                                            without gpus: every GPU), re-placing loaded versions
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
-itself (instance groups: config.yaml's `replicas`, which re-places loaded versions). A config may repeat what
-kerve's ModelConfig reports for them, so a config read, edited and sent back loads; any other value is refused
-with the field named, never ignored. So is a field outside the ModelConfig subset kerve speaks (the parser's
-error names it). No TensorFlow here: the caller passes the model's current ModelConfig, if it has one.
+itself (other instance groups). A config may repeat what kerve's ModelConfig reports for them, so a config read,
+edited and sent back loads; any other value is refused with the field named, never ignored. So is a field outside
+the ModelConfig subset kerve speaks (the parser's error names it). No TensorFlow here: the caller passes the
+model's current ModelConfig, if it has one.
 """
 
 from __future__ import annotations
@@ -45,21 +47,40 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
         got = getattr(config, field)
         if got and got != want:
             raise invalid(f"{where}: {field} must be {want!r} (or left out), got {got!r}")
-    for field in ("input", "output", "instance_group"):
+    for field in ("input", "output"):
         given = list(getattr(config, field))
         if given and (current is None or given != list(getattr(current, field))):
             raise invalid(f"{where}: {field} {_unchangeable(field, current)}")
     result: dict[str, Any] = {"batching": _batching(where, config)}
+    groups = list(config.instance_group)
+    if groups and (current is None or groups != list(current.instance_group)):
+        result.update(_placement(where, groups, current))
     if config.HasField("version_policy"):
         result["version_policy"] = _version_policy(config.version_policy)
     return result
+
+
+def _placement(where: str, groups: list[pb.ModelInstanceGroup], current: pb.ModelConfig | None) -> dict[str, Any]:
+    """An instance group count kerve can honour: one replica on each of N CPU devices (`replicas: N`), or one on
+    every GPU. Triton's `count` is instances per device and `gpus` pins devices; kerve runs one replica per device
+    and picks the least occupied ones itself, so anything else is refused rather than approximated."""
+    kind = pb.ModelInstanceGroup.Kind
+    served = {group.kind for group in current.instance_group} if current is not None else set()
+    if len(groups) == 1 and not groups[0].gpus:
+        group = groups[0]  # Triton reads a count of 0 as 1
+        if group.kind == kind.KIND_CPU and served == {kind.KIND_CPU}:
+            return {"replicas": max(group.count, 1), "device_mode": "replica"}
+        if group.kind == kind.KIND_GPU and served == {kind.KIND_GPU} and group.count <= 1:
+            return {"replicas": None, "device_mode": "replica"}
+    raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
 
 
 def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
     why = (
         "comes from the SavedModel's signature"
         if field != "instance_group"
-        else "is kerve's placement: set `replicas` in config.yaml (loaded versions are re-placed)"
+        else "is kerve's placement: a KIND_CPU group's count on a server of CPU replicas, a KIND_GPU group of "
+        "count 1 without gpus (every GPU), or config.yaml's `replicas` (loaded versions are re-placed)"
     )
     if current is None:
         return f"{why}: leave it out (no version of the model is loaded to compare it with)"

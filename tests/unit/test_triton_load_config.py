@@ -27,9 +27,12 @@ PLATFORM = "tensorflow_savedmodel"
 SPEC = {"x": TensorSpec("x", np.dtype(np.float32), (None, 4))}
 
 
-def current(batching: BatchingConfig | None = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002)) -> Any:
+def current(
+    batching: BatchingConfig | None = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002),
+    devices: list[str] | None = None,
+) -> Any:
     """What kerve's ModelConfig RPC reports for a served version."""
-    return model_config("m", PLATFORM, SPEC, SPEC, batching, VersionPolicy(), ["/device:CPU:0"])
+    return model_config("m", PLATFORM, SPEC, SPEC, batching, VersionPolicy(), devices or ["/device:CPU:0"])
 
 
 def overrides(config: dict[str, Any] | str, now: Any = None) -> dict[str, Any]:
@@ -130,15 +133,33 @@ def test_queue_policies_round_trip_through_model_config(tmp_path: Path) -> None:
         load_model_config(tmp_path / "m", overrides(bad))  # checked as config.yaml's are (the load is refused)
 
 
-def test_inputs_outputs_and_instance_groups_may_only_repeat_what_is_reported() -> None:
+def test_inputs_and_outputs_may_only_repeat_what_is_reported_instance_groups_a_count(tmp_path: Path) -> None:
     now = current()
     reported = json.loads(json_format.MessageToJson(now))
     assert overrides({"input": reported["input"], "output": reported["output"]}, now)  # the same: fine
     changed = [{**reported["input"][0], "dims": ["8"]}]
     assert "input comes from the SavedModel's signature" in refused({"input": changed}, now)
     assert "no version of the model is loaded" in refused({"output": reported["output"]}, None)
-    message = refused({"instance_group": [{"count": 3, "kind": "KIND_CPU"}]}, now)
-    assert "instance_group" in message and "replicas" in message
+
+    # instance groups: a CPU count becomes replicas; on GPUs, only "every GPU" (kerve picks devices itself)
+    cpu = [{"count": 3, "kind": "KIND_CPU"}]
+    assert overrides({"instance_group": cpu}, now) == {**overrides({}), "replicas": 3, "device_mode": "replica"}
+    assert "no version of the model is loaded" in refused({"instance_group": cpu}, None)
+    (tmp_path / "m").mkdir()
+    assert load_model_config(tmp_path / "m", overrides({"instance_group": cpu}, now)).replicas == 3
+    gpus = current(devices=["/device:GPU:0", "/device:GPU:1"])
+    every = overrides({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, gpus)
+    assert (every["replicas"], every["device_mode"]) == (None, "replica")
+    for group, now_ in (
+        ({"kind": "KIND_GPU", "count": 1, "gpus": [1]}, gpus),  # pinning a GPU
+        ({"kind": "KIND_GPU", "count": 2}, gpus),  # two instances per GPU
+        ({"kind": "KIND_CPU", "count": 2}, gpus),  # CPU replicas on a GPU server
+        ({"kind": "KIND_GPU", "count": 1}, now),  # GPU replicas on a CPU server
+        ({"kind": "KIND_MODEL", "count": 1}, now),
+    ):
+        message = refused({"instance_group": [group]}, now_)
+        assert "instance_group is kerve's placement" in message and "KIND_CPU group's count" in message, group
+    assert "instance_group" in refused({"instance_group": cpu * 2}, now)  # two groups
 
 
 def test_batching_overrides_keep_the_files_other_batching_options(tmp_path: Path) -> None:
