@@ -25,7 +25,7 @@ import enum
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +77,7 @@ class ModelVersion:
     # False for a copy loading beside the serving one (a new placement), and for that one once replaced: the
     # version's state in metrics is the serving copy's
     published: bool = True
-    failed_placement: tuple[str, int | None] | None = None  # a re-placement that failed: not retried unchanged
+    failed_placement: Hashable = None  # a re-placement that failed: not retried unchanged
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
 
@@ -106,8 +106,8 @@ Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config)
 Warmup = Callable[[str, Path, Any], int]  # (model, version dir, servable) -> requests replayed
 
 
-def _placement(config: ModelConfig) -> tuple[str, int | None]:
-    """What decides where a version's replicas go when it loads (model.ReplicaLoader)."""
+def _placement(config: ModelConfig) -> Hashable:
+    """What decides where a version's replicas go when it loads, for a loader that cannot say more."""
     return config.device_mode, config.replicas
 
 
@@ -150,6 +150,8 @@ class ModelManager:
         self.repository = Path(repository_path)
         self.control = control
         self._loader = loader
+        # what decides where a version goes: the loader's own view when it has one (model.ReplicaLoader)
+        self._placement: Callable[[ModelConfig], Hashable] = getattr(loader, "placement", _placement)
         self._warmup = warmup
         self._executor = executor
         self._metrics = metrics
@@ -343,14 +345,14 @@ class ModelManager:
         requests once READY, and the old copy finishes its in-flight requests and unloads, so none fails. If the
         new copy cannot load, the old one keeps serving; that placement is not tried again until it changes. Only
         versions `staying` (the policy keeps them) are re-placed: the others are about to unload."""
-        target = _placement(config)
+        target = self._placement(config)
         for version, old in list(record.versions.items()):
             if old.state is not VersionState.READY or version not in staying:
                 continue
-            if target in (_placement(old.config), old.failed_placement):
+            if target in (self._placement(old.config), old.failed_placement):
                 continue
-            log.info("%s version %d: re-placing (device_mode, replicas) %s -> %s",
-                     record.name, version, _placement(old.config), target)  # fmt: skip
+            log.info("%s version %d: re-placing %s -> %s",
+                     record.name, version, self._placement(old.config), target)  # fmt: skip
             fingerprint = on_disk.get(version, old.fingerprint)
             new = ModelVersion(record.name, version, old.path, config=config, fingerprint=fingerprint, published=False)
             await self._bring_up(new)

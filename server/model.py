@@ -190,6 +190,15 @@ class ReplicaLoader:
         self.placer = Placer(devices.names)
         self._mirrored_strategy = devices.mirrored_strategy
 
+    def placement(self, config: ModelConfig) -> tuple[str, int]:
+        """Where a load with `config` puts a version: mirrored, or copies on how many devices (none given, or more
+        than there are, is every device), so that a config change that places nothing differently reloads
+        nothing (the manager re-places loaded versions when this changes)."""
+        devices = len(self.placer.devices)
+        if config.device_mode == "mirrored":
+            return "mirrored", devices
+        return "replica", devices if config.replicas is None else min(config.replicas, devices)
+
     def __call__(self, path: Path, config: ModelConfig) -> ReplicatedServable | MirroredServable:
         if config.device_mode == "mirrored":
             return MirroredServable(path, self._mirrored_strategy(), self.placer.devices)

@@ -213,6 +213,18 @@ def test_both_event_loops_serve_batches(model_repo: Path, tmp_path: Path, in_pro
     assert f"event loop: {expected}" in log.read_text()
 
 
+def test_configs_that_put_copies_on_as_many_devices_are_one_placement() -> None:
+    """What the manager compares before re-placing a loaded version: no reload when nothing would move."""
+    from kerve.server.devices import DeviceSet
+    from kerve.server.model import ReplicaLoader
+    from kerve.server.model_config import ModelConfig
+
+    place = ReplicaLoader(DeviceSet("cpu", ("/device:CPU:0", "/device:CPU:1"))).placement
+    assert place(ModelConfig()) == place(ModelConfig(replicas=2)) == place(ModelConfig(replicas=5)) == ("replica", 2)
+    assert place(ModelConfig(replicas=1)) == ("replica", 1)
+    assert place(ModelConfig(device_mode="mirrored")) == ("mirrored", 2)
+
+
 def test_replica_loader_gives_devices_back_on_unload_and_on_a_failed_load(model_repo: Path, tmp_path: Path) -> None:
     from kerve.server.devices import DeviceSet
     from kerve.server.model import ReplicaLoader

@@ -52,9 +52,10 @@ def run(
     repo: Path,
     body: Callable[[ModelManager, Loader], Awaitable[None]],
     manager_class: type[ModelManager] = ModelManager,
+    loader: Loader | None = None,
     **kwargs: Any,
 ) -> None:
-    loader = Loader()
+    loader = loader or Loader()
 
     async def main() -> None:
         with ThreadPoolExecutor(2) as executor:
@@ -212,16 +213,25 @@ def test_a_changed_placement_reloads_a_serving_version_beside_itself(tmp_path: P
         assert manager.resolve("m").config.device_mode == "mirrored" and len(loader.calls) == 4
         assert new.state is VersionState.UNLOADED and servable.closed
 
-    loader = Picky()
+    run(tmp_path, body, loader=Picky())
 
-    async def main() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            manager = ModelManager(tmp_path, loader, executor, Metrics())
-            await manager.load_all()
-            await body(manager, loader)
-            await manager.close()
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+def test_a_config_change_that_moves_nothing_reloads_nothing(tmp_path: Path) -> None:
+    """The loader says where a config puts a version (ReplicaLoader.placement): `replicas: 1` on a one-device
+    server places it where it already is."""
+    version(tmp_path, "m", 1)
+
+    class OneDevice(Loader):
+        def placement(self, config: ModelConfig) -> tuple[str, int]:
+            return config.device_mode, 1
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        serving = manager.resolve("m")
+        (tmp_path / "m" / "config.yaml").write_text("replicas: 1\n")
+        await manager.poll()
+        assert manager.resolve("m") is serving and loader.calls == [("m", 1)]
+
+    run(tmp_path, body, loader=OneDevice())
 
 
 def test_a_version_leaving_the_policy_is_not_re_placed(tmp_path: Path) -> None:
