@@ -39,6 +39,8 @@ from .wire import (
     ModelConfig,
     ModelIndexEntry,
     ModelMetadata,
+    ModelStatistics,
+    ServerMetadata,
     TraceSetting,
 )
 
@@ -116,6 +118,10 @@ class Client:
     def live(self, timeout: float | None = None) -> bool:
         return bool(self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live)
 
+    def server_metadata(self, timeout: float | None = None) -> ServerMetadata:
+        """The server's name, version and V2 extensions: what to check before relying on an optional feature."""
+        return wire.parse_server_metadata(self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout))
+
     def ready(self, model: str | None = None, version: int | str | None = None, timeout: float | None = None) -> bool:
         """Server readiness, or one model's; False (not an error) when the server cannot be reached."""
         try:
@@ -182,6 +188,32 @@ class Client:
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(self._call(self._stub.RepositoryIndex, request, timeout))
+
+    def load_model(
+        self, model: str, config: Mapping[str, Any] | str | None = None, timeout: float | None = None
+    ) -> None:
+        """(Re)load `model` from the server's repository, on a server with explicit model control (`kerve serve
+        --model-control explicit`; one that polls its repository answers FailedPreconditionError). Returns once
+        the server has loaded it, so give a `timeout` that covers loading a large model. `config` (Triton's
+        ModelConfig as a dict, or its JSON as a str) overrides the model's config.yaml for this load; a later
+        load without one goes back to the file. Retried on UNAVAILABLE like a read: loading again what loaded
+        reloads the same model."""
+        request = wire.load_model_request(model, config)
+        self._call(self._stub.RepositoryModelLoad, request, timeout)
+
+    def unload_model(self, model: str, timeout: float | None = None) -> None:
+        """Unload every version of `model` once its in-flight requests finish (explicit model control, as
+        `load_model`); it stays in the repository for a later `load_model`."""
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        self._call(self._stub.RepositoryModelUnload, request, timeout)
+
+    def statistics(
+        self, model: str | None = None, version: int | str | None = None, timeout: float | None = None
+    ) -> tuple[ModelStatistics, ...]:
+        """Cumulative counters per model version (None: every loaded model, every version); see ModelStatistics
+        for what each counts. NotFoundError for a model or version the server does not have."""
+        request = pb.ModelStatisticsRequest(name=model or "", version=_version(version))
+        return wire.parse_statistics(self._call(self._stub.ModelStatistics, request, timeout))
 
     def log_settings(self, timeout: float | None = None) -> dict[str, LogSetting]:
         """The server's logging settings (the V2 logging extension: `log_info`, `log_warning`, `log_error`,
@@ -337,6 +369,10 @@ class AsyncClient:
     async def live(self, timeout: float | None = None) -> bool:
         return bool((await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live)
 
+    async def server_metadata(self, timeout: float | None = None) -> ServerMetadata:
+        request = pb.ServerMetadataRequest()
+        return wire.parse_server_metadata(await self._call(self._stub.ServerMetadata, request, timeout))
+
     async def ready(
         self, model: str | None = None, version: int | str | None = None, timeout: float | None = None
     ) -> bool:
@@ -398,6 +434,22 @@ class AsyncClient:
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
         return wire.parse_index(await self._call(self._stub.RepositoryIndex, request, timeout))
+
+    async def load_model(
+        self, model: str, config: Mapping[str, Any] | str | None = None, timeout: float | None = None
+    ) -> None:
+        request = wire.load_model_request(model, config)
+        await self._call(self._stub.RepositoryModelLoad, request, timeout)
+
+    async def unload_model(self, model: str, timeout: float | None = None) -> None:
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        await self._call(self._stub.RepositoryModelUnload, request, timeout)
+
+    async def statistics(
+        self, model: str | None = None, version: int | str | None = None, timeout: float | None = None
+    ) -> tuple[ModelStatistics, ...]:
+        request = pb.ModelStatisticsRequest(name=model or "", version=_version(version))
+        return wire.parse_statistics(await self._call(self._stub.ModelStatistics, request, timeout))
 
     async def log_settings(self, timeout: float | None = None) -> dict[str, LogSetting]:
         return wire.parse_log_settings(await self._call(self._stub.LogSettings, pb.LogSettingsRequest(), timeout))

@@ -111,8 +111,8 @@ class RetryPolicy:
     `base = min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))`; jitter 1.0 is "full jitter".
     Attempts stop at `max_attempts`, and never run past the caller's deadline: a delay that would end after
     it is not slept, the last error is raised instead. Only idempotent calls are retried (inference, metadata,
-    model index, liveness). RESOURCE_EXHAUSTED (a full queue) is worth adding to `retry_on` when other replicas
-    may have room.
+    model index, statistics, model loads and unloads, liveness). RESOURCE_EXHAUSTED (a full queue) is worth
+    adding to `retry_on` when other replicas may have room.
     """
 
     max_attempts: int = 4

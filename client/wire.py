@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,47 @@ class ModelIndexEntry:
     version: str
     state: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A statistic's count and its summed time: divide `seconds` by `count` for the mean."""
+
+    count: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """One model version's cumulative counters since it loaded (the V2 statistics extension, Triton's meaning).
+
+    `success`, `fail`, `queue` and `compute_infer` count requests: a successful request adds one to each of
+    `success`, `queue` (its wait until its batch's model call began) and `compute_infer` (that call's time), so
+    each sum over its count is a per-request mean, as perf_analyzer reads them. `execution_count` and
+    `batch_stats` ((batch_size, compute_infer) pairs, by batch size) count model calls, which dynamic batching
+    makes fewer than requests; `inference_count` counts samples (rows). `last_inference_ms` is the last success
+    in milliseconds since the epoch, 0 before the first."""
+
+    name: str
+    version: str
+    last_inference_ms: int
+    inference_count: int
+    execution_count: int
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_infer: Duration
+    batch_stats: tuple[tuple[int, Duration], ...]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    """What the server calls itself and the V2 extensions it speaks ("statistics", "model_repository", ...), to
+    check for a feature before relying on it."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
 
 
 def build_infer_request(
@@ -311,6 +353,61 @@ def trace_settings_request(
 
 def parse_trace_settings(response: pb.TraceSettingResponse) -> dict[str, list[str]]:
     return {key: list(value.value) for key, value in sorted(response.settings.items())}
+
+
+def load_model_request(model: str, config: Mapping[str, Any] | str | None = None) -> pb.RepositoryModelLoadRequest:
+    """A RepositoryModelLoad request; `config` (Triton's ModelConfig, as a dict or as its JSON text) travels as
+    the `config` parameter, which overrides the model's config.yaml for this load. A dict json cannot encode (a
+    numpy scalar; NaN, which json would write as `NaN`, text no JSON parser accepts) is InvalidArgumentError
+    before sending rather than a TypeError or a server's parse error. A str goes as it is, for the server to
+    judge, so a config read from a file needs no round trip through a dict."""
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    if config is None:
+        return request
+    if isinstance(config, Mapping):
+        try:
+            text = json.dumps(dict(config), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"load config for model {model!r} is not JSON: {exc}") from None
+    elif isinstance(config, str):
+        text = config
+    else:
+        raise InvalidArgumentError(
+            f"load config for model {model!r} must be a dict (Triton's ModelConfig) or a str of its JSON, "
+            f"got {type(config).__name__}"
+        )
+    request.parameters["config"].string_param = text
+    return request
+
+
+def _duration(value: pb.StatisticDuration) -> Duration:
+    return Duration(value.count, value.ns / 1e9)
+
+
+def parse_statistics(response: pb.ModelStatisticsResponse) -> tuple[ModelStatistics, ...]:
+    stats = []
+    for model in response.model_stats:
+        infer = model.inference_stats
+        batches = sorted(model.batch_stats, key=lambda b: b.batch_size)  # kerve sends them so; not every server
+        stats.append(
+            ModelStatistics(
+                name=model.name,
+                version=model.version,
+                last_inference_ms=model.last_inference,
+                inference_count=model.inference_count,
+                execution_count=model.execution_count,
+                success=_duration(infer.success),
+                fail=_duration(infer.fail),
+                queue=_duration(infer.queue),
+                compute_infer=_duration(infer.compute_infer),
+                batch_stats=tuple((b.batch_size, _duration(b.compute_infer)) for b in batches),
+            )
+        )
+    return tuple(stats)
+
+
+def parse_server_metadata(response: pb.ServerMetadataResponse) -> ServerMetadata:
+    return ServerMetadata(response.name, response.version, tuple(response.extensions))
 
 
 def _tensors(items: Any) -> tuple[TensorInfo, ...]:

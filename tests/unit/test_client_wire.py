@@ -1,20 +1,25 @@
 """Client wire helpers without a server: class counts in requests, classification labels, model config, in-band
-stream errors, log settings."""
+stream errors, log settings, model control requests, statistics and server metadata."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from kerve.client import (
     CancelledError,
+    Duration,
     InferResult,
     InstanceGroup,
     InvalidArgumentError,
     ModelMetadata,
+    ModelStatistics,
     NotFoundError,
     QueuePolicy,
     ServerError,
+    ServerMetadata,
     TensorConfig,
     TensorInfo,
 )
@@ -23,11 +28,14 @@ from kerve.client.wire import (
     CLASSIFICATION,
     UINT32_MAX,
     build_infer_request,
+    load_model_request,
     log_settings_request,
     only_output,
     parse_classification,
     parse_config,
     parse_log_settings,
+    parse_server_metadata,
+    parse_statistics,
     parse_trace_settings,
     trace_settings_request,
 )
@@ -269,3 +277,74 @@ def test_trace_settings_travel_as_lists_of_strings() -> None:
     response.settings["trace_rate"].value.append("5")
     response.settings["trace_level"].value.extend(["TIMESTAMPS"])
     assert parse_trace_settings(response) == {"trace_level": ["TIMESTAMPS"], "trace_rate": ["5"]}
+
+
+# --- model control, statistics, server metadata -------------------------------------------------------------
+
+
+def test_a_load_config_travels_as_the_json_string_parameter() -> None:
+    config = {"max_batch_size": 4, "dynamic_batching": {"priority_queue_policy": {"1": {"max_queue_size": 2}}}}
+    request = load_model_request("m", config)
+    assert request.model_name == "m" and not request.repository_name and list(request.parameters) == ["config"]
+    sent = request.parameters["config"]
+    assert sent.WhichOneof("parameter_choice") == "string_param" and json.loads(sent.string_param) == config
+    text = '{"max_batch_size": 8}'
+    assert load_model_request("m", text).parameters["config"].string_param == text  # a str goes as it is
+    assert not load_model_request("m").parameters  # no config: config.yaml
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ([{"max_batch_size": 4}], "must be a dict .* or a str of its JSON, got list"),
+        (b'{"max_batch_size": 4}', "must be a dict .*, got bytes"),
+        (4, "must be a dict .*, got int"),
+        ({"max_batch_size": np.int64(4)}, "is not JSON: .*int64"),
+        ({"dynamic_batching": {"max_queue_delay_microseconds": float("nan")}}, "is not JSON: Out of range float"),
+    ],
+)
+def test_a_load_config_json_cannot_carry_is_refused_before_sending(config: object, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"load config for model 'm' {message}"):
+        load_model_request("m", config)  # type: ignore[arg-type]
+
+
+def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
+    response = pb.ModelStatisticsResponse()
+    stats = response.model_stats.add(
+        name="m", version="2", last_inference=1_700_000_000_123, inference_count=12, execution_count=3
+    )
+    infer = stats.inference_stats
+    infer.success.count, infer.success.ns = 5, 2_500_000_000
+    infer.fail.count, infer.fail.ns = 1, 1_000
+    infer.queue.count, infer.queue.ns = 5, 500_000_000
+    infer.compute_infer.count, infer.compute_infer.ns = 5, 1_500_000_000
+    infer.compute_input.count = 99  # not kept: kerve does not measure it
+    big = stats.batch_stats.add(batch_size=8)
+    big.compute_infer.count, big.compute_infer.ns = 1, 1_000_000_000
+    small = stats.batch_stats.add(batch_size=2)
+    small.compute_infer.count, small.compute_infer.ns = 2, 500_000_000
+    response.model_stats.add(name="n", version="1")  # loaded, never called
+
+    parsed = parse_statistics(response)
+    assert parsed == (
+        ModelStatistics(
+            name="m",
+            version="2",
+            last_inference_ms=1_700_000_000_123,
+            inference_count=12,
+            execution_count=3,
+            success=Duration(5, 2.5),
+            fail=Duration(1, 1e-6),
+            queue=Duration(5, 0.5),
+            compute_infer=Duration(5, 1.5),
+            batch_stats=((2, Duration(2, 0.5)), (8, Duration(1, 1.0))),  # by batch size, whatever the order sent
+        ),
+        ModelStatistics("n", "1", 0, 0, 0, Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), ()),
+    )
+    assert parse_statistics(pb.ModelStatisticsResponse()) == ()
+
+
+def test_server_metadata_parses_to_a_frozen_record() -> None:
+    response = pb.ServerMetadataResponse(name="kerve", version="0.1.0", extensions=["statistics", "model_repository"])
+    assert parse_server_metadata(response) == ServerMetadata("kerve", "0.1.0", ("statistics", "model_repository"))
+    assert parse_server_metadata(pb.ServerMetadataResponse()) == ServerMetadata("", "", ())

@@ -1,0 +1,116 @@
+"""The SDK's model control, statistics and server metadata against one real `kerve serve --model-control
+explicit`: loads and unloads flip readiness, a load config applies and a later plain load drops it, statistics count
+each request as Triton does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kerve
+from helpers import running_server
+from kerve.client import (
+    AsyncClient,
+    Client,
+    InvalidArgumentError,
+    ModelStatistics,
+    NotFoundError,
+    ServerMetadata,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def explicit(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("explicit-logs")
+    with running_server(model_repo, logs, "--model-control", "explicit") as (target, _):
+        yield target
+
+
+def images(n: int) -> dict[str, np.ndarray]:
+    return {"image": np.random.default_rng(n).random((n, 8, 8, 1), dtype=np.float32)}
+
+
+def test_server_metadata_names_the_extensions(explicit: str) -> None:
+    with Client(explicit) as client:
+        metadata = client.server_metadata()
+    assert (metadata.name, metadata.version) == ("kerve", kerve.__version__)
+    assert {"statistics", "model_repository", "model_configuration"} <= set(metadata.extensions)
+
+
+def test_statistics_count_each_request(explicit: str) -> None:
+    rows = [1, 3, 2]
+    with Client(explicit) as client:
+        assert {s.name for s in client.statistics()} >= {"cnn", "pair"}
+        (before,) = client.statistics("cnn")
+        for n in rows:
+            client.predict("cnn", images(n))
+        (after,) = client.statistics("cnn", version=1)
+        with pytest.raises(NotFoundError):
+            client.statistics("nope")
+        with pytest.raises(NotFoundError):
+            client.statistics("cnn", version=99)
+
+    assert (after.name, after.version) == ("cnn", "1")
+    assert after.success.count - before.success.count == len(rows)  # requests, not rows nor batches
+    assert after.queue.count == after.compute_infer.count == after.success.count
+    assert after.success.seconds > before.success.seconds and after.fail == before.fail
+    assert after.inference_count - before.inference_count == sum(rows)
+    assert after.execution_count > before.execution_count
+    assert sum(d.count for _, d in after.batch_stats) == after.execution_count  # model calls, by batch size
+    assert [size for size, _ in after.batch_stats] == sorted({size for size, _ in after.batch_stats})
+    assert abs(after.last_inference_ms / 1000 - time.time()) < 60
+
+
+def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> None:
+    with Client(explicit) as client:
+        plain = client.config("cnn").max_batch_size
+        assert plain != 4
+        client.unload_model("cnn")
+        assert not client.ready("cnn") and client.ready("pair")
+
+        client.load_model("cnn", config={"max_batch_size": 4, "dynamic_batching": {}})
+        assert client.ready("cnn")
+        config = client.config("cnn")
+        assert config.max_batch_size == 4 and config.dynamic_batching
+        assert client.predict("cnn", images(4))["output_0"].shape == (4, 10)
+
+        client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))  # JSON text
+        assert client.config("cnn").max_batch_size == 2
+
+        with pytest.raises(InvalidArgumentError, match="sequence_batching"):  # the server's message
+            client.load_model("cnn", config={"sequence_batching": {}})
+        assert client.config("cnn").max_batch_size == 2  # refused whole: nothing changed
+
+        client.load_model("cnn")  # no config: back to config.yaml
+        assert client.ready("cnn") and client.config("cnn").max_batch_size == plain
+
+        with pytest.raises(NotFoundError, match="nope"):
+            client.load_model("nope")
+        with pytest.raises(NotFoundError, match="nope"):
+            client.unload_model("nope")
+
+
+def test_async_twins(explicit: str) -> None:
+    async def main() -> tuple[bool, bool, tuple[ModelStatistics, ...], ServerMetadata]:
+        async with AsyncClient(explicit) as client:
+            await client.unload_model("pair")
+            unloaded = await client.ready("pair")
+            await client.load_model("pair", config={"max_batch_size": 4, "dynamic_batching": {}})
+            loaded = await client.ready("pair") and (await client.config("pair")).max_batch_size == 4
+            await client.load_model("pair")
+            with pytest.raises(NotFoundError):
+                await client.load_model("nope")
+            return unloaded, loaded, await client.statistics("pair"), await client.server_metadata()
+
+    unloaded, loaded, stats, metadata = asyncio.run(main())
+    assert not unloaded and loaded
+    assert [(s.name, s.version, s.success.count) for s in stats] == [("pair", "1", 0)]  # a fresh load counts anew
+    assert "statistics" in metadata.extensions
