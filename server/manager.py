@@ -365,6 +365,7 @@ class ModelManager:
             new.published, old.published = True, False
             record.versions[version] = new
             self._set_state(new, VersionState.READY)
+            self._metrics.load_seconds.labels(record.name, str(version)).set(new.load_seconds)
             await self._unload([old])
 
     async def _rebatch(self, record: _Model, config: ModelConfig) -> None:
@@ -427,7 +428,8 @@ class ModelManager:
             log.info("loaded %s version %d in %.2fs%s", entry.model, entry.version, time.monotonic() - started, warmed)
         self._changes += 1
         entry.load_seconds = time.monotonic() - started
-        self._metrics.load_seconds.labels(entry.model, str(entry.version)).set(entry.load_seconds)
+        if entry.published:
+            self._metrics.load_seconds.labels(entry.model, str(entry.version)).set(entry.load_seconds)
 
     async def _unload(self, entries: list[ModelVersion]) -> None:
         for entry in entries:  # all stop taking requests at once, before any waiting

@@ -201,9 +201,15 @@ def test_a_changed_placement_reloads_a_serving_version_beside_itself(tmp_path: P
         assert ready_metric(manager) == 1.0 and new.stats.fail.count == 1
         assert loader.calls == [("m", 1), ("m", 1)]
 
+        def load_seconds() -> float | None:
+            labels = {"model": "m", "version": "1"}
+            return manager._metrics.registry.get_sample_value("kerve_model_load_duration_seconds", labels)
+
+        assert load_seconds() == new.load_seconds  # the serving copy's load
         (tmp_path / "m" / "config.yaml").write_text("replicas: 2\n")
         await manager.poll()
         assert manager.resolve("m") is new and states(manager, "m") == {1: "READY"} and len(loader.calls) == 3
+        assert load_seconds() == new.load_seconds  # the failed copy's load left the serving copy's figure
         await manager.poll()
         assert len(loader.calls) == 3  # that placement failed: not retried on every poll
         await manager.poll()
