@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
@@ -355,16 +356,21 @@ def parse_trace_settings(response: pb.TraceSettingResponse) -> dict[str, list[st
     return {key: list(value.value) for key, value in sorted(response.settings.items())}
 
 
-def load_model_request(model: str, config: Mapping[str, Any] | str | None = None) -> pb.RepositoryModelLoadRequest:
+def load_model_request(
+    model: str, config: ModelConfig | Mapping[str, Any] | str | None = None
+) -> pb.RepositoryModelLoadRequest:
     """A RepositoryModelLoad request; `config` (Triton's ModelConfig, as a dict or as its JSON text) travels as
     the `config` parameter, which overrides the model's config.yaml for this load. A dict json cannot encode (a
     numpy scalar; NaN, which json would write as `NaN`, text no JSON parser accepts) is InvalidArgumentError
     before sending rather than a TypeError or a server's parse error. A str goes as it is, for the server to
-    judge, so a config read from a file needs no round trip through a dict."""
+    judge, so a config read from a file needs no round trip through a dict. A ModelConfig (`Client.config`'s,
+    edited) goes as the Triton ModelConfig it was read from (`config_message`)."""
     request = pb.RepositoryModelLoadRequest(model_name=model)
     if config is None:
         return request
-    if isinstance(config, Mapping):
+    if isinstance(config, ModelConfig):
+        text = json_format.MessageToJson(config_message(config))
+    elif isinstance(config, Mapping):
         try:
             text = json.dumps(dict(config), allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -373,8 +379,8 @@ def load_model_request(model: str, config: Mapping[str, Any] | str | None = None
         text = config
     else:
         raise InvalidArgumentError(
-            f"load config for model {model!r} must be a dict (Triton's ModelConfig) or a str of its JSON, "
-            f"got {type(config).__name__}"
+            f"load config for model {model!r} must be a ModelConfig, a dict (Triton's ModelConfig) or a str of its "
+            f"JSON, got {type(config).__name__}"
         )
     request.parameters["config"].string_param = text
     return request
@@ -504,6 +510,49 @@ def _queue_policy(policy: pb.ModelQueuePolicy) -> QueuePolicy:
     return QueuePolicy(
         timeout_s=policy.default_timeout_microseconds / 1e6,
         timeout_action="delay" if policy.timeout_action == pb.ModelQueuePolicy.DELAY else "reject",
+        allow_timeout_override=policy.allow_timeout_override,
+        max_queue_size=policy.max_queue_size,
+    )
+
+
+def config_message(config: ModelConfig) -> pb.ModelConfig:
+    """`parse_config` backwards: what `Client.config` returned, edited with dataclasses.replace, as Triton's
+    ModelConfig again, so `load_model(model, config=...)` can send it (the server accepts back what it reported)."""
+    kinds = pb.ModelInstanceGroup.Kind
+    message = pb.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        input=[pb.ModelInput(name=t.name, data_type=_data_type(t.datatype), dims=t.dims) for t in config.inputs],
+        output=[pb.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=t.dims) for t in config.outputs],
+        instance_group=[
+            pb.ModelInstanceGroup(name=g.name, kind=kinds.Value(f"KIND_{g.kind}"), count=g.count, gpus=g.gpus)
+            for g in config.instance_groups
+        ],
+    )
+    if config.dynamic_batching:
+        dynamic = message.dynamic_batching
+        dynamic.SetInParent()  # present even with every field at its default: batching on
+        dynamic.preferred_batch_size.extend(config.preferred_batch_sizes)
+        dynamic.max_queue_delay_microseconds = round((config.max_queue_delay_s or 0.0) * 1e6)
+        dynamic.priority_levels = config.priority_levels
+        dynamic.default_priority_level = config.default_priority_level
+        if config.queue_policy is not None:
+            dynamic.default_queue_policy.CopyFrom(_queue_policy_message(config.queue_policy))
+        for level, policy in config.priority_queue_policies:
+            dynamic.priority_queue_policy[level].CopyFrom(_queue_policy_message(policy))
+    return message
+
+
+def _data_type(datatype: str) -> int:
+    return pb.DataType.Value("TYPE_STRING" if datatype == codecs.BYTES else f"TYPE_{datatype}")
+
+
+def _queue_policy_message(policy: QueuePolicy) -> pb.ModelQueuePolicy:
+    return pb.ModelQueuePolicy(
+        timeout_action=pb.ModelQueuePolicy.DELAY if policy.timeout_action == "delay" else pb.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=round(policy.timeout_s * 1e6),
         allow_timeout_override=policy.allow_timeout_override,
         max_queue_size=policy.max_queue_size,
     )

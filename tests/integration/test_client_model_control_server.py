@@ -5,6 +5,7 @@ each request as Triton does."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -84,6 +85,12 @@ def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> Non
 
         client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))  # JSON text
         assert client.config("cnn").max_batch_size == 2
+
+        # the SDK's own ModelConfig, read and edited: sent back as the Triton config it was read from
+        edited = dataclasses.replace(client.config("cnn"), max_batch_size=3, priority_levels=2)
+        client.load_model("cnn", config=edited)
+        assert client.config("cnn") == dataclasses.replace(edited, default_priority_level=2)  # the server's default
+        client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
 
         with pytest.raises(InvalidArgumentError, match="sequence_batching"):  # the server's message
             client.load_model("cnn", config={"sequence_batching": {}})

@@ -106,7 +106,7 @@ def test_load_unload_and_their_refusals(scripted: tuple[str, Scripted]) -> None:
         with pytest.raises(InvalidArgumentError, match="sequence_batching: no"):  # the server's own message
             client.load_model("a", config={"sequence_batching": {}})
         sent_so_far = len(servicer.requests)
-        with pytest.raises(InvalidArgumentError, match="must be a dict"):
+        with pytest.raises(InvalidArgumentError, match="must be a ModelConfig, a dict"):
             client.load_model("a", config=[1])  # type: ignore[arg-type]
         assert len(servicer.requests) == sent_so_far  # refused before sending
 
@@ -140,7 +140,7 @@ def test_async_twins_send_and_parse_the_same(scripted: tuple[str, Scripted]) -> 
             await client.unload_model("b")
             with pytest.raises(NotFoundError):
                 await client.load_model("nope")
-            with pytest.raises(InvalidArgumentError, match="must be a dict"):
+            with pytest.raises(InvalidArgumentError, match="must be a ModelConfig, a dict"):
                 await client.load_model("a", config=b"{}")  # type: ignore[arg-type]
             return stats, await client.server_metadata()
 

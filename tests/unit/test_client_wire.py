@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from kerve.client import (
     CancelledError,
@@ -28,6 +29,7 @@ from kerve.client.wire import (
     CLASSIFICATION,
     UINT32_MAX,
     build_infer_request,
+    config_message,
     load_model_request,
     log_settings_request,
     only_output,
@@ -164,6 +166,7 @@ def test_config_with_dynamic_batching_and_gpu_groups() -> None:
     assert (parsed.priority_levels, parsed.default_priority_level) == (2, 2)
     assert parsed.queue_policy == QueuePolicy(0.0, "reject", False, 100)
     assert parsed.priority_queue_policies == ((1, QueuePolicy(0.005, "delay", True, 0)),)
+    assert config_message(parsed) == config  # back to what was read: get -> edit -> load_model(config=...)
 
 
 def test_config_without_a_batcher() -> None:
@@ -176,6 +179,9 @@ def test_config_without_a_batcher() -> None:
     zero_delay = pb.ModelConfig(name="m", max_batch_size=8)
     zero_delay.dynamic_batching.max_queue_delay_microseconds = 0  # present, all defaults
     assert parse_config(pb.ModelConfigResponse(config=zero_delay)).max_queue_delay_s == 0.0
+    for message in (config, zero_delay):  # both round-trip, dynamic_batching present or not
+        back = config_message(parse_config(pb.ModelConfigResponse(config=message)))
+        assert back == message and back.HasField("dynamic_batching") == message.HasField("dynamic_batching")
 
 
 # --- in-band stream errors ----------------------------------------------------------------------------------
@@ -291,14 +297,17 @@ def test_a_load_config_travels_as_the_json_string_parameter() -> None:
     text = '{"max_batch_size": 8}'
     assert load_model_request("m", text).parameters["config"].string_param == text  # a str goes as it is
     assert not load_model_request("m").parameters  # no config: config.yaml
+    read = parse_config(pb.ModelConfigResponse(config=pb.ModelConfig(name="m", max_batch_size=4)))
+    sent = load_model_request("m", read).parameters["config"].string_param  # the SDK's ModelConfig, as Triton's
+    assert json_format.Parse(sent, pb.ModelConfig()) == pb.ModelConfig(name="m", max_batch_size=4)
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ([{"max_batch_size": 4}], "must be a dict .* or a str of its JSON, got list"),
-        (b'{"max_batch_size": 4}', "must be a dict .*, got bytes"),
-        (4, "must be a dict .*, got int"),
+        ([{"max_batch_size": 4}], "must be a ModelConfig, a dict .* or a str of its JSON, got list"),
+        (b'{"max_batch_size": 4}', "must be a ModelConfig, a dict .*, got bytes"),
+        (4, "must be a ModelConfig, a dict .*, got int"),
         ({"max_batch_size": np.int64(4)}, "is not JSON: .*int64"),
         ({"dynamic_batching": {"max_queue_delay_microseconds": float("nan")}}, "is not JSON: Out of range float"),
     ],
