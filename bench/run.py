@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -516,7 +517,8 @@ def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
 
 
 def _server_side(before: dict[str, float], after: dict[str, float], client_mean_ms: float) -> dict[str, float]:
-    """What the case's counts say about batching and where a request's time went (over warm-up + window)."""
+    """What the case's counts say about batching and where a request's time went (over the measured window, as
+    the client's mean: counted from the window's start, so the warm-up's slower first requests stay out)."""
     out: dict[str, float] = {}
     d = {name: after[name] - before[name] for name in _COUNTED}
     executions = d["kerve_batch_size_count"]
@@ -534,6 +536,10 @@ def _server_side(before: dict[str, float], after: dict[str, float], client_mean_
     return out
 
 
+def _count_into(counted: list[dict[str, float] | None], metrics_url: str | None, model: str) -> None:
+    counted.append(server_counts(metrics_url, model) if metrics_url else None)
+
+
 def measure_case(
     args: argparse.Namespace,
     gen: loadgen.LoadGenerator,
@@ -548,13 +554,15 @@ def measure_case(
     for name, server in servers.items():
         if server.proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {server.proc.returncode}\n{server.log_tail()}")
-        before = server_counts(server.metrics_url, model) if server.metrics_url else None
+        counted: list[dict[str, float] | None] = []  # the server's counts when the window starts
+        window_started = functools.partial(_count_into, counted, server.metrics_url, model)
         result = gen.run(
             server.target, mode, payloads, concurrency, args.warmup, args.duration,
-            timeout_s=args.timeout, observe_pids=server.pids(), channels=args.channels,
-            stream_depth=args.stream_depth,
+            timeout_s=args.timeout, observe_pids=server.pids(), on_window_start=window_started,
+            channels=args.channels, stream_depth=args.stream_depth,
         )  # fmt: skip
         row[name] = _entry(result)
+        before = counted[0] if counted else None
         after = server_counts(server.metrics_url, model) if before is not None else None
         if before is not None and after is not None:
             row[name].update(_server_side(before, after, row[name]["mean_ms"]))
