@@ -79,13 +79,6 @@ class QueuePolicy:
         """Whether a timed-out request is kept (delayed) rather than refused."""
         return self.timeout_action == "delay"
 
-    def queue_timeout(self, requested_s: float | None) -> float:
-        """The queue timeout of a request that asked for ``requested_s`` (None: nothing), 0 for none."""
-        timeout = self.timeout_s
-        if requested_s and self.allow_timeout_override and (not timeout or requested_s < timeout):
-            return requested_s
-        return timeout
-
 
 def level_policies(default: object, per_level: object, levels: int) -> tuple[QueuePolicy, dict[int, QueuePolicy]]:
     """config.yaml's ``queue_policy`` and ``priority_queue_policy`` validated: the second keyed by levels 1..levels."""
