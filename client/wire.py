@@ -142,9 +142,10 @@ class Duration:
 class ModelStatistics:
     """One model version's cumulative counters since it loaded (the V2 statistics extension, Triton's meaning).
 
-    `success`, `fail`, `queue` and `compute_infer` count requests: a successful request adds one to each of
-    `success`, `queue` (its wait until its batch's model call began) and `compute_infer` (that call's time), so
-    each sum over its count is a per-request mean, as perf_analyzer reads them. `execution_count` and
+    `success`, `fail`, `queue` and the compute phases count requests: a successful request adds one to each of
+    `success`, `queue` (its wait until its batch's execution began), `compute_input` (assembling the batch),
+    `compute_infer` (the model call) and `compute_output` (cutting the outputs back per request), so each sum over
+    its count is a per-request mean, as perf_analyzer reads them. `execution_count` and
     `batch_stats` ((batch_size, compute_infer) pairs, by batch size) count model calls, which dynamic batching
     makes fewer than requests; `inference_count` counts samples (rows). `last_inference_ms` is the last success
     in milliseconds since the epoch, 0 before the first."""
@@ -159,6 +160,8 @@ class ModelStatistics:
     queue: Duration
     compute_infer: Duration
     batch_stats: tuple[tuple[int, Duration], ...]
+    compute_input: Duration = Duration(0, 0.0)  # after batch_stats: added later, positional use keeps working
+    compute_output: Duration = Duration(0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,8 @@ def parse_statistics(response: pb.ModelStatisticsResponse) -> tuple[ModelStatist
                 queue=_duration(infer.queue),
                 compute_infer=_duration(infer.compute_infer),
                 batch_stats=tuple((b.batch_size, _duration(b.compute_infer)) for b in batches),
+                compute_input=_duration(infer.compute_input),
+                compute_output=_duration(infer.compute_output),
             )
         )
     return tuple(stats)

@@ -191,13 +191,15 @@ def _int_at_least(name: str, value: object, minimum: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchStats:
-    """What one model call did, for metrics (batch size histogram, queue and compute latency)."""
+    """What one model call did, for metrics (batch size histogram, queue and compute latency) and statistics."""
 
     batch_size: int  # real rows, padding excluded
     padded_size: int  # rows the model was called with
     requests: int  # distinct requests (or pieces of split requests) in the batch
     queue_wait_s: float  # longest time a row of this batch waited before the batch formed
     compute_s: float  # time inside the replica call
+    input_s: float  # assembling the batch from its requests' rows (and padding) before the call
+    output_s: float  # checking the outputs and cutting them into each request's rows after it
     replica: int  # index into the replicas the batcher was built with
     ok: bool  # False when the replica raised or returned malformed outputs
 
@@ -209,7 +211,7 @@ class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
     __slots__ = (
-        "__weakref__", "arrival", "dead", "deadline", "expires", "first_compute", "inputs", "key", "n", "next_row",
+        "__weakref__", "arrival", "dead", "deadline", "expires", "first_span", "inputs", "key", "n", "next_row",
         "own_timeout", "parts", "rank", "rows_done", "seq", "sink",
     )  # fmt: skip
 
@@ -274,8 +276,15 @@ class _Batch:
         self.replica = -1
 
 
-# (per-slice outputs, error, compute start, compute seconds): the worker never raises, so errors keep their times.
-_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", float, float]
+Span = tuple[float, float, float, float]
+"""A model call's (start, input end, output start, end) on the batcher's clock: Triton's COMPUTE_START,
+COMPUTE_INPUT_END, COMPUTE_OUTPUT_START and COMPUTE_END. Input is assembling the batch from its requests' rows,
+output cutting the model's outputs back into theirs."""
+
+NO_SPAN: Span = (0.0, 0.0, 0.0, 0.0)
+
+# (per-slice outputs, error, span): the worker never raises, so errors keep their times.
+_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", "Span"]
 
 
 def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
@@ -313,8 +322,9 @@ def pad_rows(arr: np.ndarray, extra: int) -> np.ndarray:
 
 
 def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clock: Callable[[], float]) -> _Outcome:
-    """Runs in a worker thread: assemble the batch, call the model, split its outputs per slice."""
-    t0 = compute = 0.0
+    """Runs in a worker thread: assemble the batch, call the model, split its outputs per slice; each phase timed
+    (Triton's compute input, infer and output)."""
+    began = called = returned = clock()
     try:
         if len(slices) == 1:
             req, start, stop = slices[0]
@@ -331,24 +341,24 @@ def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clo
                     pieces.append(np.repeat(pieces[-1][-1:], padded - rows, axis=0))
                 batch[name] = np.concatenate(pieces)
 
-        t0 = clock()
+        called = returned = clock()
         try:
             raw = replica(batch)
         finally:
-            compute = clock() - t0
+            returned = clock()
         outputs = _check_outputs(raw, padded)
 
         if len(slices) == 1 and padded == rows:
-            return [outputs], None, t0, compute
+            return [outputs], None, (began, called, returned, clock())
         parts = []
         offset = 0
         for _, start, stop in slices:
             end = offset + stop - start
             parts.append({name: arr[offset:end] for name, arr in outputs.items()})
             offset = end
-        return parts, None, t0, compute
+        return parts, None, (began, called, returned, clock())
     except Exception as exc:  # delivered to every request of the batch by the loop
-        return None, exc, t0, compute
+        return None, exc, (began, called, returned, returned)
 
 
 def _check_outputs(raw: object, padded: int) -> dict[str, np.ndarray]:
@@ -459,10 +469,10 @@ class Batcher:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_when = math.inf
         self._compact_at = _COMPACT_MIN
-        self.last_compute: tuple[float, float] = (0.0, 0.0)
-        """(start, end) of the model call of the batch whose results are being delivered, on the batcher's clock
-        (for a split request: its first piece's start, its last piece's end): a sink reads it in ``set_result``,
-        for statistics and traces."""
+        self.last_compute: Span = NO_SPAN
+        """The Span of the model call of the batch whose results are being delivered (for a split request: its
+        first piece's start and input end, its last piece's output start and end): a sink reads it in
+        ``set_result``, for statistics and traces."""
 
     # ---- introspection
 
@@ -789,14 +799,14 @@ class Batcher:
 
         parts: list[dict[str, np.ndarray]] | None = None
         error: BaseException | None
-        compute = 0.0
+        span = NO_SPAN
         if future.cancelled():
             error = unavailable(f"{self._label}: the batch was cancelled")
         else:
             error = future.exception()
             if error is None:
-                parts, error, started, compute = future.result()
-                self.last_compute = (started, started + compute)
+                parts, error, span = future.result()
+                self.last_compute = span
         if parts is not None:
             # The next batch first: delivering runs each caller's completion (a sink finishes its request right
             # there), and the replica need not sit idle meanwhile.
@@ -813,9 +823,11 @@ class Batcher:
 
         hook = self.on_batch
         if hook is not None:
+            began, called, returned, ended = span
             stats = BatchStats(
-                batch.rows, batch.padded, len(batch.slices), batch.wait, compute, batch.replica, parts is not None
-            )
+                batch.rows, batch.padded, len(batch.slices), batch.wait, returned - called, called - began,
+                ended - returned, batch.replica, parts is not None,
+            )  # fmt: skip
             try:
                 hook(stats)
             except Exception:
@@ -829,12 +841,12 @@ class Batcher:
             if stop - start == req.n:
                 sink.set_result(out)
                 continue
-            started = self.last_compute[0]
+            span = self.last_compute
             if req.parts is None:
                 req.parts = []
-                req.first_compute = started  # set with its first piece's outputs (split requests only)
-            elif started < req.first_compute:
-                req.first_compute = started
+                req.first_span = span  # set with its first piece's outputs (split requests only)
+            elif span[0] < req.first_span[0]:
+                req.first_span = span
             req.parts.append((start, out))
             req.rows_done += stop - start
             if req.rows_done == req.n:
@@ -845,7 +857,8 @@ class Batcher:
                 else:
                     # its sink reads the model calls' span: from its first piece's start to its last piece's end
                     last = self.last_compute
-                    self.last_compute = (req.first_compute, last[1])
+                    first = req.first_span
+                    self.last_compute = (first[0], first[1], last[2], last[3])
                     sink.set_result(result)
                     self.last_compute = last
                 req.parts = None

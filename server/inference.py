@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from .batcher import Batcher, BatchingConfig, BatchStats, Ticket
+from .batcher import NO_SPAN, Batcher, BatchingConfig, BatchStats, Ticket
 from .errors import ErrorCode, ServingError
 from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
@@ -128,8 +128,9 @@ class InferenceEngine:
             return
         outputs, compute_started, compute_s = work.result()
         if call.entry is not None:
-            self._record_batch(call.entry, call.rows, compute_started - call.started, compute_s)
-        call.compute = (compute_started, compute_started + compute_s)
+            self._record_batch(call.entry, call.rows, compute_started - call.started, 0.0, compute_s, 0.0)
+        ended = compute_started + compute_s
+        call.compute = (compute_started, compute_started, ended, ended)  # no batch to assemble or cut
         call.set_result(outputs)
 
     def _batcher(self, entry: ModelVersion, signature: Any) -> Batcher | None:
@@ -147,7 +148,9 @@ class InferenceEngine:
         def on_batch(stats: BatchStats) -> None:
             depth.value = batcher.queued_samples
             if stats.ok:
-                self._record_batch(entry, stats.batch_size, stats.queue_wait_s, stats.compute_s)
+                self._record_batch(
+                    entry, stats.batch_size, stats.queue_wait_s, stats.input_s, stats.compute_s, stats.output_s
+                )
                 per_device[stats.replica].value += 1
 
         batcher = Batcher(
@@ -186,8 +189,10 @@ class InferenceEngine:
                 f"model {entry.model!r}: config.yaml batching does not combine with the server's batching flags: {exc}",
             ) from None
 
-    def _record_batch(self, entry: ModelVersion, size: int, queue_s: float, compute_s: float) -> None:
-        entry.stats.record_execution(size, compute_s)
+    def _record_batch(
+        self, entry: ModelVersion, size: int, queue_s: float, input_s: float, compute_s: float, output_s: float
+    ) -> None:
+        entry.stats.record_execution(size, input_s, compute_s, output_s)
         self.metrics.observe_batch(entry.model, size, queue_s, compute_s)
 
 
@@ -255,7 +260,7 @@ class Call:
         tracer = engine.tracer
         self.traced = tracer.on and tracer.sample(self._model_label)
         self.queued = self.started  # when traced: handed to the batcher or a worker
-        self.compute = (0.0, 0.0)  # run alone: its model call's (start, end), set before set_result
+        self.compute = NO_SPAN  # run alone: its model call's Span, set before set_result
 
     def begin(self) -> None:
         engine, request = self._engine, self.request
@@ -309,11 +314,17 @@ class Call:
         self._end()
         now = time.monotonic()
         seconds = now - self.started
-        start, end = self.batcher.last_compute if self.batcher is not None else self.compute
-        entry.stats.record_success(seconds, self.rows, start - self.started, end - start, now)
+        start, input_end, output_start, end = self.batcher.last_compute if self.batcher is not None else self.compute
+        entry.stats.record_success(
+            seconds, self.rows, start - self.started, input_end - start, output_start - input_end,
+            end - output_start, now,
+        )  # fmt: skip
         self._observe("OK", seconds)
         if self.traced:
-            stamps = (("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_END", end))
+            stamps = (
+                ("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_INPUT_END", input_end),
+                ("COMPUTE_OUTPUT_START", output_start), ("COMPUTE_END", end),
+            )  # fmt: skip
             self._trace(stamps, response.outputs)
         if not self.completion.done():
             self.completion.set_result(response)

@@ -1,8 +1,9 @@
 """Cumulative per-version counters behind the V2 ModelStatistics RPC, with Triton's semantics.
 
-Triton counts `inference_stats` per request: each successful request adds one to `success`, `queue` and
-`compute_infer` alike (its time in the queue until its batch's model call began, and that call's time), while
-`execution_count` and `batch_stats` count model executions. perf_analyzer divides those sums by the request count
+Triton counts `inference_stats` per request: each successful request adds one to `success`, `queue`,
+`compute_input`, `compute_infer` and `compute_output` alike (its time in the queue until its batch's execution began,
+then that execution's three phases: assembling the batch, the model call, cutting the outputs back per request),
+while `execution_count` and `batch_stats` count model executions. perf_analyzer divides those sums by the request count
 to break a request's latency down, so a per-batch queue sum would make kerve's queue look shorter than it is.
 
 Updated from the event loop thread only, so plain numbers suffice; seconds are summed as floats and turned into
@@ -24,28 +25,53 @@ class Duration:
     def ns(self) -> int:
         return int(self.seconds * 1e9)
 
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+
+
+@dataclass
+class BatchDurations:
+    """Triton's InferBatchStatistics: the executions of one batch size, by phase."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
 
 @dataclass
 class VersionStats:
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
     inference_count: int = 0  # samples, so a batch-64 request counts 64
     execution_count: int = 0  # model executions
     last_inference_monotonic: float | None = None  # wall time derived when reported: no clock read per request
-    batch_sizes: dict[int, Duration] = field(default_factory=dict)
+    batch_sizes: dict[int, BatchDurations] = field(default_factory=dict)
 
-    def record_success(self, total_s: float, samples: int, queue_s: float, compute_s: float, now: float) -> None:
+    def record_success(
+        self, total_s: float, samples: int, queue_s: float, input_s: float, infer_s: float, output_s: float, now: float
+    ) -> None:
         """A request answered at ``now`` (time.monotonic) after ``total_s``; ``queue_s`` from its start until its
-        batch's model call began, which took ``compute_s``."""
-        success, queue, compute = self.success, self.queue, self.compute_infer
+        batch's execution began: ``input_s`` assembling the batch, ``infer_s`` the model call, ``output_s`` cutting
+        the outputs."""
+        # inline, not Duration.add: this runs once per request on the event loop thread
+        success, queue, c_input, c_infer, c_output = (
+            self.success, self.queue, self.compute_input, self.compute_infer, self.compute_output
+        )  # fmt: skip
         success.count += 1
         success.seconds += total_s
         queue.count += 1
         queue.seconds += queue_s
-        compute.count += 1
-        compute.seconds += compute_s
+        c_input.count += 1
+        c_input.seconds += input_s
+        c_infer.count += 1
+        c_infer.seconds += infer_s
+        c_output.count += 1
+        c_output.seconds += output_s
         self.inference_count += samples
         self.last_inference_monotonic = now
 
@@ -53,13 +79,14 @@ class VersionStats:
         self.fail.count += 1
         self.fail.seconds += total_s
 
-    def record_execution(self, batch_size: int, compute_s: float) -> None:
+    def record_execution(self, batch_size: int, input_s: float, infer_s: float, output_s: float) -> None:
         self.execution_count += 1
-        duration = self.batch_sizes.get(batch_size)
-        if duration is None:
-            duration = self.batch_sizes[batch_size] = Duration()
-        duration.count += 1
-        duration.seconds += compute_s
+        durations = self.batch_sizes.get(batch_size)
+        if durations is None:
+            durations = self.batch_sizes[batch_size] = BatchDurations()
+        durations.compute_input.add(input_s)
+        durations.compute_infer.add(infer_s)
+        durations.compute_output.add(output_s)
 
     @property
     def last_inference_ms(self) -> int:

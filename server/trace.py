@@ -1,8 +1,9 @@
 """Triton's trace extension: timestamps (and tensors) of a sample of requests, to see where one request's time went.
 
 At level TIMESTAMPS a traced request records REQUEST_START (decoded), QUEUE_START (handed to its batcher or
-worker), COMPUTE_START and COMPUTE_END (its batch's model call) and REQUEST_END (answer built); a failed or cancelled
-one records its start and end. At level TENSORS (alone or with TIMESTAMPS) it records its input tensors as they
+worker), COMPUTE_START, COMPUTE_INPUT_END, COMPUTE_OUTPUT_START and COMPUTE_END (its batch's execution: batch
+assembled, model call, outputs cut back) and REQUEST_END (answer built); a failed or cancelled one records its
+start and end. At level TENSORS (alone or with TIMESTAMPS) it records its input tensors as they
 were queued (TENSOR_QUEUE_INPUT) and the output tensors it was answered with (TENSOR_BACKEND_OUTPUT), as Triton's
 entries {"id", "activity", "tensor": {"name", "data", "shape", "dtype"}} with the values flattened into a
 comma-separated string: what a request carried, to debug a model's answer to it (trace_summary.py's data flow).

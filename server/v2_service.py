@@ -19,6 +19,7 @@ from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
 from .model import PLATFORM
 from .shared_memory import SystemSharedMemory
+from .stats import Duration
 from .stream_pipeline import Pipeline, Slot
 from .types import InferRequest
 
@@ -204,13 +205,12 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 inference_count=s.inference_count,
                 execution_count=s.execution_count,
             )
-            for field_name in ("success", "fail", "queue", "compute_infer"):
-                duration = getattr(s, field_name)
-                target = getattr(stats.inference_stats, field_name)
-                target.count, target.ns = duration.count, duration.ns
-            for size, duration in sorted(s.batch_sizes.items()):
+            for field_name in ("success", "fail", "queue", *_COMPUTE_PHASES):
+                _set_duration(getattr(stats.inference_stats, field_name), getattr(s, field_name))
+            for size, durations in sorted(s.batch_sizes.items()):
                 batch = stats.batch_stats.add(batch_size=size)
-                batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
+                for field_name in _COMPUTE_PHASES:
+                    _set_duration(getattr(batch, field_name), getattr(durations, field_name))
         return response
 
     async def RepositoryIndex(
@@ -363,6 +363,13 @@ def _check_repository_request(
             f"parameters {unsupported} are not supported (only {list(allowed)}): model files come from the "
             f"repository, model settings from <repository>/<model>/config.yaml",
         )
+
+
+_COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
+def _set_duration(target: pb.StatisticDuration, duration: Duration) -> None:
+    target.count, target.ns = duration.count, duration.ns
 
 
 def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:

@@ -62,6 +62,8 @@ def test_statistics_count_each_request(explicit: str) -> None:
     assert (after.name, after.version) == ("cnn", "1")
     assert after.success.count - before.success.count == len(rows)  # requests, not rows nor batches
     assert after.queue.count == after.compute_infer.count == after.success.count
+    assert after.compute_input.count == after.compute_output.count == after.success.count
+    assert after.compute_input.seconds > 0 and after.compute_output.seconds > 0
     assert after.success.seconds > before.success.seconds and after.fail == before.fail
     assert after.inference_count - before.inference_count == sum(rows)
     assert after.execution_count > before.execution_count

@@ -43,14 +43,17 @@ def test_tritonclient_turns_tracing_on_for_a_model(model_repo: Path, tmp_path: P
             for trace in traces:
                 assert (trace["model_name"], trace["model_version"]) == ("cnn", 1)
                 names = [stamp["name"] for stamp in trace["timestamps"]]
-                assert names == ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+                assert names == [
+                    "REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
+                    "COMPUTE_END", "REQUEST_END",
+                ]  # fmt: skip
 
             # TENSORS: the request's inputs as queued and the outputs it was answered with
             client.update_trace_settings("cnn", {"trace_level": ["TIMESTAMPS", "TENSORS"]})
             client.infer("cnn", [image], request_id="r2")
             wait_for(lambda: (tmp_path / "trace.json.2").exists(), "a third trace file", timeout_s=30)
             entries = json.loads((tmp_path / "trace.json.2").read_text())
-            assert entries[0]["request_id"] == "r2" and len(entries[0]["timestamps"]) == 5
+            assert entries[0]["request_id"] == "r2" and len(entries[0]["timestamps"]) == 7
             tensors = {e["activity"]: e["tensor"] for e in entries[1:]}
             assert tensors["TENSOR_QUEUE_INPUT"] == {"name": "image", "data": ",".join(["0.0"] * 64),
                                                      "shape": "1,8,8,1", "dtype": "FP32"}  # fmt: skip

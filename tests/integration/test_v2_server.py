@@ -334,10 +334,12 @@ def test_statistics_count_requests(stub) -> None:
     after = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair")).model_stats[0]
     assert after.inference_stats.success.count - before.inference_stats.success.count == 3
     assert after.inference_count - before.inference_count == 12  # 3 requests x batch 4
-    stats = after.inference_stats  # Triton's: queue and compute_infer count requests, as success does
-    assert stats.queue.count == stats.compute_infer.count == stats.success.count
-    assert stats.compute_infer.ns > 0 and stats.success.ns >= stats.queue.ns + stats.compute_infer.ns
+    stats = after.inference_stats  # Triton's: queue and the compute phases count requests, as success does
+    phases = (stats.compute_input, stats.compute_infer, stats.compute_output)
+    assert stats.queue.count == stats.success.count and all(d.count == stats.success.count for d in phases)
+    assert all(d.ns > 0 for d in phases) and stats.success.ns >= stats.queue.ns + sum(d.ns for d in phases)
     assert after.execution_count == sum(b.compute_infer.count for b in after.batch_stats) <= stats.success.count
+    assert all(b.compute_input.count == b.compute_output.count == b.compute_infer.count for b in after.batch_stats)
     assert abs(after.last_inference / 1000 - time.time()) < 60
     assert_code(lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), grpc.StatusCode.NOT_FOUND)
 

@@ -522,33 +522,47 @@ def test_enqueue_delivers_to_the_callers_sink_and_abandon_silences_it() -> None:
 
 
 def test_a_sink_reads_its_model_calls_span_and_a_split_requests_runs_from_first_to_last_piece() -> None:
-    """What statistics and traces read in set_result: a request's batch's model call, or for a split request the
-    span from its first piece's call to its last's."""
+    """What statistics and traces read in set_result: its batch's execution as (start, input end, output start,
+    end), or for a split request from its first piece's start and input end to its last piece's output start and
+    end; BatchStats carries each execution's three phases."""
 
     class Spanning(RecordingSink):
         def __init__(self, batcher: Batcher) -> None:
             super().__init__()
             self.batcher = batcher
-            self.span: tuple[float, float] | None = None
+            self.span: tuple[float, float, float, float] | None = None
 
         def set_result(self, result: dict[str, np.ndarray], /) -> None:
             self.span = self.batcher.last_compute
             super().set_result(result)
 
-    clock = FakeClock()
+    class WorkerTicking(FakeClock):  # each read from a worker thread (the batch's phases) moves it on 0.25 s
+        def __call__(self) -> float:
+            now = self.now
+            if threading.current_thread() is not threading.main_thread():
+                self.now += 0.25
+            return now
 
-    class Ticking(FakeModel):  # every call takes one second of the batcher's clock
+    clock = WorkerTicking()
+
+    class Ticking(FakeModel):  # every call takes 10 seconds of the batcher's clock
         def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            clock.advance(1.0)
+            clock.advance(10.0)
             return super().__call__(inputs)
 
     async def main() -> None:
-        batcher = Batcher([Ticking()], BatchingConfig(max_batch_size=2, max_queue_delay_s=0), clock=clock)
+        stats: list[BatchStats] = []
+        config = BatchingConfig(max_batch_size=2, max_queue_delay_s=0)
+        batcher = Batcher([Ticking()], config, clock=clock, on_batch=stats.append)
         split, joined = Spanning(batcher), Spanning(batcher)
         batcher.enqueue({"x": rows(*range(5))}, None, split)  # calls of rows 2, 2, then 1 + `joined`'s
         batcher.enqueue({"x": rows(9)}, None, joined)
         await settle(lambda: split.done() and joined.done())
-        assert split.span == (0.0, 3.0) and joined.span == (2.0, 3.0)
+        # each execution: start t, input end t + 0.25, the call 10 s (+ the read after it), output start t + 10.5,
+        # end t + 10.75, the next one from t + 11
+        assert joined.span == (22.0, 22.25, 32.5, 32.75)
+        assert split.span == (0.0, 0.25, 32.5, 32.75)
+        assert [(s.input_s, s.compute_s, s.output_s) for s in stats] == [(0.25, 10.25, 0.25)] * 3
         await batcher.close()
 
     run(main())

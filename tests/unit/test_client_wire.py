@@ -327,7 +327,8 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
     infer.fail.count, infer.fail.ns = 1, 1_000
     infer.queue.count, infer.queue.ns = 5, 500_000_000
     infer.compute_infer.count, infer.compute_infer.ns = 5, 1_500_000_000
-    infer.compute_input.count = 99  # not kept: kerve does not measure it
+    infer.compute_input.count, infer.compute_input.ns = 5, 50_000_000
+    infer.compute_output.count, infer.compute_output.ns = 5, 25_000_000
     big = stats.batch_stats.add(batch_size=8)
     big.compute_infer.count, big.compute_infer.ns = 1, 1_000_000_000
     small = stats.batch_stats.add(batch_size=2)
@@ -347,6 +348,8 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
             queue=Duration(5, 0.5),
             compute_infer=Duration(5, 1.5),
             batch_stats=((2, Duration(2, 0.5)), (8, Duration(1, 1.0))),  # by batch size, whatever the order sent
+            compute_input=Duration(5, 0.05),
+            compute_output=Duration(5, 0.025),
         ),
         ModelStatistics("n", "1", 0, 0, 0, Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), ()),
     )

@@ -213,7 +213,7 @@ def test_a_requests_priority_orders_the_queue() -> None:
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_traced_request_records_its_timestamps_in_order(batched: bool, tmp_path: Path) -> None:
-    """Batched or run alone, a traced request's five timestamps come out in Triton's order; a failed one has its
+    """Batched or run alone, a traced request's seven timestamps come out in Triton's order; a failed one has its
     start and end."""
     model = Model(batched)
     engine, _, _ = setup(model)
@@ -228,7 +228,10 @@ def test_a_traced_request_records_its_timestamps_in_order(batched: bool, tmp_pat
     asyncio.run(main())
     engine.tracer.close()
     ok, failed = json.loads((tmp_path / "trace.json").read_text())
-    names = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+    names = [
+        "REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END",
+        "REQUEST_END",
+    ]  # fmt: skip
     assert [t["name"] for t in ok["timestamps"]] == names
     times = [t["ns"] for t in ok["timestamps"]]
     assert times == sorted(times) and times[2] > times[0]  # the model's call, not zeros
@@ -260,8 +263,9 @@ def test_deadline_passed_in_the_queue() -> None:
 
 
 def test_statistics_count_queue_and_compute_per_request_and_executions_per_batch() -> None:
-    """Triton's ModelStatistics semantics: inference_stats.queue / compute_infer count requests (each its own wait
-    until its batch's model call, and that call's time); execution_count and batch_stats count model calls."""
+    """Triton's ModelStatistics semantics: inference_stats.queue / compute_input / compute_infer / compute_output
+    count requests (each its own wait until its batch's execution, and that execution's phases); execution_count and
+    batch_stats count model calls."""
     model = Model()
     model.gate = threading.Event()
     engine, manager, _ = setup(model, BatchingConfig(max_batch_size=4))
@@ -284,11 +288,19 @@ def test_statistics_count_queue_and_compute_per_request_and_executions_per_batch
     held = asyncio.run(main())
     stats = manager.entry.stats
     assert model.calls == [1, 3]
-    assert stats.success.count == stats.queue.count == stats.compute_infer.count == 4
-    assert stats.execution_count == 2 and {s: d.count for s, d in stats.batch_sizes.items()} == {1: 1, 3: 1}
+    phases = (stats.compute_input, stats.compute_infer, stats.compute_output)
+    assert stats.success.count == stats.queue.count == 4 and [d.count for d in phases] == [4, 4, 4]
+    assert stats.execution_count == 2
+    for durations in (stats.batch_sizes[1], stats.batch_sizes[3]):
+        per_batch = (durations.compute_input, durations.compute_infer, durations.compute_output)
+        assert [d.count for d in per_batch] == [1, 1, 1]
+        assert durations.compute_input.seconds > 0 and durations.compute_output.seconds > 0
+    assert sorted(stats.batch_sizes) == [1, 3]
+    assert stats.batch_sizes[1].compute_infer.seconds >= held  # the first call was held
     assert stats.queue.seconds >= 3 * held  # the three queued requests each waited at least that long
     assert stats.compute_infer.seconds >= held  # the first request's call was held at least as long
-    assert stats.success.seconds >= stats.queue.seconds + stats.compute_infer.seconds
+    assert stats.compute_input.seconds > 0 and stats.compute_output.seconds > 0  # measured, not zeros
+    assert stats.success.seconds >= stats.queue.seconds + sum(d.seconds for d in phases)
     assert abs(stats.last_inference_ms / 1000 - time.time()) < 5
 
 
