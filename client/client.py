@@ -23,6 +23,7 @@ from .errors import UnavailableError, from_rpc_error
 from .options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NO_RETRY,
+    Headers,
     Keepalive,
     RetryPolicy,
     TLSConfig,
@@ -103,8 +104,10 @@ class Client:
         self._channel = self.options.sync_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
-        metadata = self.options.metadata
+    def _call(
+        self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
+    ) -> Any:
+        metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         def attempt(remaining: float | None) -> Any:
             try:
@@ -145,9 +148,16 @@ class Client:
             time.sleep(min(delay, max(0.0, remaining)))
             delay = min(delay * 2, 0.5)
 
-    def metadata(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelMetadata:
+    def metadata(
+        self,
+        model: str,
+        version: int | str | None = None,
+        timeout: float | None = None,
+        *,
+        headers: Headers | None = None,
+    ) -> ModelMetadata:
         request = pb.ModelMetadataRequest(name=model, version=_version(version))
-        return wire.parse_metadata(self._call(self._stub.ModelMetadata, request, timeout))
+        return wire.parse_metadata(self._call(self._stub.ModelMetadata, request, timeout, headers=headers))
 
     def infer(
         self,
@@ -160,6 +170,7 @@ class Client:
         *,
         class_counts: Mapping[str, int] | None = None,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> InferResult:
         """Full result: outputs plus the model version that served the request. `class_counts` ({output: k})
         answers those outputs as their top k "<score>:<index>" labels (see `classify`). An output named by a
@@ -167,9 +178,13 @@ class Client:
 
         `priority` is Triton's request priority, for a model whose config.yaml sets `batching: {priority_levels:
         N}`: 1 jumps ahead of every lower level queued for a batch; 0 (not sent) or a level above N takes the
-        model's default level, and a model without levels ignores it. A negative one fails before sending."""
+        model's default level, and a model without levels ignores it. A negative one fails before sending.
+
+        `headers` ({key: value}) go out as this call's gRPC metadata, beside the client's token, for what travels
+        per request rather than per client: a W3C `traceparent` from `opentelemetry.propagate.inject`, a routing
+        key. tritonclient's `headers=`; checked first (see `options.header_metadata`), a bad one is a ValueError."""
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = self._call(self._stub.ModelInfer, request, timeout)
+        response = self._call(self._stub.ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     def predict(
@@ -181,9 +196,11 @@ class Client:
         timeout: float | None = None,
         *,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> dict[str, np.ndarray]:
-        """numpy in, numpy out: {input_name: array} -> {output_name: array}; `priority` as in `infer`."""
-        return self.infer(model, inputs, version, outputs, timeout, priority=priority).outputs
+        """numpy in, numpy out: {input_name: array} -> {output_name: array}; `priority` and `headers` as in
+        `infer`."""
+        return self.infer(model, inputs, version, outputs, timeout, priority=priority, headers=headers).outputs
 
     def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
@@ -274,17 +291,26 @@ class Client:
         timeout: float | None = None,
         *,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> Classification:
         """The `top_k` best classes of `output` per row (`indices` and `scores`, best first), ranked by the server
         (the V2 classification extension), so only k pairs per row cross the wire. `output` may be left out for a
         model with one output (that costs a metadata call); `timeout` covers both calls. `priority` as in `infer`,
-        checked before the metadata call, so a bad one sends nothing."""
+        checked before the metadata call, so a bad one sends nothing; `headers` as in `infer`, on both calls (a
+        trace shows the metadata call as part of this request)."""
         wire.priority_level(priority)
         budget = _Budget(self.timeout if timeout is None else timeout)
         if output is None:
-            output = wire.only_output(self.metadata(model, version, budget.left()))
+            output = wire.only_output(self.metadata(model, version, budget.left(), headers=headers))
         result = self.infer(
-            model, inputs, version, None, budget.left(), class_counts={output: top_k}, priority=priority
+            model,
+            inputs,
+            version,
+            None,
+            budget.left(),
+            class_counts={output: top_k},
+            priority=priority,
+            headers=headers,
         )
         return wire.parse_classification(result, output)
 
@@ -296,12 +322,15 @@ class Client:
         timeout: float | None = None,
         *,
         class_counts: Mapping[str, int] | None = None,
+        headers: Headers | None = None,
     ) -> InferStream:
         """Open a `ModelStreamInfer` stream for `model` that any number of threads share: `stream.infer(inputs)`.
 
         Cheaper per request than `infer` (no new HTTP/2 stream per call, and the server batches a stream's
         messages together). `timeout` is each call's default (the client's if None). `class_counts` asks every
-        call for those outputs' top k classes, as in `infer`. Close it (a `with` block). Calls on it are never
+        call for those outputs' top k classes, as in `infer`. `headers` as in `infer`, sent once when the stream
+        opens: gRPC metadata belongs to the whole call, so every message on the stream shares them (one trace
+        context per stream; a per-request one needs unary calls). Close it (a `with` block). Calls on it are never
         retried; see kerve.client.stream for what happens when it breaks."""
         return InferStream(
             self._stub,
@@ -309,7 +338,7 @@ class Client:
             version,
             outputs,
             timeout=self.timeout if timeout is None else timeout,
-            metadata=self.options.metadata,
+            metadata=self.options.metadata_for(headers),
             class_counts=class_counts,
         )
 
@@ -354,8 +383,10 @@ class AsyncClient:
         self._channel = self.options.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    async def _call(self, method: Any, request: Any, timeout: float | None, *, retry: bool = True) -> Any:
-        metadata = self.options.metadata
+    async def _call(
+        self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
+    ) -> Any:
+        metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         async def attempt(remaining: float | None) -> Any:
             try:
@@ -398,10 +429,15 @@ class AsyncClient:
             delay = min(delay * 2, 0.5)
 
     async def metadata(
-        self, model: str, version: int | str | None = None, timeout: float | None = None
+        self,
+        model: str,
+        version: int | str | None = None,
+        timeout: float | None = None,
+        *,
+        headers: Headers | None = None,
     ) -> ModelMetadata:
         request = pb.ModelMetadataRequest(name=model, version=_version(version))
-        return wire.parse_metadata(await self._call(self._stub.ModelMetadata, request, timeout))
+        return wire.parse_metadata(await self._call(self._stub.ModelMetadata, request, timeout, headers=headers))
 
     async def infer(
         self,
@@ -414,9 +450,10 @@ class AsyncClient:
         *,
         class_counts: Mapping[str, int] | None = None,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> InferResult:
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = await self._call(self._stub.ModelInfer, request, timeout)
+        response = await self._call(self._stub.ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     async def predict(
@@ -428,8 +465,9 @@ class AsyncClient:
         timeout: float | None = None,
         *,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> dict[str, np.ndarray]:
-        return (await self.infer(model, inputs, version, outputs, timeout, priority=priority)).outputs
+        return (await self.infer(model, inputs, version, outputs, timeout, priority=priority, headers=headers)).outputs
 
     async def models(self, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
         request = pb.RepositoryIndexRequest(ready=ready_only)
@@ -498,13 +536,21 @@ class AsyncClient:
         timeout: float | None = None,
         *,
         priority: int = 0,
+        headers: Headers | None = None,
     ) -> Classification:
         wire.priority_level(priority)  # before the metadata call, as in Client.classify
         budget = _Budget(self.timeout if timeout is None else timeout)
         if output is None:
-            output = wire.only_output(await self.metadata(model, version, budget.left()))
+            output = wire.only_output(await self.metadata(model, version, budget.left(), headers=headers))
         result = await self.infer(
-            model, inputs, version, None, budget.left(), class_counts={output: top_k}, priority=priority
+            model,
+            inputs,
+            version,
+            None,
+            budget.left(),
+            class_counts={output: top_k},
+            priority=priority,
+            headers=headers,
         )
         return wire.parse_classification(result, output)
 
@@ -516,6 +562,7 @@ class AsyncClient:
         timeout: float | None = None,
         *,
         class_counts: Mapping[str, int] | None = None,
+        headers: Headers | None = None,
     ) -> AsyncInferStream:
         """Open a stream that any number of tasks share: `async with aclient.stream(model) as s: await s.infer(x)`.
         Call it inside a running event loop."""
@@ -525,7 +572,7 @@ class AsyncClient:
             version,
             outputs,
             timeout=self.timeout if timeout is None else timeout,
-            metadata=self.options.metadata,
+            metadata=self.options.metadata_for(headers),
             class_counts=class_counts,
         )
 

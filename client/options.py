@@ -6,7 +6,8 @@ build their channel, call metadata and retry decisions from one code path:
 - `channel_options(...)`: the gRPC channel arguments (message size, load-balancing service config, keepalive,
   reconnect backoff, TLS server-name override).
 - `TLSConfig`: root certificates (None: the system roots), client certificate and key for mutual TLS.
-- `call_metadata(token)`: `authorization: Bearer <token>` for every call.
+- `call_metadata(token)`: `authorization: Bearer <token>` for every call; `header_metadata(headers)` adds a
+  call's own headers (a W3C `traceparent`, a routing key) after it, checked against gRPC's metadata rules.
 - `RetryPolicy`: exponential backoff with jitter on retryable status codes, never past the caller's deadline.
   `call_with_retry` / `acall_with_retry` run it with an injectable clock, sleep and random source.
 """
@@ -17,7 +18,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ LOAD_BALANCING_POLICIES = ("round_robin", "pick_first")
 MIN_KEEPALIVE_S = 10.0  # kerve serve accepts pings this often; most servers reject more frequent ones
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str | bytes], ...]
+Headers = Mapping[str, str | bytes]
 
 
 # --------------------------------------------------------------------------------------------------- TLS
@@ -260,6 +263,34 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),)
 
 
+_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
+
+
+def header_metadata(headers: Headers, *, has_token: bool) -> Metadata:
+    """A call's own headers as gRPC metadata, checked here because grpc's own checks are late and partial: it
+    fails a bad key or value as INTERNAL "Invalid metadata" without naming it, and sends a `grpc-` key or bytes
+    under a text key as given. A ValueError naming the header, with nothing sent, is easier to act on.
+
+    Keys follow gRPC's metadata rules (lowercase ASCII letters, digits, `_`, `.`, `-`; `grpc-` is gRPC's own);
+    `-bin` keys carry bytes (gRPC base64-encodes them), others printable ASCII text. `authorization` conflicts with
+    the client's `token`, which would send a second one."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str or bytes, got {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key or not _KEY_CHARS.issuperset(key):
+            raise ValueError(f"header {key!r}: a key is non-empty lowercase ASCII: letters, digits, '_', '.', '-'")
+        if key.startswith("grpc-"):
+            raise ValueError(f"header {key!r}: keys starting with 'grpc-' are reserved for gRPC")
+        if key == "authorization" and has_token:
+            raise ValueError("header 'authorization' conflicts with the client's token: pass one or the other")
+        if key.endswith("-bin"):
+            if not isinstance(value, bytes):
+                raise ValueError(f"header {key!r}: a '-bin' key takes a bytes value, got {type(value).__name__}")
+        elif not isinstance(value, str) or not (value.isascii() and value.isprintable()):
+            raise ValueError(f"header {key!r}: the value must be a str of printable ASCII (or use a '-bin' key)")
+    return tuple(headers.items())
+
+
 def read_token_file(path: str | Path) -> str:
     """The first non-blank, non-comment line of a token file (the format `kerve serve --auth-token-file` reads)."""
     try:
@@ -299,6 +330,13 @@ class ClientConfig:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         return call_metadata(self.token)
+
+    def metadata_for(self, headers: Headers | None) -> Metadata | None:
+        """What one call sends: the token's metadata, then the call's `headers` (checked, so a bad one raises
+        before anything is sent). Without headers, exactly `metadata`, as before headers existed."""
+        if not headers:
+            return self.metadata
+        return (self.metadata or ()) + header_metadata(headers, has_token=self.token is not None)
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return channel_options(

@@ -48,13 +48,13 @@ from .errors import (
     from_error_message,
     from_rpc_error,
 )
+from .options import Metadata
 from .shared_memory import SharedOutput
 from .wire import InferResult
 
 DEFAULT_CLOSE_GRACE_S = 5.0
 
 _END: Any = object()  # put on the request queue: no more messages (half-close)
-_Metadata = tuple[tuple[str, str], ...] | None
 
 
 def _again(error: KerveError) -> KerveError:
@@ -126,7 +126,7 @@ class InferStream:
         outputs: Sequence[str] | None = None,
         *,
         timeout: float,
-        metadata: _Metadata = None,
+        metadata: Metadata | None = None,
         class_counts: Mapping[str, int] | None = None,
     ) -> None:
         self.timeout = timeout
@@ -259,7 +259,7 @@ class AsyncInferStream:
         outputs: Sequence[str] | None = None,
         *,
         timeout: float,
-        metadata: _Metadata = None,
+        metadata: Metadata | None = None,
         class_counts: Mapping[str, int] | None = None,
     ) -> None:
         self.timeout = timeout
