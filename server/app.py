@@ -30,6 +30,7 @@ from .log_settings import LogSettings
 from .manager import ModelManager
 from .metrics import Metrics
 from .model import ReplicaLoader
+from .otel import OtelExporter, parse_resource
 from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings, apply_gil_switch_interval
 from .shared_memory import SystemSharedMemory
@@ -109,7 +110,7 @@ class KerveServer:
             control=settings.model_control,
             after_change=heap.settle if settings.gc_freeze else None,
         )
-        self.tracer = Tracer(_trace_file(settings), settings.trace_level, settings.trace_rate)
+        self.tracer = Tracer(_trace_file(settings), settings.trace_level, settings.trace_rate, _otel(settings))
         self.engine = InferenceEngine(
             self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer
         )
@@ -254,6 +255,20 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     await server.stop()
     return 0
+
+
+def _otel(settings: ServerSettings) -> OtelExporter | None:
+    """The span exporter of --trace-mode opentelemetry; a --processes group's processes export on their own, each
+    tagged with its index (resource attribute kerve.process)."""
+    if settings.trace_mode != "opentelemetry":
+        return None
+    resource = parse_resource(settings.trace_otel_resource)
+    if settings.process_index is not None:
+        resource.setdefault("kerve.process", str(settings.process_index))
+    try:
+        return OtelExporter(settings.trace_otel_url, resource)
+    except ImportError as exc:
+        raise StartupError(f"--trace-mode opentelemetry needs opentelemetry-sdk and its OTLP exporter: {exc}") from None
 
 
 def _trace_file(settings: ServerSettings) -> Path | None:

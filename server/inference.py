@@ -258,7 +258,7 @@ class Call:
         self.finished = False
         self.work: concurrent.futures.Future[Any] | None = None
         tracer = engine.tracer
-        self.traced = tracer.on and tracer.sample(self._model_label)
+        self.traced = tracer.on and tracer.sample(self._model_label, request.trace_context is not None)
         self.queued = self.started  # when traced: handed to the batcher or a worker
         self.compute = NO_SPAN  # run alone: its model call's Span, set before set_result
 
@@ -348,7 +348,7 @@ class Call:
             self.entry.stats.record_failure(seconds)
         self._observe(error.code.value, seconds)
         if self.traced:
-            self._trace()
+            self._trace(error=(error.code.value, error.message))
         if deliver and not self.completion.done():
             self.completion.set_exception(error)
 
@@ -365,7 +365,7 @@ class Call:
         self._end()
         self._observe("CANCELLED", time.monotonic() - self.started)
         if self.traced:
-            self._trace()
+            self._trace(error=("CANCELLED", "the caller stopped waiting"))
         self.completion.cancel()
 
     def _end(self) -> None:
@@ -377,11 +377,19 @@ class Call:
         if self.entry is not None:
             self._engine.manager.release(self.entry)
 
-    def _trace(self, between: tuple[tuple[str, float], ...] = (), outputs: Mapping[str, Any] | None = None) -> None:
+    def _trace(
+        self,
+        between: tuple[tuple[str, float], ...] = (),
+        outputs: Mapping[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
         stamps = [("REQUEST_START", self.started), *between, ("REQUEST_END", time.monotonic())]
         version = self.entry.version if self.entry is not None else None
+        request = self.request
         # the model by its bounded label: the tracer keeps state per name
-        self._engine.tracer.record(self._model_label, version, self.request.id, stamps, self.request.inputs, outputs)
+        self._engine.tracer.record(
+            self._model_label, version, request.id, stamps, request.inputs, outputs, request.trace_context, error
+        )
 
     def _observe(self, code: str, seconds: float) -> None:
         # The version label stays "" until one is resolved: a client-chosen number must not become a label value.

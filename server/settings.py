@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import event_loop, thread_priority
+from . import event_loop, otel, thread_priority
 from .batcher import BatchingConfig
 from .event_loop import EVENT_LOOPS
 
@@ -46,6 +46,9 @@ class ServerSettings:
     trace_file: Path | None = None  # where traces go (server/trace.py); None: the log
     trace_level: str = "OFF"  # OFF | TIMESTAMPS | TENSORS | TIMESTAMPS,TENSORS at start; TraceSetting changes it
     trace_rate: int = 1000  # trace every Nth request of a model
+    trace_mode: str = "triton"  # triton (Triton's JSON) | opentelemetry (spans over OTLP/HTTP: server/otel.py)
+    trace_otel_url: str | None = None  # OTLP/HTTP traces endpoint; None: OTEL_EXPORTER_OTLP_* or localhost:4318
+    trace_otel_resource: tuple[str, ...] = ()  # KEY=VALUE resource attributes
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -84,8 +87,16 @@ class ServerSettings:
         if not set(levels) <= {"TIMESTAMPS", "TENSORS"} and levels != ["OFF"]:
             raise ValueError(f"--trace-level must be OFF, or TIMESTAMPS and/or TENSORS (comma-separated), got "
                              f"{self.trace_level!r}")  # fmt: skip
-        if self.trace_rate < 1:
-            raise ValueError(f"--trace-rate must be >= 1, got {self.trace_rate}")
+        if self.trace_mode not in ("triton", "opentelemetry"):
+            raise ValueError(f"--trace-mode must be triton or opentelemetry, got {self.trace_mode!r}")
+        if self.trace_rate < (0 if self.trace_mode == "opentelemetry" else 1):
+            raise ValueError(f"--trace-rate must be >= 1 (>= 0 with --trace-mode opentelemetry: 0 traces only "
+                             f"requests that carry a traceparent), got {self.trace_rate}")  # fmt: skip
+        if self.trace_mode != "opentelemetry" and (self.trace_otel_url or self.trace_otel_resource):
+            raise ValueError("--trace-otel-url and --trace-otel-resource need --trace-mode opentelemetry")
+        if self.trace_mode == "opentelemetry" and self.trace_file is not None:
+            raise ValueError("--trace-file is for --trace-mode triton (opentelemetry sends spans to --trace-otel-url)")
+        otel.parse_resource(self.trace_otel_resource)  # KEY=VALUE each, or ValueError
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
@@ -227,7 +238,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trace-rate",
         type=int,
         default=int(_env("TRACE_RATE", "1000") or 1000),
-        help="trace every Nth request of a model (1000; env KERVE_TRACE_RATE)",
+        help="trace every Nth request of a model (1000; env KERVE_TRACE_RATE); with --trace-mode opentelemetry, 0 "
+        "traces only the requests that carry a W3C traceparent (those are traced at any rate)",
+    )
+    parser.add_argument(
+        "--trace-mode",
+        choices=("triton", "opentelemetry"),
+        default=_env("TRACE_MODE", "triton"),
+        help="triton: Triton's JSON traces (--trace-file or the log); opentelemetry: OpenTelemetry spans over "
+        "OTLP/HTTP to --trace-otel-url, joining the trace of a request that carries a traceparent "
+        "(env KERVE_TRACE_MODE)",
+    )
+    parser.add_argument(
+        "--trace-otel-url",
+        default=_env("TRACE_OTEL_URL"),
+        help="OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces (default: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces; "
+        "env KERVE_TRACE_OTEL_URL)",
+    )
+    parser.add_argument(
+        "--trace-otel-resource",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="a resource attribute of the spans, repeatable (default service.name=kerve; OTEL_RESOURCE_ATTRIBUTES "
+        "adds more)",
     )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -358,6 +393,9 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         trace_file=_path(args.trace_file),
         trace_level=args.trace_level,
         trace_rate=args.trace_rate,
+        trace_mode=args.trace_mode,
+        trace_otel_url=args.trace_otel_url or None,
+        trace_otel_resource=tuple(args.trace_otel_resource or ()),
     )
 
 

@@ -43,6 +43,7 @@ from . import tfs_codec
 from .errors import ErrorCode, ServingError, invalid, not_found
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState
+from .trace import trace_context
 from .types import InferRequest
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
@@ -126,6 +127,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if key not in entry.servable.signatures:
                     raise _failed_precondition(f'Serving signature key "{key}" not found.')
                 infer = tfs_codec.decode_predict(request, context.time_remaining())
+                if self.engine.tracer.propagates:
+                    infer.trace_context = trace_context(context.invocation_metadata())
             except ServingError as exc:
                 self._rejected(request.model_spec.name, exc)
                 raise
@@ -174,6 +177,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise invalid(f"No regression outputs found in SignatureDef {key!r}: it needs an output 'outputs'")
         infer = tfs_codec.decode_examples_request(request, what, context.time_remaining())
         infer.outputs = wanted
+        if self.engine.tracer.propagates:
+            infer.trace_context = trace_context(context.invocation_metadata())
         return infer, key
 
     async def _run_examples(

@@ -13,6 +13,11 @@ Traces go to `--trace-file` as Triton's JSON (an array of {"id", "model_name", "
 to `<file>.<index>`, with 0 all of them to `<file>` at shutdown. Without a trace file each entry is one JSON line
 in the log (logger kerve.trace), where a container's logs are collected.
 
+With `--trace-mode opentelemetry` the same sampled requests become OpenTelemetry spans sent over OTLP/HTTP
+instead (server/otel.py), and a request that carries a W3C `traceparent` in its gRPC metadata is traced whatever
+the rate and count (Triton's rule; rate 0 then traces only those), joining its caller's trace. The mode is fixed
+at start, as the file is.
+
 Settings change at run time through the TraceSetting RPC (tritonclient's get/update_trace_settings), globally or
 per model (a model's own values override the global ones key by key; clearing one falls back to the global value).
 Values travel as lists of strings, as in Triton. The trace file itself is fixed at start: a client must not be able
@@ -26,10 +31,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,9 +42,14 @@ from kerve import codecs
 
 from .errors import invalid
 
+if TYPE_CHECKING:
+    from .otel import OtelExporter
+
 log = logging.getLogger("kerve.trace")
 
 LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
+MODES = ("triton", "opentelemetry")
+CONTEXT_KEYS = ("traceparent", "tracestate")  # W3C trace context, as gRPC metadata keys
 KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 Stamps = Sequence[tuple[str, float]]  # (Triton's activity name, time.monotonic() seconds)
 
@@ -58,17 +68,28 @@ class _Plan:
 
 
 class Tracer:
-    def __init__(self, trace_file: Path | None = None, level: str = "OFF", rate: int = 1000) -> None:
-        self._file = trace_file
+    def __init__(
+        self,
+        trace_file: Path | None = None,
+        level: str = "OFF",
+        rate: int = 1000,
+        otel: OtelExporter | None = None,
+    ) -> None:
+        """`otel`: send traces as OpenTelemetry spans through it (trace_mode opentelemetry) instead of Triton's
+        JSON to `trace_file` or the log."""
+        self._otel = otel
+        self._file = None if otel is not None else trace_file
+        self.propagates = otel is not None
+        """Whether requests' W3C trace context matters: the protocol adapters read gRPC metadata only then."""
         self._defaults: dict[str, list[str]] = {
-            "trace_file": [str(trace_file or "")],
+            "trace_file": [str(self._file or "")],
             "trace_level": level.split(","),  # "TIMESTAMPS,TENSORS" from --trace-level
             "trace_rate": [str(rate)],
             "trace_count": ["-1"],
             "log_frequency": ["0"],
-            "trace_mode": ["triton"],
+            "trace_mode": ["opentelemetry" if otel is not None else "triton"],
         }
-        _check(self._defaults)
+        _check(self._defaults, self._defaults["trace_mode"][0])
         self._global = dict(self._defaults)
         self._models: dict[str, dict[str, list[str]]] = {}  # a model's own values
         self._seen: dict[str, int] = {}  # requests of a model since its rate last changed
@@ -94,6 +115,9 @@ class Tracer:
             raise invalid(f"unknown trace setting {unknown[0]!r}; settings are {', '.join(KEYS)}")
         if "trace_file" in changes and list(changes["trace_file"]) not in ([], self._defaults["trace_file"]):
             raise invalid("the trace file is fixed when the server starts (--trace-file); it cannot be changed")
+        mode = self._defaults["trace_mode"]
+        if "trace_mode" in changes and list(changes["trace_mode"]) not in ([], mode):
+            raise invalid(f"trace_mode is fixed when the server starts (--trace-mode); it is {mode[0]}")
         scope = dict(self._models.get(model, {})) if model else dict(self._global)
         for key, values in changes.items():
             if list(values):
@@ -102,7 +126,7 @@ class Tracer:
                 scope.pop(key, None)
             else:
                 scope[key] = self._defaults[key]
-        _check(scope)
+        _check(scope, mode[0])
         if model:
             self._models[model] = scope
         else:
@@ -137,13 +161,16 @@ class Tracer:
             )
         return plan
 
-    def sample(self, model: str) -> bool:
-        """Whether to trace this request of `model` (called only while `on`)."""
+    def sample(self, model: str, has_context: bool = False) -> bool:
+        """Whether to trace this request of `model` (called only while `on`); `has_context`: it carries a W3C
+        trace context, which in opentelemetry mode is traced whatever the rate and count."""
         plan = self._plan(model)
         if not plan.on:
             return False
+        if has_context and self.propagates:
+            return True
         seen = self._seen[model] = self._seen.get(model, 0) + 1
-        if seen % plan.rate:
+        if not plan.rate or seen % plan.rate:  # rate 0 (opentelemetry mode): only requests with a context
             return False
         if plan.count < 0:
             return True
@@ -161,10 +188,23 @@ class Tracer:
         stamps: Stamps,
         inputs: Mapping[str, np.ndarray] | None = None,
         outputs: Mapping[str, np.ndarray] | None = None,
+        context: Mapping[str, str] | None = None,
+        error: tuple[str, str] | None = None,
     ) -> None:
         """One traced request; its tensors (`inputs` as queued, `outputs` as answered) count only at level
-        TENSORS."""
+        TENSORS. `context` (its W3C trace context) and `error` ((gRPC code, message) of a failed one) matter to
+        OpenTelemetry spans only: Triton's JSON has no place for them."""
         plan = self._plan(model)
+        if self._otel is not None:
+            tensors = []
+            if plan.tensors:
+                for activity, arrays in (("TENSOR_QUEUE_INPUT", inputs), ("TENSOR_BACKEND_OUTPUT", outputs)):
+                    tensors += [(activity, _tensor(name, array)) for name, array in (arrays or {}).items()]
+            try:
+                self._otel.export(model, version, request_id, stamps, context, error, tensors, plan.timestamps)
+            except Exception:  # a tracing fault must not fail the request it traced
+                log.exception("cannot export the trace of a request to %s", model)
+            return
         trace_id = next(self._ids)
         trace: dict[str, Any] = {
             "id": trace_id,
@@ -190,7 +230,9 @@ class Tracer:
             self._write(Path(f"{self._file}.{next(self._files)}"))
 
     def close(self) -> None:
-        """At shutdown: write what has not been written (all of it with log_frequency 0)."""
+        """At shutdown: write what has not been written (all of it with log_frequency 0), or export it."""
+        if self._otel is not None:
+            self._otel.close()
         if self._pending and self._file is not None:
             self._write(self._file if not any(self._frequencies()) else Path(f"{self._file}.{next(self._files)}"))
 
@@ -204,6 +246,18 @@ class Tracer:
             path.write_text(json.dumps([entry for entries in traces for entry in entries], indent=1) + "\n")
         except OSError as exc:  # a full disk must not fail requests: say so and drop the traces
             log.error("cannot write %d traces to %s: %s", len(traces), path, exc)
+
+
+def trace_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str] | None:
+    """The W3C trace context among a call's gRPC metadata (`traceparent`, and `tracestate` with it), or None:
+    what a protocol adapter puts in InferRequest.trace_context when the tracer `propagates`."""
+    found: dict[str, str] | None = None
+    for key, value in metadata or ():
+        if key in CONTEXT_KEYS and isinstance(value, str):
+            if found is None:
+                found = {}
+            found[key] = value
+    return found if found is not None and "traceparent" in found else None
 
 
 def _tensor(name: str, array: np.ndarray) -> dict[str, str]:
@@ -220,8 +274,8 @@ def _tensor(name: str, array: np.ndarray) -> dict[str, str]:
     return {"name": name, "data": ",".join(values), "shape": ",".join(str(d) for d in array.shape), "dtype": dtype}
 
 
-def _check(scope: Mapping[str, list[str]]) -> None:
-    """INVALID_ARGUMENT naming the setting unless every value in `scope` is one kerve can apply."""
+def _check(scope: Mapping[str, list[str]], mode: str) -> None:
+    """INVALID_ARGUMENT naming the setting unless every value in `scope` is one kerve can apply in `mode`."""
     for key, values in scope.items():
         if key == "trace_level":
             if not values or any(v not in LEVELS for v in values) or ("OFF" in values and len(values) > 1):
@@ -230,9 +284,11 @@ def _check(scope: Mapping[str, list[str]]) -> None:
         if len(values) != 1:
             raise invalid(f"trace setting {key!r} takes one value, got {values}")
         value = values[0]
-        if key == "trace_mode" and value != "triton":
-            raise invalid(f"trace_mode must be triton (Triton's JSON traces), got {value!r}")
-        lowest = {"trace_rate": 1, "trace_count": -1, "log_frequency": 0}.get(key)
+        if key == "trace_mode" and value not in MODES:
+            raise invalid(f"trace_mode must be one of {', '.join(MODES)}, got {value!r}")
+        # rate 0 traces only requests that carry a trace context: opentelemetry mode's, as in Triton
+        rate_floor = 0 if mode == "opentelemetry" else 1
+        lowest = {"trace_rate": rate_floor, "trace_count": -1, "log_frequency": 0}.get(key)
         if lowest is not None and not _integer(value) >= lowest:
             raise invalid(f"trace setting {key!r} must be an integer >= {lowest}, got {value!r}")
 

@@ -44,6 +44,7 @@ class InferRequest:
     protocol: str = "v2"
     priority: int = 0  # Triton's priority level (1 highest); 0: the model's default
     timeout_s: float | None = None  # Triton's per-request timeout: a queue policy's, or else a deadline (batcher)
+    trace_context: dict[str, str] | None = None  # W3C traceparent / tracestate it came with (opentelemetry traces)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .model import PLATFORM
 from .shared_memory import SystemSharedMemory
 from .stats import Duration
 from .stream_pipeline import Pipeline, Slot
+from .trace import trace_context
 from .types import InferRequest
 
 log = logging.getLogger("kerve.server.v2")
@@ -134,15 +135,17 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             self.engine.count_rejected(request.model_name, "v2", exc)
             raise
 
-    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
-        decoded, outputs = self._decode(request, time_remaining)
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        decoded, outputs = self._decode(request, context.time_remaining())
+        if self.engine.tracer.propagates:
+            decoded.trace_context = trace_context(context.invocation_metadata())
         return v2_codec.encode_response(await self.engine.infer(decoded), outputs)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            return await self._infer(request, context.time_remaining())
+            return await self._infer(request, context)
         except ServingError as exc:
             await abort(context, exc)
             raise
@@ -158,11 +161,13 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         the stream's pipeline, which wakes this generator when the oldest answer is ready.
         """
         pipeline = Pipeline(STREAM_WINDOW)
+        # gRPC metadata belongs to the stream: a trace context in it is every message's parent
+        carrier = trace_context(context.invocation_metadata()) if self.engine.tracer.propagates else None
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    pipeline.push(self._stream_start(pipeline, request, context.time_remaining()))
+                    pipeline.push(self._stream_start(pipeline, request, context.time_remaining(), carrier))
                     if pipeline.full:
                         await pipeline.room()
             finally:
@@ -177,10 +182,17 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             pipeline.cancel()
 
-    def _stream_start(self, pipeline: Pipeline, request: pb.ModelInferRequest, time_remaining: float | None) -> Slot:
+    def _stream_start(
+        self,
+        pipeline: Pipeline,
+        request: pb.ModelInferRequest,
+        time_remaining: float | None,
+        carrier: dict[str, str] | None = None,
+    ) -> Slot:
         slot = pipeline.slot(request)
         try:
             decoded, slot.outputs = self._decode(request, time_remaining)
+            decoded.trace_context = carrier
             slot.call = self.engine.start(decoded, slot)
         except ServingError as exc:
             slot.reject(exc)

@@ -143,3 +143,30 @@ def test_trace_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Monk
     for bad in ("SOMETIMES", "OFF,TENSORS", ""):
         with pytest.raises(ValueError, match="--trace-level must be OFF, or TIMESTAMPS and/or TENSORS"):
             _settings(tmp_path, "--trace-level", bad)
+
+
+def test_trace_mode_opentelemetry_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (_settings(tmp_path).trace_mode, _settings(tmp_path).trace_otel_url) == ("triton", None)
+    otel = _settings(tmp_path, "--trace-mode", "opentelemetry", "--trace-otel-url", "collector:4318/v1/traces",
+                     "--trace-otel-resource", "service.name=edge", "--trace-otel-resource", "zone=a",
+                     "--trace-rate", "0")  # fmt: skip
+    assert (otel.trace_mode, otel.trace_otel_url, otel.trace_rate) == ("opentelemetry", "collector:4318/v1/traces", 0)
+    assert otel.trace_otel_resource == ("service.name=edge", "zone=a")
+    monkeypatch.setenv("KERVE_TRACE_MODE", "opentelemetry")
+    monkeypatch.setenv("KERVE_TRACE_OTEL_URL", "http://c:4318/v1/traces")
+    assert (_settings(tmp_path).trace_mode, _settings(tmp_path).trace_otel_url) == (
+        "opentelemetry",
+        "http://c:4318/v1/traces",
+    )
+    monkeypatch.delenv("KERVE_TRACE_MODE")
+    monkeypatch.delenv("KERVE_TRACE_OTEL_URL")
+    with pytest.raises(ValueError, match="need --trace-mode opentelemetry"):
+        _settings(tmp_path, "--trace-otel-url", "c:4318")
+    with pytest.raises(ValueError, match="--trace-file is for --trace-mode triton"):
+        _settings(tmp_path, "--trace-mode", "opentelemetry", "--trace-file", str(tmp_path / "t.json"))
+    with pytest.raises(ValueError, match="--trace-otel-resource takes KEY=VALUE, got 'zone'"):
+        _settings(tmp_path, "--trace-mode", "opentelemetry", "--trace-otel-resource", "zone")
+    with pytest.raises(ValueError, match=r"--trace-rate must be >= 1 \(>= 0 with --trace-mode opentelemetry"):
+        _settings(tmp_path, "--trace-mode", "opentelemetry", "--trace-rate", "-1")
+    with pytest.raises(SystemExit):  # argparse's choices
+        _settings(tmp_path, "--trace-mode", "zipkin")
