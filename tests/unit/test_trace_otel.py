@@ -163,7 +163,10 @@ def test_an_export_fault_is_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     assert spans.get_finished_spans() == ()
 
 
-def test_a_dead_collector_does_not_hold_up_shutdown(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dead_collector_does_not_hold_up_shutdown(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3")  # the abandoned export gives up soon after
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
