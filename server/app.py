@@ -31,6 +31,7 @@ from .manager import ModelManager
 from .metrics import Metrics
 from .model import ReplicaLoader
 from .otel import OtelExporter, parse_resource
+from .response_cache import ResponseCache
 from .security import SecurityConfigError, server_credentials, server_interceptors
 from .settings import ServerSettings, apply_gil_switch_interval
 from .shared_memory import SystemSharedMemory
@@ -111,9 +112,11 @@ class KerveServer:
             after_change=heap.settle if settings.gc_freeze else None,
         )
         self.tracer = Tracer(_trace_file(settings), settings.trace_level, settings.trace_rate, _otel(settings))
+        cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
         self.engine = InferenceEngine(
-            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer
+            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer, cache
         )
+        self.manager.forget = self.engine.forget
         self.health = health.aio.HealthServicer()
         self.draining = False
         self.port = 0

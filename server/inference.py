@@ -24,6 +24,7 @@ from .errors import ErrorCode, ServingError
 from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
+from .response_cache import Owner, ResponseCache
 from .trace import Tracer
 from .types import InferRequest, InferResponse
 from .validation import select_outputs, validate_inputs
@@ -65,10 +66,13 @@ class InferenceEngine:
         batching: BatchingConfig | None = None,
         pad_batches: bool = False,
         tracer: Tracer | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.tracer = tracer or Tracer()
+        self.cache = cache
+        """Shared by the models whose config.yaml sets `response_cache: true`; None: the server has none."""
         self._executor = executor
         if batching is not None and pad_batches and not batching.allowed_batch_sizes:
             batching = dataclasses.replace(batching, allowed_batch_sizes=tpu_batch_sizes(batching.max_batch_size))
@@ -98,6 +102,12 @@ class InferenceEngine:
             call.finish_error(exc, deliver=False)  # raised to the caller instead: nobody awaits the future
             raise
         return call
+
+    def forget(self, entry: ModelVersion) -> None:
+        """A version unloaded, or its config turned the response cache off: its cached responses go (the manager
+        calls this)."""
+        if self.cache is not None and self.cache.drop(_cache_owner(entry)):
+            self.metrics.cache_gauges()[0].value = self.cache.bytes
 
     def count_rejected(self, model: str, protocol: str, error: ServingError) -> None:
         """Count a request an adapter rejected before it reached `infer` (it could not be decoded), so
@@ -196,6 +206,10 @@ class InferenceEngine:
         self.metrics.observe_batch(entry.model, size, queue_s, compute_s)
 
 
+def _cache_owner(entry: ModelVersion) -> Owner:
+    return entry.model, entry.version, entry.fingerprint
+
+
 def _runs_alone(config: BatchingConfig, rows: int) -> bool:
     """A request already larger than a full batch gains nothing from queueing (and would only count against
     max_queued): run it as it is, unless batches must be padded to fixed sizes, which needs the batcher's split."""
@@ -227,6 +241,7 @@ class Call:
         "_model_label",
         "_ticket",
         "batcher",
+        "cache_key",
         "completion",
         "compute",
         "entry",
@@ -257,6 +272,7 @@ class Call:
         self.rows = 1
         self.finished = False
         self.work: concurrent.futures.Future[Any] | None = None
+        self.cache_key: bytes | None = None  # set on a response cache miss: where its answer is stored
         tracer = engine.tracer
         self.traced = tracer.on and tracer.sample(self._model_label, request.trace_context is not None)
         self.queued = self.started  # when traced: handed to the batcher or a worker
@@ -272,6 +288,8 @@ class Call:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request could run")
             self.rows = rows = _batch_size(request)
+            if engine.cache is not None and entry.config.response_cache and self._from_cache(engine.cache, entry):
+                return
             batcher = engine._batcher(entry, signature)
             if self.traced:
                 self.queued = time.monotonic()
@@ -287,6 +305,58 @@ class Call:
         except Exception as exc:
             raise _model_failed(request.model, exc) from exc
 
+    def _from_cache(self, cache: ResponseCache, entry: ModelVersion) -> bool:
+        """Answer from the response cache if it holds this request's response; on a miss, keep the key to store
+        the answer under."""
+        began = time.monotonic()
+        key = cache.key(_cache_owner(entry), self.signature.key, self.output_names, self.request.inputs)
+        outputs = cache.get(key)
+        lookup_s = time.monotonic() - began
+        hits, misses = self._engine.metrics.cache_lookups_of(self._model_label)
+        if outputs is None:
+            misses.value += 1
+            entry.stats.cache_miss.add(lookup_s)  # storing the answer adds its time, not a count
+            self.cache_key = key
+            return False
+        hits.value += 1
+        try:
+            response = self._response(outputs)
+        except Exception:  # cannot happen with what set_result stored; a request must never fail for the cache
+            return False
+        self._end()
+        now = time.monotonic()
+        seconds = now - self.started
+        entry.stats.record_cache_hit(seconds, lookup_s, now)
+        self._observe("OK", seconds)
+        if self.traced:
+            self._trace(outputs=response.outputs)
+        if not self.completion.done():
+            self.completion.set_result(response)
+        return True
+
+    def _store(self, entry: ModelVersion, outputs: Mapping[str, Any]) -> None:
+        cache = self._engine.cache
+        assert cache is not None and self.cache_key is not None
+        began = time.monotonic()
+        cache.put(self.cache_key, outputs, _cache_owner(entry))
+        entry.stats.cache_miss.seconds += time.monotonic() - began
+        held, evictions = self._engine.metrics.cache_gauges()
+        held.value, evictions.value = cache.bytes, cache.evictions
+
+    def _response(self, outputs: Mapping[str, Any]) -> InferResponse:
+        entry = self.entry
+        assert entry is not None
+        return InferResponse(
+            model=entry.model,
+            version=entry.version,
+            outputs={name: outputs[name] for name in self.output_names},
+            id=self.request.id,
+            output_specs={n: self.signature.outputs[n] for n in self.output_names},
+            class_labels=entry.class_labels
+            if entry.class_labels is not None and len(self.signature.outputs) == 1
+            else None,
+        )
+
     # ---- the batcher's sink protocol (and the worker's, for requests that run alone)
 
     def done(self) -> bool:
@@ -298,16 +368,7 @@ class Call:
         entry = self.entry
         assert entry is not None
         try:  # everything that can fail before the bookkeeping: the batcher's sink must not raise
-            response = InferResponse(
-                model=entry.model,
-                version=entry.version,
-                outputs={name: outputs[name] for name in self.output_names},
-                id=self.request.id,
-                output_specs={n: self.signature.outputs[n] for n in self.output_names},
-                class_labels=entry.class_labels
-                if entry.class_labels is not None and len(self.signature.outputs) == 1
-                else None,
-            )
+            response = self._response(outputs)
         except Exception as exc:
             self.set_exception(ServingError(ErrorCode.INTERNAL, f"model output missing or unusable: {exc!r}"))
             return
@@ -320,6 +381,8 @@ class Call:
             end - output_start, now,
         )  # fmt: skip
         self._observe("OK", seconds)
+        if self.cache_key is not None:
+            self._store(entry, response.outputs)
         if self.traced:
             stamps = (
                 ("QUEUE_START", self.queued), ("COMPUTE_START", start), ("COMPUTE_INPUT_END", input_end),

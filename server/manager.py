@@ -161,6 +161,9 @@ class ModelManager:
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
         self.initial_load_done = False
+        self.forget: Callable[[ModelVersion], None] | None = None
+        """Told when what the engine keeps for a version is stale (its cached responses): the version (copy)
+        finished unloading, or its config.yaml turned the response cache off."""
 
     # --- lifecycle entry points ---------------------------------------------------------------------------
 
@@ -329,6 +332,7 @@ class ModelManager:
                 record.config = config  # labels move now, together with the versions they may point to
                 await self._replace(record, config, on_disk, aspired)
                 await self._rebatch(record, config)
+                self._recache(record, config)
             leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
             await self._unload(leaving)
             for v in [v for v, e in record.versions.items() if v not in on_disk and e.state not in _LIVE]:
@@ -381,6 +385,18 @@ class ModelManager:
             log.info("%s version %d: batching now %s", entry.model, entry.version, shown)
             for batcher in batchers:
                 await batcher.close(drain=True)
+
+    def _recache(self, record: _Model, config: ModelConfig) -> None:
+        """A changed `response_cache:` applies to loaded versions at once, as `batching:` does; turned off, their
+        cached responses go."""
+        for entry in record.versions.values():
+            if entry.state is not VersionState.READY or entry.config.response_cache == config.response_cache:
+                continue
+            entry.config = dataclasses.replace(entry.config, response_cache=config.response_cache)
+            log.info("%s version %d: response cache %s", entry.model, entry.version,
+                     "on" if config.response_cache else "off")  # fmt: skip
+            if not config.response_cache:
+                self._stale(entry)
 
     @staticmethod
     def _needs_load(record: _Model, version: int) -> bool:
@@ -456,6 +472,15 @@ class ModelManager:
         self._set_state(entry, VersionState.UNLOADED)
         self._metrics.reloads.labels(entry.model, "unloaded").inc()
         log.info("unloaded %s version %d", entry.model, entry.version)
+        self._stale(entry)
+
+    def _stale(self, entry: ModelVersion) -> None:
+        """Tell the engine (the `forget` hook) that what it keeps for `entry` is stale."""
+        if self.forget is not None:
+            try:
+                self.forget(entry)
+            except Exception:
+                log.exception("the forget hook failed for %s version %d", entry.model, entry.version)
 
     def _set_state(self, entry: ModelVersion, state: VersionState) -> None:
         entry.state = state

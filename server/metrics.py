@@ -72,7 +72,19 @@ class Metrics:
             ["model", "action"],
             registry=None,
         )
+        self.cache_lookups = Counter(
+            "kerve_response_cache_lookups",
+            "Response cache lookups of models that use it, by result (hit, miss).",
+            ["model", "result"],
+            registry=None,
+        )
+        self.cache_evictions = Counter(
+            "kerve_response_cache_evictions", "Responses evicted from the cache to make room.", registry=None
+        )
         # multiprocess_mode: how a `serve --processes N` group's values combine (ignored by a single process)
+        self.cache_bytes = Gauge(
+            "kerve_response_cache_bytes", "Bytes the response cache holds.", registry=None, multiprocess_mode="livesum"
+        )
         self.queue_depth = Gauge(
             "kerve_queue_depth", "Samples waiting to be batched.", ["model"], registry=None, multiprocess_mode="livesum"
         )
@@ -94,8 +106,11 @@ class Metrics:
                     self.batch_size,
                     self.batches,
                     self.queue_timeouts,
+                    self.cache_lookups,
+                    self.cache_evictions,
                     self.queue_depth,
                     self.inflight,
+                    self.cache_bytes,
                 ),
             )
         )
@@ -150,7 +165,8 @@ class Metrics:
         key = (instrument, labels)
         tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[key] = _TALLIES[type(instrument)](instrument.labels(*labels))
+            child = instrument.labels(*labels) if labels else instrument  # an instrument without labels is its child
+            tally = self._tallies[key] = _TALLIES[type(instrument)](child)
         return tally
 
     def observe_request(self, model: str, version: str, protocol: str, code: str, seconds: float) -> None:
@@ -183,6 +199,14 @@ class Metrics:
     def count_queue_timeout(self, model: str, action: str) -> None:
         """A request of `model` reached its queue policy's timeout and was rejected or delayed (rare: no cache)."""
         self._tally(self.queue_timeouts, model, action).value += 1
+
+    def cache_lookups_of(self, model: str) -> tuple[CounterTally, CounterTally]:
+        """(hits, misses) of `model`'s response cache lookups: the caller adds 1 per lookup."""
+        return self._tally(self.cache_lookups, model, "hit"), self._tally(self.cache_lookups, model, "miss")
+
+    def cache_gauges(self) -> tuple[GaugeTally, CounterTally]:
+        """(bytes held, evictions) of the server's response cache, set after each store."""
+        return self._tally(self.cache_bytes), self._tally(self.cache_evictions)
 
     def observe_batch(self, model: str, size: int, queue_s: float, compute_s: float) -> None:
         series = self._batch_series.get(model)

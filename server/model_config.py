@@ -5,6 +5,7 @@
     batching: {max_batch_size: 32}       # kept as a mapping: the inference engine builds its BatchingConfig from it
     device_mode: replica                 # replica (one copy per device, default) | mirrored
     replicas: 1                          # replica mode: copies on that many devices (default: every device)
+    response_cache: true                 # answer repeated requests from the server's response cache (default false)
 
 A missing file means the defaults. Unknown keys, wrong types and impossible values raise ModelConfigError naming
 the file and the key, so a typo fails that model's load loudly instead of silently serving with defaults.
@@ -27,7 +28,7 @@ from .batcher import BatchingConfig, positive_int
 
 DEVICE_MODES = ("replica", "mirrored")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-_KEYS = ("version_policy", "labels", "batching", "device_mode", "replicas")
+_KEYS = ("version_policy", "labels", "batching", "device_mode", "replicas", "response_cache")
 
 
 class ModelConfigError(ValueError):
@@ -65,6 +66,7 @@ class ModelConfig:
     batching: Mapping[str, Any] = field(default_factory=dict)
     device_mode: str = "replica"
     replicas: int | None = None  # replica mode: how many devices get a copy; None = all of them
+    response_cache: bool = False  # repeated requests answered from the server's cache (--response-cache-mb)
 
     def aspired(self, available: Iterable[int]) -> set[int]:
         """Versions to serve out of `available`: the policy's choice plus every labelled version present."""
@@ -154,7 +156,11 @@ def parse_model_config(data: object, source: str = "config.yaml") -> ModelConfig
         replicas = _positive_int(f"{source}: replicas", replicas)
         if device_mode == "mirrored":
             raise ModelConfigError(f"{source}: replicas applies to device_mode replica; mirrored uses every device")
+    response_cache = data.get("response_cache", False)
+    if not isinstance(response_cache, bool):
+        raise ModelConfigError(f"{source}: response_cache must be true or false, got {response_cache!r}")
     return ModelConfig(
+        response_cache=response_cache,
         version_policy=_policy(f"{source}: version_policy", data.get("version_policy")),
         labels=_labels(f"{source}: labels", data.get("labels")),
         batching=_batching(f"{source}: batching", data.get("batching")),

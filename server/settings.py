@@ -49,6 +49,7 @@ class ServerSettings:
     trace_mode: str = "triton"  # triton (Triton's JSON) | opentelemetry (spans over OTLP/HTTP: server/otel.py)
     trace_otel_url: str | None = None  # OTLP/HTTP traces endpoint; None: OTEL_EXPORTER_OTLP_* or localhost:4318
     trace_otel_resource: tuple[str, ...] = ()  # KEY=VALUE resource attributes
+    response_cache_bytes: int = 0  # the response cache's size (server/response_cache.py); 0: no cache
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -97,6 +98,8 @@ class ServerSettings:
         if self.trace_mode == "opentelemetry" and self.trace_file is not None:
             raise ValueError("--trace-file is for --trace-mode triton (opentelemetry sends spans to --trace-otel-url)")
         otel.parse_resource(self.trace_otel_resource)  # KEY=VALUE each, or ValueError
+        if self.response_cache_bytes < 0:
+            raise ValueError(f"--response-cache-mb must be >= 0, got {self.response_cache_bytes / 2**20:g}")
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
         if self.grace_s < 0:
@@ -264,6 +267,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a resource attribute of the spans, repeatable (default service.name=kerve; OTEL_RESOURCE_ATTRIBUTES "
         "adds more)",
     )
+    parser.add_argument(
+        "--response-cache-mb",
+        type=float,
+        default=float(_env("RESPONSE_CACHE_MB", "0") or 0),
+        help="MiB for Triton's response cache: models whose config.yaml sets response_cache: true answer repeated "
+        "requests from it without running (0, default: no cache; env KERVE_RESPONSE_CACHE_MB). Per process",
+    )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-fds", default=None, help=argparse.SUPPRESS)
@@ -396,6 +406,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         trace_mode=args.trace_mode,
         trace_otel_url=args.trace_otel_url or None,
         trace_otel_resource=tuple(args.trace_otel_resource or ()),
+        response_cache_bytes=int(args.response_cache_mb * 2**20),
     )
 
 

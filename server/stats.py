@@ -3,8 +3,10 @@
 Triton counts `inference_stats` per request: each successful request adds one to `success`, `queue`,
 `compute_input`, `compute_infer` and `compute_output` alike (its time in the queue until its batch's execution began,
 then that execution's three phases: assembling the batch, the model call, cutting the outputs back per request),
-while `execution_count` and `batch_stats` count model executions. perf_analyzer divides those sums by the request count
-to break a request's latency down, so a per-batch queue sum would make kerve's queue look shorter than it is.
+while `execution_count` and `batch_stats` count model executions. perf_analyzer divides those sums by the request
+count to break a request's latency down, so a per-batch queue sum would make kerve's queue look shorter than it is.
+A request answered from the response cache adds to `success` and `cache_hit` only; a lookup that missed adds to
+`cache_miss`, with the time taken to store the answer.
 
 Updated from the event loop thread only, so plain numbers suffice; seconds are summed as floats and turned into
 nanoseconds when reported, which keeps the per-request update free of calls.
@@ -47,7 +49,9 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    inference_count: int = 0  # samples, so a batch-64 request counts 64
+    cache_hit: Duration = field(default_factory=Duration)  # lookups that answered a request, and their time
+    cache_miss: Duration = field(default_factory=Duration)  # lookups that found nothing, plus storing the answer
+    inference_count: int = 0  # samples, so a batch-64 request counts 64; not cache hits (Triton's)
     execution_count: int = 0  # model executions
     last_inference_monotonic: float | None = None  # wall time derived when reported: no clock read per request
     batch_sizes: dict[int, BatchDurations] = field(default_factory=dict)
@@ -73,6 +77,12 @@ class VersionStats:
         c_output.count += 1
         c_output.seconds += output_s
         self.inference_count += samples
+        self.last_inference_monotonic = now
+
+    def record_cache_hit(self, total_s: float, lookup_s: float, now: float) -> None:
+        """A request answered from the response cache: a success, but no queue, compute or inference."""
+        self.success.add(total_s)
+        self.cache_hit.add(lookup_s)
         self.last_inference_monotonic = now
 
     def record_failure(self, total_s: float) -> None:

@@ -11,6 +11,7 @@ later load without a config goes back to config.yaml alone:
                                             priority_queue_policy); no dynamic_batching: batching off
     instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group of count 1
                                             without gpus: every GPU), re-placing loaded versions
+    response_cache.enable                -> response_cache
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
 itself (other instance groups). A config may repeat what kerve's ModelConfig reports for them, so a config read,
@@ -41,7 +42,7 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
         raise invalid(
             f"{where}: {exc} (kerve applies version_policy, max_batch_size and dynamic_batching's "
             "max_queue_delay_microseconds, preferred_batch_size, priority_levels, default_priority_level, "
-            "default_queue_policy, priority_queue_policy)"
+            "default_queue_policy, priority_queue_policy; instance_group; response_cache)"
         ) from None
     for field, want in (("name", model), ("platform", platform), ("backend", BACKEND)):
         got = getattr(config, field)
@@ -57,6 +58,8 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
         result.update(_placement(where, groups, current))
     if config.HasField("version_policy"):
         result["version_policy"] = _version_policy(config.version_policy)
+    if config.HasField("response_cache"):
+        result["response_cache"] = config.response_cache.enable
     return result
 
 

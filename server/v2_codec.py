@@ -275,6 +275,7 @@ def model_config(
     batching: BatchingConfig | None,
     policy: VersionPolicy,
     devices: Sequence[str],
+    response_cache: bool = False,
 ) -> pb.ModelConfig:
     """A served version as Triton's ModelConfig, so tools that size their requests from it see what kerve does.
 
@@ -300,6 +301,8 @@ def model_config(
         ],
         instance_group=_instance_groups(model, devices),
     )
+    if response_cache:
+        config.response_cache.enable = True
     if batching is not None:
         config.dynamic_batching.max_queue_delay_microseconds = round(batching.max_queue_delay_s * 1e6)
         config.dynamic_batching.priority_levels = batching.priority_levels

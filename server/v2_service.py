@@ -116,6 +116,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             self.engine.batching_for(entry, signature),
             entry.config.version_policy,
             getattr(entry.servable, "runner_devices", ()),
+            entry.config.response_cache,
         )
 
     def _described(self, name: str, version: str) -> tuple[ModelVersion, Any]:
@@ -217,7 +218,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 inference_count=s.inference_count,
                 execution_count=s.execution_count,
             )
-            for field_name in ("success", "fail", "queue", *_COMPUTE_PHASES):
+            for field_name in ("success", "fail", "queue", *_COMPUTE_PHASES, "cache_hit", "cache_miss"):
                 _set_duration(getattr(stats.inference_stats, field_name), getattr(s, field_name))
             for size, durations in sorted(s.batch_sizes.items()):
                 batch = stats.batch_stats.add(batch_size=size)

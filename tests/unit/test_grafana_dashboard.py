@@ -118,6 +118,9 @@ def test_every_family_is_on_the_dashboard() -> None:
         "kerve_model_state",
         "kerve_model_load_duration_seconds",
         "kerve_model_reload_events_total",
+        "kerve_response_cache_lookups_total",
+        "kerve_response_cache_bytes",
+        "kerve_response_cache_evictions_total",
     ):
         assert re.search(rf"\b{family}\b", text), f"{family} is not on the dashboard"
 

@@ -253,6 +253,30 @@ def test_a_version_leaving_the_policy_is_not_re_placed(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_response_cache_turns_on_and_off_without_a_reload_and_stale_entries_are_reported(tmp_path: Path) -> None:
+    """config.yaml's `response_cache:` applies to the loaded version at once (as `batching:` does); the engine's
+    `forget` hook hears of a version whose cached responses are stale: cache turned off, version unloaded."""
+    version(tmp_path, "m", 1)
+    forgotten: list[tuple[str, int]] = []
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        manager.forget = lambda entry: forgotten.append((entry.model, entry.version))
+        serving = manager.resolve("m")
+        assert not serving.config.response_cache
+        (tmp_path / "m" / "config.yaml").write_text("response_cache: true\n")
+        await manager.poll()
+        assert manager.resolve("m") is serving and serving.config.response_cache and forgotten == []
+        (tmp_path / "m" / "config.yaml").write_text("response_cache: false\n")
+        await manager.poll()
+        assert not serving.config.response_cache and forgotten == [("m", 1)]
+        version(tmp_path, "m", 2)
+        await manager.poll()
+        assert states(manager, "m") == {1: "UNLOADED", 2: "READY"} and forgotten == [("m", 1), ("m", 1)]
+        assert loader.calls == [("m", 1), ("m", 2)]  # no reload for the cache settings
+
+    run(tmp_path, body)
+
+
 def test_deleted_version_unloads_and_is_forgotten(tmp_path: Path) -> None:
     version(tmp_path, "m", 1)
     version(tmp_path, "m", 2)

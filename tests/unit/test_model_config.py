@@ -28,6 +28,7 @@ def test_missing_or_empty_file_means_defaults(tmp_path: Path) -> None:
     assert load_model_config(write(tmp_path, "# nothing yet\n")) == ModelConfig()
     config = ModelConfig()
     assert config.version_policy == VersionPolicy("latest", 1) and config.device_mode == "replica"
+    assert not config.response_cache
     assert config.aspired([1, 3, 2]) == {3}
 
 
@@ -38,10 +39,11 @@ def test_full_config(tmp_path: Path) -> None:
             "version_policy: {specific: [4, 1, 1]}\n"
             "labels: {stable: 1, canary: 4}\n"
             "batching: {max_batch_size: 16, max_queue_delay_s: 0.002}\n"
-            "device_mode: mirrored\n",
+            "device_mode: mirrored\n"
+            "response_cache: true\n",
         )
     )
-    assert config.replicas is None
+    assert config.replicas is None and config.response_cache
     assert config.version_policy == VersionPolicy("specific", versions=(1, 4))
     assert config.labels == {"stable": 1, "canary": 4}
     assert config.batching == {"max_batch_size": 16, "max_queue_delay_s": 0.002}
@@ -86,6 +88,8 @@ def test_labelled_versions_are_aspired_when_present() -> None:
         ("replicas: 0\n", "replicas must be a positive integer, got 0"),
         ("replicas: two\n", "replicas must be a positive integer, got 'two'"),
         ("device_mode: mirrored\nreplicas: 1\n", "replicas applies to device_mode replica"),
+        ("response_cache: yes please\n", "response_cache must be true or false, got 'yes please'"),
+        ("response_cache: 1\n", "response_cache must be true or false, got 1"),
         ("versionpolicy: all\n", "unknown key 'versionpolicy'"),
         ("- a\n- b\n", "expected a mapping at the top level"),
         ("labels: {stable: [1\n", "invalid YAML"),

@@ -170,3 +170,12 @@ def test_trace_mode_opentelemetry_flags(tmp_path: Path, monkeypatch: pytest.Monk
         _settings(tmp_path, "--trace-mode", "opentelemetry", "--trace-rate", "-1")
     with pytest.raises(SystemExit):  # argparse's choices
         _settings(tmp_path, "--trace-mode", "zipkin")
+
+
+def test_response_cache_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).response_cache_bytes == 0
+    assert _settings(tmp_path, "--response-cache-mb", "1.5").response_cache_bytes == 3 * 2**19
+    monkeypatch.setenv("KERVE_RESPONSE_CACHE_MB", "2")
+    assert _settings(tmp_path).response_cache_bytes == 2 * 2**20
+    with pytest.raises(ValueError, match="--response-cache-mb must be >= 0, got -1"):
+        _settings(tmp_path, "--response-cache-mb", "-1")

@@ -74,6 +74,14 @@ def test_a_config_read_from_model_config_and_sent_back_keeps_the_settings() -> N
     assert overrides(json_format.MessageToJson(unbatched), unbatched)["batching"] == {"enabled": False}
 
 
+def test_response_cache_round_trips_and_changes() -> None:
+    cached = model_config("m", PLATFORM, SPEC, SPEC, None, VersionPolicy(), ["/device:CPU:0"], response_cache=True)
+    assert cached.response_cache.enable and not current().HasField("response_cache")
+    assert overrides(json_format.MessageToJson(cached), cached)["response_cache"] is True
+    assert overrides({"response_cache": {"enable": False}})["response_cache"] is False
+    assert "response_cache" not in overrides({})  # left out: config.yaml's value stays
+
+
 def test_batching_and_version_policy_change() -> None:
     config = {
         "max_batch_size": 32,
