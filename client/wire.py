@@ -104,7 +104,9 @@ class ModelConfig:
     padded up to (empty: any size); without it both are None / empty. `priority_levels` (0: none) is how many
     `priority=` levels the batcher keeps, `default_priority_level` a call without one's; `queue_policy` applies to
     every level that `priority_queue_policies` ((level, policy) pairs) does not name, None when it is the default
-    (no limits)."""
+    (no limits). `response_cache` is True when the server answers repeated requests from its response cache, None
+    when the config does not say (off); set it to False (dataclasses.replace) to turn the cache off in a
+    `load_model`."""
 
     name: str
     platform: str
@@ -120,6 +122,7 @@ class ModelConfig:
     default_priority_level: int = 0
     queue_policy: QueuePolicy | None = None
     priority_queue_policies: tuple[tuple[int, QueuePolicy], ...] = ()
+    response_cache: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,9 @@ class ModelStatistics:
     `compute_infer` (the model call) and `compute_output` (cutting the outputs back per request), so each sum over
     its count is a per-request mean, as perf_analyzer reads them. `execution_count` and
     `batch_stats` ((batch_size, compute_infer) pairs, by batch size) count model calls, which dynamic batching
-    makes fewer than requests; `inference_count` counts samples (rows). `last_inference_ms` is the last success
+    makes fewer than requests; `inference_count` counts samples (rows). A request answered from the response
+    cache counts in `success` and `cache_hit` only (not in `inference_count`), a lookup that missed in
+    `cache_miss`. `last_inference_ms` is the last success
     in milliseconds since the epoch, 0 before the first."""
 
     name: str
@@ -162,6 +167,8 @@ class ModelStatistics:
     batch_stats: tuple[tuple[int, Duration], ...]
     compute_input: Duration = Duration(0, 0.0)  # after batch_stats: added later, positional use keeps working
     compute_output: Duration = Duration(0, 0.0)
+    cache_hit: Duration = Duration(0, 0.0)  # requests answered from the response cache, and the lookups' time
+    cache_miss: Duration = Duration(0, 0.0)  # lookups that found nothing, plus storing the answers
 
 
 @dataclass(frozen=True)
@@ -412,6 +419,8 @@ def parse_statistics(response: pb.ModelStatisticsResponse) -> tuple[ModelStatist
                 batch_stats=tuple((b.batch_size, _duration(b.compute_infer)) for b in batches),
                 compute_input=_duration(infer.compute_input),
                 compute_output=_duration(infer.compute_output),
+                cache_hit=_duration(infer.cache_hit),
+                cache_miss=_duration(infer.cache_miss),
             )
         )
     return tuple(stats)
@@ -508,6 +517,7 @@ def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
         priority_queue_policies=tuple(
             (level, _queue_policy(policy)) for level, policy in sorted(dynamic.priority_queue_policy.items())
         ),
+        response_cache=config.response_cache.enable if config.HasField("response_cache") else None,
     )
 
 
@@ -547,6 +557,9 @@ def config_message(config: ModelConfig) -> pb.ModelConfig:
             dynamic.default_queue_policy.CopyFrom(_queue_policy_message(config.queue_policy))
         for level, policy in config.priority_queue_policies:
             dynamic.priority_queue_policy[level].CopyFrom(_queue_policy_message(policy))
+    if config.response_cache is not None:
+        message.response_cache.SetInParent()  # present even when False: that turns the cache off
+        message.response_cache.enable = config.response_cache
     return message
 
 

@@ -3,6 +3,7 @@ stream errors, log settings, model control requests, statistics and server metad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -166,7 +167,13 @@ def test_config_with_dynamic_batching_and_gpu_groups() -> None:
     assert (parsed.priority_levels, parsed.default_priority_level) == (2, 2)
     assert parsed.queue_policy == QueuePolicy(0.0, "reject", False, 100)
     assert parsed.priority_queue_policies == ((1, QueuePolicy(0.005, "delay", True, 0)),)
+    assert parsed.response_cache is None  # not reported: off
     assert config_message(parsed) == config  # back to what was read: get -> edit -> load_model(config=...)
+    config.response_cache.enable = True
+    parsed = parse_config(pb.ModelConfigResponse(config=config))
+    assert parsed.response_cache is True and config_message(parsed) == config
+    off = config_message(dataclasses.replace(parsed, response_cache=False))
+    assert off.HasField("response_cache") and not off.response_cache.enable  # sent: it turns the cache off
 
 
 def test_config_without_a_batcher() -> None:
@@ -329,6 +336,8 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
     infer.compute_infer.count, infer.compute_infer.ns = 5, 1_500_000_000
     infer.compute_input.count, infer.compute_input.ns = 5, 50_000_000
     infer.compute_output.count, infer.compute_output.ns = 5, 25_000_000
+    infer.cache_hit.count, infer.cache_hit.ns = 2, 4_000
+    infer.cache_miss.count, infer.cache_miss.ns = 5, 50_000
     big = stats.batch_stats.add(batch_size=8)
     big.compute_infer.count, big.compute_infer.ns = 1, 1_000_000_000
     small = stats.batch_stats.add(batch_size=2)
@@ -350,6 +359,8 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
             batch_stats=((2, Duration(2, 0.5)), (8, Duration(1, 1.0))),  # by batch size, whatever the order sent
             compute_input=Duration(5, 0.05),
             compute_output=Duration(5, 0.025),
+            cache_hit=Duration(2, 4e-6),
+            cache_miss=Duration(5, 5e-5),
         ),
         ModelStatistics("n", "1", 0, 0, 0, Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), ()),
     )
