@@ -36,6 +36,7 @@ from .security import SecurityConfigError, server_credentials, server_intercepto
 from .settings import ServerSettings, apply_gil_switch_interval
 from .shared_memory import SystemSharedMemory
 from .trace import Tracer
+from .triton_metrics import TritonMetrics
 from .v2_service import V2Servicer
 
 log = logging.getLogger("kerve.server")
@@ -117,6 +118,8 @@ class KerveServer:
             self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer, cache
         )
         self.manager.forget = self.engine.forget
+        if settings.triton_metrics:
+            self.metrics.add_pusher(TritonMetrics(self.metrics.registry, self.manager.snapshot).update)
         self.health = health.aio.HealthServicer()
         self.draining = False
         self.port = 0

@@ -512,6 +512,17 @@ class ModelManager:
         record = self._models.get(model)
         return dict(record.config.labels) if record is not None else {}
 
+    def snapshot(self) -> list[ModelVersion]:
+        """The versions being served (READY, or UNLOADING while they drain), safe to read from another thread (a
+        metrics scrape): each dict is copied by one C call, which the event loop thread cannot interleave with."""
+        serving = (VersionState.READY, VersionState.UNLOADING)
+        return [
+            entry
+            for record in tuple(self._models.values())
+            for entry in tuple(record.versions.values())
+            if entry.state in serving
+        ]
+
     def entries(self, model: str | None = None) -> list[ModelVersion]:
         names = [model] if model is not None else sorted(self._models)
         return [

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
 from .tally import CounterTally, GaugeTally, HistogramTally
+
+log = logging.getLogger("kerve.server.metrics")
 
 _TALLIES: dict[type, Any] = {Counter: CounterTally, Gauge: GaugeTally, Histogram: HistogramTally}
 
@@ -142,6 +145,12 @@ class Metrics:
         self._push_lock = threading.Lock()  # a scrape's push and the periodic one
         self._request_series: dict[tuple[str, str, str, str], tuple[CounterTally, HistogramTally]] = {}
         self._batch_series: dict[str, tuple[HistogramTally, HistogramTally, HistogramTally]] = {}
+        self._pushers: list[Callable[[], None]] = []
+
+    def add_pusher(self, update: Callable[[], None]) -> None:
+        """Run `update` at every push, after the tallies: instruments derived from state kept elsewhere
+        (triton_metrics.py) are set then instead of per request."""
+        self._pushers.append(update)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -151,6 +160,11 @@ class Metrics:
         with self._push_lock:
             for tally in list(self._tallies.values()):  # one C call: the loop cannot add one midway
                 tally.push()
+            for update in self._pushers:
+                try:
+                    update()
+                except Exception:  # a scrape must still answer
+                    log.exception("updating derived metrics failed")
 
     async def push_every(self, interval_s: float) -> None:
         """Keep the instruments current without a scrape: a --processes group's parent reads its children's

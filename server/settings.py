@@ -50,6 +50,7 @@ class ServerSettings:
     trace_otel_url: str | None = None  # OTLP/HTTP traces endpoint; None: OTEL_EXPORTER_OTLP_* or localhost:4318
     trace_otel_resource: tuple[str, ...] = ()  # KEY=VALUE resource attributes
     response_cache_bytes: int = 0  # the response cache's size (server/response_cache.py); 0: no cache
+    triton_metrics: bool = False  # also export Triton's nv_inference_* metrics (server/triton_metrics.py)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535) or not (0 <= self.metrics_port <= 65535):
@@ -274,6 +275,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MiB for Triton's response cache: models whose config.yaml sets response_cache: true answer repeated "
         "requests from it without running (0, default: no cache; env KERVE_RESPONSE_CACHE_MB). Per process",
     )
+    parser.add_argument(
+        "--triton-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,  # None: KERVE_TRITON_METRICS, else off
+        help="also export Triton's per-model metrics under Triton's names (nv_inference_request_success, "
+        "nv_inference_queue_duration_us, ...), so dashboards and alerts made for Triton work unchanged "
+        "(env KERVE_TRITON_METRICS=1)",
+    )
     # set by the --processes supervisor in its children (server/processes.py)
     parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-fds", default=None, help=argparse.SUPPRESS)
@@ -407,6 +416,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         trace_otel_url=args.trace_otel_url or None,
         trace_otel_resource=tuple(args.trace_otel_resource or ()),
         response_cache_bytes=int(args.response_cache_mb * 2**20),
+        triton_metrics=_env_flag("TRITON_METRICS", False) if args.triton_metrics is None else args.triton_metrics,
     )
 
 

@@ -28,7 +28,8 @@ CONNECTIONS = 16  # all on one process by chance: 2**-15
 def group(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, subprocess.Popen]]:
     metrics_port = free_port()
     logs = tmp_path_factory.mktemp("processes-logs")
-    with running_server(model_repo, logs, "--processes", "2", "--metrics-port", str(metrics_port)) as (target, proc):
+    flags = ("--processes", "2", "--metrics-port", str(metrics_port), "--triton-metrics")
+    with running_server(model_repo, logs, *flags) as (target, proc):
         yield target, f"http://127.0.0.1:{metrics_port}/metrics", proc
 
 
@@ -59,6 +60,7 @@ def test_connections_are_spread_over_both_processes(group, in_process) -> None:
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
         before = value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK")
+        triton_before = value(scrape(metrics_url)[0], "nv_inference_request_success", model="cnn", version="1")
         # ModelStatistics is per process: a request on one connection moves the count seen through the
         # connections to the same process only, which sorts the connections into processes.
         groups: list[list[int]] = []
@@ -84,6 +86,17 @@ def test_connections_are_spread_over_both_processes(group, in_process) -> None:
 
         wait_for(lambda: counted() >= sent, "both processes' requests in the group's /metrics", timeout_s=30)
         assert counted() == sent == 2
+
+        # --triton-metrics: Triton's names, read from each process's statistics and summed the same way
+        def triton_counted() -> float:
+            samples = scrape(metrics_url)[0]
+            return value(samples, "nv_inference_request_success", model="cnn", version="1") - triton_before
+
+        wait_for(lambda: triton_counted() >= sent, "Triton's success count of both processes", timeout_s=30)
+        samples = scrape(metrics_url)[0]
+        assert triton_counted() == sent
+        assert value(samples, "nv_inference_count", model="cnn", version="1") >= 2 * sent  # rows, warm-up too
+        assert value(samples, "nv_inference_compute_infer_duration_us", model="cnn", version="1") > 0
     finally:
         for channel in channels:
             channel.close()

@@ -179,3 +179,10 @@ def test_response_cache_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert _settings(tmp_path).response_cache_bytes == 2 * 2**20
     with pytest.raises(ValueError, match="--response-cache-mb must be >= 0, got -1"):
         _settings(tmp_path, "--response-cache-mb", "-1")
+
+
+def test_triton_metrics_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _settings(tmp_path).triton_metrics
+    assert _settings(tmp_path, "--triton-metrics").triton_metrics
+    monkeypatch.setenv("KERVE_TRITON_METRICS", "1")
+    assert _settings(tmp_path).triton_metrics and not _settings(tmp_path, "--no-triton-metrics").triton_metrics

@@ -1,0 +1,107 @@
+"""Triton's metrics under Triton's names (server/triton_metrics.py), without TensorFlow: read from the versions'
+statistics at each push, exposed without a `_total` suffix, cache families only for models that use the cache, a
+re-placed version's two copies counted once, an unloaded version's series gone, and a failing update that cannot
+break a scrape."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from kerve.server.metrics import Metrics
+from kerve.server.model_config import ModelConfig
+from kerve.server.stats import VersionStats
+from kerve.server.triton_metrics import TritonMetrics
+
+
+@dataclass
+class Version:
+    model: str
+    version: int
+    stats: VersionStats = field(default_factory=VersionStats)
+    inflight: int = 0
+    config: ModelConfig = field(default_factory=ModelConfig)
+
+
+def sample(metrics: Metrics, name: str, model: str = "m", version: str = "1") -> float | None:
+    return metrics.registry.get_sample_value(name, {"model": model, "version": version})
+
+
+def served(*versions: Version) -> tuple[Metrics, list[Version]]:
+    metrics = Metrics(CollectorRegistry())
+    serving = list(versions)
+    metrics.add_pusher(TritonMetrics(metrics.registry, lambda: serving).update)
+    return metrics, serving
+
+
+def test_statistics_appear_under_tritons_names_and_units() -> None:
+    stats = VersionStats()
+    for _ in range(3):
+        stats.record_success(0.010, 4, 0.002, 0.0001, 0.005, 0.0002, 1.0)
+    stats.record_failure(0.001)
+    stats.record_execution(8, 0.0001, 0.005, 0.0002)
+    stats.record_execution(4, 0.0001, 0.005, 0.0002)
+    metrics, _ = served(Version("m", 1, stats, inflight=2))
+    text = generate_latest(metrics.registry).decode()  # a scrape: pushes first
+    assert 'nv_inference_request_success{model="m",version="1"} 3.0' in text  # Triton's name, no _total
+    assert sample(metrics, "nv_inference_request_failure") == 1
+    assert sample(metrics, "nv_inference_count") == 12 and sample(metrics, "nv_inference_exec_count") == 2
+    assert sample(metrics, "nv_inference_request_duration_us") == pytest.approx(30_000)
+    assert sample(metrics, "nv_inference_queue_duration_us") == pytest.approx(6_000)
+    assert sample(metrics, "nv_inference_compute_input_duration_us") == pytest.approx(300)
+    assert sample(metrics, "nv_inference_compute_infer_duration_us") == pytest.approx(15_000)
+    assert sample(metrics, "nv_inference_compute_output_duration_us") == pytest.approx(600)
+    assert sample(metrics, "nv_inference_pending_request_count") == 2
+    assert sample(metrics, "nv_cache_num_hits_per_model") is None  # the model does not use the cache
+    stats.record_success(0.010, 1, 0.002, 0.0001, 0.005, 0.0002, 2.0)
+    metrics.push()  # values follow the statistics at every push
+    assert sample(metrics, "nv_inference_request_success") == 4
+
+
+def test_cache_families_for_models_that_use_the_cache() -> None:
+    stats = VersionStats()
+    stats.record_cache_hit(0.001, 0.00002, 1.0)
+    stats.cache_miss.add(0.00005)
+    metrics, _ = served(Version("m", 1, stats, config=ModelConfig(response_cache=True)))
+    metrics.push()
+    assert sample(metrics, "nv_cache_num_hits_per_model") == 1
+    assert sample(metrics, "nv_cache_num_misses_per_model") == 1
+    assert sample(metrics, "nv_cache_hit_duration_per_model") == pytest.approx(20)
+    assert sample(metrics, "nv_cache_miss_duration_per_model") == pytest.approx(50)
+    assert sample(metrics, "nv_inference_count") == 0  # a hit is no inference
+
+
+def test_a_re_placed_version_counts_once_and_an_unloaded_one_disappears() -> None:
+    shared = VersionStats()
+    shared.record_success(0.01, 1, 0.001, 0.0, 0.005, 0.0, 1.0)
+    old, new = Version("m", 1, shared, inflight=1), Version("m", 1, shared, inflight=3)
+    other = Version("n", 2, config=ModelConfig(response_cache=True))
+    metrics, serving = served(old, new, other)
+    metrics.push()
+    assert sample(metrics, "nv_inference_request_success") == 1  # the copies share their statistics
+    assert sample(metrics, "nv_inference_pending_request_count") == 4  # requests on both copies
+    assert sample(metrics, "nv_cache_num_hits_per_model", "n", "2") == 0
+    serving[:] = [new]
+    metrics.push()
+    assert sample(metrics, "nv_inference_pending_request_count") == 3
+    assert sample(metrics, "nv_inference_request_success", "n", "2") is None
+    assert sample(metrics, "nv_cache_num_hits_per_model", "n", "2") is None
+    assert sample(metrics, "nv_inference_pending_request_count", "n", "2") is None
+
+
+def test_a_failing_update_is_logged_and_the_scrape_still_answers(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics(CollectorRegistry())
+
+    def broken() -> list[Any]:
+        raise RuntimeError("manager gone")
+
+    metrics.add_pusher(TritonMetrics(metrics.registry, broken).update)
+    metrics.observe_request("m", "1", "v2", "OK", 0.01)
+    with caplog.at_level(logging.ERROR, logger="kerve.server.metrics"):
+        text = generate_latest(metrics.registry).decode()
+    assert 'kerve_requests_total{code="OK",model="m",protocol="v2",version="1"} 1.0' in text
+    assert "updating derived metrics failed" in caplog.text
