@@ -9,6 +9,9 @@ inference threads, thread wake-ups per batch, a model call that is dearer when c
 the first: per request, the Python function calls (cProfile's count, which unlike time does not move with the
 machine's noise) and the loop thread's CPU time, for unary requests (`InferenceEngine.infer`) and for streamed
 ones (`V2Servicer.ModelStreamInfer`, the closed-loop client's own queue and generator work included).
+
+`--response-cache` adds both paths again with the model opted into a response cache and every request the same:
+after the first, each is answered from the cache (no batcher, no worker thread), which is what a cache hit costs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from kerve.server.batcher import BatchingConfig
 from kerve.server.inference import InferenceEngine
 from kerve.server.manager import ModelVersion
 from kerve.server.metrics import Metrics
+from kerve.server.model_config import ModelConfig
+from kerve.server.response_cache import ResponseCache
 from kerve.server.types import InferRequest, TensorSpec
 from kerve.server.v2_service import V2Servicer
 
@@ -61,8 +66,9 @@ class InstantModel:
 class OneVersion:
     """The manager's request-path surface over a single loaded version."""
 
-    def __init__(self) -> None:
-        self.entry = ModelVersion(MODEL, 1, Path("/nowhere"), servable=InstantModel())
+    def __init__(self, cached: bool = False) -> None:
+        config = ModelConfig(response_cache=cached)
+        self.entry = ModelVersion(MODEL, 1, Path("/nowhere"), servable=InstantModel(), config=config)
 
     def knows(self, model: str) -> bool:
         return model == MODEL
@@ -75,8 +81,11 @@ class OneVersion:
         entry.inflight -= 1
 
 
-def engine() -> InferenceEngine:
-    return InferenceEngine(OneVersion(), ThreadPoolExecutor(1), Metrics(CollectorRegistry()), BatchingConfig())  # type: ignore[arg-type]
+def engine(cached: bool = False) -> InferenceEngine:
+    cache = ResponseCache(1 << 20) if cached else None
+    return InferenceEngine(
+        OneVersion(cached), ThreadPoolExecutor(1), Metrics(CollectorRegistry()), BatchingConfig(), cache=cache,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 async def unary(eng: InferenceEngine, concurrency: int, seconds: float) -> int:
@@ -129,8 +138,8 @@ async def stream(eng: InferenceEngine, concurrency: int, seconds: float) -> int:
 
 
 def measure(kind: str, concurrency: int, seconds: float) -> dict[str, float]:
-    run = unary if kind == "unary" else stream
-    eng = engine()
+    run = unary if kind.startswith("unary") else stream
+    eng = engine(cached=kind.endswith("+cache"))
     asyncio.run(run(eng, concurrency, 0.3))  # warm: batchers made, metric series created
     started, cpu = time.monotonic(), time.thread_time()
     requests = asyncio.run(run(eng, concurrency, seconds))
@@ -152,14 +161,18 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64", help="closed-loop requests in flight, comma-separated")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window per case")
     parser.add_argument("--out", type=Path, help="also write {path: {c<N>: figures}} as JSON")
+    parser.add_argument(
+        "--response-cache", action="store_true", help="also both paths answered from a response cache (unary+cache)"
+    )
     args = parser.parse_args()
-    print(f"{'path':7s} {'c':>3s} {'requests/s':>11s} {'loop CPU us/req':>16s} {'Python calls/req':>17s}")
+    print(f"{'path':12s} {'c':>3s} {'requests/s':>11s} {'loop CPU us/req':>16s} {'Python calls/req':>17s}")
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for kind in ("unary", "stream"):
+    kinds = ("unary", "stream", "unary+cache", "stream+cache") if args.response_cache else ("unary", "stream")
+    for kind in kinds:
         for c in (int(x) for x in args.concurrency.split(",") if x):
             row = results.setdefault(kind, {})[f"c{c}"] = measure(kind, c, args.seconds)
             print(
-                f"{kind:7s} {c:3d} {row['requests_per_s']:11.0f} {row['loop_cpu_us_per_req']:16.1f} "
+                f"{kind:12s} {c:3d} {row['requests_per_s']:11.0f} {row['loop_cpu_us_per_req']:16.1f} "
                 f"{row['python_calls_per_req']:17.1f}"
             )
     if args.out:

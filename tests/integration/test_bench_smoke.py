@@ -123,9 +123,10 @@ def test_tf_threads_bench_measures_each_thread_count(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_request_path_bench_counts_kerve_own_work(tmp_path: Path) -> None:
     results, _ = run_bench(
-        "bench.request_path", "--concurrency", "1,4", "--seconds", "0.2", out=tmp_path / "path.json", timeout=110
-    )
-    assert set(results) == {"unary", "stream"}
+        "bench.request_path", "--concurrency", "1,4", "--seconds", "0.2", "--response-cache",
+        out=tmp_path / "path.json", timeout=110,
+    )  # fmt: skip
+    assert set(results) == {"unary", "stream", "unary+cache", "stream+cache"}
     for rows in results.values():
         assert set(rows) == {"c1", "c4"}
         for row in rows.values():
