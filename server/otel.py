@@ -2,8 +2,8 @@
 
 A traced request becomes Triton's three spans, so a collector, Jaeger or Tempo shows kerve's as it shows Triton's:
 `InferRequest` (the request in the server), a child named after the model (REQUEST_START, QUEUE_START, REQUEST_END
-as events), and its child `compute` (COMPUTE_START, COMPUTE_INPUT_END, COMPUTE_OUTPUT_START, COMPUTE_END). The model
-and compute spans carry `model_name`, `model_version` and `request_id` attributes. A request that arrived with a
+as events), and its child `compute` (COMPUTE_START, COMPUTE_INPUT_END, COMPUTE_OUTPUT_START, COMPUTE_END). Each
+span carries `model_name`, `model_version` and `request_id` attributes, as Triton's do. A request that arrived with a
 W3C `traceparent` (gRPC metadata; tritonclient's and kerve.client's `headers=`) joins the caller's trace:
 `InferRequest` is a child of the caller's span, so the server's time shows inside the caller's. A failed request's
 spans end with status ERROR and its gRPC code.
