@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +23,10 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import event_loop, heap, processes, tfs_service, thread_priority, warmup
+from . import event_loop, group_settings, heap, processes, tfs_service, thread_priority, warmup
 from .cpus import usable_cores
 from .devices import configure_devices, thread_counts
+from .group_settings import SettingsJournal
 from .inference import InferenceEngine
 from .log_settings import LogSettings
 from .manager import ModelManager
@@ -124,6 +126,7 @@ class KerveServer:
         self.draining = False
         self.port = 0
         self._metrics_pusher: asyncio.Task[None] | None = None
+        self._journal_reader: asyncio.Task[None] | None = None
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -140,8 +143,9 @@ class KerveServer:
         self.server = grpc.aio.server(options=options, interceptors=server_interceptors(settings.auth_token_file))
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         logs = LogSettings(log_format(settings.process_index))
+        self.journal = _journal(settings, logs, self.tracer)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory, logs), self.server
+            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory, logs, self.journal), self.server
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tfs_service.PredictionServicer(self.manager, self.engine), self.server
@@ -205,6 +209,8 @@ class KerveServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._metrics_pusher = asyncio.create_task(self.metrics.push_every(METRICS_PUSH_S))
+        if self.journal is not None:
+            self._journal_reader = asyncio.create_task(_every(METRICS_PUSH_S, self.journal.catch_up))
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         log.info(
@@ -242,8 +248,9 @@ class KerveServer:
 
     def _stop_metrics_pusher(self) -> None:
         """After the last request: push what it counted (a group's parent reads it after this process exits)."""
-        if self._metrics_pusher is not None:
-            self._metrics_pusher.cancel()
+        for task in (self._metrics_pusher, self._journal_reader):
+            if task is not None:
+                task.cancel()
         self.metrics.push()
 
 
@@ -261,6 +268,26 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     await server.stop()
     return 0
+
+
+def _journal(settings: ServerSettings, logs: LogSettings, tracer: Tracer) -> SettingsJournal | None:
+    """A --processes group's process shares its LogSettings / TraceSetting changes through the supervisor's
+    journal (group_settings.py); a lone server has none."""
+    path = os.environ.get(group_settings.ENV)
+    if settings.process_index is None or not path:
+        return None
+    appliers = {"log": lambda _model, changes: logs.update(changes), "trace": tracer.update}
+    return SettingsJournal(Path(path), settings.process_index, appliers)
+
+
+async def _every(interval_s: float, action: Any) -> None:
+    """Run `action` every `interval_s` seconds on the event loop until cancelled (a failure is logged)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            action()
+        except Exception:
+            log.exception("periodic %s failed", getattr(action, "__qualname__", action))
 
 
 def _otel(settings: ServerSettings) -> OtelExporter | None:

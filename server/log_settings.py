@@ -2,7 +2,8 @@
 log every request at verbose level 1 or more, switch timestamps to ISO 8601, without a restart.
 
 Pure Python (logging), no wire format: the V2 adapter translates its messages to the mapping `update` takes.
-Settings are per server process (with --processes N, each answers for itself).
+Settings live in each server process; with --processes N a change made through one reaches the others through the
+group's journal (group_settings.py).
 """
 
 from __future__ import annotations

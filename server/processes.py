@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from .group_settings import ENV
 from .settings import ServerSettings
 
 log = logging.getLogger("kerve.server.processes")
@@ -130,7 +131,8 @@ def supervise(settings: ServerSettings, argv: Sequence[str]) -> int:
         return 1
     port = reservation.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="kerve-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    # the metrics files, and the journal of run-time settings changes the processes share (group_settings.py)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, ENV: os.path.join(metrics_dir, "settings.jsonl")}
     exits: queue.Queue[tuple[int, int]] = queue.Queue()
     children: list[subprocess.Popen[bytes]] = []
     stopping = threading.Event()

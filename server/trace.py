@@ -21,7 +21,9 @@ at start, as the file is.
 Settings change at run time through the TraceSetting RPC (tritonclient's get/update_trace_settings), globally or
 per model (a model's own values override the global ones key by key; clearing one falls back to the global value).
 Values travel as lists of strings, as in Triton. The trace file itself is fixed at start: a client must not be able
-to make the server write wherever it names (Triton made the same choice). Per process.
+to make the server write wherever it names (Triton made the same choice). Each process keeps its own tracer; in a
+--processes group, changes reach the others through the group's journal (group_settings.py), and trace_count
+counts per process.
 
 The request path pays one attribute test while tracing is off (`Tracer.on`).
 """

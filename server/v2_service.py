@@ -15,6 +15,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import log_settings, triton_config, v2_codec
 from .errors import ErrorCode, ServingError
+from .group_settings import SettingsJournal
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
 from .model import PLATFORM
@@ -46,8 +47,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         is_ready: Callable[[], bool],
         shared_memory: SystemSharedMemory | None = None,
         logs: log_settings.LogSettings | None = None,
+        journal: SettingsJournal | None = None,
     ) -> None:
         self.manager = manager
+        self.journal = journal  # a --processes group's: settings changes reach the other processes through it
         self.engine = engine
         self._is_ready = is_ready
         self.shared_memory = shared_memory  # None: the extension is off (--no-shared-memory)
@@ -291,6 +294,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
         if changes:
             log.info("log settings changed: %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+            if self.journal is not None:
+                self.journal.share("log", None, changes)
         response = pb.LogSettingsResponse()
         for key, value in current.items():
             setattr(response.settings[key], _SETTING_FIELDS[type(value)], value)
@@ -313,6 +318,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         if changes:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
             log.info("trace settings of %s changed: %s", model or "every model", shown)
+            if self.journal is not None:
+                self.journal.share("trace", model, changes)
         response = pb.TraceSettingResponse()
         for key, values in current.items():
             response.settings[key].value.extend(values)

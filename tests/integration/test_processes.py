@@ -102,6 +102,42 @@ def test_connections_are_spread_over_both_processes(group, in_process) -> None:
             channel.close()
 
 
+def test_settings_changed_through_one_process_reach_the_others(group) -> None:
+    """TraceSetting and LogSettings reach one process (the one holding the caller's connection); the group's
+    journal carries the change to the others within a second or so, so every connection reads it back."""
+    target, _metrics_url, _proc = group
+    channels = [
+        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)
+    ]
+    try:
+        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+        trace = pb.TraceSettingRequest(model_name="cnn")
+        trace.settings["trace_rate"].value.append("7")
+        assert list(stubs[0].TraceSetting(trace, timeout=10).settings["trace_rate"].value) == ["7"]
+        logs = pb.LogSettingsRequest()
+        logs.settings["log_verbose_level"].uint32_param = 1
+        assert stubs[0].LogSettings(logs, timeout=10).settings["log_verbose_level"].uint32_param == 1
+
+        def rate(stub: pb_grpc.GRPCInferenceServiceStub, model: str = "cnn") -> list[str]:
+            settings = stub.TraceSetting(pb.TraceSettingRequest(model_name=model), timeout=10).settings
+            return list(settings["trace_rate"].value)
+
+        def verbose(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
+            return stub.LogSettings(pb.LogSettingsRequest(), timeout=10).settings["log_verbose_level"].uint32_param
+
+        def everywhere() -> bool:
+            return all(rate(stub) == ["7"] and verbose(stub) == 1 for stub in stubs)
+
+        wait_for(everywhere, "the settings change on every connection (both processes)", timeout_s=30)
+        assert all(rate(stub, "") == ["1000"] for stub in stubs)  # the global settings were not touched
+    finally:
+        restore = pb.LogSettingsRequest()
+        restore.settings["log_verbose_level"].uint32_param = 0
+        pb_grpc.GRPCInferenceServiceStub(channels[0]).LogSettings(restore, timeout=10)
+        for channel in channels:
+            channel.close()
+
+
 def test_parent_exports_group_metrics(group) -> None:
     _target, metrics_url, _proc = group
     samples, types = scrape(metrics_url)

@@ -1,0 +1,73 @@
+"""Run-time settings shared by a `--processes` group: a LogSettings or TraceSetting change reaches every process.
+
+The processes of a group share one port, and an RPC reaches whichever process holds the caller's connection, so
+without this `update_trace_settings` would change one process of N and a client reading the settings back through
+another connection would see the old ones. Each process applies a change it receives itself (which validates it:
+a refused change is never shared), then appends it to a journal file the supervisor made for the group (one JSON
+line: origin, kind, model, changes; O_APPEND writes of a line land whole). Every second each process reads the
+lines it has not seen and applies the others' changes, in the journal's order.
+
+Limits, said where they apply (README): changes made through two processes within the same second can apply in
+different orders in different processes; `trace_count` counts per process; the journal lives as long as the group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kerve.server.group_settings")
+
+ENV = "KERVE_GROUP_SETTINGS"  # the journal's path, set by the supervisor in its children
+
+# kind -> how a process applies a change of that kind: (model, changes) -> None
+Appliers = Mapping[str, Callable[[str | None, Any], object]]
+
+
+class SettingsJournal:
+    def __init__(self, path: Path, origin: int, appliers: Appliers) -> None:
+        self.path = path
+        self.origin = origin
+        self._appliers = appliers
+        self._offset = 0
+        self._partial = b""
+
+    def share(self, kind: str, model: str | None, changes: Any) -> None:
+        """A change this process has just applied: append it for the others (a failure is logged, not raised:
+        the change stands here, and the caller has been answered)."""
+        line = json.dumps({"origin": self.origin, "kind": kind, "model": model, "changes": changes}) + "\n"
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("cannot share a %s settings change with the group's other processes: %s", kind, exc)
+
+    def catch_up(self) -> int:
+        """Apply the other processes' changes appended since the last call; how many were applied."""
+        try:
+            with open(self.path, "rb") as journal:
+                journal.seek(self._offset)
+                data = journal.read()
+        except FileNotFoundError:
+            return 0
+        self._offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")  # a line still being written waits for the next call
+        applied = 0
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if entry["origin"] == self.origin:
+                    continue
+                self._appliers[entry["kind"]](entry["model"], entry["changes"])
+                applied += 1
+            except Exception as exc:  # one bad line must not stop the rest
+                log.error("cannot apply a settings change from the group's journal: %s", exc)
+        return applied

@@ -1,0 +1,60 @@
+"""The settings journal of a --processes group (server/group_settings.py), without a server: a change one process
+shares is applied by the others, in the journal's order, never twice by its origin; a line still being written
+waits; a bad line is logged and skipped."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kerve.server.group_settings import SettingsJournal
+
+
+def process(path: Path, origin: int) -> tuple[SettingsJournal, list[tuple[str, str | None, Any]]]:
+    seen: list[tuple[str, str | None, Any]] = []
+    appliers = {
+        "log": lambda model, changes: seen.append(("log", model, changes)),
+        "trace": lambda model, changes: seen.append(("trace", model, changes)),
+    }
+    return SettingsJournal(path, origin, appliers), seen
+
+
+def test_changes_reach_the_other_processes_in_order_and_not_their_origin(tmp_path: Path) -> None:
+    path = tmp_path / "settings.jsonl"
+    p0, seen0 = process(path, 0)
+    p1, seen1 = process(path, 1)
+    assert p1.catch_up() == 0  # no journal yet
+    p0.share("trace", "cnn", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]})
+    p0.share("log", None, {"log_verbose_level": 1})
+    p1.share("trace", None, {"trace_count": ["5"]})
+    assert p1.catch_up() == 2 and p0.catch_up() == 1
+    assert seen1 == [("trace", "cnn", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}),
+                     ("log", None, {"log_verbose_level": 1})]  # fmt: skip
+    assert seen0 == [("trace", None, {"trace_count": ["5"]})]
+    assert p0.catch_up() == p1.catch_up() == 0  # each line once
+
+
+def test_a_partial_line_waits_and_a_bad_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "settings.jsonl"
+    p1, seen = process(path, 1)
+    line = '{"origin": 0, "kind": "log", "model": null, "changes": {"log_info": false}}\n'
+    with open(path, "w") as journal:
+        journal.write("not json\n")
+        journal.write('{"origin": 0, "kind": "colour", "model": null, "changes": {}}\n')
+        journal.write(line[:20])
+    with caplog.at_level(logging.ERROR, logger="kerve.server.group_settings"):
+        assert p1.catch_up() == 0
+    assert caplog.text.count("cannot apply a settings change") == 2 and seen == []
+    with open(path, "a") as journal:
+        journal.write(line[20:])
+    assert p1.catch_up() == 1 and seen == [("log", None, {"log_info": False})]
+
+
+def test_a_journal_that_cannot_be_written_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p0, _ = process(tmp_path / "missing-dir" / "settings.jsonl", 0)
+    with caplog.at_level(logging.ERROR, logger="kerve.server.group_settings"):
+        p0.share("log", None, {"log_info": False})
+    assert "cannot share a log settings change" in caplog.text
