@@ -327,11 +327,13 @@ class Client:
         """Open a `ModelStreamInfer` stream for `model` that any number of threads share: `stream.infer(inputs)`.
 
         Cheaper per request than `infer` (no new HTTP/2 stream per call, and the server batches a stream's
-        messages together). `timeout` is each call's default (the client's if None). `class_counts` asks every
-        call for those outputs' top k classes, as in `infer`. `headers` as in `infer`, sent once when the stream
-        opens: gRPC metadata belongs to the whole call, so every message on the stream shares them (one trace
-        context per stream; a per-request one needs unary calls). Close it (a `with` block). Calls on it are never
-        retried; see kerve.client.stream for what happens when it breaks."""
+        messages together). `timeout` is each call's default (the client's if None), `outputs` (names) its default
+        outputs: a call may pass its own, `region.output(...)` places included, and its own `request_id` (see
+        `InferStream.infer`). `class_counts` asks every call for those outputs' top k classes, as in `infer`.
+        `headers` as in `infer`, sent once when the stream opens: gRPC metadata belongs to the whole call, so every
+        message on the stream shares them (one trace context per stream; a per-request one needs unary calls).
+        Close it (a `with` block). Calls on it are never retried; see kerve.client.stream for what happens when it
+        breaks."""
         return InferStream(
             self._stub,
             model,

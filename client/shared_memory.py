@@ -7,10 +7,10 @@ array into it and returns a `SharedTensor` to pass as an input value in place of
 ``predict``, streams). Closing the region unregisters it and removes the object. The server copies an input out of
 the region when it reads the request, so a region may be reused as soon as the call that used it has returned.
 
-Outputs may go the other way: ``region.output(name)`` gives a `SharedOutput` to pass in ``infer``'s `outputs`; the
-server writes that output into the region instead of the response, and the result still holds it as an array, read
-back from the region. Leave that part of the region alone until the call has returned. Linux only, and only against
-a server on this host that serves the extension (``--shared-memory``, kerve's default).
+Outputs may go the other way: ``region.output(name)`` gives a `SharedOutput` to pass in ``infer``'s `outputs` (or a
+stream call's); the server writes that output into the region instead of the response, and the result still holds it
+as an array, read back from the region. Leave that part of the region alone until the call has returned. Linux only,
+and only against a server on this host that serves the extension (``--shared-memory``, kerve's default).
 """
 
 from __future__ import annotations

@@ -4,9 +4,14 @@ A streamed request skips what a unary call costs per request (a new HTTP/2 strea
 on both sides), and the server pipelines a stream's messages into shared batches, so a busy client gets more
 throughput from one stream than from as many unary calls. Both stream classes here share one protocol:
 
-- every message carries a fresh `id`; the server answers each message once, with its `infer_response` (whose
-  `id` is the request's) or an in-band `error_message` ("<STATUS>: <text>"), and the stream goes on after an
-  error. Answers are matched to callers by `id`, so their order does not matter.
+- every message carries an `id` no other message in flight on the stream has: the caller's own (`request_id=`,
+  refused with ValueError while one of that id is in flight) or the next number the stream counts ("0", "1", ...,
+  skipping any in flight). The server answers each message once, with its `infer_response` (whose `id` is the
+  request's) or an in-band `error_message` ("<STATUS>: <text>"), and the stream goes on after an error. Answers
+  are matched to callers by `id`, so their order does not matter. An id stays in flight until its answer is back,
+  even after its caller timed out: reusing it sooner would hand the late answer to the new call.
+- each message names its own outputs: a call's `outputs` (names, or `region.output(...)` places the server writes
+  into, read back into the result as unary `infer` does), else the stream's.
 - each `infer` waits for its own answer with its own timeout (DeadlineExceededError after it; a late answer is
   dropped). The message carries that timeout to the server (the `timeout` parameter), which answers a message
   still queued past it DEADLINE_EXCEEDED instead of running it, and its own `priority` (Triton's, when not 0).
@@ -28,7 +33,7 @@ import asyncio
 import itertools
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
@@ -73,8 +78,8 @@ def _outcome(response: pb.ModelStreamInferResponse) -> pb.ModelInferResponse | K
 
 
 class _Requests:
-    """What both stream classes build per message: the model, version, outputs and class counts fixed, a fresh id
-    each."""
+    """What both stream classes build per message: the model, version, default outputs and class counts fixed; a
+    call's own outputs and id when it gives them."""
 
     def __init__(
         self,
@@ -84,7 +89,9 @@ class _Requests:
         class_counts: Mapping[str, int] | None = None,
     ) -> None:
         if any(isinstance(o, SharedOutput) for o in outputs or ()):  # the stream's calls would share one place
-            raise InvalidArgumentError("a stream's outputs are names: outputs in shared memory need unary infer")
+            raise InvalidArgumentError(
+                "a stream's outputs are names: place outputs in shared memory per call (stream.infer(..., outputs=))"
+            )
         self.model = model
         self.version = version
         self.outputs = tuple(outputs) if outputs else None
@@ -93,20 +100,41 @@ class _Requests:
         self._ids = itertools.count()
 
     def build(
-        self, inputs: Mapping[str, Any], timeout: float | None, priority: int = 0
-    ) -> tuple[str, pb.ModelInferRequest]:
-        request_id = str(next(self._ids))  # itertools.count is atomic under the GIL
+        self,
+        inputs: Mapping[str, Any],
+        timeout: float | None,
+        priority: int = 0,
+        outputs: Sequence[str | SharedOutput] | None = None,
+    ) -> tuple[pb.ModelInferRequest, dict[str, SharedOutput]]:
+        """The message without its id (`claim` gives it one, where the stream can check it is free), and the
+        outputs it places in shared memory, to parse its answer with. `outputs` None or empty: the stream's."""
+        chosen = tuple(outputs) if outputs else self.outputs
         request = wire.build_infer_request(
             self.model,
             inputs,
             self.version,
-            self.outputs,
-            request_id,
+            chosen,
+            "",
             self.class_counts,
             priority=priority,
             timeout=timeout,
         )
-        return request_id, request
+        return request, wire.shared_outputs(chosen)
+
+    def claim(self, request_id: str | None, in_flight: Callable[[str], bool]) -> str:
+        """The id for the next message: the caller's, or the next number not in flight (the same numbers as ever
+        when callers give none). Call it under the stream's lock, with the send that makes the id in flight."""
+        if request_id is not None and not isinstance(request_id, str):
+            raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
+        if request_id:
+            if in_flight(request_id):
+                raise ValueError(
+                    f"request id {request_id!r} is still in flight on this stream: its answer would match either call"
+                )
+            return request_id
+        while in_flight(generated := str(next(self._ids))):  # a caller took this number: the next one
+            pass
+        return generated
 
 
 class InferStream:
@@ -133,6 +161,7 @@ class InferStream:
         self._builder = _Requests(model, version, outputs, class_counts)
         self._lock = threading.Lock()
         self._pending: dict[str, Future[pb.ModelInferResponse]] = {}
+        self._late: set[str] = set()  # ids of calls that gave up (timed out) while their answer is still due
         self._error: KerveError | None = None  # set once the stream is broken
         self._closed = False
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -156,17 +185,31 @@ class InferStream:
         with self._lock:
             return self._closed or self._error is not None
 
-    def infer(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> InferResult:
+    def infer(
+        self,
+        inputs: Mapping[str, Any],
+        timeout: float | None = None,
+        *,
+        priority: int = 0,
+        outputs: Sequence[str | SharedOutput] | None = None,
+        request_id: str | None = None,
+    ) -> InferResult:
         """Send one message and wait for its answer (at most `timeout` s, default the stream's). `priority` is per
-        call, as on `Client.infer`: one stream may carry urgent and background work side by side."""
+        call, as on `Client.infer`: one stream may carry urgent and background work side by side.
+
+        `outputs` (names, or `region.output(...)` places in shared memory) replaces the stream's for this call, as
+        `Client.infer`'s: a placed output is read back from its region into the result. `request_id` is the
+        message's id (the result's `id`); a ValueError, with nothing sent, while another call with that id is in
+        flight. None or "": a generated one (a decimal number)."""
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs, timeout, priority)
+        request, shared = self._builder.build(inputs, timeout, priority, outputs)
         future: Future[pb.ModelInferResponse] = Future()
         with self._lock:
             if self._closed:
                 raise CancelledError("the stream is closed")
             if self._error is not None:
                 raise _again(self._error)
+            request.id = request_id = self._builder.claim(request_id, self._in_flight)
             self._pending[request_id] = future
             self._requests.put(request)  # under the lock: never behind the _END of a close or a failure
         try:
@@ -174,14 +217,24 @@ class InferStream:
         except FutureTimeoutError:
             with self._lock:
                 mine = self._pending.pop(request_id, None) is not None
+                if mine:
+                    self._late.add(request_id)
             if mine:
                 raise DeadlineExceededError(f"no answer on the stream within {timeout:g}s") from None
             response = future.result()  # the reader took it first: its outcome is being set now
-        return wire.parse_infer_response(response)
+        return wire.parse_infer_response(response, shared)
 
-    def predict(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> dict[str, Any]:
-        """numpy in, numpy out, over the stream."""
-        return self.infer(inputs, timeout, priority=priority).outputs
+    def predict(
+        self,
+        inputs: Mapping[str, Any],
+        timeout: float | None = None,
+        *,
+        priority: int = 0,
+        outputs: Sequence[str | SharedOutput] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """numpy in, numpy out, over the stream; the arguments as in `infer`."""
+        return self.infer(inputs, timeout, priority=priority, outputs=outputs, request_id=request_id).outputs
 
     def close(self, grace_s: float = DEFAULT_CLOSE_GRACE_S) -> None:
         """Stop new calls, let the server answer pending ones for up to `grace_s` s, cancel the rest; returns
@@ -199,6 +252,10 @@ class InferStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _in_flight(self, request_id: str) -> bool:
+        """Sent and not answered yet, whether its caller still waits or not (under the lock)."""
+        return request_id in self._pending or request_id in self._late
 
     # ---- grpc's side
 
@@ -220,10 +277,12 @@ class InferStream:
         self._fail(error)
 
     def _answer(self, response: pb.ModelStreamInferResponse) -> None:
+        request_id = response.infer_response.id
         with self._lock:
-            future = self._pending.pop(response.infer_response.id, None)
-        if future is None:
-            return  # its caller timed out and left
+            future = self._pending.pop(request_id, None)
+            if future is None:
+                self._late.discard(request_id)  # its caller timed out and left: the id is free again
+                return
         outcome = _outcome(response)
         if isinstance(outcome, KerveError):
             future.set_exception(outcome)
@@ -237,6 +296,7 @@ class InferStream:
             if self._error is None:
                 self._error = error
             pending, self._pending = self._pending, {}
+            self._late.clear()
             self._requests.put(_END)  # releases grpc's request thread if it waits for a message
         for future in pending.values():
             future.set_exception(_again(error))
@@ -265,6 +325,7 @@ class AsyncInferStream:
         self.timeout = timeout
         self._builder = _Requests(model, version, outputs, class_counts)
         self._pending: dict[str, asyncio.Future[pb.ModelInferResponse]] = {}
+        self._late: set[str] = set()  # ids of calls that gave up (timed out, cancelled) while their answer is due
         self._error: KerveError | None = None
         self._closed = False
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
@@ -283,13 +344,23 @@ class AsyncInferStream:
     def closed(self) -> bool:
         return self._closed or self._error is not None
 
-    async def infer(self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0) -> InferResult:
+    async def infer(
+        self,
+        inputs: Mapping[str, Any],
+        timeout: float | None = None,
+        *,
+        priority: int = 0,
+        outputs: Sequence[str | SharedOutput] | None = None,
+        request_id: str | None = None,
+    ) -> InferResult:
+        """As `InferStream.infer`."""
         timeout = self.timeout if timeout is None else timeout
-        request_id, request = self._builder.build(inputs, timeout, priority)
+        request, shared = self._builder.build(inputs, timeout, priority, outputs)
         if self._closed:
             raise CancelledError("the stream is closed")
         if self._error is not None:
             raise _again(self._error)
+        request.id = request_id = self._builder.claim(request_id, self._in_flight)
         future: asyncio.Future[pb.ModelInferResponse] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._requests.put_nowait(request)
@@ -298,13 +369,20 @@ class AsyncInferStream:
         except asyncio.TimeoutError:
             raise DeadlineExceededError(f"no answer on the stream within {timeout:g}s") from None
         finally:
-            self._pending.pop(request_id, None)  # timed out or cancelled: a late answer is dropped
-        return wire.parse_infer_response(response)
+            if self._pending.pop(request_id, None) is not None:  # timed out or cancelled: a late answer is dropped
+                self._late.add(request_id)
+        return wire.parse_infer_response(response, shared)
 
     async def predict(
-        self, inputs: Mapping[str, Any], timeout: float | None = None, *, priority: int = 0
+        self,
+        inputs: Mapping[str, Any],
+        timeout: float | None = None,
+        *,
+        priority: int = 0,
+        outputs: Sequence[str | SharedOutput] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        return (await self.infer(inputs, timeout, priority=priority)).outputs
+        return (await self.infer(inputs, timeout, priority=priority, outputs=outputs, request_id=request_id)).outputs
 
     async def close(self, grace_s: float = DEFAULT_CLOSE_GRACE_S) -> None:
         """Stop new calls, let the server answer pending ones for up to `grace_s` s, cancel the rest; returns
@@ -322,6 +400,9 @@ class AsyncInferStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _in_flight(self, request_id: str) -> bool:
+        return request_id in self._pending or request_id in self._late
 
     # ---- grpc.aio's side
 
@@ -345,8 +426,12 @@ class AsyncInferStream:
         self._fail(error)
 
     def _answer(self, response: pb.ModelStreamInferResponse) -> None:
-        future = self._pending.pop(response.infer_response.id, None)
-        if future is None or future.done():
+        request_id = response.infer_response.id
+        future = self._pending.pop(request_id, None)
+        if future is None:
+            self._late.discard(request_id)
+            return
+        if future.done():
             return
         outcome = _outcome(response)
         if isinstance(outcome, KerveError):
@@ -360,6 +445,7 @@ class AsyncInferStream:
         if self._error is None:
             self._error = error
         pending, self._pending = self._pending, {}
+        self._late.clear()
         self._requests.put_nowait(_END)  # ends grpc's request task if it waits for a message
         for future in pending.values():
             if not future.done():

@@ -1,9 +1,10 @@
 """The SDK's shared memory against a real `kerve serve` on this host: regions made, registered, used by unary calls
-and streams for inputs and by unary calls for outputs, unregistered and removed."""
+and streams for inputs and outputs, unregistered and removed."""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -123,3 +124,43 @@ def test_async_outputs_in_a_region(server: str) -> None:
 
     got, expected = asyncio.run(main())
     assert got.shape == expected.shape and got.tobytes() == expected.tobytes()
+
+
+def test_stream_calls_place_their_outputs_in_a_region(server: str) -> None:
+    """Each call on one stream names its own place; what comes back matches a unary call, and came through the
+    region (the place held zeros before). A call without outputs still gets its answer in the message."""
+    with Client(server) as client:
+        expected = client.predict("cnn", {"image": IMAGES})["output_0"]
+        row = expected[:1].nbytes
+        with client.shared_memory(len(IMAGES) * row, name="sdk-stream-outputs") as region, client.stream("cnn") as s:
+            path = Path("/dev/shm", region.key[1:])
+            assert path.read_bytes() == bytes(len(IMAGES) * row)
+            places = [region.output("output_0", offset=i * row, byte_size=row) for i in range(len(IMAGES))]
+            with ThreadPoolExecutor(len(IMAGES)) as pool:  # concurrent messages, each written to its own place
+                results = list(
+                    pool.map(lambda i: s.infer({"image": IMAGES[i : i + 1]}, outputs=[places[i]]), range(len(IMAGES)))
+                )
+            got = np.concatenate([r.outputs["output_0"] for r in results])
+            assert path.read_bytes() == got.tobytes()
+            in_message = s.predict({"image": IMAGES})["output_0"]
+    assert [r.model_name for r in results] == ["cnn"] * len(IMAGES)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)  # rows may share a batch with other rows
+    np.testing.assert_allclose(in_message, expected, rtol=1e-5, atol=1e-7)
+    assert not path.exists()
+
+
+def test_async_stream_calls_place_their_outputs_in_a_region(server: str) -> None:
+    async def main() -> tuple[list[np.ndarray], np.ndarray, bytes]:
+        async with AsyncClient(server) as client:
+            expected = (await client.predict("cnn", {"image": IMAGES}))["output_0"]
+            half = expected[:2].nbytes
+            async with await client.shared_memory(2 * half) as region, client.stream("cnn") as stream:
+                places = [region.output("output_0", offset=i * half, byte_size=half) for i in range(2)]
+                calls = [stream.predict({"image": IMAGES[2 * i : 2 * i + 2]}, outputs=[places[i]]) for i in range(2)]
+                got = [r["output_0"] for r in await asyncio.gather(*calls)]
+                return got, expected, Path("/dev/shm", region.key[1:]).read_bytes()
+
+    got, expected, written = asyncio.run(main())
+    assert written == np.concatenate(got).tobytes()
+    np.testing.assert_allclose(np.concatenate(got), expected, rtol=1e-5, atol=1e-7)

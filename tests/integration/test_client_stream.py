@@ -171,6 +171,48 @@ def test_an_in_band_error_on_an_async_stream(server: str) -> None:
     asyncio.run(main())
 
 
+# --- caller-chosen request ids -------------------------------------------------------------------------------
+
+
+def test_a_callers_request_id_round_trips_and_one_in_flight_is_refused(
+    server_process: tuple[str, Popen[bytes]],
+) -> None:
+    target, proc = server_process
+    expected = unary_reference(target, 4)
+    with Client(target) as client, client.stream("cnn", timeout=60) as stream, ThreadPoolExecutor(1) as pool:
+        mine = stream.infer({"image": rows(0)}, request_id="caller-0")
+        assert (mine.id, mine.model_name) == ("caller-0", "cnn")
+        assert stream.infer({"image": rows(1)}).id == "0"  # generated ids count as before
+        with frozen(proc):  # nothing is answered: "held" stays in flight
+            held = pool.submit(stream.infer, {"image": rows(2)}, request_id="held")
+            wait_for(lambda: stream.pending == 1, "the call in flight", 10)
+            with pytest.raises(ValueError, match="request id 'held' is still in flight"):
+                stream.infer({"image": rows(3)}, request_id="held")
+            assert stream.pending == 1 and not stream.closed
+        answered = held.result(timeout=30)
+        again = stream.infer({"image": rows(3)}, request_id="held")  # answered: free again
+    assert (answered.id, again.id) == ("held", "held")
+    for result, i in ((mine, 0), (answered, 2), (again, 3)):
+        assert_same(result.outputs["output_0"], expected[i])
+
+
+def test_async_request_ids_round_trip(server: str) -> None:
+    count = 12
+    expected = unary_reference(server, count)
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server) as client, client.stream("cnn") as stream:
+            return await asyncio.gather(
+                *(stream.infer({"image": rows(i)}, request_id=f"task-{i}" if i % 2 else None) for i in range(count))
+            )
+
+    results = asyncio.run(main())
+    assert [r.id for r in results[1::2]] == [f"task-{i}" for i in range(1, count, 2)]
+    assert sorted(int(r.id) for r in results[::2]) == list(range(count // 2))  # the others: generated
+    for result, reference in zip(results, expected, strict=True):
+        assert_same(result.outputs["output_0"], reference)
+
+
 # --- timeouts and closing -----------------------------------------------------------------------------------
 
 

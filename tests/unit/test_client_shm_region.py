@@ -170,6 +170,6 @@ def test_an_output_placed_twice_is_refused(region: SharedMemoryRegion) -> None:
 
 
 def test_a_stream_refuses_outputs_in_shared_memory(region: SharedMemoryRegion) -> None:
-    """Its calls run concurrently with fixed outputs: all of them would write one place."""
-    with pytest.raises(InvalidArgumentError, match="outputs in shared memory need unary infer"):
+    """Its calls run concurrently with fixed outputs: all of them would write one place (a call places its own)."""
+    with pytest.raises(InvalidArgumentError, match="place outputs in shared memory per call"):
         InferStream(object(), "m", outputs=[region.output("y")], timeout=1.0)  # type: ignore[list-item]
