@@ -104,7 +104,8 @@ class KerveServer:
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
-        loader = ReplicaLoader(self.devices)
+        loader = ReplicaLoader(self.devices, settings.call_path)
+        log.info("models are called through the %s path (--call-path %s)", loader.call_path, settings.call_path)
         self.manager = ModelManager(
             settings.model_repository,
             loader,

@@ -1,7 +1,17 @@
 """A loaded SavedModel version: its signatures as typed specs and a numpy-in, numpy-out call.
 
-Serving goes through `tf.saved_model.load(path).signatures[...]`, never `keras.Model.predict` (which costs ~70x
-more per call on small batches). This is the only server module that loads or calls a model.
+Serving goes through the SavedModel's signatures, never `keras.Model.predict` (which costs ~70x more per call on
+small batches). A signature is called through one of two paths (`--call-path`):
+
+- ``session``: the SavedModel's graph imported into a TF1 ``Session`` and called through
+  ``Session.make_callable``: one C++ ``Session::Run`` per batch, numpy in and out, as TF Serving does. It runs the
+  least Python (and holds the GIL least) per call, which is what a 2-core host serving small batches is short of.
+- ``function``: ``tf.saved_model.load(path).signatures[key]``, an eager call of the signature's ConcreteFunction.
+  Mirrored models (MirroredStrategy/TPUStrategy) need it, and ``auto`` keeps it on GPU and TPU, where the session
+  path has not been measured.
+
+Both give the same signatures, specs and bit-identical outputs (tests/integration/test_call_paths.py). This is the
+only server module that loads or calls a model.
 """
 
 from __future__ import annotations
@@ -9,31 +19,65 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2, saved_model_pb2
+from tensorflow.python.eager import context
+from tensorflow.python.util import deprecation
 
 from . import sharding
 from .devices import DeviceSet
 from .errors import ErrorCode, ServingError, first_line, not_found
 from .model_config import ModelConfig
 from .placement import Placer
-from .types import TensorSpec
+from .types import CALL_PATHS, TensorSpec
 
 log = logging.getLogger("kerve.server.model")
 
 DEFAULT_SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"
+SERVE_TAG = "serve"
+_MAX_CALLABLES = 32  # per signature: one Session callable per distinct set of requested outputs
+
+
+def resolve_call_path(requested: str, device_kind: str) -> str:
+    """`auto` is the session path on CPU and the function path on GPU and TPU (the session path is unmeasured there)."""
+    if requested not in CALL_PATHS:
+        raise ValueError(f"call path must be one of {', '.join(CALL_PATHS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "session" if device_kind == "cpu" else "function"
+
+
+class Runner(Protocol):
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+def _numpy_dtype(dtype: tf.DType) -> np.dtype:
+    return np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
 
 
 def _spec(name: str, tf_spec: tf.TensorSpec) -> TensorSpec:
-    dtype = np.dtype(object) if tf_spec.dtype == tf.string else np.dtype(tf_spec.dtype.as_numpy_dtype)
     shape = None if tf_spec.shape.rank is None else tuple(tf_spec.shape.as_list())
-    return TensorSpec(name=name, dtype=dtype, shape=shape)
+    return TensorSpec(name=name, dtype=_numpy_dtype(tf_spec.dtype), shape=shape)
+
+
+def _info_spec(name: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+    shape = tf.TensorShape(info.tensor_shape)
+    return TensorSpec(
+        name=name,
+        dtype=_numpy_dtype(tf.as_dtype(info.dtype)),
+        shape=None if shape.rank is None else tuple(shape.as_list()),
+    )
 
 
 @dataclass
@@ -41,21 +85,8 @@ class Signature:
     key: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
-    _fn: Any
-    _device: str | None = None
-
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Call the concrete function; runs in a worker thread (TensorFlow releases the GIL)."""
-        ctx = tf.device(self._device) if self._device else contextlib.nullcontext()
-        with ctx:
-            try:
-                result = self._fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
-            except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-                raise _rejected(exc) from None
-            except tf.errors.ResourceExhaustedError as exc:
-                raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, first_line(exc) or type(exc).__name__) from None
-        names = output_names or sorted(result)
-        return {name: result[name].numpy() for name in names}
+    run: Runner  # runs in a worker thread (TensorFlow releases the GIL): inputs -> the named (or all) outputs
+    fn: Any = None  # the ConcreteFunction on the function path (MirroredServable calls it under its strategy)
 
 
 def _rejected(exc: BaseException) -> ServingError:
@@ -63,25 +94,166 @@ def _rejected(exc: BaseException) -> ServingError:
     return ServingError(ErrorCode.INVALID_ARGUMENT, f"model rejected the inputs: {reason}")
 
 
+@contextlib.contextmanager
+def _model_errors() -> Iterator[None]:
+    """What a model raises on a call, as the status a client gets (both call paths raise the same classes)."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+        raise _rejected(exc) from None
+    except tf.errors.ResourceExhaustedError as exc:
+        raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, first_line(exc) or type(exc).__name__) from None
+
+
+def _function_runner(fn: Any, device: str | None) -> Runner:
+    def run(inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        with tf.device(device) if device else contextlib.nullcontext(), _model_errors():
+            result = fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
+        names = output_names or sorted(result)
+        return {name: result[name].numpy() for name in names}
+
+    return run
+
+
+class _SessionSignature:
+    """One signature called through `Session.make_callable`: the feeds in sorted input order, one callable per
+    tuple of requested outputs (made once, then reused: making one prunes the graph, which costs milliseconds)."""
+
+    def __init__(self, session: tf.compat.v1.Session, signature: meta_graph_pb2.SignatureDef) -> None:
+        self._session = session
+        self._inputs = sorted(signature.inputs)
+        self._feeds = [session.graph.get_tensor_by_name(signature.inputs[name].name) for name in self._inputs]
+        self._fetches = {name: session.graph.get_tensor_by_name(info.name) for name, info in signature.outputs.items()}
+        self._all = tuple(sorted(self._fetches))
+        self._callables: dict[tuple[str, ...], Callable[..., list[np.ndarray]]] = {}
+        self._lock = threading.Lock()
+        self._callable(self._all)  # built at load, so the first request does not pay for it
+
+    def _callable(self, names: tuple[str, ...]) -> Callable[..., list[np.ndarray]]:
+        found = self._callables.get(names)
+        if found is not None:
+            return found
+        unknown = [name for name in names if name not in self._fetches]
+        if unknown:
+            raise ServingError(
+                ErrorCode.INVALID_ARGUMENT, f"unknown output(s) {unknown}; the signature has {list(self._all)}"
+            )
+        with self._lock:
+            found = self._callables.get(names)
+            if found is None:
+                found = self._session.make_callable([self._fetches[name] for name in names], self._feeds)
+                if len(self._callables) < _MAX_CALLABLES or names == self._all:
+                    self._callables[names] = found
+            return found
+
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = tuple(output_names) if output_names else self._all
+        if len(inputs) != len(self._inputs) or any(name not in inputs for name in self._inputs):
+            raise ServingError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"model rejected the inputs: expected {self._inputs}, got {sorted(inputs)}",
+            )
+        call = self._callable(names)
+        try:
+            with _model_errors():
+                values = call(*[inputs[name] for name in self._inputs])
+        except RuntimeError as exc:  # the session was closed: the version was unloaded while this batch waited
+            raise ServingError(ErrorCode.UNAVAILABLE, f"the model was unloaded: {first_line(exc)}") from None
+        return dict(zip(names, values, strict=True))
+
+
+def _meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraph a server serves: the one tagged "serve", or the only one."""
+    saved = saved_model_pb2.SavedModel()
+    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
+    if text.exists() and not binary.exists():
+        text_format.Parse(text.read_text(), saved)
+    else:
+        saved.ParseFromString(binary.read_bytes())  # none there: FileNotFoundError, as the function path's OSError
+    graphs = list(saved.meta_graphs)
+    served = [graph for graph in graphs if SERVE_TAG in graph.meta_info_def.tags]
+    if served:
+        return served[0]
+    if len(graphs) == 1:
+        return graphs[0]
+    tags = [list(graph.meta_info_def.tags) for graph in graphs]
+    raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{path}: no MetaGraph tagged {SERVE_TAG!r} among {tags}")
+
+
+def _session_config() -> config_pb2.ConfigProto:
+    """The eager runtime's configuration (threads, logical devices, soft placement, GPU memory growth) with
+    Grappler's function optimizer off.
+
+    With it on, Grappler inlines the signature's functions and lowers a model's loops (an LSTM's while) to TF1
+    control flow, which measured 1.4-1.6x slower per batch-1 call than the eager function; off, the session runs
+    the same function bodies the eager call runs (docs/benchmarks.md, thirteenth session).
+    """
+    config = config_pb2.ConfigProto()
+    config.CopyFrom(context.context().config)
+    config.graph_options.rewrite_options.function_optimization = rewriter_config_pb2.RewriterConfig.OFF
+    return config
+
+
 class SavedModelServable:
-    """One version of one model on one device."""
+    """One version of one model on one device, called through `call_path` ("session" or "function")."""
 
     platform = PLATFORM
 
-    def __init__(self, path: str | Path, device: str | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | None = None, call_path: str = "function") -> None:
+        if call_path not in ("session", "function"):
+            raise ValueError(f"call path must be session or function, got {call_path!r}")
         self.path = Path(path)
         self.device = device
-        ctx = tf.device(device) if device else contextlib.nullcontext()
-        with ctx:
+        self.call_path = call_path
+        self._session: tf.compat.v1.Session | None = None
+        self.signatures: dict[str, Signature] = (
+            self._load_session() if call_path == "session" else self._load_function()
+        )
+        if not self.signatures:
+            self.close()
+            raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{self.path} has no serving signatures")
+
+    def _load_function(self) -> dict[str, Signature]:
+        with tf.device(self.device) if self.device else contextlib.nullcontext():
             self._loaded = tf.saved_model.load(str(self.path))
-        self.signatures: dict[str, Signature] = {}
+        signatures = {}
         for key, fn in self._loaded.signatures.items():
             _args, kwargs = fn.structured_input_signature
             inputs = {name: _spec(name, spec) for name, spec in kwargs.items()}
             outputs = {name: _spec(name, spec) for name, spec in fn.structured_outputs.items()}
-            self.signatures[key] = Signature(key, inputs, outputs, fn, device)
-        if not self.signatures:
-            raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{self.path} has no serving signatures")
+            signatures[key] = Signature(key, inputs, outputs, _function_runner(fn, self.device), fn)
+        return signatures
+
+    def _load_session(self) -> dict[str, Signature]:
+        meta_graph = _meta_graph(self.path)
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=_session_config())
+        try:
+            placed = graph.device(self.device) if self.device else contextlib.nullcontext()
+            with graph.as_default(), placed, deprecation.silence():  # silence: this path is the TF1 loader
+                loaded = tf.compat.v1.saved_model.load(
+                    session, list(meta_graph.meta_info_def.tags), str(self.path), clear_devices=True
+                )
+            signatures = {}
+            for key, signature in loaded.signature_def.items():
+                if key.startswith("__"):  # __saved_model_init_op: run by the loader, not a serving signature
+                    continue
+                inputs = {name: _info_spec(name, info) for name, info in signature.inputs.items()}
+                outputs = {name: _info_spec(name, info) for name, info in signature.outputs.items()}
+                signatures[key] = Signature(key, inputs, outputs, _SessionSignature(session, signature))
+        except BaseException:
+            session.close()
+            raise
+        self._session = session
+        return signatures
+
+    def close(self) -> None:
+        """Free the session's graph and variables (the function path's are freed with the object)."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def signature(self, key: str | None = None) -> Signature:
         """The named signature, or serving_default (or the only one) when no name is given."""
@@ -100,22 +272,38 @@ class SavedModelServable:
 class ReplicatedServable:
     """The same version loaded once per device (device_mode: replica); specs come from the first replica.
 
-    The batcher gets one runner per device and sends each batch to an idle one. ``on_close`` runs once, when the
-    manager unloads the version (the placer takes its devices back).
+    The batcher gets one runner per device and sends each batch to an idle one. ``close`` (the manager unloads
+    the version, after its in-flight requests drained) frees every replica and runs ``on_close`` once (the placer
+    takes its devices back).
     """
 
     platform = PLATFORM
 
-    def __init__(self, path: str | Path, devices: Sequence[str], on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        devices: Sequence[str],
+        on_close: Callable[[], None] | None = None,
+        call_path: str = "function",
+    ) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
         self.path = Path(path)
-        self.replicas = [SavedModelServable(path, device) for device in devices]
+        self.replicas: list[SavedModelServable] = []
+        try:
+            for device in devices:
+                self.replicas.append(SavedModelServable(path, device, call_path))
+        except BaseException:
+            for replica in self.replicas:
+                replica.close()
+            raise
         self.signatures = self.replicas[0].signatures
         self.runner_devices = [replica.device or "default" for replica in self.replicas]
         self._on_close = on_close
 
     def close(self) -> None:
+        for replica in self.replicas:
+            replica.close()
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
@@ -123,7 +311,7 @@ class ReplicatedServable:
     def signature(self, key: str | None = None) -> Signature:
         return self.replicas[0].signature(key)
 
-    def runners(self, key: str) -> list[Any]:
+    def runners(self, key: str) -> list[Runner]:
         """One callable per device for the batcher: inputs with a batch dim -> all outputs."""
         return [replica.signatures[key].run for replica in self.replicas]
 
@@ -143,7 +331,7 @@ class MirroredServable:
         self.path = Path(path)
         self.strategy = strategy
         with strategy.scope():
-            self._model = SavedModelServable(path)
+            self._model = SavedModelServable(path, call_path="function")  # strategy.run needs the function
         self.signatures = self._model.signatures
         self.runner_devices = ["mirrored:" + ",".join(devices)]
 
@@ -156,7 +344,7 @@ class MirroredServable:
     def _sharded_runner(self, signature: Signature) -> Any:
         strategy = self.strategy
         shards = strategy.num_replicas_in_sync
-        fn = signature._fn
+        fn = signature.fn
 
         @tf.function(reduce_retracing=True)
         def step(values: Any) -> Any:
@@ -183,12 +371,14 @@ class ReplicaLoader:
 
     Replica mode puts one copy on each device, or with config.yaml's ``replicas: N`` on the N devices holding
     the fewest copies at that moment (server/placement.py); unloading the version gives them back. Mirrored mode
-    loads one copy under the device set's strategy (MirroredStrategy, or TPUStrategy on a TPU).
+    loads one copy under the device set's strategy (MirroredStrategy, or TPUStrategy on a TPU). Replicas are
+    called through ``call_path`` (resolved from ``auto`` by the device kind); mirrored copies through the function.
     """
 
-    def __init__(self, devices: DeviceSet) -> None:
+    def __init__(self, devices: DeviceSet, call_path: str = "auto") -> None:
         self.placer = Placer(devices.names)
         self._mirrored_strategy = devices.mirrored_strategy
+        self.call_path = resolve_call_path(call_path, devices.kind)
 
     def placement(self, config: ModelConfig) -> tuple[str, int]:
         """Where a load with `config` puts a version: mirrored, or copies on how many devices (none given, or more
@@ -211,7 +401,8 @@ class ReplicaLoader:
             )
         chosen = self.placer.acquire(config.replicas)
         try:
-            return ReplicatedServable(path, chosen, on_close=functools.partial(self.placer.release, chosen))
+            release = functools.partial(self.placer.release, chosen)
+            return ReplicatedServable(path, chosen, on_close=release, call_path=self.call_path)
         except BaseException:
             self.placer.release(chosen)
             raise

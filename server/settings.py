@@ -11,6 +11,7 @@ from pathlib import Path
 from . import event_loop, otel, thread_priority
 from .batcher import BatchingConfig
 from .event_loop import EVENT_LOOPS
+from .types import CALL_PATHS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ServerSettings:
     intra_op_threads: int = 0  # TF threads per op; 0: usable cores (server/cpus.py) // (cpu_replicas * processes)
     inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
     model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
+    call_path: str = "auto"  # session | function | auto (session on CPU): how models are called (server/model.py)
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
     load_models: tuple[str, ...] | None = None  # explicit control: the models loaded at start (None: all)
@@ -69,6 +71,8 @@ class ServerSettings:
         ):
             if threads < 0:
                 raise ValueError(f"{flag} must be >= 0, got {threads}")
+        if self.call_path not in CALL_PATHS:
+            raise ValueError(f"--call-path must be one of {', '.join(CALL_PATHS)}, got {self.call_path!r}")
         if self.model_thread_nice is not None and not (0 <= self.model_thread_nice <= 19):
             raise ValueError(f"--model-thread-nice must be auto or 0..19, got {self.model_thread_nice}")
         if not (self.poll_interval_s >= 0):  # also rejects NaN
@@ -352,6 +356,15 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         f"request passes through; auto = {thread_priority.AUTO_NICE} on 2+ usable cores, 0 (off) on one "
         "(env KERVE_MODEL_THREAD_NICE)",
     )
+    group.add_argument(
+        "--call-path",
+        choices=CALL_PATHS,
+        default=_env("CALL_PATH", "auto") or "auto",
+        help="how a model is called: session (the SavedModel's graph in a TF1 Session, one Session::Run per "
+        "batch, as TF Serving does; the least Python per call), function (an eager call of the signature's "
+        "ConcreteFunction); auto = session on CPU, function on GPU and TPU; mirrored models always use function "
+        "(env KERVE_CALL_PATH)",
+    )
 
 
 def _nice(text: str) -> int | None:
@@ -399,6 +412,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
         model_thread_nice=args.model_thread_nice,
+        call_path=args.call_path,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
         load_models=_load_models(args.load_model),

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+CALL_PATHS = ("auto", "session", "function")  # how a model is called: server/model.py, --call-path
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -1,0 +1,163 @@
+"""The two ways a servable calls a model (server/model.py, --call-path): a TF1 Session's callable and the eager
+ConcreteFunction give the same signatures and specs and bit-identical outputs, and fail the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (
+    build_examples_model,
+    build_no_signature_model,
+    build_strings_model,
+    build_text_lstm,
+    example,
+    running_server,
+)
+from kerve.client import Client
+
+pytestmark = pytest.mark.integration
+
+RNG = np.random.default_rng(5)
+SERIALIZED = np.array([example((1.0, 2.0)).SerializeToString(), example((-0.5, 4.0)).SerializeToString()], object)
+CASES: dict[str, dict[str, dict[str, np.ndarray]]] = {
+    "cnn": {"serving_default": {"image": RNG.random((5, 8, 8, 1), dtype=np.float32)}},
+    "pair": {
+        "serving_default": {
+            "features": RNG.random((4, 3), dtype=np.float32),
+            "ids": RNG.integers(0, 16, (4, 2), dtype=np.int64),
+        }
+    },
+    "lstm": {"serving_default": {"tokens": RNG.integers(0, 50, (3, 6), dtype=np.int32)}},
+    "strings": {"serving_default": {"text": np.array([b"a", b"hello", "\u00e9t\u00e9".encode()], object)}},
+    "examples": {
+        "serving_default": {"x": RNG.random((2, 2), dtype=np.float32)},
+        "classify": {"inputs": SERIALIZED},
+        "regress": {"inputs": SERIALIZED},
+        "regress_tf2": {"inputs": SERIALIZED},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def models(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    made = tmp_path_factory.mktemp("call-paths")
+    build_text_lstm(made / "lstm")
+    build_strings_model(made / "strings")
+    build_examples_model(made / "examples")
+    build_no_signature_model(made / "nothing")
+    paths = {name: made / name for name in ("lstm", "strings", "examples", "nothing")}
+    return {"cnn": model_repo / "cnn" / "1", "pair": model_repo / "pair" / "1", **paths}
+
+
+def load(path: Path, call_path: str):  # noqa: ANN201 - a SavedModelServable (TF imported lazily)
+    from kerve.server.model import SavedModelServable
+
+    return SavedModelServable(path, "/device:CPU:0", call_path)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_both_paths_give_the_same_signatures_and_bit_identical_outputs(name: str, models: dict[str, Path]) -> None:
+    session, function = load(models[name], "session"), load(models[name], "function")
+    try:
+        assert sorted(session.signatures) == sorted(function.signatures)
+        assert set(CASES[name]) <= set(session.signatures)  # Keras exports add `serve`, serving_default's twin
+        for key in session.signatures:
+            inputs = CASES[name].get(key, CASES[name]["serving_default"])
+            ours, theirs = session.signatures[key], function.signatures[key]
+            assert ours.inputs == theirs.inputs and ours.outputs == theirs.outputs
+            assert ours.fn is None and theirs.fn is not None  # only the function path can run under a strategy
+            got, want = ours.run(inputs), theirs.run(inputs)
+            assert sorted(got) == sorted(want) == sorted(ours.outputs)
+            for output, value in want.items():
+                assert got[output].dtype == value.dtype and got[output].shape == value.shape
+                assert np.array_equal(got[output], value), f"{name}/{key}/{output} differs between the paths"
+            first = sorted(ours.outputs)[:1]
+            assert list(ours.run(inputs, first)) == first  # a subset of the outputs: only those are fetched
+            np.testing.assert_array_equal(ours.run(inputs, first)[first[0]], want[first[0]])
+    finally:
+        session.close()
+        function.close()
+
+
+def test_session_path_rejects_bad_calls_with_the_status_a_client_gets(models: dict[str, Path]) -> None:
+    from kerve.server.errors import ErrorCode, ServingError
+
+    servable = load(models["examples"], "session")
+    signature = servable.signatures["classify"]
+    with pytest.raises(ServingError) as unknown:
+        signature.run({"inputs": SERIALIZED}, ["classes", "nope"])
+    assert unknown.value.code == ErrorCode.INVALID_ARGUMENT and "nope" in str(unknown.value)
+    with pytest.raises(ServingError) as missing:
+        servable.signatures["serving_default"].run({"y": np.zeros((1, 2), np.float32)})
+    assert missing.value.code == ErrorCode.INVALID_ARGUMENT and "['x']" in str(missing.value)
+    with pytest.raises(ServingError) as unparsable:  # the model itself fails on the values: its error, not a crash
+        signature.run({"inputs": np.array([b"not an example"], object)})
+    assert unparsable.value.code == ErrorCode.INVALID_ARGUMENT
+    assert "model rejected the inputs" in str(unparsable.value)
+    for call_path in ("session", "function"):  # a shape the graph cannot take, on both paths
+        with pytest.raises(ServingError) as shape:
+            load(models["cnn"], call_path).signature().run({"image": np.zeros((2, 8, 8, 3), np.float32)})
+        assert shape.value.code == ErrorCode.INVALID_ARGUMENT, call_path
+
+    servable.close()
+    servable.close()  # closing twice is harmless
+    with pytest.raises(ServingError) as closed:  # a batch that ran after its version was unloaded
+        signature.run({"inputs": SERIALIZED})
+    assert closed.value.code == ErrorCode.UNAVAILABLE and "unloaded" in str(closed.value)
+
+
+@pytest.mark.parametrize("call_path", ["session", "function"])
+def test_a_model_without_signatures_is_refused_on_both_paths(call_path: str, models: dict[str, Path]) -> None:
+    from kerve.server.errors import ErrorCode, ServingError
+
+    with pytest.raises(ServingError) as refused:
+        load(models["nothing"], call_path)
+    assert refused.value.code == ErrorCode.FAILED_PRECONDITION and "no serving signatures" in str(refused.value)
+
+
+def test_auto_is_the_session_on_cpu_and_the_function_elsewhere() -> None:
+    from kerve.server.devices import DeviceSet
+    from kerve.server.model import ReplicaLoader, resolve_call_path
+    from kerve.server.settings import ServerSettings
+
+    assert [resolve_call_path("auto", kind) for kind in ("cpu", "gpu", "tpu")] == ["session", "function", "function"]
+    assert resolve_call_path("function", "cpu") == "function" and resolve_call_path("session", "gpu") == "session"
+    with pytest.raises(ValueError, match="call path"):
+        resolve_call_path("graph", "cpu")
+    assert ReplicaLoader(DeviceSet("cpu", ("/device:CPU:0",))).call_path == "session"
+    assert ReplicaLoader(DeviceSet("gpu", ("/device:GPU:0",)), "session").call_path == "session"
+    with pytest.raises(ValueError, match="--call-path"):
+        ServerSettings(model_repository=Path("."), call_path="graph")
+
+
+def test_replicas_load_on_the_loaders_path_and_unloading_closes_their_sessions(models: dict[str, Path]) -> None:
+    from kerve.server.devices import DeviceSet
+    from kerve.server.errors import ErrorCode, ServingError
+    from kerve.server.model import ReplicaLoader
+    from kerve.server.model_config import ModelConfig
+
+    loader = ReplicaLoader(DeviceSet("cpu", ("/device:CPU:0",)))
+    servable = loader(models["cnn"], ModelConfig())
+    assert [replica.call_path for replica in servable.replicas] == ["session"]
+    (run,) = servable.runners("serving_default")
+    inputs = CASES["cnn"]["serving_default"]
+    assert run(inputs)["output_0"].shape == (5, 10)
+    servable.close()
+    with pytest.raises(ServingError) as closed:
+        run(inputs)
+    assert closed.value.code == ErrorCode.UNAVAILABLE
+
+
+def test_a_server_on_the_function_path_serves_what_the_model_computes(
+    model_repo: Path, tmp_path: Path, in_process
+) -> None:
+    """The session fixture's server runs the default (session on CPU); this one keeps the function path covered."""
+    images = CASES["cnn"]["serving_default"]["image"]
+    with running_server(model_repo, tmp_path, "--call-path", "function") as (target, _proc), Client(target) as client:
+        got = client.infer("cnn", {"image": images}).outputs
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert "models are called through the function path (--call-path function)" in log
+    np.testing.assert_array_equal(got["output_0"], in_process("cnn", {"image": images})["output_0"])
