@@ -9,9 +9,10 @@ in and out), so the figures are what a batch costs in the server, less the reque
 - `session`: the SavedModel's graph in a TF1 Session called through `Session.make_callable` (the default on CPU):
   one C++ `Session::Run` per call, far less Python (and GIL) per call.
 
-The two are checked to give bit-identical outputs. The paths are timed in alternating rounds (noise on a shared
-host hits both alike); wall time and the calling process's CPU time per call are printed (TF's own threads count
-in the CPU time), with the best round of each.
+`ulps` is the largest difference between the two paths' outputs in units in the last place (0: bit-identical;
+the seed LSTM's differ by 1-2 at some batch sizes); more than 8 stops the run. The paths are timed in alternating
+rounds (noise on a shared host hits both alike); wall time and the calling process's CPU time per call are printed
+(TF's own threads count in the CPU time), with the best round of each.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def _time(call: Callable[[], Any], seconds: float) -> tuple[float, float]:
     return (time.perf_counter() - started) / calls * 1e3, (time.process_time() - cpu) / calls * 1e3
 
 
+def _ulps(want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> int:
+    if sorted(want) != sorted(got):
+        raise SystemExit(f"the two call paths return different outputs: {sorted(want)} vs {sorted(got)}")
+    worst = 0
+    for name, value in want.items():
+        if value.dtype.kind != "f":
+            worst = max(worst, 0 if np.array_equal(value, got[name]) else 1 << 30)
+            continue
+        spacing = np.spacing(np.maximum(np.abs(value), np.abs(got[name])).astype(value.dtype))
+        worst = max(worst, int(np.max(np.abs(value.astype(np.float64) - got[name]) / spacing, initial=0)))
+    return worst
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,seed_cnn")
@@ -53,7 +67,8 @@ def main() -> int:
 
     repo = Path(tempfile.mkdtemp(prefix="kerve-call-paths-"))
     print(
-        f"{'model':9s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} {'saved':>6s}"
+        f"{'model':9s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} "
+        f"{'saved':>6s} {'ulps':>5s}"
     )
     for name in [n for n in args.models.split(",") if n]:
         path = export(MODELS[name], repo)
@@ -62,9 +77,9 @@ def main() -> int:
         rng = np.random.default_rng(0)
         for batch in [int(b) for b in args.batches.split(",") if b]:
             inputs = {s.name: s.sample(rng, batch) for s in MODELS[name].inputs}
-            want, got = runs["function"](inputs), runs["session"](inputs)
-            if sorted(want) != sorted(got) or not all(np.array_equal(want[k], got[k]) for k in want):
-                raise SystemExit(f"{name}: the two call paths disagree")
+            ulps = _ulps(runs["function"](inputs), runs["session"](inputs))
+            if ulps > 8:
+                raise SystemExit(f"{name}: the two call paths disagree by {ulps} ulps")
             best: dict[str, tuple[float, float]] = {}
             for _ in range(args.rounds):
                 for call_path, run in runs.items():
@@ -74,7 +89,7 @@ def main() -> int:
             (fn_ms, fn_cpu), (ses_ms, ses_cpu) = best["function"], best["session"]
             print(
                 f"{name:9s} {batch:5d} {fn_ms:11.3f} {fn_cpu:7.3f} {ses_ms:10.3f} {ses_cpu:7.3f} "
-                f"{1 - ses_ms / fn_ms:6.0%}",
+                f"{1 - ses_ms / fn_ms:6.0%} {ulps:5d}",
                 flush=True,
             )
         for servable in servables.values():
