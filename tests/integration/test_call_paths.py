@@ -33,6 +33,7 @@ CASES: dict[str, dict[str, dict[str, np.ndarray]]] = {
     },
     "lstm": {"serving_default": {"tokens": RNG.integers(0, 50, (3, 6), dtype=np.int32)}},
     "strings": {"serving_default": {"text": np.array([b"a", b"hello", "\u00e9t\u00e9".encode()], object)}},
+    "vocabulary": {"serving_default": {"word": np.array([b"y", b"unknown", b"z"], object)}},
     "examples": {
         "serving_default": {"x": RNG.random((2, 2), dtype=np.float32)},
         "classify": {"inputs": SERIALIZED},
@@ -42,6 +43,32 @@ CASES: dict[str, dict[str, dict[str, np.ndarray]]] = {
 }
 
 
+def build_vocabulary_model(path: Path, scratch: Path) -> None:
+    """A hash table initialized from a vocabulary file: the SavedModel carries it as an asset, and the session
+    path's loader must run the init op that fills the table from the copy under assets/."""
+    import tensorflow as tf
+
+    vocabulary = scratch / "vocabulary.txt"
+    vocabulary.write_text("x\ny\nz\n")
+
+    class Vocabulary(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            line = tf.lookup.TextFileIndex
+            source = tf.lookup.TextFileInitializer(
+                str(vocabulary), tf.string, line.WHOLE_LINE, tf.int64, line.LINE_NUMBER
+            )
+            self.table = tf.lookup.StaticHashTable(source, -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="word")])
+        def serve(self, word: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"id": self.table.lookup(word)}
+
+    module = Vocabulary()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    vocabulary.unlink()  # loaded from the SavedModel's own assets/ from here on
+
+
 @pytest.fixture(scope="module")
 def models(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made = tmp_path_factory.mktemp("call-paths")
@@ -49,7 +76,8 @@ def models(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     build_strings_model(made / "strings")
     build_examples_model(made / "examples")
     build_no_signature_model(made / "nothing")
-    paths = {name: made / name for name in ("lstm", "strings", "examples", "nothing")}
+    build_vocabulary_model(made / "vocabulary", tmp_path_factory.mktemp("scratch"))
+    paths = {name: made / name for name in ("lstm", "strings", "examples", "nothing", "vocabulary")}
     return {"cnn": model_repo / "cnn" / "1", "pair": model_repo / "pair" / "1", **paths}
 
 
@@ -71,6 +99,8 @@ def test_both_paths_give_the_same_signatures_and_bit_identical_outputs(name: str
             assert ours.inputs == theirs.inputs and ours.outputs == theirs.outputs
             assert ours.fn is None and theirs.fn is not None  # only the function path can run under a strategy
             got, want = ours.run(inputs), theirs.run(inputs)
+            if name == "vocabulary":
+                assert got["id"].tolist() == [1, -1, 2]
             assert sorted(got) == sorted(want) == sorted(ours.outputs)
             for output, value in want.items():
                 assert got[output].dtype == value.dtype and got[output].shape == value.shape
