@@ -23,7 +23,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import event_loop, group_settings, heap, processes, tfs_service, thread_priority, warmup
+from . import event_loop, group_settings, heap, host_metrics, processes, tfs_service, thread_priority, warmup
 from .cpus import usable_cores
 from .devices import configure_devices, thread_counts
 from .group_settings import SettingsJournal
@@ -123,6 +123,8 @@ class KerveServer:
         self.manager.forget = self.engine.forget
         if settings.triton_metrics:
             self.metrics.add_pusher(TritonMetrics(self.metrics.registry, self.manager.snapshot).update)
+            if host_metrics.available():  # nv_cpu_*: Linux's /proc
+                self.metrics.add_pusher(host_metrics.HostMetrics(self.metrics.registry).update)
         self.health = health.aio.HealthServicer()
         self.draining = False
         self.port = 0

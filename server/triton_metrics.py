@@ -11,8 +11,8 @@ a prometheus_client counter would add `_total` to the name, and Triton's name is
 
 Differences, by necessity: `nv_inference_request_failure` has no `reason` label (kerve's statistics count failures,
 not their causes: kerve_requests_total{code} has them); `nv_inference_pending_request_count` counts a version's
-requests in flight (queued or running), where Triton's counts those not yet executing. No GPU or CPU metrics
-(nv_gpu_*, nv_cpu_*): kerve does not read DCGM.
+requests in flight (queued or running), where Triton's counts those not yet executing. No GPU metrics (nv_gpu_*):
+kerve does not read DCGM. The CPU ones (nv_cpu_*) come with this flag too, from /proc: server/host_metrics.py.
 """
 
 from __future__ import annotations

@@ -146,6 +146,26 @@ def test_parent_exports_group_metrics(group) -> None:
     assert value(samples, "kerve_inflight_requests", model="cnn") == 0.0
 
 
+def test_tritons_cpu_metrics_are_the_hosts_once_not_summed_over_the_group(group) -> None:
+    """--triton-metrics adds nv_cpu_*: every process reads the same host, so the group reports one reading."""
+    _target, metrics_url, _proc = group
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_total = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+
+    def host_samples() -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {}
+        for (name, _labels), sample in scrape(metrics_url)[0].items():
+            if name.startswith("nv_cpu_"):
+                found.setdefault(name, []).append(sample)
+        return found
+
+    found = wait_for(lambda: len(host_samples()) == 3 and host_samples(), "nv_cpu_* in the group's /metrics")
+    assert all(len(samples) == 1 for samples in found.values()), found  # no per-process series
+    assert found["nv_cpu_memory_total_bytes"] == [mem_total * 1024]
+    assert 0 < found["nv_cpu_memory_used_bytes"][0] < mem_total * 1024
+    assert 0.0 <= found["nv_cpu_utilization"][0] <= 1.0
+
+
 def test_a_child_that_dies_stops_the_group(model_repo: Path, tmp_path: Path) -> None:
     with running_server(model_repo, tmp_path, "--processes", "2") as (_target, proc):
         first, second = children(proc)
