@@ -199,20 +199,38 @@ def _session_config() -> config_pb2.ConfigProto:
 
 
 class SavedModelServable:
-    """One version of one model on one device, called through `call_path` ("session" or "function")."""
+    """One version of one model on one device, called through `call_path` ("session" or "function").
+
+    With `fallback`, a SavedModel the session path cannot load (the TF1 loader cannot import its graph) is loaded
+    through the function path instead, with a warning: `--call-path auto` must not refuse a model that loaded
+    before the session path was its default. An explicit `--call-path session` fails the load instead.
+    """
 
     platform = PLATFORM
 
-    def __init__(self, path: str | Path, device: str | None = None, call_path: str = "function") -> None:
+    def __init__(
+        self, path: str | Path, device: str | None = None, call_path: str = "function", fallback: bool = False
+    ) -> None:
         if call_path not in ("session", "function"):
             raise ValueError(f"call path must be session or function, got {call_path!r}")
         self.path = Path(path)
         self.device = device
         self.call_path = call_path
         self._session: tf.compat.v1.Session | None = None
-        self.signatures: dict[str, Signature] = (
-            self._load_session() if call_path == "session" else self._load_function()
-        )
+        if call_path == "function":
+            self.signatures: dict[str, Signature] = self._load_function()
+        else:
+            try:
+                self.signatures = self._load_session()
+            except OSError:
+                raise  # no SavedModel there: the function path would fail alike
+            except Exception as exc:
+                if not fallback:
+                    raise
+                log.warning("%s: the session call path cannot load it (%s: %s); calling it through the function path",
+                            self.path, type(exc).__name__, first_line(exc))  # fmt: skip
+                self.call_path = "function"
+                self.signatures = self._load_function()
         if not self.signatures:
             self.close()
             raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{self.path} has no serving signatures")
@@ -287,6 +305,7 @@ class ReplicatedServable:
         devices: Sequence[str],
         on_close: Callable[[], None] | None = None,
         call_path: str = "function",
+        fallback: bool = False,
     ) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
@@ -294,7 +313,7 @@ class ReplicatedServable:
         self.replicas: list[SavedModelServable] = []
         try:
             for device in devices:
-                self.replicas.append(SavedModelServable(path, device, call_path))
+                self.replicas.append(SavedModelServable(path, device, call_path, fallback))
         except BaseException:
             for replica in self.replicas:
                 replica.close()
@@ -374,13 +393,15 @@ class ReplicaLoader:
     Replica mode puts one copy on each device, or with config.yaml's ``replicas: N`` on the N devices holding
     the fewest copies at that moment (server/placement.py); unloading the version gives them back. Mirrored mode
     loads one copy under the device set's strategy (MirroredStrategy, or TPUStrategy on a TPU). Replicas are
-    called through ``call_path`` (resolved from ``auto`` by the device kind); mirrored copies through the function.
+    called through ``call_path`` (resolved from ``auto`` by the device kind; under ``auto``, a model the session
+    path cannot load falls back to the function); mirrored copies through the function.
     """
 
     def __init__(self, devices: DeviceSet, call_path: str = "auto") -> None:
         self.placer = Placer(devices.names)
         self._mirrored_strategy = devices.mirrored_strategy
         self.call_path = resolve_call_path(call_path, devices.kind)
+        self._fallback = call_path == "auto"  # auto may fall back to the function path per model; explicit may not
 
     def placement(self, config: ModelConfig) -> tuple[str, int]:
         """Where a load with `config` puts a version: mirrored, or copies on how many devices (none given, or more
@@ -404,7 +425,7 @@ class ReplicaLoader:
         chosen = self.placer.acquire(config.replicas)
         try:
             release = functools.partial(self.placer.release, chosen)
-            return ReplicatedServable(path, chosen, on_close=release, call_path=self.call_path)
+            return ReplicatedServable(path, chosen, release, self.call_path, self._fallback)
         except BaseException:
             self.placer.release(chosen)
             raise

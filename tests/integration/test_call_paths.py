@@ -195,3 +195,31 @@ def test_a_server_on_the_function_path_serves_what_the_model_computes(
     log = next(tmp_path.glob("server-*.log")).read_text()
     assert "models are called through the function path (--call-path function)" in log
     np.testing.assert_array_equal(got["output_0"], in_process("cnn", {"image": images})["output_0"])
+
+
+def test_auto_falls_back_to_the_function_for_a_model_the_session_cannot_load(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--call-path auto` must not refuse a model that loaded before the session path became its default; an
+    explicit `--call-path session` says so instead."""
+    from kerve.server.devices import DeviceSet
+    from kerve.server.model import ReplicaLoader, SavedModelServable
+    from kerve.server.model_config import ModelConfig
+
+    def unloadable(self: SavedModelServable) -> None:
+        raise RuntimeError("Op type not registered 'SomeCustomOp'\nmore lines")
+
+    monkeypatch.setattr(SavedModelServable, "_load_session", unloadable)
+    cpu = DeviceSet("cpu", ("/device:CPU:0",))
+    with caplog.at_level("WARNING", logger="kerve.server.model"):
+        servable = ReplicaLoader(cpu)(models["cnn"], ModelConfig())
+    assert [replica.call_path for replica in servable.replicas] == ["function"]
+    assert "SomeCustomOp" in caplog.text and "function path" in caplog.text
+    (run,) = servable.runners("serving_default")
+    assert run(CASES["cnn"]["serving_default"])["output_0"].shape == (5, 10)
+    servable.close()
+
+    explicit = ReplicaLoader(cpu, "session")
+    with pytest.raises(RuntimeError, match="SomeCustomOp"):
+        explicit(models["cnn"], ModelConfig())
+    assert explicit.placer.held() == {"/device:CPU:0": 0}  # the failed load gave its device back
