@@ -164,6 +164,9 @@ class ModelManager:
         self.forget: Callable[[ModelVersion], None] | None = None
         """Told when what the engine keeps for a version is stale (its cached responses): the version (copy)
         finished unloading, or its config.yaml turned the response cache off."""
+        self.has_response_cache = True
+        """False when the server runs without a response cache: a version whose config.yaml asks for one is
+        served uncached, and the log says so (as Triton serves it; its log is silent)."""
 
     # --- lifecycle entry points ---------------------------------------------------------------------------
 
@@ -395,8 +398,15 @@ class ModelManager:
             entry.config = dataclasses.replace(entry.config, response_cache=config.response_cache)
             log.info("%s version %d: response cache %s", entry.model, entry.version,
                      "on" if config.response_cache else "off")  # fmt: skip
+            self._warn_if_uncached(entry)
             if not config.response_cache:
                 self._stale(entry)
+
+    def _warn_if_uncached(self, entry: ModelVersion) -> None:
+        if entry.config.response_cache and not self.has_response_cache:
+            log.warning("%s version %d: config.yaml sets response_cache: true, but the server has no response "
+                        "cache (--response-cache-mb 0): its responses are not cached",
+                        entry.model, entry.version)  # fmt: skip
 
     @staticmethod
     def _needs_load(record: _Model, version: int) -> bool:
@@ -442,6 +452,7 @@ class ModelManager:
             self._metrics.reloads.labels(entry.model, "loaded").inc()
             warmed = f", {entry.warmup_requests} warmup requests" if entry.warmup_requests else ""
             log.info("loaded %s version %d in %.2fs%s", entry.model, entry.version, time.monotonic() - started, warmed)
+            self._warn_if_uncached(entry)
         self._changes += 1
         entry.load_seconds = time.monotonic() - started
         if entry.published:

@@ -277,6 +277,34 @@ def test_response_cache_turns_on_and_off_without_a_reload_and_stale_entries_are_
     run(tmp_path, body)
 
 
+def test_a_model_asking_for_a_response_cache_the_server_lacks_is_served_uncached_and_the_log_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    version(tmp_path, "m", 1)
+    version(tmp_path, "plain", 1)
+    (tmp_path / "m" / "config.yaml").write_text("response_cache: true\n")
+
+    class Uncached(ModelManager):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.has_response_cache = False  # as KerveServer sets it without --response-cache-mb
+
+    async def body(manager: ModelManager, loader: Loader) -> None:
+        assert states(manager, "m") == {1: "READY"}
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warned == [
+            "m version 1: config.yaml sets response_cache: true, but the server has no response cache "
+            "(--response-cache-mb 0): its responses are not cached"
+        ]
+        caplog.clear()
+        (tmp_path / "plain" / "config.yaml").write_text("response_cache: true\n")  # turned on while loaded
+        await manager.poll()
+        assert [r.getMessage()[:16] for r in caplog.records if r.levelname == "WARNING"] == ["plain version 1:"]
+
+    with caplog.at_level("WARNING", logger="kerve.server.manager"):
+        run(tmp_path, body, manager_class=Uncached)
+
+
 def test_deleted_version_unloads_and_is_forgotten(tmp_path: Path) -> None:
     version(tmp_path, "m", 1)
     version(tmp_path, "m", 2)
