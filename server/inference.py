@@ -25,6 +25,7 @@ from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
 from .response_cache import Owner, ResponseCache
+from .stats import CANCELED, failure_reason
 from .trace import Tracer
 from .types import InferRequest, InferResponse
 from .validation import select_outputs, validate_inputs
@@ -398,17 +399,19 @@ class Call:
         else:
             error = _model_failed(self.request.model, exception)
             error.__cause__ = exception
-        self.finish_error(error)
+        self.finish_error(error, from_model=True)
 
     # ---- ending
 
-    def finish_error(self, error: ServingError, deliver: bool = True) -> None:
+    def finish_error(self, error: ServingError, deliver: bool = True, from_model: bool = False) -> None:
+        """`from_model`: the error came back from the batch's run (a model failure, or the batcher expiring the
+        request), not from its admission; it sorts the failure into Triton's reasons (stats.failure_reason)."""
         if self.finished:
             return
         self._end()
         seconds = time.monotonic() - self.started
         if self.entry is not None:
-            self.entry.stats.record_failure(seconds)
+            self.entry.stats.record_failure(seconds, failure_reason(error.code, from_model))
         self._observe(error.code.value, seconds)
         if self.traced:
             self._trace(error=(error.code.value, error.message))
@@ -426,7 +429,10 @@ class Call:
         if self.work is not None:
             self.work.cancel()
         self._end()
-        self._observe("CANCELLED", time.monotonic() - self.started)
+        seconds = time.monotonic() - self.started
+        if self.entry is not None:  # a failure in ModelStatistics too, as Triton counts a cancelled request
+            self.entry.stats.record_failure(seconds, CANCELED)
+        self._observe("CANCELLED", seconds)
         if self.traced:
             self._trace(error=("CANCELLED", "the caller stopped waiting"))
         self.completion.cancel()

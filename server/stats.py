@@ -6,7 +6,8 @@ then that execution's three phases: assembling the batch, the model call, cuttin
 while `execution_count` and `batch_stats` count model executions. perf_analyzer divides those sums by the request
 count to break a request's latency down, so a per-batch queue sum would make kerve's queue look shorter than it is.
 A request answered from the response cache adds to `success` and `cache_hit` only; a lookup that missed adds to
-`cache_miss`, with the time taken to store the answer.
+`cache_miss`, with the time taken to store the answer. A request that failed once its version was resolved adds to
+`fail`, a cancelled one too (Triton responds CANCELLED and counts it), and to `fail_reasons` under Triton's reason.
 
 Updated from the event loop thread only, so plain numbers suffice; seconds are summed as floats and turned into
 nanoseconds when reported, which keeps the per-request update free of calls.
@@ -16,6 +17,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from .errors import ErrorCode
+
+# Why a request failed, Triton's `reason` label of nv_inference_request_failure (its core's FailureReason)
+REJECTED = "REJECTED"  # the scheduler refused or expired it: queue full, deadline passed while queued
+CANCELED = "CANCELED"  # the caller went away
+BACKEND = "BACKEND"  # the model's execution failed
+OTHER = "OTHER"  # anything else: bad inputs, the version unloading
+FAILURE_REASONS = (REJECTED, CANCELED, BACKEND, OTHER)
+_MODEL_ERRORS = (ErrorCode.INTERNAL, ErrorCode.INVALID_ARGUMENT, ErrorCode.RESOURCE_EXHAUSTED)
+
+
+def failure_reason(code: ErrorCode, from_model: bool) -> str:
+    """The reason for a failure with `code`; `from_model`: it came back from the batch's run, not the admission.
+    A model's own INVALID_ARGUMENT or RESOURCE_EXHAUSTED (out of memory) is the backend's; the batcher's
+    RESOURCE_EXHAUSTED (queue full) and DEADLINE_EXCEEDED (expired while queued) are rejections."""
+    if code is ErrorCode.CANCELLED:
+        return CANCELED
+    if code is ErrorCode.DEADLINE_EXCEEDED or (code is ErrorCode.RESOURCE_EXHAUSTED and not from_model):
+        return REJECTED
+    if from_model and code in _MODEL_ERRORS:
+        return BACKEND
+    return OTHER
 
 
 @dataclass
@@ -55,6 +79,7 @@ class VersionStats:
     execution_count: int = 0  # model executions
     last_inference_monotonic: float | None = None  # wall time derived when reported: no clock read per request
     batch_sizes: dict[int, BatchDurations] = field(default_factory=dict)
+    fail_reasons: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
 
     def record_success(
         self, total_s: float, samples: int, queue_s: float, input_s: float, infer_s: float, output_s: float, now: float
@@ -85,9 +110,11 @@ class VersionStats:
         self.cache_hit.add(lookup_s)
         self.last_inference_monotonic = now
 
-    def record_failure(self, total_s: float) -> None:
+    def record_failure(self, total_s: float, reason: str = OTHER) -> None:
+        """A request that failed after ``total_s``, for ``reason`` (one of FAILURE_REASONS: `failure_reason`)."""
         self.fail.count += 1
         self.fail.seconds += total_s
+        self.fail_reasons[reason] += 1
 
     def record_execution(self, batch_size: int, input_s: float, infer_s: float, output_s: float) -> None:
         self.execution_count += 1

@@ -9,10 +9,11 @@ microseconds, counts cumulative, as Triton's counters. They are exported as gaug
 a prometheus_client counter would add `_total` to the name, and Triton's name is the point; `rate()` and
 `increase()` read them as they read Triton's. In a `--processes` group each process's values are summed.
 
-Differences, by necessity: `nv_inference_request_failure` has no `reason` label (kerve's statistics count failures,
-not their causes: kerve_requests_total{code} has them); `nv_inference_pending_request_count` counts a version's
-requests in flight (queued or running), where Triton's counts those not yet executing. No GPU metrics (nv_gpu_*):
-kerve does not read DCGM. The CPU ones (nv_cpu_*) come with this flag too, from /proc: server/host_metrics.py.
+`nv_inference_request_failure` carries Triton's `reason` label (REJECTED, CANCELED, BACKEND, OTHER: stats.py's
+`failure_reason`), every reason shown from the start (0 until one happens). Differences, by necessity:
+`nv_inference_pending_request_count` counts a version's requests in flight (queued or running), where Triton's
+counts those not yet executing. No GPU metrics (nv_gpu_*): kerve does not read DCGM. The CPU ones (nv_cpu_*) come
+with this flag too, from /proc: server/host_metrics.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from .stats import Duration
+from .stats import FAILURE_REASONS, Duration
 
 _US = 1e6
 
@@ -31,10 +32,6 @@ _FAMILIES: dict[str, tuple[str, Callable[[Any], float]]] = {
     "nv_inference_request_success": (
         "Number of successful inference requests, all batch sizes (cache hits included)",
         lambda e: e.stats.success.count,
-    ),
-    "nv_inference_request_failure": (
-        "Number of failed inference requests, all batch sizes",
-        lambda e: e.stats.fail.count,
     ),
     "nv_inference_count": (
         "Number of inferences performed (a batch of n counts n; cache hits excluded)",
@@ -66,6 +63,7 @@ _FAMILIES: dict[str, tuple[str, Callable[[Any], float]]] = {
     ),
 }
 _PENDING = "nv_inference_pending_request_count"  # summed over a version's copies (two while it is re-placed)
+_FAILURE = "nv_inference_request_failure"  # by reason
 _CACHE_FAMILIES: dict[str, tuple[str, Callable[[Duration], float]]] = {
     "nv_cache_num_hits_per_model": ("Number of response cache hits per model", lambda d: d.count),
     "nv_cache_num_misses_per_model": ("Number of response cache misses per model", lambda d: d.count),
@@ -91,6 +89,13 @@ class TritonMetrics:
             name: Gauge(name, doc, ["model", "version"], registry=registry, multiprocess_mode="livesum")
             for name, (doc, _) in {**_FAMILIES, **_CACHE_FAMILIES}.items()
         }
+        self._failures = Gauge(
+            _FAILURE,
+            "Number of failed inference requests, all batch sizes",
+            ["model", "version", "reason"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._gauges[_PENDING] = Gauge(
             _PENDING,
             "Instantaneous number of requests in flight (queued or running) for the model version",
@@ -113,6 +118,8 @@ class TritonMetrics:
             shown.add(labels)
             for name, (_, read) in _FAMILIES.items():
                 self._gauges[name].labels(*labels).set(read(entry))
+            for reason, count in entry.stats.fail_reasons.items():
+                self._failures.labels(*labels, reason).set(count)
             if entry.config.response_cache:  # as Triton: cache metrics for the models that use the cache
                 cached.add(labels)
                 stats = entry.stats
@@ -128,4 +135,7 @@ class TritonMetrics:
             for labels in gone:  # a version that unloaded: its series go, as Triton's do
                 for name in families:
                     self._gauges[name].remove(*labels)
+        for labels in self._shown - shown:
+            for reason in FAILURE_REASONS:
+                self._failures.remove(*labels, reason)
         self._shown, self._cached = shown, cached

@@ -146,6 +146,29 @@ def test_parent_exports_group_metrics(group) -> None:
     assert value(samples, "kerve_inflight_requests", model="cnn") == 0.0
 
 
+def test_a_failed_request_is_counted_under_tritons_reason(group) -> None:
+    """nv_inference_request_failure carries Triton's `reason`: every reason from the start, a request whose inputs
+    fail validation under OTHER (the sorting itself: tests/unit/test_triton_metrics.py)."""
+    target, metrics_url, _proc = group
+
+    def failures() -> dict[str, float]:
+        samples = scrape(metrics_url)[0]
+        reasons = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+        found = {r: value(samples, "nv_inference_request_failure", model="cnn", version="1", reason=r) for r in reasons}
+        shown = {dict(labels).get("reason") for (name, labels) in samples if name == "nv_inference_request_failure"}
+        return found if shown >= set(reasons) else {}
+
+    before = wait_for(failures, "nv_inference_request_failure by reason")
+    request = _infer_request(1)
+    request.inputs[0].datatype = "FP64"  # the model takes FP32
+    request.raw_input_contents[0] = request.raw_input_contents[0] * 2
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = wait_for(lambda: (f := failures()) and f["OTHER"] > before["OTHER"] and f, "the failure in the group")
+    assert {r: after[r] - before[r] for r in after} == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
+
+
 def test_tritons_cpu_metrics_are_the_hosts_once_not_summed_over_the_group(group) -> None:
     """--triton-metrics adds nv_cpu_*: every process reads the same host, so the group reports one reading."""
     _target, metrics_url, _proc = group

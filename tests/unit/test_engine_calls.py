@@ -132,7 +132,7 @@ def test_model_error_is_internal_and_released(batched: bool) -> None:
 
     asyncio.run(main())
     assert manager.entry.inflight == 0 and count(metrics, "INTERNAL") == 1 and inflight(metrics) == 0
-    assert manager.entry.stats.fail.count == 1
+    assert manager.entry.stats.fail.count == 1 and manager.entry.stats.fail_reasons["BACKEND"] == 1
 
 
 def test_rejections_raise_from_start_and_are_counted() -> None:
@@ -154,6 +154,8 @@ def test_rejections_raise_from_start_and_are_counted() -> None:
     assert count(metrics, "NOT_FOUND", version="", model=UNKNOWN_MODEL) == 1
     assert count(metrics, "INVALID_ARGUMENT") == 1 and count(metrics, "RESOURCE_EXHAUSTED") == 1
     assert manager.entry.inflight == 0 and manager.released == 2 and inflight(metrics) == 0
+    reasons = manager.entry.stats.fail_reasons  # Triton's: a full queue is the scheduler's rejection
+    assert reasons == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
 
 
 def test_cancelled_requests_never_run_and_are_released() -> None:
@@ -185,6 +187,8 @@ def test_cancelled_requests_never_run_and_are_released() -> None:
     assert model.calls == [1]  # the cancelled requests never ran
     assert count(metrics, "CANCELLED") == 2 and count(metrics, "OK") == 1
     assert manager.entry.inflight == 0 and manager.released == 3 and inflight(metrics) == 0
+    stats = manager.entry.stats  # failures in ModelStatistics, as Triton counts a cancelled request
+    assert stats.fail.count == 2 and stats.fail_reasons["CANCELED"] == 2 and stats.success.count == 1
 
 
 def test_a_requests_priority_orders_the_queue() -> None:
@@ -260,6 +264,7 @@ def test_deadline_passed_in_the_queue() -> None:
     asyncio.run(main())
     assert model.calls == [1] and count(metrics, "DEADLINE_EXCEEDED") == 1
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
+    assert manager.entry.stats.fail_reasons["REJECTED"] == 1  # expired in the queue: the scheduler's
 
 
 def test_statistics_count_queue_and_compute_per_request_and_executions_per_batch() -> None:

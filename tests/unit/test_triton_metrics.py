@@ -1,7 +1,7 @@
 """Triton's metrics under Triton's names (server/triton_metrics.py), without TensorFlow: read from the versions'
-statistics at each push, exposed without a `_total` suffix, cache families only for models that use the cache, a
-re-placed version's two copies counted once, an unloaded version's series gone, and a failing update that cannot
-break a scrape."""
+statistics at each push, exposed without a `_total` suffix, failures by Triton's reasons, cache families only for
+models that use the cache, a re-placed version's two copies counted once, an unloaded version's series gone, and a
+failing update that cannot break a scrape."""
 
 from __future__ import annotations
 
@@ -42,13 +42,21 @@ def test_statistics_appear_under_tritons_names_and_units() -> None:
     stats = VersionStats()
     for _ in range(3):
         stats.record_success(0.010, 4, 0.002, 0.0001, 0.005, 0.0002, 1.0)
-    stats.record_failure(0.001)
+    stats.record_failure(0.001, "BACKEND")
+    stats.record_failure(0.001, "REJECTED")
+    stats.record_failure(0.001, "REJECTED")
     stats.record_execution(8, 0.0001, 0.005, 0.0002)
     stats.record_execution(4, 0.0001, 0.005, 0.0002)
     metrics, _ = served(Version("m", 1, stats, inflight=2))
     text = generate_latest(metrics.registry).decode()  # a scrape: pushes first
     assert 'nv_inference_request_success{model="m",version="1"} 3.0' in text  # Triton's name, no _total
-    assert sample(metrics, "nv_inference_request_failure") == 1
+    failures = {
+        reason: metrics.registry.get_sample_value(
+            "nv_inference_request_failure", {"model": "m", "version": "1", "reason": reason}
+        )
+        for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+    }
+    assert failures == {"REJECTED": 2, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}  # Triton's reasons, all shown
     assert sample(metrics, "nv_inference_count") == 12 and sample(metrics, "nv_inference_exec_count") == 2
     assert sample(metrics, "nv_inference_request_duration_us") == pytest.approx(30_000)
     assert sample(metrics, "nv_inference_queue_duration_us") == pytest.approx(6_000)
@@ -91,6 +99,8 @@ def test_a_re_placed_version_counts_once_and_an_unloaded_one_disappears() -> Non
     assert sample(metrics, "nv_inference_request_success", "n", "2") is None
     assert sample(metrics, "nv_cache_num_hits_per_model", "n", "2") is None
     assert sample(metrics, "nv_inference_pending_request_count", "n", "2") is None
+    gone = {"model": "n", "version": "2", "reason": "OTHER"}
+    assert metrics.registry.get_sample_value("nv_inference_request_failure", gone) is None
 
 
 def test_a_failing_update_is_logged_and_the_scrape_still_answers(caplog: pytest.LogCaptureFixture) -> None:
@@ -105,3 +115,25 @@ def test_a_failing_update_is_logged_and_the_scrape_still_answers(caplog: pytest.
         text = generate_latest(metrics.registry).decode()
     assert 'kerve_requests_total{code="OK",model="m",protocol="v2",version="1"} 1.0' in text
     assert "updating derived metrics failed" in caplog.text
+
+
+def test_failures_sort_into_tritons_reasons() -> None:
+    """Admission refusals and queue expiry are the scheduler's rejections; what the model's run raised is the
+    backend's (its own RESOURCE_EXHAUSTED is running out of memory, not a full queue); bad inputs and unloading are
+    other."""
+    from kerve.server.errors import ErrorCode
+    from kerve.server.stats import failure_reason
+
+    assert failure_reason(ErrorCode.CANCELLED, False) == failure_reason(ErrorCode.CANCELLED, True) == "CANCELED"
+    assert failure_reason(ErrorCode.RESOURCE_EXHAUSTED, False) == "REJECTED"  # queue full
+    assert failure_reason(ErrorCode.DEADLINE_EXCEEDED, False) == "REJECTED"  # expired before it was queued
+    assert failure_reason(ErrorCode.DEADLINE_EXCEEDED, True) == "REJECTED"  # expired in the queue
+    assert failure_reason(ErrorCode.RESOURCE_EXHAUSTED, True) == "BACKEND"  # the model ran out of memory
+    assert failure_reason(ErrorCode.INTERNAL, True) == failure_reason(ErrorCode.INVALID_ARGUMENT, True) == "BACKEND"
+    assert failure_reason(ErrorCode.INVALID_ARGUMENT, False) == "OTHER"  # failed validation
+    assert failure_reason(ErrorCode.UNAVAILABLE, True) == failure_reason(ErrorCode.NOT_FOUND, False) == "OTHER"
+    stats = VersionStats()
+    stats.record_failure(0.5, "CANCELED")
+    stats.record_failure(0.25)
+    assert stats.fail.count == 2 and stats.fail.seconds == 0.75
+    assert stats.fail_reasons == {"REJECTED": 0, "CANCELED": 1, "BACKEND": 0, "OTHER": 1}
