@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import in_process_v2_server
+from helpers import in_process_v2_server, wait_for
 from kerve.client import AsyncClient, Client, DeadlineExceededError
 from kerve.client.wire import build_infer_request
 from kerve.protos import grpc_service_pb2 as pb
@@ -80,13 +80,6 @@ def scripted() -> Iterator[tuple[str, Scripted]]:
     servicer = Scripted()
     with in_process_v2_server(servicer, workers=4) as target:
         yield target, servicer
-
-
-def poll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 async def apoll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
@@ -165,7 +158,7 @@ def test_a_request_id_in_flight_is_refused_before_sending(scripted: tuple[str, S
     servicer.group = 2  # the first message waits for a second one
     with Client(target) as client, client.stream("m", timeout=10) as stream, futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(stream.infer, value(1), request_id="abc")
-        poll(lambda: len(servicer.received) == 1, "the first message at the server")
+        wait_for(lambda: len(servicer.received) == 1, "the first message at the server")
         with pytest.raises(ValueError, match="request id 'abc' is still in flight"):
             stream.infer(value(2), request_id="abc")
         with pytest.raises(ValueError, match="request_id must be a str, got int"):
@@ -192,7 +185,7 @@ def test_an_id_whose_caller_timed_out_stays_taken_until_its_late_answer(scripted
         with pytest.raises(ValueError, match="'abc' is still in flight"):
             stream.infer(value(2), request_id="abc")
         assert stream.infer(value(3)).outputs["y"].tolist() == [[3, 3]]  # the second message: both answered
-        poll(lambda: "abc" not in stream._late, "the late answer to free the id")
+        wait_for(lambda: "abc" not in stream._late, "the late answer to free the id")
         servicer.group = 1
         again = stream.infer(value(4), request_id="abc")
         assert (again.id, again.outputs["y"].tolist()) == ("abc", [[4, 4]])
@@ -204,9 +197,9 @@ def test_generated_ids_skip_a_callers_id_in_flight(scripted: tuple[str, Scripted
     servicer.group = 3
     with Client(target) as client, client.stream("m", timeout=10) as stream, futures.ThreadPoolExecutor(2) as pool:
         mine = pool.submit(stream.infer, value(10), request_id="1")
-        poll(lambda: len(servicer.received) == 1, "the caller's message at the server")
+        wait_for(lambda: len(servicer.received) == 1, "the caller's message at the server")
         zero = pool.submit(stream.infer, value(11))
-        poll(lambda: len(servicer.received) == 2, "the generated one at the server")
+        wait_for(lambda: len(servicer.received) == 2, "the generated one at the server")
         two = stream.infer(value(12))  # "1" is in flight: the count goes on to "2"
         results = [mine.result(timeout=10), zero.result(timeout=10), two]
         servicer.group = 1

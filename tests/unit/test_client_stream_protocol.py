@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import in_process_v2_server
+from helpers import in_process_v2_server, wait_for
 from kerve.client import AsyncClient, Client, InvalidArgumentError, ServerError, UnavailableError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -68,13 +68,6 @@ def scripted() -> Iterator[tuple[str, Scripted]]:
         yield target, servicer
 
 
-def poll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def value(i: int) -> dict[str, np.ndarray]:
     return {"x": np.full((1, 2), i, np.int64)}
 
@@ -125,7 +118,7 @@ def test_a_stream_the_server_aborts_fails_every_pending_and_later_call(scripted:
         stream = client.stream("m", timeout=30)
         with futures.ThreadPoolExecutor(3) as pool:
             pending = [pool.submit(stream.infer, value(i)) for i in range(3)]
-            poll(lambda: servicer.received == 3, "three messages at the server")
+            wait_for(lambda: servicer.received == 3, "three messages at the server")
             with pytest.raises(UnavailableError, match="going away"):
                 stream.infer({"die": np.zeros(1, np.float32)})
             for future in pending:
