@@ -64,22 +64,14 @@ class Runner(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-def _numpy_dtype(dtype: tf.DType) -> np.dtype:
-    return np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
-
-
 def _spec(name: str, tf_spec: tf.TensorSpec) -> TensorSpec:
+    dtype = np.dtype(object) if tf_spec.dtype == tf.string else np.dtype(tf_spec.dtype.as_numpy_dtype)
     shape = None if tf_spec.shape.rank is None else tuple(tf_spec.shape.as_list())
-    return TensorSpec(name=name, dtype=_numpy_dtype(tf_spec.dtype), shape=shape)
+    return TensorSpec(name=name, dtype=dtype, shape=shape)
 
 
 def _info_spec(name: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
-    shape = tf.TensorShape(info.tensor_shape)
-    return TensorSpec(
-        name=name,
-        dtype=_numpy_dtype(tf.as_dtype(info.dtype)),
-        shape=None if shape.rank is None else tuple(shape.as_list()),
-    )
+    return _spec(name, tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype)))
 
 
 @dataclass
