@@ -491,6 +491,8 @@ _COUNTED = (
     "kerve_request_duration_seconds_sum",
     "kerve_request_duration_seconds_count",
 )
+_REQUESTS = "kerve_request_duration_seconds_count"
+CATCH_UP_S = 5.0  # how long a case waits for a group's /metrics to include its window (pushes: every second)
 
 
 def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
@@ -498,7 +500,8 @@ def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
     model calls, and requests with their seconds from decode to response (kerve_request_duration_seconds),
     summed over the processes of a `--processes N` server, where ModelStatistics would answer for one process.
     A group's figures reach /metrics up to a second late: the case's window shifts by that much, which moves its
-    ratios (samples per batch, seconds per request) little and is why none of them is a bare count."""
+    ratios (samples per batch, seconds per request) little and is why none of them is a bare count; after the
+    window the case waits for them to include its requests (`_caught_up`)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -536,6 +539,18 @@ def _server_side(before: dict[str, float], after: dict[str, float], client_mean_
     return out
 
 
+def _caught_up(metrics_url: str, model: str, before: dict[str, float], requests: int) -> dict[str, float] | None:
+    """The counts once they include the window's `requests` (at once for one process, whose /metrics is exact at
+    every scrape; within a push or two for a group), or as they are after CATCH_UP_S."""
+    deadline = time.monotonic() + CATCH_UP_S
+    while True:
+        after = server_counts(metrics_url, model)
+        counted = None if after is None else after[_REQUESTS] - before[_REQUESTS]
+        if counted is None or counted >= requests or time.monotonic() >= deadline:
+            return after
+        time.sleep(0.1)
+
+
 def _count_into(counted: list[dict[str, float] | None], metrics_url: str | None, model: str) -> None:
     counted.append(server_counts(metrics_url, model) if metrics_url else None)
 
@@ -563,7 +578,9 @@ def measure_case(
         )  # fmt: skip
         row[name] = _entry(result)
         before = counted[0] if counted else None
-        after = server_counts(server.metrics_url, model) if before is not None else None
+        after = None
+        if before is not None and server.metrics_url:
+            after = _caught_up(server.metrics_url, model, before, row[name]["requests"])
         if before is not None and after is not None:
             row[name].update(_server_side(before, after, row[name]["mean_ms"]))
     return row
