@@ -17,6 +17,7 @@ from .options import Keepalive, RetryPolicy, TLSConfig, read_token_file
 from .shared_memory import AsyncRegion, BlockingRegion, SharedMemoryRegion, SharedOutput, SharedTensor
 from .stream import AsyncInferStream, InferStream
 from .wire import (
+    BatchStatistics,
     Classification,
     Duration,
     InferResult,
@@ -37,6 +38,7 @@ __all__ = [
     "AsyncClient",
     "AsyncInferStream",
     "AsyncRegion",
+    "BatchStatistics",
     "BlockingRegion",
     "CancelledError",
     "Classification",

@@ -142,18 +142,29 @@ class Duration:
 
 
 @dataclass(frozen=True)
+class BatchStatistics:
+    """The model calls of one batch size, by phase (the V2 statistics extension's InferBatchStatistics): each
+    Duration counts calls, so `compute_infer.seconds / compute_infer.count` is the mean model call at this size."""
+
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+@dataclass(frozen=True)
 class ModelStatistics:
     """One model version's cumulative counters since it loaded (the V2 statistics extension, Triton's meaning).
 
     `success`, `fail`, `queue` and the compute phases count requests: a successful request adds one to each of
     `success`, `queue` (its wait until its batch's execution began), `compute_input` (assembling the batch),
     `compute_infer` (the model call) and `compute_output` (cutting the outputs back per request), so each sum over
-    its count is a per-request mean, as perf_analyzer reads them. `execution_count` and
-    `batch_stats` ((batch_size, compute_infer) pairs, by batch size) count model calls, which dynamic batching
-    makes fewer than requests; `inference_count` counts samples (rows). A request answered from the response
-    cache counts in `success` and `cache_hit` only (not in `inference_count`), a lookup that missed in
-    `cache_miss`. `last_inference_ms` is the last success
-    in milliseconds since the epoch, 0 before the first."""
+    its count is a per-request mean, as perf_analyzer reads them. `execution_count`, `batches` (a BatchStatistics
+    per batch size, its three phases, by batch size) and `batch_stats` (the same as (batch_size, compute_infer)
+    pairs) count model calls, which dynamic batching makes fewer than requests; `inference_count` counts samples
+    (rows). A request answered from the response cache counts in `success` and `cache_hit` only (not in
+    `inference_count`), a lookup that missed in `cache_miss`. `fail` counts failed requests, cancelled ones too.
+    `last_inference_ms` is the last success in milliseconds since the epoch, 0 before the first."""
 
     name: str
     version: str
@@ -169,6 +180,7 @@ class ModelStatistics:
     compute_output: Duration = Duration(0, 0.0)
     cache_hit: Duration = Duration(0, 0.0)  # requests answered from the response cache, and the lookups' time
     cache_miss: Duration = Duration(0, 0.0)  # lookups that found nothing, plus storing the answers
+    batches: tuple[BatchStatistics, ...] = ()  # every phase per batch size; batch_stats keeps compute_infer's
 
 
 @dataclass(frozen=True)
@@ -421,6 +433,15 @@ def parse_statistics(response: pb.ModelStatisticsResponse) -> tuple[ModelStatist
                 compute_output=_duration(infer.compute_output),
                 cache_hit=_duration(infer.cache_hit),
                 cache_miss=_duration(infer.cache_miss),
+                batches=tuple(
+                    BatchStatistics(
+                        b.batch_size,
+                        _duration(b.compute_input),
+                        _duration(b.compute_infer),
+                        _duration(b.compute_output),
+                    )
+                    for b in batches
+                ),
             )
         )
     return tuple(stats)

@@ -69,6 +69,9 @@ def test_statistics_count_each_request(explicit: str) -> None:
     assert after.execution_count > before.execution_count
     assert sum(d.count for _, d in after.batch_stats) == after.execution_count  # model calls, by batch size
     assert [size for size, _ in after.batch_stats] == sorted({size for size, _ in after.batch_stats})
+    assert [(b.batch_size, b.compute_infer) for b in after.batches] == list(after.batch_stats)  # every phase too
+    assert all(b.compute_input.count == b.compute_output.count == b.compute_infer.count for b in after.batches)
+    assert all(b.compute_input.seconds > 0 and b.compute_output.seconds > 0 for b in after.batches)
     assert abs(after.last_inference_ms / 1000 - time.time()) < 60
 
 

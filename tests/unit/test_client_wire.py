@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from kerve.client import (
+    BatchStatistics,
     CancelledError,
     Duration,
     InferResult,
@@ -340,6 +341,8 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
     infer.cache_miss.count, infer.cache_miss.ns = 5, 50_000
     big = stats.batch_stats.add(batch_size=8)
     big.compute_infer.count, big.compute_infer.ns = 1, 1_000_000_000
+    big.compute_input.count, big.compute_input.ns = 1, 3_000_000
+    big.compute_output.count, big.compute_output.ns = 1, 2_000_000
     small = stats.batch_stats.add(batch_size=2)
     small.compute_infer.count, small.compute_infer.ns = 2, 500_000_000
     response.model_stats.add(name="n", version="1")  # loaded, never called
@@ -361,6 +364,10 @@ def test_statistics_parse_with_seconds_and_batches_by_size() -> None:
             compute_output=Duration(5, 0.025),
             cache_hit=Duration(2, 4e-6),
             cache_miss=Duration(5, 5e-5),
+            batches=(
+                BatchStatistics(2, Duration(0, 0.0), Duration(2, 0.5), Duration(0, 0.0)),
+                BatchStatistics(8, Duration(1, 0.003), Duration(1, 1.0), Duration(1, 0.002)),
+            ),
         ),
         ModelStatistics("n", "1", 0, 0, 0, Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), Duration(0, 0.0), ()),
     )
