@@ -14,6 +14,7 @@ import pytest
 from helpers import in_process_v2_server
 from kerve.client import (
     AsyncClient,
+    BatchStatistics,
     Client,
     Duration,
     FailedPreconditionError,
@@ -81,8 +82,10 @@ def scripted() -> Iterator[tuple[str, Scripted]]:
 
 
 def stats_of(name: str) -> ModelStatistics:
-    d0, three_ms = Duration(0, 0.0), Duration(1, 0.003)
-    return ModelStatistics(name, "1", 0, 4, 1, three_ms, d0, three_ms, d0, ((4, Duration(1, 0.002)),))
+    d0, three_ms, two_ms = Duration(0, 0.0), Duration(1, 0.003), Duration(1, 0.002)
+    return ModelStatistics(
+        name, "1", 0, 4, 1, three_ms, d0, three_ms, d0, ((4, two_ms),), batches=(BatchStatistics(4, d0, two_ms, d0),)
+    )
 
 
 def test_load_unload_and_their_refusals(scripted: tuple[str, Scripted]) -> None:
