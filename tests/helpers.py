@@ -297,6 +297,26 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
+class SharedMemoryKeys:
+    """For a scripted V2 servicer: system shared memory registration, kept as region name -> key (what a client
+    registered, to open the region the way the server would)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}
+
+    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        from kerve.protos import grpc_service_pb2 as pb
+
+        self.keys[request.name] = request.key
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        from kerve.protos import grpc_service_pb2 as pb
+
+        self.keys.pop(request.name, None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+
 @contextlib.contextmanager
 def in_process_v2_server(servicer: Any, workers: int) -> Iterator[str]:
     """A V2 servicer (a test's scripted fake) served in this process on a loopback port; yields its target."""

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import in_process_v2_server
+from helpers import SharedMemoryKeys, in_process_v2_server
 from kerve.client import AsyncClient, Client, InvalidArgumentError
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -20,13 +20,13 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
 
 
-class Scripted(pb_grpc.GRPCInferenceServiceServicer):
+class Scripted(SharedMemoryKeys, pb_grpc.GRPCInferenceServiceServicer):
     """Holds log settings as Triton's server does; echoes input 0 as output "y", into shared memory when asked."""
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {"log_info": True, "log_verbose_level": 0, "log_format": "default"}
         self.log_requests: list[pb.LogSettingsRequest] = []
-        self.keys: dict[str, str] = {}  # region name -> shared memory key
+        super().__init__()
 
     def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
         self.log_requests.append(request)
@@ -39,14 +39,6 @@ class Scripted(pb_grpc.GRPCInferenceServiceServicer):
             field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(current)]
             setattr(response.settings[key], field, current)
         return response
-
-    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> pb.SystemSharedMemoryRegisterResponse:
-        self.keys[request.name] = request.key
-        return pb.SystemSharedMemoryRegisterResponse()
-
-    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.keys.pop(request.name, None)
-        return pb.SystemSharedMemoryUnregisterResponse()
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         tensor, raw = request.inputs[0], request.raw_input_contents[0]

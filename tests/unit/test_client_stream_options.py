@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import in_process_v2_server, wait_for
+from helpers import SharedMemoryKeys, in_process_v2_server, wait_for
 from kerve.client import AsyncClient, Client, DeadlineExceededError
 from kerve.client.wire import build_infer_request
 from kerve.protos import grpc_service_pb2 as pb
@@ -28,22 +28,14 @@ def value(i: int) -> dict[str, np.ndarray]:
     return {"x": np.full((1, 2), i, np.int64)}
 
 
-class Scripted(pb_grpc.GRPCInferenceServiceServicer):
+class Scripted(SharedMemoryKeys, pb_grpc.GRPCInferenceServiceServicer):
     """Keeps every stream message; echoes input 0 as output "y", into shared memory when the message places it
     there. Holds answers until `group` messages arrived, then answers them last first."""
 
     def __init__(self) -> None:
         self.group = 1
         self.received: list[pb.ModelInferRequest] = []
-        self.keys: dict[str, str] = {}  # region name -> shared memory key
-
-    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> pb.SystemSharedMemoryRegisterResponse:
-        self.keys[request.name] = request.key
-        return pb.SystemSharedMemoryRegisterResponse()
-
-    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.keys.pop(request.name, None)
-        return pb.SystemSharedMemoryUnregisterResponse()
+        super().__init__()
 
     def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest], context: Any) -> Any:
         held: list[pb.ModelInferRequest] = []
