@@ -128,14 +128,12 @@ class TritonMetrics:
                     self._gauges[name].labels(*labels).set(read(duration))
         for labels, count in pending.items():
             self._gauges[_PENDING].labels(*labels).set(count)
-        for gone, families in (
-            (self._shown - shown, [*_FAMILIES, _PENDING]),
-            (self._cached - cached, list(_CACHE_FAMILIES)),
-        ):
+        unloaded = self._shown - shown
+        for gone, families in ((unloaded, [*_FAMILIES, _PENDING]), (self._cached - cached, list(_CACHE_FAMILIES))):
             for labels in gone:  # a version that unloaded: its series go, as Triton's do
                 for name in families:
                     self._gauges[name].remove(*labels)
-        for labels in self._shown - shown:
+        for labels in unloaded:
             for reason in FAILURE_REASONS:
                 self._failures.remove(*labels, reason)
         self._shown, self._cached = shown, cached
