@@ -182,7 +182,7 @@ def test_tritons_cpu_metrics_are_the_hosts_once_not_summed_over_the_group(group)
                 found.setdefault(name, []).append(sample)
         return found
 
-    found = wait_for(lambda: len(host_samples()) == 3 and host_samples(), "nv_cpu_* in the group's /metrics")
+    found = wait_for(lambda: (f := host_samples()) and len(f) == 3 and f, "nv_cpu_* in the group's /metrics")
     assert all(len(samples) == 1 for samples in found.values()), found  # no per-process series
     assert found["nv_cpu_memory_total_bytes"] == [mem_total * 1024]
     assert 0 < found["nv_cpu_memory_used_bytes"][0] < mem_total * 1024
