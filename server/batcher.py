@@ -462,8 +462,7 @@ class Batcher:
         self._levels = levels = config.priority_levels
         self._policies = policies = tuple(config.policy(level) for level in range(levels + 1))
         self._ranked = bool(levels) or any(p.delays for p in policies)  # queues keyed (rank, inputs key)
-        self._counting = any(p.max_queue_size for p in policies)
-        self._waiting = [0] * (levels + 1)  # requests not yet wholly in batches, by level (when _counting)
+        self._waiting = [0] * (levels + 1)  # requests not yet wholly in batches, by level
         # heap of queue timeouts: weak, so the entries of requests that left (swept now and then) keep no arrays
         self._expiry: list[tuple[float, int, weakref.ref[_Request]]] = []
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -488,6 +487,12 @@ class Batcher:
     def queued_samples(self) -> int:
         """Rows waiting for a batch (queue depth gauge, autoscaling signal)."""
         return self._queued
+
+    @property
+    def queued_requests(self) -> int:
+        """Requests not yet wholly in batches: Triton's pending count (a split request counts until its last
+        piece is in a batch). Safe to read from another thread (a sum of ints)."""
+        return sum(self._waiting)
 
     @property
     def in_flight_batches(self) -> int:
@@ -594,8 +599,7 @@ class Batcher:
             queue = self._queues[queue_key] = deque()
         queue.append(req)
         self._queued += n
-        if self._counting:
-            self._waiting[level] += 1
+        self._waiting[level] += 1
         if timeout:
             req.key = key
             req.expires = now + timeout
@@ -761,8 +765,7 @@ class Batcher:
                 rows += stop - start
                 if stop == req.n:
                     queue.popleft()
-                    if self._counting:
-                        self._waiting[req.rank >> 1] -= 1
+                    self._waiting[req.rank >> 1] -= 1
         if not slices:
             return None
         self._queued -= rows
@@ -904,8 +907,7 @@ class Batcher:
         if req.next_row < req.n:
             self._queued -= req.n - req.next_row
             req.next_row = req.n
-            if self._counting:
-                self._waiting[req.rank >> 1] -= 1
+            self._waiting[req.rank >> 1] -= 1
 
     def _check_drained(self) -> None:
         if self._queued == 0 and self._in_flight == 0 and self._drained is not None and not self._drained.done():

@@ -80,6 +80,13 @@ class ModelVersion:
     failed_placement: Hashable = None  # a re-placement that failed: not retried unchanged
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting in this copy's batchers for a batch (Triton's pending count): readable from another
+        thread, as the batchers' dict is copied by one C call. Requests that run alone (no batcher) wait in the
+        engine's thread pool instead and are not counted."""
+        return sum(batcher.queued_requests for batcher in tuple(self.batchers.values()))
+
 
 @dataclass
 class IndexRow:

@@ -10,10 +10,10 @@ a prometheus_client counter would add `_total` to the name, and Triton's name is
 `increase()` read them as they read Triton's. In a `--processes` group each process's values are summed.
 
 `nv_inference_request_failure` carries Triton's `reason` label (REJECTED, CANCELED, BACKEND, OTHER: stats.py's
-`failure_reason`), every reason shown from the start (0 until one happens). Differences, by necessity:
-`nv_inference_pending_request_count` counts a version's requests in flight (queued or running), where Triton's
-counts those not yet executing. No GPU metrics (nv_gpu_*): kerve does not read DCGM. The CPU ones (nv_cpu_*) come
-with this flag too, from /proc: server/host_metrics.py.
+`failure_reason`), every reason shown from the start (0 until one happens). `nv_inference_pending_request_count`
+is, as Triton's, the requests waiting for execution: those not yet wholly in a batch (a version without a batcher
+runs each request in a worker thread at once and shows 0). Difference, by necessity: no GPU metrics (nv_gpu_*),
+kerve does not read DCGM. The CPU ones (nv_cpu_*) come with this flag too, from /proc: server/host_metrics.py.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class TritonMetrics:
     """Gauges named as Triton's metrics, set from the served versions' statistics by `update`."""
 
     def __init__(self, registry: CollectorRegistry, versions: Callable[[], Iterable[Any]]) -> None:
-        """`versions` lists the versions being served (ModelVersion: model, version, stats, inflight, config);
+        """`versions` lists the versions being served (ModelVersion: model, version, stats, pending, config);
         it is called from whichever thread pushes metrics, so it must be safe there (ModelManager.snapshot)."""
         self._versions = versions
         self._gauges = {
@@ -98,7 +98,7 @@ class TritonMetrics:
         )
         self._gauges[_PENDING] = Gauge(
             _PENDING,
-            "Instantaneous number of requests in flight (queued or running) for the model version",
+            "Instantaneous number of pending requests awaiting execution per-model.",
             ["model", "version"],
             registry=registry,
             multiprocess_mode="livesum",
@@ -112,7 +112,7 @@ class TritonMetrics:
         pending: dict[tuple[str, str], int] = {}
         for entry in self._versions():
             labels = (entry.model, str(entry.version))
-            pending[labels] = pending.get(labels, 0) + entry.inflight
+            pending[labels] = pending.get(labels, 0) + entry.pending
             if labels in shown:  # the copy being replaced: the same statistics object
                 continue
             shown.add(labels)

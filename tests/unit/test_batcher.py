@@ -472,6 +472,36 @@ def test_cancelling_a_split_request_midway_drops_its_remaining_pieces() -> None:
     run(main())
 
 
+def test_queued_requests_counts_requests_until_their_last_piece_is_in_a_batch() -> None:
+    """Triton's pending count: a running request is not pending, a split one is until its last piece runs, and
+    one that leaves (cancelled, deadline passed) stops counting."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=2, max_queue_delay_s=0), clock=clock)
+        split = submit(batcher, rows(*range(5)))  # pieces of 2, 2, 1: the first runs at once
+        await spin(lambda: batcher.in_flight_batches == 1)
+        assert batcher.queued_requests == 1 and batcher.queued_samples == 3
+        later = submit(batcher, rows(10))
+        gone = submit(batcher, rows(11))
+        expiring = submit(batcher, rows(12), deadline=clock.now + 1.0)
+        await spin(lambda: batcher.queued_samples == 6)
+        assert batcher.queued_requests == 4
+        gone.cancel()
+        await spin(gone.done)
+        assert batcher.queued_requests == 3
+        clock.advance(2.0)
+        model.release.set()
+        assert (await error_of(expiring)).code is ErrorCode.DEADLINE_EXCEEDED
+        np.testing.assert_array_equal((await split)["y"], rows(*range(5)) * 2)
+        await later
+        assert batcher.queued_requests == 0 and batcher.queued_samples == 0
+        await batcher.close()
+
+    run(main())
+
+
 class RecordingSink:
     """A caller's own sink (enqueue): what arrived, and when (always from the loop thread, never twice)."""
 

@@ -23,7 +23,7 @@ class Version:
     model: str
     version: int
     stats: VersionStats = field(default_factory=VersionStats)
-    inflight: int = 0
+    pending: int = 0
     config: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -47,7 +47,7 @@ def test_statistics_appear_under_tritons_names_and_units() -> None:
     stats.record_failure(0.001, "REJECTED")
     stats.record_execution(8, 0.0001, 0.005, 0.0002)
     stats.record_execution(4, 0.0001, 0.005, 0.0002)
-    metrics, _ = served(Version("m", 1, stats, inflight=2))
+    metrics, _ = served(Version("m", 1, stats, pending=2))
     text = generate_latest(metrics.registry).decode()  # a scrape: pushes first
     assert 'nv_inference_request_success{model="m",version="1"} 3.0' in text  # Triton's name, no _total
     failures = {
@@ -86,12 +86,12 @@ def test_cache_families_for_models_that_use_the_cache() -> None:
 def test_a_re_placed_version_counts_once_and_an_unloaded_one_disappears() -> None:
     shared = VersionStats()
     shared.record_success(0.01, 1, 0.001, 0.0, 0.005, 0.0, 1.0)
-    old, new = Version("m", 1, shared, inflight=1), Version("m", 1, shared, inflight=3)
+    old, new = Version("m", 1, shared, pending=1), Version("m", 1, shared, pending=3)
     other = Version("n", 2, config=ModelConfig(response_cache=True))
     metrics, serving = served(old, new, other)
     metrics.push()
     assert sample(metrics, "nv_inference_request_success") == 1  # the copies share their statistics
-    assert sample(metrics, "nv_inference_pending_request_count") == 4  # requests on both copies
+    assert sample(metrics, "nv_inference_pending_request_count") == 4  # requests waiting on both copies
     assert sample(metrics, "nv_cache_num_hits_per_model", "n", "2") == 0
     serving[:] = [new]
     metrics.push()
@@ -137,3 +137,45 @@ def test_failures_sort_into_tritons_reasons() -> None:
     stats.record_failure(0.25)
     assert stats.fail.count == 2 and stats.fail.seconds == 0.75
     assert stats.fail_reasons == {"REJECTED": 0, "CANCELED": 1, "BACKEND": 0, "OTHER": 1}
+
+
+def test_pending_counts_the_requests_waiting_in_a_versions_batchers_not_the_running_ones() -> None:
+    """As Triton's nv_inference_pending_request_count: requests awaiting execution, read from the served
+    ModelVersion's batchers (one per signature) from the thread that pushes metrics."""
+    import asyncio
+    import threading
+    from pathlib import Path
+
+    import numpy as np
+
+    from kerve.server.batcher import Batcher, BatchingConfig
+    from kerve.server.manager import ModelVersion, VersionState
+
+    release, started = threading.Event(), threading.Event()
+
+    def model(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started.set()
+        assert release.wait(5.0)
+        return {"y": inputs["x"]}
+
+    async def main() -> None:
+        config = BatchingConfig(max_batch_size=4, max_queue_delay_s=0)
+        entry = ModelVersion("m", 1, Path("."), state=VersionState.READY)
+        entry.batchers = {"a": Batcher([model], config), "b": Batcher([model], config)}
+        metrics, _ = served(entry)  # type: ignore[arg-type]
+        one = np.zeros((1, 1), np.float32)
+        running = asyncio.ensure_future(entry.batchers["a"].submit({"x": one}))
+        assert await asyncio.to_thread(started.wait, 5.0)
+        waiting = [asyncio.ensure_future(entry.batchers[key].submit({"x": one})) for key in "aab"]
+        for _ in range(50):  # loop turns: the "b" request starts on its own idle batcher, the two "a" ones queue
+            await asyncio.sleep(0)
+        await asyncio.to_thread(metrics.push)  # from another thread, as the periodic push and scrapes do
+        assert sample(metrics, "nv_inference_pending_request_count") == 2
+        release.set()
+        await asyncio.gather(running, *waiting)
+        await asyncio.to_thread(metrics.push)
+        assert sample(metrics, "nv_inference_pending_request_count") == 0
+        for batcher in entry.batchers.values():
+            await batcher.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10.0))
