@@ -69,6 +69,7 @@ class TensorConfig:
     name: str
     datatype: str  # the V2 datatype name, as metadata gives it ("FP32", "BYTES", ...)
     dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1 marks a variable one
+    label_filename: str = ""  # an output's: the file naming its classes on the server ("" when none does)
 
 
 @dataclass(frozen=True)
@@ -504,8 +505,11 @@ def _config_datatype(value: int) -> str:
     return codecs.BYTES if name == "STRING" else name
 
 
-def _tensor_configs(items: Any) -> tuple[TensorConfig, ...]:
-    return tuple(TensorConfig(t.name, _config_datatype(t.data_type), tuple(t.dims)) for t in items)
+def _tensor_configs(items: Any, labelled: bool = False) -> tuple[TensorConfig, ...]:
+    return tuple(
+        TensorConfig(t.name, _config_datatype(t.data_type), tuple(t.dims), t.label_filename if labelled else "")
+        for t in items
+    )
 
 
 def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
@@ -519,7 +523,7 @@ def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
         backend=config.backend,
         max_batch_size=config.max_batch_size,
         inputs=_tensor_configs(config.input),
-        outputs=_tensor_configs(config.output),
+        outputs=_tensor_configs(config.output, labelled=True),
         dynamic_batching=batching,
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         max_queue_delay_s=config.dynamic_batching.max_queue_delay_microseconds / 1e6 if batching else None,

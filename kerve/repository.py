@@ -3,6 +3,7 @@
     <repo>/<model>/config.yaml        optional per-model settings
     <repo>/<model>/<version>/         a SavedModel (integer version >= 1) with kerve.json beside saved_model.pb
     <repo>/<model>/<version>/labels.txt   optional class names, one per line (line i names class i)
+    <repo>/<model>/<version>/<output>.labels.txt   the same for one output of a model with several
     <repo>/<model>/.tmp-*/            a publish in progress; readers ignore every dot-directory
 
 Publishing writes into a dot-directory and renames it into place, so a reader sees a version either whole or
@@ -18,7 +19,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ CONFIG_FILE = "config.yaml"
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 LABELS_FILE = "labels.txt"
+LABELS_SUFFIX = ".labels.txt"
 TMP_PREFIX = ".tmp-"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -109,23 +112,70 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def class_labels(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
-    """A classifier version's class names, index i -> name i: its labels.txt (one per line, like a Triton label
-    file), else the `dataset.class_names` kerve's training records in kerve.json for a classification task; None
-    when neither names them. Raises RepositoryError for an unreadable file."""
-    labels = Path(path) / LABELS_FILE
+@dataclass(frozen=True)
+class ClassLabels:
+    """A version's class names, index i -> name i, by output: Triton names a label file per output
+    (`label_filename`), and a model with several outputs (two heads, say) has different classes on each."""
+
+    by_output: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # from <output>.labels.txt
+    single: tuple[str, ...] | None = None  # labels.txt or kerve.json: the classes of a signature with one output
+    single_file: str = ""  # LABELS_FILE when `single` came from it
+    _resolved: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def for_outputs(self, outputs: Collection[str]) -> Mapping[str, tuple[str, ...]]:
+        """Class names by output for a signature with these outputs: each output's own file, else the single
+        list when the signature has one output. Cached per signature: requests read it on the serving path."""
+        key = tuple(outputs)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = {name: self.by_output[name] for name in key if name in self.by_output}
+            if len(key) == 1 and not resolved and self.single is not None:
+                resolved = {key[0]: self.single}
+            self._resolved[key] = resolved
+        return resolved
+
+    def file_of(self, output: str, outputs: Collection[str]) -> str:
+        """The label file naming `output`'s classes (Triton's `label_filename`), "" when no file does."""
+        if output in self.by_output:
+            return output + LABELS_SUFFIX
+        return self.single_file if len(outputs) == 1 and output in outputs else ""
+
+
+def _read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        return tuple(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path}: unreadable labels: {exc}") from exc
+
+
+def class_labels(path: str | os.PathLike[str]) -> ClassLabels | None:
+    """A classifier version's class names: `<output>.labels.txt` for one output, `labels.txt` (one name per line,
+    like a Triton label file) for a signature with a single output, else the `dataset.class_names` kerve's
+    training records in kerve.json for a classification task; None when none names any. Raises RepositoryError
+    for an unreadable file."""
+    root = Path(path)
+    by_output = {}
+    for file in sorted(root.glob("*" + LABELS_SUFFIX)):
+        names = _read_labels(file) if file.is_file() and file.name != LABELS_SUFFIX else ()
+        if names:
+            by_output[file.name[: -len(LABELS_SUFFIX)]] = names
+    labels = root / LABELS_FILE
+    single: tuple[str, ...] | None = None
+    single_file = ""
     if labels.is_file():
-        try:
-            names = labels.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RepositoryError(f"{labels}: unreadable labels: {exc}") from exc
-        return tuple(names) or None
-    meta = read_metadata(path)
-    dataset = meta.get("dataset")
-    names = dataset.get("class_names") if meta.get("task") == "classification" and isinstance(dataset, dict) else None
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        return tuple(names)
-    return None
+        single, single_file = _read_labels(labels) or None, LABELS_FILE
+    else:
+        meta = read_metadata(path)
+        dataset = meta.get("dataset")
+        classifier = meta.get("task") == "classification" and isinstance(dataset, dict)
+        names = dataset.get("class_names") if classifier else None
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            single = tuple(names)
+    if not by_output and single is None:
+        return None
+    return ClassLabels(by_output, single, single_file if single is not None else "")
 
 
 def clean_stale_tmp(

@@ -353,8 +353,8 @@ class Call:
             outputs={name: outputs[name] for name in self.output_names},
             id=self.request.id,
             output_specs={n: self.signature.outputs[n] for n in self.output_names},
-            class_labels=entry.class_labels
-            if entry.class_labels is not None and len(self.signature.outputs) == 1
+            class_labels=entry.class_labels.for_outputs(self.signature.outputs)
+            if entry.class_labels is not None
             else None,
         )
 

@@ -72,7 +72,7 @@ class ModelVersion:
     config: ModelConfig = field(default_factory=ModelConfig)  # the model's config when this version loaded
     fingerprint: tuple[int, ...] = ()  # of the files on disk when it loaded: a FAILED version retries on change
     warmup_requests: int = 0
-    class_labels: tuple[str, ...] | None = None  # class i's name (kerve.repository.class_labels), for classification
+    class_labels: repository.ClassLabels | None = None  # class names by output, for classification answers
     inflight: int = 0
     # False for a copy loading beside the serving one (a new placement), and for that one once replaced: the
     # version's state in metrics is the serving copy's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,4 +57,4 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str = ""
     output_specs: dict[str, TensorSpec] = field(default_factory=dict)
-    class_labels: tuple[str, ...] | None = None  # class i's name, for a single-output classifier that has them
+    class_labels: Mapping[str, tuple[str, ...]] | None = None  # by output: class i's name

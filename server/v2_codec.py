@@ -137,7 +137,7 @@ def encode_response(response: InferResponse, requests: OutputRequests | None = N
     message = pb.ModelInferResponse(model_name=response.model, model_version=str(response.version), id=response.id)
     for name, array in response.outputs.items():
         if requests is not None and name in requests.classify:
-            array = top_classes(name, array, requests.classify[name], response.class_labels)
+            array = top_classes(name, array, requests.classify[name], _labels(response, name))
         datatype = _datatype(response.model, "output", name, array.dtype)
         message.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if requests is not None and name in requests.shared_memory:
@@ -234,6 +234,10 @@ def classification_counts(message: pb.ModelInferRequest) -> dict[str, int]:
     return counts
 
 
+def _labels(response: InferResponse, output: str) -> Sequence[str] | None:
+    return response.class_labels.get(output) if response.class_labels else None
+
+
 def top_classes(name: str, scores: np.ndarray, count: int, labels: Sequence[str] | None = None) -> np.ndarray:
     """The ``count`` highest scores per row as BYTES ``"<value>:<index>"``, highest first (ties: lower index
     first), as Triton answers: shape [batch, count] for a batched output, [count] for one without a batch dimension.
@@ -276,15 +280,18 @@ def model_config(
     policy: VersionPolicy,
     devices: Sequence[str],
     response_cache: bool = False,
+    label_files: Mapping[str, str] | None = None,
 ) -> pb.ModelConfig:
     """A served version as Triton's ModelConfig, so tools that size their requests from it see what kerve does.
 
     With a batcher (``batching``), ``max_batch_size`` is its largest batch and dims leave out the batch
     dimension, as Triton's do; a larger request still runs (alone, or split when batches are padded). Without
     one, the model takes its signature's shapes as they are: ``max_batch_size`` 0 and full dims, -1 for a
-    variable dimension.
+    variable dimension. ``label_files`` names the file of each output's class names (Triton's
+    ``label_filename``).
     """
     batched = batching is not None
+    label_files = label_files or {}
     config = pb.ModelConfig(
         name=model,
         platform=platform,
@@ -296,7 +303,12 @@ def model_config(
             for n, s in sorted(inputs.items())
         ],
         output=[
-            pb.ModelOutput(name=n, data_type=_data_type(model, "output", s), dims=_dims(s, batched))
+            pb.ModelOutput(
+                name=n,
+                data_type=_data_type(model, "output", s),
+                dims=_dims(s, batched),
+                label_filename=label_files.get(n, ""),
+            )
             for n, s in sorted(outputs.items())
         ],
         instance_group=_instance_groups(model, devices),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -120,6 +120,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             entry.config.version_policy,
             getattr(entry.servable, "runner_devices", ()),
             entry.config.response_cache,
+            _label_files(entry, signature.outputs),
         )
 
     def _described(self, name: str, version: str) -> tuple[ModelVersion, Any]:
@@ -407,3 +408,12 @@ def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
+
+
+def _label_files(entry: ModelVersion, outputs: Mapping[str, Any]) -> dict[str, str]:
+    """The label file of each output that has one (ModelConfig's label_filename)."""
+    labels = entry.class_labels
+    if labels is None:
+        return {}
+    files = {name: labels.file_of(name, outputs) for name in outputs}
+    return {name: file for name, file in files.items() if file}

@@ -165,6 +165,22 @@ def build_strings_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_two_heads_model(path: Path) -> None:
+    """x [batch, 2] float -> two classifier heads with different classes: `animal` (3 scores), `color` (2)."""
+    import tensorflow as tf
+
+    class TwoHeads(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {
+                "animal": tf.stack([x[:, 0], x[:, 1], x[:, 0] + x[:, 1]], axis=1),
+                "color": tf.stack([x[:, 1], -x[:, 1]], axis=1),
+            }
+
+    module = TwoHeads()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 

@@ -188,13 +188,40 @@ def test_class_labels_from_a_labels_file_or_the_training_metadata(tmp_path: Path
     (version / repository.METADATA_FILE).write_text(
         json.dumps({"task": "classification", "dataset": {"class_names": ["cat", "dog"]}})
     )
-    assert repository.class_labels(version) == ("cat", "dog")
+    assert repository.class_labels(version) == repository.ClassLabels(single=("cat", "dog"))
     (version / repository.METADATA_FILE).write_text(
         json.dumps({"task": "regression", "dataset": {"class_names": ["x"]}})
     )
     assert repository.class_labels(version) is None
     (version / repository.LABELS_FILE).write_text("zero\none\n")  # a Triton-style label file wins
-    assert repository.class_labels(version) == ("zero", "one")
+    assert repository.class_labels(version) == repository.ClassLabels(single=("zero", "one"), single_file="labels.txt")
     (version / repository.LABELS_FILE).write_bytes(b"\xff\xfe")
     with pytest.raises(RepositoryError, match="unreadable labels"):
+        repository.class_labels(version)
+
+
+def test_per_output_label_files_name_the_classes_of_each_output(tmp_path: Path) -> None:
+    """Triton names a label file per output: `<output>.labels.txt` does that for a model with several outputs;
+    labels.txt (or kerve.json's class names) names the classes of a signature with a single output."""
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "animal.labels.txt").write_text("cat\ndog\nbird\n")
+    (version / "color.labels.txt").write_text("red\nblue\n")
+    (version / "empty.labels.txt").write_text("")  # names nothing: as if absent
+    (version / "dir.labels.txt").mkdir()  # not a file: ignored
+    labels = repository.class_labels(version)
+    assert labels == repository.ClassLabels({"animal": ("cat", "dog", "bird"), "color": ("red", "blue")})
+    both = ("animal", "color", "raw")
+    assert labels.for_outputs(both) == {"animal": ("cat", "dog", "bird"), "color": ("red", "blue")}
+    assert labels.for_outputs(["raw"]) == {}  # no labels.txt
+    assert [labels.file_of(n, both) for n in both] == ["animal.labels.txt", "color.labels.txt", ""]
+    (version / repository.LABELS_FILE).write_text("zero\none\n")
+    labels = repository.class_labels(version)
+    assert labels.for_outputs(["raw"]) == {"raw": ("zero", "one")}  # the single output of its signature
+    assert labels.for_outputs(["color"]) == {"color": ("red", "blue")}  # its own file wins
+    assert labels.for_outputs(["raw", "other"]) == {}  # labels.txt cannot say which of two outputs it names
+    assert labels.file_of("raw", ["raw"]) == "labels.txt" and labels.file_of("raw", ["raw", "other"]) == ""
+    assert labels.for_outputs(["raw"]) is labels.for_outputs(["raw"])  # resolved once per signature
+    (version / "color.labels.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(RepositoryError, match="color.labels.txt: unreadable labels"):
         repository.class_labels(version)

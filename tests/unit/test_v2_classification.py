@@ -89,6 +89,22 @@ def test_encode_response_sends_classified_outputs_as_bytes_and_the_rest_raw() ->
 def test_labels_name_the_classes_that_have_one() -> None:
     scores = np.array([[0.1, 0.7, 0.2]], dtype=np.float32)
     assert top_classes("p", scores, 3, ("a", "b")).tolist() == [[b"0.7:1:b", b"0.2:2", b"0.1:0:a"]]
-    response = InferResponse(model="m", version=1, outputs={"probs": scores}, class_labels=("x", "y", "z"))
+    response = InferResponse(model="m", version=1, outputs={"probs": scores}, class_labels={"probs": ("x", "y", "z")})
     message = encode_response(response, output_requests(request(classification=pb.InferParameter(int64_param=1))))
     assert codecs.decode_raw(message.raw_output_contents[0], "BYTES", [1, 1]).tolist() == [[b"0.7:1:y"]]
+
+
+def test_each_classified_output_is_named_by_its_own_labels() -> None:
+    message = pb.ModelInferRequest(model_name="m")
+    for name in ("animal", "color", "raw"):
+        message.outputs.add(name=name).parameters["classification"].int64_param = 1
+    outputs = {
+        "animal": np.array([[0.2, 0.5, 0.3]], dtype=np.float32),
+        "color": np.array([[0.9, 0.1]], dtype=np.float32),
+        "raw": np.array([[0.4, 0.6]], dtype=np.float32),
+    }
+    labels = {"animal": ("cat", "dog", "bird"), "color": ("red", "blue")}
+    response = InferResponse(model="m", version=1, outputs=outputs, class_labels=labels)
+    encoded = encode_response(response, output_requests(message))
+    got = [codecs.decode_raw(raw, "BYTES", [1, 1]).tolist() for raw in encoded.raw_output_contents]
+    assert got == [[[b"0.5:1:dog"]], [[b"0.9:0:red"]], [[b"0.6:1"]]]

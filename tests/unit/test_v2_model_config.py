@@ -88,3 +88,12 @@ def test_one_instance_per_replica_grouped_by_device_kind() -> None:
     assert as_dict(devices=mirrored)["instance_group"] == [{"name": "m", "kind": "KIND_MODEL", "count": 1}]
     tpu = ["/job:worker/replica:0/task:0/device:TPU:0"]
     assert as_dict(devices=tpu)["instance_group"] == [{"name": "m", "kind": "KIND_MODEL", "count": 1}]
+
+
+def test_an_output_with_class_names_reports_its_label_file() -> None:
+    outputs = {**PROBS, "raw": TensorSpec("raw", np.dtype(np.float32), (None, 2))}
+    config = as_dict(outputs=outputs, label_files={"probs": "probs.labels.txt"})
+    assert [(o["name"], o.get("label_filename")) for o in config["output"]] == [
+        ("probs", "probs.labels.txt"),
+        ("raw", None),  # none: left out, as Triton's empty field is
+    ]

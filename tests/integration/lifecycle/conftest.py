@@ -16,6 +16,7 @@ import helpers
 from kerve.quickstart import free_port
 
 POLL_INTERVAL_S = "0.1"
+HEAD_CLASSES = {"animal": ("cat", "dog", "bird"), "color": ("red", "blue")}  # the "heads" model's label files
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     _copies(cnn, repo, "badcfg", (1,), "version_policy: {latest: 0}\n")
     _copies(cnn, repo, "classes", (1,))
     (repo / "classes" / "1" / "labels.txt").write_text("".join(f"{name}\n" for name in helpers.CLASS_NAMES))
+    helpers.build_two_heads_model(repo / "heads" / "1")
+    (repo / "heads" / "1" / "animal.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["animal"]))
+    (repo / "heads" / "1" / "color.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["color"]))
     _copies(cnn, repo, "warm", (1,))
     _write_warmup(repo / "warm" / "1", "warm", "image", np.zeros((2, 8, 8, 1), np.float32))  # kerve train's writer
     _copies(cnn, repo, "warmbad", (1,))

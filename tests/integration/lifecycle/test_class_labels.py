@@ -36,3 +36,30 @@ def test_a_version_with_labels_names_its_top_classes(zoo) -> None:
     assert named.indices.tolist() == order.tolist()
     assert named.labels is not None and named.labels.tolist() == [[CLASS_NAMES[i] for i in row] for row in order]
     assert plain.labels is None
+
+
+def test_each_output_of_a_model_is_named_by_its_own_label_file(zoo) -> None:
+    """<output>.labels.txt per output (Triton's label_filename): both heads of one model answer with their own
+    class names, and ModelConfig reports each output's file."""
+    x = np.array([[0.3, 0.9], [0.8, -0.5]], dtype=np.float32)
+    client = triton.InferenceServerClient(zoo.target)
+    try:
+        given = triton.InferInput("x", list(x.shape), "FP32").set_data_from_numpy(x)
+        asked = [triton.InferRequestedOutput(name, class_count=1) for name in ("animal", "color")]
+        answer = client.infer("heads", [given], outputs=asked)
+        config = client.get_model_config("heads").config
+    finally:
+        client.close()
+    # animal scores: [x0, x1, x0 + x1] -> bird, cat; color: [x1, -x1] -> red, blue
+    assert [a.decode().split(":", 1)[1] for a in answer.as_numpy("animal").flat] == ["2:bird", "0:cat"]
+    assert [a.decode().split(":", 1)[1] for a in answer.as_numpy("color").flat] == ["0:red", "1:blue"]
+    assert {o.name: o.label_filename for o in config.output} == {
+        "animal": "animal.labels.txt",
+        "color": "color.labels.txt",
+    }
+
+    with Client(zoo.target) as sdk:
+        color = sdk.classify("heads", {"x": x}, output="color", top_k=2)
+        outputs = sdk.config("heads").outputs
+    assert color.labels is not None and color.labels.tolist() == [["red", "blue"], ["blue", "red"]]
+    assert {o.name: o.label_filename for o in outputs} == {"animal": "animal.labels.txt", "color": "color.labels.txt"}
