@@ -13,8 +13,8 @@ group's figures are at most that second behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -247,8 +247,15 @@ class Metrics:
     def clear_state(self, model: str, version: int | str, all_states: list[str]) -> None:
         """Drop the series of a version the server no longer knows, so removed versions do not linger."""
         for name in all_states:
-            with contextlib.suppress(KeyError):
-                self.model_state.remove(model, str(version), name)
+            retire(self.model_state, model, str(version), name)
+
+
+def retire(gauge: Gauge, *labels: str) -> None:
+    """Drop one series of `gauge`. In a `--processes` group its value also lives in this process's file, which
+    the parent reads and nothing can delete from: NaN there marks the series gone (processes.py skips NaNs), so a
+    version a process unloaded leaves the group's /metrics as it leaves a single server's."""
+    gauge.labels(*labels).set(math.nan)
+    gauge.remove(*labels)
 
 
 class _PushedOnCollect:

@@ -17,7 +17,9 @@ others and exits non-zero: the orchestrator restarts the group as a whole, as it
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
+import math
 import os
 import queue
 import shutil
@@ -27,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
+from typing import Any
 
 from .group_settings import ENV
 from .settings import ServerSettings
@@ -114,11 +117,29 @@ class _Barrier:
 
 def _serve_metrics(host: str, port: int, directory: str) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
+    registry.register(GroupCollector(directory))
     start_http_server(port, addr=host, registry=registry)
+
+
+class GroupCollector:
+    """prometheus_client's MultiProcessCollector, less the gauge series a process retired (NaN in its file:
+    metrics.retire). Its two steps are prometheus_client's own (private) static methods, with the NaNs dropped in
+    between, per process, before the processes' values combine."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = glob.glob(os.path.join(self._directory, "*.db"))
+        metrics = MultiProcessCollector._read_metrics(files)
+        for metric in metrics.values():
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if not math.isnan(s.value)]
+        return MultiProcessCollector._accumulate_metrics(metrics, True)
 
 
 def supervise(settings: ServerSettings, argv: Sequence[str]) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from .metrics import retire
 from .stats import FAILURE_REASONS, Duration
 
 _US = 1e6
@@ -132,8 +133,8 @@ class TritonMetrics:
         for gone, families in ((unloaded, [*_FAMILIES, _PENDING]), (self._cached - cached, list(_CACHE_FAMILIES))):
             for labels in gone:  # a version that unloaded: its series go, as Triton's do
                 for name in families:
-                    self._gauges[name].remove(*labels)
+                    retire(self._gauges[name], *labels)
         for labels in unloaded:
             for reason in FAILURE_REASONS:
-                self._failures.remove(*labels, reason)
+                retire(self._failures, *labels, reason)
         self._shown, self._cached = shown, cached

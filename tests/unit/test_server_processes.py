@@ -79,3 +79,53 @@ def test_barrier_release_lets_waiting_children_go() -> None:
     barrier.release()  # the group is stopping before everyone loaded
     barrier.release()  # idempotent
     asyncio.run(asyncio.wait_for(processes.wait_for_group(*fds, 0), timeout=10))
+
+
+_WRITER = """
+import sys
+from prometheus_client import Gauge
+from kerve.server.metrics import retire
+
+gauge = Gauge("nv_x", "a version's gauge", ["model", "version"], multiprocess_mode="livesum")
+state = Gauge("kerve_state", "a livemax gauge", ["model", "version"], multiprocess_mode="livemax")
+gauge.labels("m", "1").set(float(sys.argv[1]))
+gauge.labels("m", "2").set(5)
+state.labels("m", "1").set(1)
+for version in sys.argv[2:]:
+    retire(gauge, "m", version)
+    retire(state, "m", version)
+"""
+
+
+def test_the_group_collector_leaves_out_the_series_a_process_retired(tmp_path: Path) -> None:
+    """A --processes group's parent combines its children's metrics files; a gauge series a child dropped (its
+    version unloaded) is NaN in that child's file and counts no more, while another child's value still does."""
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def child(*args: str) -> None:
+        subprocess.run([sys.executable, "-c", _WRITER, *args], env=env, check=True, timeout=60)
+
+    def read() -> dict[tuple[str, str], float]:
+        registry = CollectorRegistry()
+        registry.register(processes.GroupCollector(str(tmp_path)))
+        return {
+            (sample.name, sample.labels["version"]): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+        }
+
+    child("3")  # serves versions 1 and 2
+    child("4", "1")  # retired version 1
+    assert read() == {("nv_x", "1"): 3, ("nv_x", "2"): 10, ("kerve_state", "1"): 1}
+    child("6", "1")  # a third process, version 1 retired too
+    assert read() == {("nv_x", "1"): 3, ("nv_x", "2"): 15, ("kerve_state", "1"): 1}
+    for path in tmp_path.glob("*.db"):  # the first process retires it as well: gone from the group
+        path.unlink()
+    child("3", "1")
+    child("4", "1")
+    assert read() == {("nv_x", "2"): 10}
