@@ -235,3 +235,29 @@ def test_explicit_model_control_needs_one_process(model_repo: Path, tmp_path: Pa
     )
     assert proc.wait(timeout=60) == 2
     assert "--model-control explicit needs --processes 1" in (tmp_path / "server.log").read_text()
+
+
+def test_an_unloaded_versions_series_leave_the_groups_metrics(model_repo: Path, tmp_path: Path) -> None:
+    """A version both processes unloaded leaves the parent's /metrics, as it leaves a single server's: its
+    Triton gauges and its kerve_model_state series (each process marks them retired in its metrics file)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        shutil.copytree(model_repo / "cnn" / "1", repo / "cnn" / str(version))
+    metrics_port = free_port()
+    flags = ("--processes", "2", "--metrics-port", str(metrics_port), "--triton-metrics", "--poll-interval", "0.2")
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def versions(name: str) -> set[str]:
+        return {dict(labels)["version"] for (sample, labels) in scrape(url)[0] if sample == name}
+
+    with running_server(repo, tmp_path, *flags):
+        wait_for(lambda: versions("nv_inference_request_success") == {"2"}, "version 2 in the group's /metrics")
+        shutil.rmtree(repo / "cnn" / "2")  # the policy (latest) falls back to version 1 in both processes
+
+        def moved() -> bool:
+            return versions("nv_inference_request_success") == {"1"} and versions("kerve_model_state") == {"1"}
+
+        wait_for(moved, "version 2's series gone from the group's /metrics, version 1's there", timeout_s=60)
+        assert "2" not in versions("nv_inference_request_failure") | versions("nv_inference_pending_request_count")
