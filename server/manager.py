@@ -25,7 +25,7 @@ import enum
 import inspect
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +167,7 @@ class ModelManager:
         self._changes = 0  # loads attempted and versions unloaded, ever
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._requested: set[asyncio.Task[None]] = set()  # changes asked for by RPCs, running to their end
         self.initial_load_done = False
         self.forget: Callable[[ModelVersion], None] | None = None
         """Told when what the engine keeps for a version is stale (its cached responses): the version (copy)
@@ -226,6 +227,8 @@ class ModelManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        if self._requested:  # changes whose RPC went away: let them settle rather than stop one halfway
+            await asyncio.gather(*self._requested, return_exceptions=True)
 
     def require_explicit(self, what: str) -> None:
         if self.control != EXPLICIT:
@@ -260,7 +263,7 @@ class ModelManager:
             record = self._models.setdefault(name, _Model(name))
         record.wanted = False
         record.overrides = {}
-        await self._sync(name)
+        await self._to_the_end(self._sync(name))
 
     async def apply_models(self, models: Mapping[str, Mapping[str, Any]], exclusive: bool = True) -> None:
         """Explicit control: load these models (name -> config overrides); with exclusive, unload all others.
@@ -283,7 +286,7 @@ class ModelManager:
         others = [n for n, r in self._models.items() if n not in models and r.wanted] if exclusive else []
         for name in others:
             self._models[name].wanted, self._models[name].overrides = False, {}
-        await self._sync_many([*models, *others])
+        await self._to_the_end(self._sync_many([*models, *others]))
         failed = []
         for name in models:
             if not self.ready_versions(name):
@@ -293,6 +296,19 @@ class ModelManager:
                 failed.append(f"{name!r} ({'; '.join(reasons) or 'no servable version'})")
         if failed:
             raise ServingError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {', '.join(failed)}")
+
+    async def _to_the_end(self, change: Coroutine[Any, Any, None]) -> None:
+        """Run a change an RPC asked for to its end, even if the RPC goes away (its deadline passes, the client
+        cancels): cut off midway, a version would stay LOADING or UNLOADING for good, its servable never closed.
+        The caller still waits for it, and hears its error."""
+        task = asyncio.ensure_future(change)
+        self._requested.add(task)
+        task.add_done_callback(self._requested.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_log_orphaned_failure)
+            raise
 
     # --- the one place versions change --------------------------------------------------------------------
 
@@ -617,6 +633,12 @@ class ModelManager:
         entry.inflight -= 1
         if entry.inflight == 0 and entry._drained is not None:
             entry._drained.set()
+
+
+def _log_orphaned_failure(task: asyncio.Task[None]) -> None:
+    """A change whose RPC went away has nobody to tell of its error but the log."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a model change asked for by a cancelled RPC failed", exc_info=task.exception())
 
 
 def parse_version(model: str, text: str) -> int | None:

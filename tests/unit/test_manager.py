@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -466,3 +467,63 @@ def test_explicit_control_can_load_only_some_models_at_start(tmp_path: Path) -> 
                 await polled.load_all(["a"])
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class GatedLoader(Loader):
+    """Loads wait for `gate` (set by the test) once `held` (a version number) is asked for."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__()
+        self.held = held
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+
+    def __call__(self, path: Path, config: ModelConfig) -> FakeServable:
+        if int(path.name) == self.held:
+            self.waiting.set()
+            assert self.gate.wait(10)
+        return super().__call__(path, config)
+
+
+def test_a_load_or_unload_whose_rpc_went_away_still_finishes(tmp_path: Path) -> None:
+    """A client deadline or cancel cancels the RPC's coroutine: the change it asked for runs to its end anyway,
+    never leaving a version LOADING or UNLOADING for good (and a later load finds nothing stuck)."""
+    version(tmp_path, "m", 1)
+    loader = GatedLoader(held=2)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        version(tmp_path, "m", 2)
+        rpc = asyncio.ensure_future(manager.load_model("m"))
+        assert await asyncio.to_thread(loader.waiting.wait, 10)
+        rpc.cancel()  # the client gave up while version 2 was loading
+        with pytest.raises(asyncio.CancelledError):
+            await rpc
+        loader.gate.set()
+        settled = {1: "UNLOADED", 2: "READY"}  # 1 unloaded once 2 served, as in any load
+        for _ in range(1000):  # bounded: the load finishes in its thread, then on the loop
+            if states(manager, "m") == settled:
+                break
+            await asyncio.sleep(0.01)
+        assert states(manager, "m") == settled
+        await manager.load_model("m")  # nothing stuck: a retry changes nothing
+        assert states(manager, "m") == settled
+
+        entry = manager.acquire("m")  # a request in flight holds the unload in its drain
+        rpc = asyncio.ensure_future(manager.unload_model("m"))
+        for _ in range(100):
+            if states(manager, "m")[2] == "UNLOADING":
+                break
+            await asyncio.sleep(0)
+        rpc.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await rpc
+        manager.release(entry)
+        for _ in range(1000):
+            if states(manager, "m")[2] == "UNLOADED":
+                break
+            await asyncio.sleep(0.01)
+        assert states(manager, "m") == {1: "UNLOADED", 2: "UNLOADED"} and entry.servable is None
+        await manager.load_model("m")
+        assert manager.ready_versions("m") == [2]
+
+    run(tmp_path, body, loader=loader, control=EXPLICIT)
