@@ -48,6 +48,9 @@ _CONTENTS_FIELD = {
     BYTES: "bytes_contents",
 }
 _LEN = struct.Struct("<I")
+# what a typed contents field holds on the wire: narrower integer types are cast from it, keeping the low bits of
+# an out-of-range value as Triton does (numpy refuses such a value in the narrower type outright)
+_WIRE_TYPE = {"int_contents": np.int32, "uint_contents": np.uint32}
 
 
 class CodecError(ValueError):
@@ -159,6 +162,8 @@ def decode_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
 
 
 def _decode_bytes_elements(raw: bytes, count: int) -> np.ndarray:
+    if 4 * count > len(raw):  # before allocating: every element has a 4-byte length prefix
+        raise CodecError(f"raw BYTES content of {len(raw)} bytes cannot hold {count} elements (4 bytes each at least)")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset = 0
@@ -199,7 +204,10 @@ def decode_contents(contents: Any, datatype: str, shape: Sequence[int]) -> np.nd
         out = np.empty(count, dtype=object)
         out[:] = list(values)
         return out.reshape(tuple(shape))
-    return np.asarray(values, dtype=dtype_of(datatype)).reshape(tuple(shape))
+    dtype = dtype_of(datatype)
+    wire = _WIRE_TYPE.get(field)
+    array = np.asarray(values, dtype=dtype) if wire is None else np.asarray(values, dtype=wire).astype(dtype)
+    return array.reshape(tuple(shape))
 
 
 def encode_contents(array: np.ndarray, contents: Any) -> str:

@@ -12,6 +12,7 @@ protobuf's merge (the example's own features win), again as TF Serving does.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,12 @@ _TYPES: dict[int, tuple[np.dtype[Any], str]] = {
     types_pb2.DT_BFLOAT16: (bfloat16(), "half_val"),  # typed values: the 16 bits in half_val, as for DT_HALF
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
 }
+# what a typed value field holds on the wire: narrower types are cast from it, keeping the low bits of an
+# out-of-range value as TensorFlow's Tensor::FromProto does (numpy refuses such a value in the narrower type)
+_WIRE_TYPE = {"int_val": np.int32}
+# a shorter value list is repeated to fill the shape (TF's rule); past this many bytes the request is refused
+# rather than expanded: a few bytes on the wire must not make the server allocate gigabytes
+MAX_EXPANDED_BYTES = 1 << 30
 _VALUE_FIELDS = sorted({f for _, f in _TYPES.values()} | {"scomplex_val", "dcomplex_val"})
 _BY_KIND_SIZE = {(dt.kind, dt.itemsize): code for code, (dt, _) in _TYPES.items() if dt.kind != "O"}
 
@@ -105,7 +112,9 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
     if any(d < 0 for d in shape):
         raise TensorProtoError(f"tensor_shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
+    if count >= 1 << 63:
+        raise TensorProtoError(f"tensor_shape {list(shape)} has more than 2**63 - 1 elements")
     for other in _VALUE_FIELDS:
         if other != field and len(getattr(proto, other)):
             raise TensorProtoError(f"dtype {dtype_name(proto.dtype)} reads {field}, but {other} is set")
@@ -129,11 +138,18 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
         flat = np.empty(n, dtype=object)
         flat[:] = list(values)
     elif proto.dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
-        flat = np.asarray(values, dtype=np.uint16).view(dtype)
+        flat = np.asarray(values, dtype=np.int32).astype(np.uint16).view(dtype)
+    elif field in _WIRE_TYPE:
+        flat = np.asarray(values, dtype=_WIRE_TYPE[field]).astype(dtype)
     else:
         flat = np.asarray(values, dtype=dtype)
     if n == count:
         return flat.reshape(shape)
+    if count * dtype.itemsize > MAX_EXPANDED_BYTES:
+        raise TensorProtoError(
+            f"{field} has {n} values for the {count} elements of shape {list(shape)}: repeating them would take "
+            f"{count * dtype.itemsize} bytes, more than {MAX_EXPANDED_BYTES}; send every value"
+        )
     out = np.full(count, b"" if dtype.kind == "O" else 0, dtype=dtype)
     if n:
         out[:n] = flat

@@ -201,6 +201,9 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             slot.call = self.engine.start(decoded, slot)
         except ServingError as exc:
             slot.reject(exc)
+        except Exception as exc:  # a defect of ours: this message fails, the stream and its other messages go on
+            log.exception("stream message for model %r failed before reaching the model", request.model_name)
+            slot.reject(ServingError(ErrorCode.INTERNAL, f"the server failed to take the request: {exc!r}"))
         return slot
 
     async def ModelStatistics(

@@ -60,16 +60,33 @@ def test_bytes_roundtrip_with_length_prefix() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("raw", "count", "message"),
     [
-        (b"\x05\x00\x00\x00ab", "claims 5 bytes"),
-        (b"\x01\x00", "ends after 0 of 1"),
-        (b"\x01\x00\x00\x00ab", "1 trailing bytes"),
+        (b"\x05\x00\x00\x00ab", 1, "claims 5 bytes"),
+        (b"\x01\x00", 1, "of 2 bytes cannot hold 1 elements"),
+        (b"\x01\x00\x00\x00ab\x00\x00", 2, "ends after 1 of 2"),
+        (b"\x01\x00\x00\x00ab", 1, "1 trailing bytes"),
     ],
 )
-def test_malformed_bytes_are_rejected(raw: bytes, message: str) -> None:
+def test_malformed_bytes_are_rejected(raw: bytes, count: int, message: str) -> None:
     with pytest.raises(codecs.CodecError, match=message):
-        codecs.decode_raw(raw, "BYTES", [1])
+        codecs.decode_raw(raw, "BYTES", [count])
+
+
+def test_a_bytes_shape_too_large_for_its_content_is_refused_before_allocating() -> None:
+    """Four bytes cannot hold 2**40 elements: refused at once, not after an object array of 8 TiB."""
+    with pytest.raises(codecs.CodecError, match="of 4 bytes cannot hold 1099511627776 elements"):
+        codecs.decode_raw(b"\x00" * 4, "BYTES", [2**40])
+
+
+def test_out_of_range_typed_integers_keep_their_low_bits_as_triton_does() -> None:
+    """int_contents / uint_contents carry 32 bits; a narrower type keeps the low ones (numpy alone would raise)."""
+    cases = [("INT8", "int_contents", [200, -1], [-56, -1]), ("UINT8", "uint_contents", [300, 255], [44, 255]),
+             ("INT16", "int_contents", [70000], [4464]), ("UINT16", "uint_contents", [70000], [4464])]  # fmt: skip
+    for datatype, field, sent, got in cases:
+        contents = pb.InferTensorContents(**{field: sent})
+        decoded = codecs.decode_contents(contents, datatype, [len(sent)])
+        assert decoded.dtype == codecs.dtype_of(datatype) and decoded.tolist() == got, datatype
 
 
 def test_wrong_raw_length_names_sizes() -> None:

@@ -511,3 +511,40 @@ def test_a_finished_request_leaves_no_reference_cycle(outcome: str) -> None:
         gc.garbage.clear()
         gc.enable()
     assert leaked == []
+
+
+def test_a_stream_message_that_hits_a_server_defect_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception while a streamed message is taken (a defect of ours, not a bad input) fails that
+    message with INTERNAL in the stream; the stream goes on and answers the messages after it."""
+    from kerve import codecs
+    from kerve.protos import grpc_service_pb2 as pb
+    from kerve.server import v2_codec
+    from kerve.server.v2_service import V2Servicer
+
+    engine, manager, _metrics = setup(Model())
+    servicer = V2Servicer(manager, engine, lambda: True)  # type: ignore[arg-type]
+    decode = v2_codec.decode_request
+
+    def flaky(message: pb.ModelInferRequest, *args: Any) -> Any:
+        if message.id == "1":
+            raise OverflowError("a defect")
+        return decode(message, *args)
+
+    monkeypatch.setattr(v2_codec, "decode_request", flaky)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 2])
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    async def requests() -> Any:
+        for i in range(3):
+            raw = codecs.encode_raw(np.full((1, 2), i, np.float32))
+            yield pb.ModelInferRequest(model_name="m", id=str(i), inputs=[tensor], raw_input_contents=[raw])
+
+    async def main() -> list[pb.ModelStreamInferResponse]:
+        return [r async for r in servicer.ModelStreamInfer(requests(), Context())]  # type: ignore[arg-type]
+
+    responses = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [(r.infer_response.id, r.error_message[:9]) for r in responses] == [("0", ""), ("1", "INTERNAL:"), ("2", "")]
+    assert "a defect" in responses[1].error_message

@@ -75,6 +75,37 @@ def test_typed_fields_follow_tensorflow_fill_rules() -> None:
     assert decode_tensor(proto).tolist() == [[0.0] * 3] * 2  # none: zeros
 
 
+def test_out_of_range_int_val_keeps_its_low_bits_as_tensorflow_does() -> None:
+    """int_val and half_val are int32 fields: TensorFlow's C++ Tensor::FromProto casts them to the narrower type
+    (its Python make_ndarray raises instead), so the low bits of an out-of-range value stay."""
+    half_bits = np.array([0xFFFF, 4464], np.uint16)  # -1 and 70000, their low 16 bits
+    cases = [(types_pb2.DT_UINT8, "int_val", [300, -1], np.array([44, 255], np.uint8)),
+             (types_pb2.DT_INT8, "int_val", [200], np.array([-56], np.int8)),
+             (types_pb2.DT_INT16, "int_val", [70000], np.array([4464], np.int16)),
+             (types_pb2.DT_UINT16, "int_val", [-2], np.array([65534], np.uint16)),
+             (types_pb2.DT_HALF, "half_val", [-1, 70000], half_bits.view(np.float16))]  # fmt: skip
+    for dtype, field, sent, expected in cases:
+        proto = tensor_pb2.TensorProto(dtype=dtype)
+        proto.tensor_shape.dim.add(size=len(sent))
+        getattr(proto, field).extend(sent)
+        got = decode_tensor(proto)
+        assert got.dtype == expected.dtype
+        assert got.tobytes() == expected.tobytes(), types_pb2.DataType.Name(dtype)
+
+
+def test_shapes_too_large_to_hold_or_to_fill_are_refused() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (2**32, 2**32):
+        proto.tensor_shape.dim.add(size=size)
+    with pytest.raises(TensorProtoError, match=r"more than 2\*\*63 - 1 elements"):
+        decode_tensor(proto)
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    proto.tensor_shape.dim.add(size=2**40)
+    proto.float_val.append(1.0)  # one value repeated over 2**40 elements: 4 TiB
+    with pytest.raises(TensorProtoError, match="repeating them would take 4398046511104 bytes"):
+        decode_tensor(proto)
+
+
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
