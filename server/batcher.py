@@ -463,8 +463,10 @@ class Batcher:
         self._policies = policies = tuple(config.policy(level) for level in range(levels + 1))
         self._ranked = bool(levels) or any(p.delays for p in policies)  # queues keyed (rank, inputs key)
         self._waiting = [0] * (levels + 1)  # requests not yet wholly in batches, by level
-        # heap of queue timeouts: weak, so the entries of requests that left (swept now and then) keep no arrays
-        self._expiry: list[tuple[float, int, weakref.ref[_Request]]] = []
+        # heap of (when, seq, kind, request) for queue timeouts (_TIMEOUT) and, in a batcher whose lower levels
+        # can wait behind higher ones, deadlines (_DEADLINE): weak, so the entries of requests that left (swept
+        # now and then) keep no arrays
+        self._expiry: list[tuple[float, int, int, weakref.ref[_Request]]] = []
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_when = math.inf
         self._compact_at = _COMPACT_MIN
@@ -600,11 +602,16 @@ class Batcher:
         queue.append(req)
         self._queued += n
         self._waiting[level] += 1
-        if timeout:
+        if timeout or (deadline is not None and self._ranked):
             req.key = key
+        if timeout:
             req.expires = now + timeout
             req.own_timeout = own
-            self._push_expiry(req)
+            self._push_expiry(req.expires, _TIMEOUT, req)
+        if deadline is not None and self._ranked:
+            # a lower level, or a delayed request, waits as long as others keep the replicas busy: its deadline
+            # needs a timer of its own (FIFO queues reach every deadline in turn, in `_form`)
+            self._push_expiry(deadline, _DEADLINE, req)
         if self._idle and not self._kick_scheduled:
             # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
             self._kick_scheduled = True
@@ -915,14 +922,14 @@ class Batcher:
 
     # ---- queue policy timeouts (event loop thread only)
 
-    def _push_expiry(self, req: _Request) -> None:
+    def _push_expiry(self, when: float, kind: int, req: _Request) -> None:
         heap = self._expiry
         if len(heap) >= self._compact_at:  # entries of requests that left: drop them (amortised O(1) per push)
-            heap[:] = [entry for entry in heap if _waits(entry[2]())]
+            heap[:] = [entry for entry in heap if _pending(entry)]
             heapq.heapify(heap)
             self._compact_at = max(_COMPACT_MIN, 2 * len(heap))
-        heapq.heappush(heap, (req.expires, req.seq, weakref.ref(req)))
-        if req.expires < self._expiry_when:
+        heapq.heappush(heap, (when, req.seq, kind, weakref.ref(req)))
+        if when < self._expiry_when:
             self._arm_expiry()
 
     def _arm_expiry(self) -> None:
@@ -930,7 +937,7 @@ class Batcher:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         heap = self._expiry
-        while heap and not _waits(heap[0][2]()):
+        while heap and not _pending(heap[0]):
             heapq.heappop(heap)
         if not heap:
             self._expiry_when = math.inf
@@ -946,9 +953,11 @@ class Batcher:
         limit = max(when, now)
         heap = self._expiry
         while heap and heap[0][0] <= limit:
-            req = heapq.heappop(heap)[2]()
-            if not _waits(req):
+            entry = heapq.heappop(heap)
+            req = entry[3]()
+            if not _pending(entry):
                 continue
+            assert req is not None
             queue = self._queues.get((req.rank, req.key) if self._ranked else req.key)
             if queue is None:
                 continue
@@ -956,7 +965,12 @@ class Batcher:
                 queue.remove(req)
             except ValueError:
                 continue
-            self._expire(req, now)
+            if entry[2] == _TIMEOUT:
+                self._expire(req, now)
+            else:
+                waited = now - req.arrival
+                message = f"deadline exceeded after {waited:.3f}s waiting for the model"
+                self._fail(req, ServingError(ErrorCode.DEADLINE_EXCEEDED, message))
         self._arm_expiry()
         if self._closing:
             self._check_drained()
@@ -1003,6 +1017,15 @@ class Batcher:
 _COMPACT_MIN = 1024  # queue timeout heap entries before the first sweep of stale ones
 
 
-def _waits(req: _Request | None) -> bool:
-    """Whether a request (None: gone) still waits for its queue timeout: none of it started, not delayed already."""
-    return req is not None and not req.dead and req.next_row == 0 and req.expires != math.inf
+_TIMEOUT, _DEADLINE = 0, 1  # what an expiry heap entry watches: a queue policy's timeout, a request's deadline
+
+
+def _pending(entry: tuple[float, int, int, weakref.ref[_Request]]) -> bool:
+    """Whether an expiry heap entry still matters: its request is queued and not failed, and for a queue
+    timeout, none of it started and it was not delayed already."""
+    req = entry[3]()
+    if req is None or req.dead:
+        return False
+    if entry[2] == _TIMEOUT:
+        return req.next_row == 0 and req.expires != math.inf
+    return req.next_row < req.n

@@ -202,6 +202,38 @@ def test_a_delayed_request_still_counts_against_its_levels_queue_size() -> None:
     run(main())
 
 
+def test_a_lower_levels_deadline_strikes_while_higher_levels_keep_the_replicas_busy() -> None:
+    """A lower level (or a delayed request) waits as long as higher levels fill every batch, so no batch ever
+    reaches it to check its deadline: its own timer fails it, DEADLINE_EXCEEDED, while the model is still busy.
+    So does a request timeout that becomes a deadline (no override allowed), and a delayed request's deadline."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        delay = {"timeout_s": 0.001, "timeout_action": "delay"}
+        config = BatchingConfig(max_batch_size=1, priority_levels=2, priority_queue_policy={2: delay})
+        batcher = Batcher([model], config, clock=clock)
+        first = await busy(batcher, 0)
+        high = submit(batcher, rows(1), priority=1)
+        low = submit(batcher, rows(2), priority=2, deadline=clock.now + 0.05)
+        timed = submit(batcher, rows(3), priority=2, timeout_s=0.05)  # the level's policy allows no override
+        await spin(lambda: batcher.queued_requests == 3)
+        await settle(lambda: batcher._expiry_timer is not None and batcher._expiry_when > 0.001)  # delayed
+        clock.advance(0.06)
+        await settle(lambda: low.done() and timed.done())  # the model never finished a batch meanwhile
+        assert not first.done() and not high.done()
+        for failed in (low, timed):
+            err = await error_of(failed)
+            assert err.code is ErrorCode.DEADLINE_EXCEEDED and "deadline exceeded after 0.060s" in err.message
+        assert batcher.queued_requests == 1 and batcher.queued_samples == 1  # the high one, still waiting
+        model.release.set()
+        await asyncio.gather(first, high)
+        assert model.seen == [0, 1]  # the expired ones never ran
+        await batcher.close()
+
+    run(main())
+
+
 def test_timeouts_of_requests_that_left_do_not_pile_up() -> None:
     """Every request with a queue timeout leaves an entry for the expiry timer; entries of requests that were
     batched are swept, so a busy model with a long timeout keeps a bounded heap (and no request arrays alive)."""
