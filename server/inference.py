@@ -75,9 +75,30 @@ class InferenceEngine:
         self.cache = cache
         """Shared by the models whose config.yaml sets `response_cache: true`; None: the server has none."""
         self._executor = executor
-        if batching is not None and pad_batches and not batching.allowed_batch_sizes:
-            batching = dataclasses.replace(batching, allowed_batch_sizes=tpu_batch_sizes(batching.max_batch_size))
-        self.batching = batching
+        self._pad_batches = pad_batches
+        self._flags = batching  # the server's batching flags, as given: a model's config.yaml overrides them
+        self.batching = self._padded(batching) if batching is not None else None
+        """The server-wide batching knobs a model without its own `batching:` gets."""
+        self._depths: set[str] = set()  # models whose kerve_queue_depth was set
+        metrics.add_pusher(self._push_queue_depths)
+
+    def _padded(self, config: BatchingConfig) -> BatchingConfig:
+        """On TPU, batches are padded to powers of two up to the largest batch unless sizes are given."""
+        if self._pad_batches and not config.allowed_batch_sizes:
+            return dataclasses.replace(config, allowed_batch_sizes=tpu_batch_sizes(config.max_batch_size))
+        return config
+
+    def _push_queue_depths(self) -> None:
+        """kerve_queue_depth: the rows waiting in all of a model's batchers (each version, each signature), read
+        when metrics are pushed, so it also falls when requests leave the queue without a batch (cancelled,
+        expired). Runs on the pushing thread: it only reads counts."""
+        depths: dict[str, int] = dict.fromkeys(self._depths, 0)
+        for entry in self.manager.snapshot():
+            queued = sum(batcher.queued_samples for batcher in tuple(entry.batchers.values()))
+            depths[entry.model] = depths.get(entry.model, 0) + queued
+        for model, depth in depths.items():
+            self.metrics.queue_depth.labels(model).set(depth)
+        self._depths = {model for model, depth in depths.items() if depth}  # 0 stays shown; set once more
 
     async def infer(self, request: InferRequest) -> InferResponse:
         future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
@@ -153,11 +174,9 @@ class InferenceEngine:
         config = self.batching_for(entry, signature)
         if config is None:
             return None
-        depth = self.metrics.queue_depth_gauge(entry.model)
         per_device = [self.metrics.device_batches(entry.model, device) for device in entry.servable.runner_devices]
 
         def on_batch(stats: BatchStats) -> None:
-            depth.value = batcher.queued_samples
             if stats.ok:
                 self._record_batch(
                     entry, stats.batch_size, stats.queue_wait_s, stats.input_s, stats.compute_s, stats.output_s
@@ -187,13 +206,13 @@ class InferenceEngine:
     def config_for(self, entry: ModelVersion) -> BatchingConfig | None:
         """Server-wide batching knobs, overridden key by key by the model's config.yaml `batching:` section."""
         overrides = entry.config.batching
-        if self.batching is None or overrides.get("enabled") is False:
+        if self._flags is None or self.batching is None or overrides.get("enabled") is False:
             return None
         if not overrides:
             return self.batching
-        merged = {**dataclasses.asdict(self.batching), **{k: v for k, v in overrides.items() if k != "enabled"}}
+        merged = {**dataclasses.asdict(self._flags), **{k: v for k, v in overrides.items() if k != "enabled"}}
         try:
-            return BatchingConfig.from_mapping(merged)
+            return self._padded(BatchingConfig.from_mapping(merged))
         except (TypeError, ValueError) as exc:  # valid alone, but not combined with this server's flags
             raise ServingError(
                 ErrorCode.FAILED_PRECONDITION,

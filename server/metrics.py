@@ -202,10 +202,6 @@ class Metrics:
         """The model's requests in flight: the caller adds 1 when one starts and takes it off when it ends."""
         return self._tally(self.inflight, model)
 
-    def queue_depth_gauge(self, model: str) -> GaugeTally:
-        """Samples waiting in the model's batchers: set after every batch."""
-        return self._tally(self.queue_depth, model)
-
     def device_batches(self, model: str, device: str) -> CounterTally:
         """Model executions on one replica: the caller adds 1 per batch."""
         return self._tally(self.batches, model, device)

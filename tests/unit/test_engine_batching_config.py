@@ -45,6 +45,19 @@ def test_tpu_padding_defaults_to_powers_of_two() -> None:
     assert engine(BatchingConfig(max_batch_size=8), pad=True).batching.allowed_batch_sizes == (1, 2, 4, 8)
 
 
+def test_on_tpu_a_models_own_batch_size_gets_its_own_padded_sizes() -> None:
+    """The powers of two are derived after the model's config.yaml is merged in, so its max_batch_size stands
+    (instead of clashing with sizes derived from the server's); sizes a model or the flags give stay as given."""
+    tpu = engine(BatchingConfig(max_batch_size=64), pad=True)
+    assert tpu.config_for(version({"max_batch_size": 8})).allowed_batch_sizes == (1, 2, 4, 8)
+    assert tpu.config_for(version({"max_batch_size": 128})).allowed_batch_sizes == (1, 2, 4, 8, 16, 32, 64, 128)
+    given = version({"max_batch_size": 8, "allowed_batch_sizes": [4, 8]})
+    assert tpu.config_for(given).allowed_batch_sizes == (4, 8)
+    assert (
+        engine(BatchingConfig(max_batch_size=64)).config_for(version({"max_batch_size": 8})).allowed_batch_sizes == ()
+    )
+
+
 def test_override_that_clashes_with_server_flags_is_a_failed_precondition() -> None:
     server = BatchingConfig(max_batch_size=64, allowed_batch_sizes=(32, 64))
     with pytest.raises(ServingError) as info:

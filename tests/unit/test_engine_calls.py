@@ -77,6 +77,9 @@ class Manager:
         entry.inflight -= 1
         self.released += 1
 
+    def snapshot(self) -> list[ModelVersion]:
+        return [self.entry]
+
 
 def setup(model: Model, batching: BatchingConfig | None = BatchingConfig()) -> tuple[InferenceEngine, Manager, Metrics]:
     entry = ModelVersion("m", 1, Path("/nowhere"))
@@ -548,3 +551,35 @@ def test_a_stream_message_that_hits_a_server_defect_fails_alone(monkeypatch: pyt
     responses = asyncio.run(asyncio.wait_for(main(), 10))
     assert [(r.infer_response.id, r.error_message[:9]) for r in responses] == [("0", ""), ("1", "INTERNAL:"), ("2", "")]
     assert "a defect" in responses[1].error_message
+
+
+def test_queue_depth_is_every_batchers_queued_rows_and_falls_when_requests_leave_without_a_batch() -> None:
+    """kerve_queue_depth: the rows waiting in all of a model's batchers (one per signature), read at each scrape;
+    a cancelled request's rows leave it at once, not at the next batch."""
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_batch_size=8))
+
+    def depth() -> float | None:
+        return metrics.registry.get_sample_value("kerve_queue_depth", {"model": "m"})
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request(1)))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(engine.infer(request(rows))) for rows in (2, 3)]
+        other = manager.entry.batchers["serving_default"]
+        manager.entry.batchers["other"] = other  # a second signature's batcher (the same one twice: 2 x 5 rows)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert await asyncio.to_thread(depth) == 10
+        del manager.entry.batchers["other"]
+        queued[1].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued[1]
+        assert await asyncio.to_thread(depth) == 2  # no batch ran since
+        model.gate.set()
+        await asyncio.gather(running, queued[0])
+        assert await asyncio.to_thread(depth) == 0
+
+    asyncio.run(main())

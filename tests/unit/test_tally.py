@@ -80,7 +80,6 @@ def test_a_scrape_reads_every_update_made_before_it() -> None:
     metrics.observe_request("m", "1", "v2", "OK", 0.003)
     metrics.count_request("m", "", "v2", "INVALID_ARGUMENT")
     metrics.inflight_gauge("m").value += 2
-    metrics.queue_depth_gauge("m").value = 5
     metrics.device_batches("m", "CPU:0").value += 1
     metrics.observe_batch("m", 4, 0.001, 0.002)
     text = generate_latest(metrics.registry).decode()
@@ -89,7 +88,6 @@ def test_a_scrape_reads_every_update_made_before_it() -> None:
         'kerve_requests_total{code="INVALID_ARGUMENT",model="m",protocol="v2",version=""} 1.0',
         'kerve_request_duration_seconds_bucket{le="0.005",model="m",protocol="v2"} 1.0',
         'kerve_inflight_requests{model="m"} 2.0',
-        'kerve_queue_depth{model="m"} 5.0',
         'kerve_batches_total{device="CPU:0",model="m"} 1.0',
         'kerve_batch_size_count{model="m"} 1.0',
         'kerve_compute_duration_seconds_sum{model="m"} 0.002',
