@@ -1000,9 +1000,11 @@ class Batcher:
                 f"{self._label}: request timed out after {waited:.1f} ms in the queue (its timeout: {limit:.1f} ms)",
             )
         else:  # the server shed it, as Triton does (UNAVAILABLE): retryable, another replica may be less busy
-            error = unavailable(
+            error = ServingError(
+                ErrorCode.UNAVAILABLE,
                 f"{self._label}: request waited {waited:.1f} ms in the queue, past its queue policy's timeout "
-                f"({limit:.1f} ms); the model is busy, retry later"
+                f"({limit:.1f} ms); the model is busy, retry later",
+                shed=True,
             )
         self._fail(req, error)
 

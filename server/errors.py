@@ -25,10 +25,13 @@ class ErrorCode(enum.Enum):
 class ServingError(Exception):
     """A request failed with a status the client can act on."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, shed: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.shed = shed
+        """The scheduler refused or dropped the request to shed load (a queue policy's timeout), whatever the
+        code says: Triton counts it as REJECTED."""
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.value}, {self.message!r})"

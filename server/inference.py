@@ -430,7 +430,7 @@ class Call:
         self._end()
         seconds = time.monotonic() - self.started
         if self.entry is not None:
-            self.entry.stats.record_failure(seconds, failure_reason(error.code, from_model))
+            self.entry.stats.record_failure(seconds, failure_reason(error.code, from_model, error.shed))
         self._observe(error.code.value, seconds)
         if self.traced:
             self._trace(error=(error.code.value, error.message))

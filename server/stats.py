@@ -29,13 +29,14 @@ FAILURE_REASONS = (REJECTED, CANCELED, BACKEND, OTHER)
 _MODEL_ERRORS = (ErrorCode.INTERNAL, ErrorCode.INVALID_ARGUMENT, ErrorCode.RESOURCE_EXHAUSTED)
 
 
-def failure_reason(code: ErrorCode, from_model: bool) -> str:
+def failure_reason(code: ErrorCode, from_model: bool, shed: bool = False) -> str:
     """The reason for a failure with `code`; `from_model`: it came back from the batch's run, not the admission.
     A model's own INVALID_ARGUMENT or RESOURCE_EXHAUSTED (out of memory) is the backend's; the batcher's
-    RESOURCE_EXHAUSTED (queue full) and DEADLINE_EXCEEDED (expired while queued) are rejections."""
+    RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED (expired while queued) and the requests it `shed`
+    (ServingError.shed: a queue policy's timeout, UNAVAILABLE) are rejections."""
     if code is ErrorCode.CANCELLED:
         return CANCELED
-    if code is ErrorCode.DEADLINE_EXCEEDED or (code is ErrorCode.RESOURCE_EXHAUSTED and not from_model):
+    if shed or code is ErrorCode.DEADLINE_EXCEEDED or (code is ErrorCode.RESOURCE_EXHAUSTED and not from_model):
         return REJECTED
     if from_model and code in _MODEL_ERRORS:
         return BACKEND

@@ -339,6 +339,27 @@ def test_a_requests_timeout_reaches_the_batchers_queue_policy() -> None:
     assert metrics.registry.get_sample_value("kerve_queue_timeouts_total", timeouts) == 1
 
 
+def test_a_request_its_queue_policy_sheds_fails_unavailable_and_counts_as_rejected() -> None:
+    """A queue policy's timeout (reject) sheds the request: UNAVAILABLE to the caller (retryable), Triton's
+    REJECTED in the statistics (nv_inference_request_failure), not OTHER."""
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, _metrics = setup(model, BatchingConfig(max_batch_size=1, queue_policy={"timeout_s": 0.01}))
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request()))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        with pytest.raises(ServingError) as info:
+            await asyncio.wait_for(engine.infer(request()), 10)
+        assert info.value.code is ErrorCode.UNAVAILABLE and "queue policy's timeout" in info.value.message
+        model.gate.set()
+        await running
+
+    asyncio.run(main())
+    assert manager.entry.stats.fail_reasons == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
+
+
 def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> None:
     """Unbatchable requests go straight to the worker pool; one cancelled while queued there never runs."""
     model = Model(batched=False)

@@ -132,6 +132,7 @@ def test_failures_sort_into_tritons_reasons() -> None:
     assert failure_reason(ErrorCode.INTERNAL, True) == failure_reason(ErrorCode.INVALID_ARGUMENT, True) == "BACKEND"
     assert failure_reason(ErrorCode.INVALID_ARGUMENT, False) == "OTHER"  # failed validation
     assert failure_reason(ErrorCode.UNAVAILABLE, True) == failure_reason(ErrorCode.NOT_FOUND, False) == "OTHER"
+    assert failure_reason(ErrorCode.UNAVAILABLE, True, shed=True) == "REJECTED"  # a queue policy's timeout
     stats = VersionStats()
     stats.record_failure(0.5, "CANCELED")
     stats.record_failure(0.25)
