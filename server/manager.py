@@ -24,6 +24,7 @@ import dataclasses
 import enum
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -119,13 +120,24 @@ def _placement(config: ModelConfig) -> Hashable:
 
 
 def _fingerprint(path: Path) -> tuple[int, ...]:
+    """What a version's files are now: every file's name, size, mtime and inode under its directory, so a
+    FAILED version is retried after any fix (a warmup file replaced, a variables shard copied in place, an asset),
+    not only a new saved_model.pb. A SavedModel is a handful of files: cheap at every poll."""
+    found: list[int] = []
     try:
-        pb = (path / repository.SAVED_MODEL_FILE).stat()
-        directory = path.stat()
-        variables = (path / "variables").stat().st_mtime_ns if (path / "variables").is_dir() else 0
+        for root, dirs, files in os.walk(path, onerror=_raise):
+            dirs.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(root, name))
+                found += (hash(os.path.relpath(os.path.join(root, name), path)), stat.st_size, stat.st_mtime_ns,
+                          stat.st_ino)  # fmt: skip
     except OSError:
         return ()
-    return (pb.st_mtime_ns, pb.st_size, pb.st_ino, directory.st_mtime_ns, variables)
+    return tuple(found)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def _close(servable: Any) -> object:

@@ -353,7 +353,8 @@ def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
     failed: list[FakeServable] = []
 
     def warmup(model: str, path: Path, servable: Any) -> int:
-        if path.name == "2":
+        requests = path / "assets.extra" / "tf_serving_warmup_requests"
+        if requests.exists() and requests.read_text() == "bad":
             failed.append(servable)
             raise RuntimeError("warmup request 1 of 1 failed: input 'x': bad")
         warmed.append(int(path.name))
@@ -361,12 +362,20 @@ def test_warmup_failure_fails_the_version(tmp_path: Path) -> None:
 
     async def body(manager: ModelManager, _loader: Loader) -> None:
         assert manager.entries("m")[0].warmup_requests == 3
-        version(tmp_path, "m", 2)
+        (version(tmp_path, "m", 2) / "assets.extra").mkdir()
+        requests = tmp_path / "m" / "2" / "assets.extra" / "tf_serving_warmup_requests"
+        requests.write_text("bad")
         await manager.poll()
         assert states(manager, "m") == {1: "READY", 2: "FAILED"}
         assert "warmup request 1 of 1 failed" in manager.entries("m")[1].reason
         assert warmed == [1]
         assert [s.closed for s in failed] == [True]  # what it holds (its devices' placement) is given back
+        await manager.poll()
+        assert states(manager, "m") == {1: "READY", 2: "FAILED"} and len(failed) == 1  # unchanged: not retried
+        requests.write_text("good")  # fixed in place: saved_model.pb and the directories are untouched
+        os.utime(requests, ns=(1, 1))  # a different fingerprint, whatever the clock
+        await manager.poll()
+        assert states(manager, "m") == {1: "UNLOADED", 2: "READY"} and warmed == [1, 2]
 
     run(tmp_path, body, warmup=warmup)
 
