@@ -108,6 +108,10 @@ class _Model:
     wanted: bool = True  # explicit control: loaded by request (poll mode: always)
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys given by HandleReloadConfigRequest
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    # the versions the policy chose at the last sync: a request naming no version goes to the newest ready one
+    # of them, not to a version loaded only for a label (a canary)
+    policy: frozenset[int] = frozenset()
+    held: dict[str, int] = field(default_factory=dict)  # label -> the target it was not moved to (logged once)
 
 
 Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config) -> servable
@@ -356,18 +360,26 @@ class ModelManager:
             self._set_model_error(record, "")
             aspired: set[int] = set()
             if record.wanted and config is not None:
+                policy: set[int] = set()
                 for _ in range(len(on_disk) + 1):  # each round settles at least one version: bounded
                     failed = {
                         v
                         for v, e in record.versions.items()
                         if e.state is VersionState.FAILED and v in on_disk and e.fingerprint == on_disk[v]
                     }
-                    aspired = config.aspired(v for v in on_disk if v not in failed)
+                    candidates = {v for v in on_disk if v not in failed}
+                    policy = config.version_policy.select(candidates)
+                    aspired = config.aspired(candidates)
                     to_load = sorted(v for v in aspired if self._needs_load(record, v))
                     if not to_load:
                         break
                     await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
+                labels = self._settled_labels(record, config)
+                if labels != config.labels:
+                    config = dataclasses.replace(config, labels=labels)
+                    aspired |= set(labels.values()) & on_disk.keys()
                 record.config = config  # labels move now, together with the versions they may point to
+                record.policy = frozenset(policy)
                 await self._replace(record, config, on_disk, aspired)
                 await self._rebatch(record, config)
                 self._recache(record, config)
@@ -378,6 +390,28 @@ class ModelManager:
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
+
+    def _settled_labels(self, record: _Model, config: ModelConfig) -> dict[str, int]:
+        """config.yaml's labels, except that a label whose new version did not come up (failed, not on disk)
+        stays on the version it names now while that one serves: as TF Serving, which refuses to point a label
+        at a version that is not available, requests by label never fail for a move that could not happen."""
+        labels = dict(config.labels)
+        for name, target in config.labels.items():
+            now = record.config.labels.get(name)
+            current = record.versions.get(now) if now is not None else None
+            wanted = record.versions.get(target)
+            if now == target or (wanted is not None and wanted.state is VersionState.READY):
+                record.held.pop(name, None)
+                continue
+            if current is None or current.state is not VersionState.READY:
+                continue
+            labels[name] = now
+            if record.held.get(name) != target:
+                record.held[name] = target
+                why = wanted.reason if wanted is not None and wanted.reason else "it is not in the repository"
+                log.error("model %s: label %r stays on version %d: version %d cannot serve (%s)",
+                          record.name, name, now, target, why)  # fmt: skip
+        return labels
 
     async def _replace(
         self, record: _Model, config: ModelConfig, on_disk: Mapping[int, tuple[int, ...]], staying: set[int]
@@ -612,7 +646,8 @@ class ModelManager:
         if version is None:
             ready = self.ready_versions(model)
             if ready:
-                return versions[ready[-1]]
+                chosen = [v for v in ready if v in record.policy]  # not a version loaded for a label only
+                return versions[(chosen or ready)[-1]]
             if any(e.state is VersionState.LOADING for e in versions.values()):
                 raise unavailable(f"model {model!r} is loading")
             if not record.wanted:

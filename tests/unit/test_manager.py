@@ -536,3 +536,48 @@ def test_a_load_or_unload_whose_rpc_went_away_still_finishes(tmp_path: Path) -> 
         assert manager.ready_versions("m") == [2]
 
     run(tmp_path, body, loader=loader, control=EXPLICIT)
+
+
+def test_a_request_naming_no_version_follows_the_policy_not_a_labelled_canary(tmp_path: Path) -> None:
+    """Labelled versions load beside the policy's; a request without a version or label goes to the newest ready
+    version the policy chose (here 2), never to one loaded only because a label names it (the canary 3)."""
+    for number in (1, 2, 3):
+        version(tmp_path, "m", number)
+    (tmp_path / "m" / "config.yaml").write_text("version_policy: {specific: [2]}\nlabels: {stable: 2, canary: 3}\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.ready_versions("m") == [2, 3]
+        assert manager.resolve("m").version == 2
+        assert manager.resolve("m", label="canary").version == 3
+        (tmp_path / "m" / "config.yaml").write_text("version_policy: {specific: [2, 3]}\n")
+        await manager.poll()
+        assert manager.resolve("m").version == 3  # now the policy's too
+
+    run(tmp_path, body)
+
+
+def test_a_label_stays_on_its_version_when_the_version_it_moves_to_cannot_serve(tmp_path: Path) -> None:
+    """As TF Serving, which refuses a label on a version that is not available: moving `stable` to a version that
+    fails to load, or is not in the repository, leaves it where it was while that version serves; once the new
+    target serves, the label moves."""
+    version(tmp_path, "m", 1)
+    config = tmp_path / "m" / "config.yaml"
+    config.write_text("labels: {stable: 1}\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        version(tmp_path, "m", 2, "garbage")
+        config.write_text("labels: {stable: 2}\n")
+        await manager.poll()
+        assert states(manager, "m") == {1: "READY", 2: "FAILED"}
+        assert manager.resolve("m", label="stable").version == 1
+        assert manager.labels("m") == {"stable": 1}
+        config.write_text("labels: {stable: 7}\n")  # a typo: no version 7
+        await manager.poll()
+        assert manager.resolve("m", label="stable").version == 1
+        (tmp_path / "m" / "2" / "saved_model.pb").write_text("ok")
+        os.utime(tmp_path / "m" / "2" / "saved_model.pb", ns=(1, 1))
+        config.write_text("labels: {stable: 2}\n")
+        await manager.poll()
+        assert manager.resolve("m", label="stable").version == 2 and manager.labels("m") == {"stable": 2}
+
+    run(tmp_path, body)
