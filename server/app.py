@@ -121,6 +121,7 @@ class KerveServer:
             self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer, cache
         )
         self.manager.forget = self.engine.forget
+        self.manager.check_config = self.engine.check_config
         self.manager.has_response_cache = cache is not None
         if settings.triton_metrics:
             self.metrics.add_pusher(TritonMetrics(self.metrics.registry, self.manager.snapshot).update)

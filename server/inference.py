@@ -24,6 +24,7 @@ from .errors import ErrorCode, ServingError
 from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
+from .model_config import ModelConfig
 from .response_cache import Owner, ResponseCache
 from .stats import CANCELED, failure_reason
 from .trace import Tracer
@@ -205,7 +206,16 @@ class InferenceEngine:
 
     def config_for(self, entry: ModelVersion) -> BatchingConfig | None:
         """Server-wide batching knobs, overridden key by key by the model's config.yaml `batching:` section."""
-        overrides = entry.config.batching
+        return self.combined(entry.model, entry.config.batching)
+
+    def check_config(self, config: ModelConfig) -> None:
+        """The manager's check of a model's config before it takes it: FAILED_PRECONDITION when its batching
+        does not combine with the server's flags (it would fail every request)."""
+        self.combined("", config.batching)
+
+    def combined(self, model: str, overrides: Mapping[str, Any]) -> BatchingConfig | None:
+        """The server's batching flags overridden key by key by `overrides` (a config.yaml `batching:`); None
+        when batching is off for the model."""
         if self._flags is None or self.batching is None or overrides.get("enabled") is False:
             return None
         if not overrides:
@@ -216,7 +226,8 @@ class InferenceEngine:
         except (TypeError, ValueError) as exc:  # valid alone, but not combined with this server's flags
             raise ServingError(
                 ErrorCode.FAILED_PRECONDITION,
-                f"model {entry.model!r}: config.yaml batching does not combine with the server's batching flags: {exc}",
+                (f"model {model!r}: config.yaml " if model else "")
+                + f"batching does not combine with the server's batching flags: {exc}",
             ) from None
 
     def _record_batch(

@@ -186,6 +186,9 @@ class ModelManager:
         self._requested: set[asyncio.Task[None]] = set()  # changes asked for by RPCs, running to their end
         self.initial_load_done = False
         self.forget: Callable[[ModelVersion], None] | None = None
+        self.check_config: Callable[[ModelConfig], None] | None = None
+        """Raises ServingError for a config.yaml this server cannot serve as it is set (its `batching:` does not
+        combine with the server's batching flags): the model keeps its last good config, as for an invalid file."""
         """Told when what the engine keeps for a version is stale (its cached responses): the version (copy)
         finished unloading, or its config.yaml turned the response cache off."""
         self.has_response_cache = True
@@ -292,7 +295,7 @@ class ModelManager:
             self._checked_name(name)
             self._require_on_disk(name)
             try:
-                load_model_config(self.repository / name, overrides)
+                self._read_config(self.repository / name, overrides)
             except ModelConfigError as exc:
                 if overrides:
                     raise invalid(f"model {name!r}: {exc}") from None
@@ -346,9 +349,18 @@ class ModelManager:
             for v in repository.list_versions(self.repository, record.name)
         }
         try:
-            return load_model_config(model_dir, record.overrides), "", versions
+            return self._read_config(model_dir, record.overrides), "", versions
         except ModelConfigError as exc:
             return None, str(exc), versions
+
+    def _read_config(self, model_dir: Path, overrides: Mapping[str, Any] | None) -> ModelConfig:
+        config = load_model_config(model_dir, overrides)
+        if self.check_config is not None:
+            try:
+                self.check_config(config)
+            except ServingError as exc:
+                raise ModelConfigError(f"{model_dir.name}/{repository.CONFIG_FILE}: {exc.message}") from None
+        return config
 
     async def _sync(self, name: str) -> None:
         record = self._models.setdefault(name, _Model(name))

@@ -581,3 +581,29 @@ def test_a_label_stays_on_its_version_when_the_version_it_moves_to_cannot_serve(
         assert manager.resolve("m", label="stable").version == 2 and manager.labels("m") == {"stable": 2}
 
     run(tmp_path, body)
+
+
+def test_a_batching_config_the_servers_flags_cannot_take_is_a_config_error(tmp_path: Path) -> None:
+    """A `batching:` valid alone but not with the server's flags (the engine's check) would fail every request
+    of a healthy model: it is refused as an invalid config.yaml is, and the model keeps its last good config."""
+    from kerve.server.batcher import BatchingConfig
+    from kerve.server.inference import InferenceEngine
+
+    version(tmp_path, "m", 1)
+    config = tmp_path / "m" / "config.yaml"
+    flags = BatchingConfig(max_batch_size=16, allowed_batch_sizes=(8, 16))
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        engine = InferenceEngine(manager, ThreadPoolExecutor(1), Metrics(), flags)
+        manager.check_config = engine.check_config
+        config.write_text("batching: {max_queued: 99}\n")
+        await manager.poll()
+        assert engine.config_for(manager.resolve("m")).max_queued == 99
+        config.write_text("batching: {max_batch_size: 32}\n")
+        await manager.poll()
+        entry = manager.resolve("m")  # still served, with the last good config
+        assert engine.config_for(entry) == BatchingConfig(max_batch_size=16, allowed_batch_sizes=(8, 16), max_queued=99)
+        [row] = [r for r in manager.index() if r.model == "m" and not r.version]
+        assert row.state == "FAILED" and "m/config.yaml: batching does not combine" in row.reason
+
+    run(tmp_path, body)
