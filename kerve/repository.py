@@ -65,7 +65,8 @@ def version_dir(repo: str | os.PathLike[str], model: str, version: int) -> Path:
 
 def is_version_dir(path: Path) -> bool:
     """A version is a directory named by a positive integer; dot-directories are in-progress publishes."""
-    return path.is_dir() and path.name.isdigit() and int(path.name) >= 1 and not path.name.startswith(".")
+    name = path.name
+    return name.isascii() and name.isdigit() and int(name) >= 1 and path.is_dir()  # "²".isdigit() too: ascii
 
 
 def list_models(repo: str | os.PathLike[str]) -> list[str]:

@@ -308,9 +308,10 @@ class ModelManager:
         await self._to_the_end(self._sync_many([*models, *others]))
         failed = []
         for name in models:
-            if not self.ready_versions(name):
-                record = self._models[name]
-                reasons = [record.config_error] if record.config_error else []
+            record = self._models.get(name)  # gone if its directory went while it synced
+            error = record.config_error if record is not None else "it left the model repository"
+            if error or not self.ready_versions(name):  # Triton fails a load with a broken config too
+                reasons = [error] if error else []
                 reasons += [f"version {e.version}: {e.reason}" for e in self.entries(name) if e.reason]
                 failed.append(f"{name!r} ({'; '.join(reasons) or 'no servable version'})")
         if failed:
@@ -365,7 +366,11 @@ class ModelManager:
     async def _sync(self, name: str) -> None:
         record = self._models.setdefault(name, _Model(name))
         async with record.lock:
-            config, error, on_disk = await asyncio.to_thread(self._scan, record)
+            try:
+                config, error, on_disk = await asyncio.to_thread(self._scan, record)
+            except OSError as exc:  # an unreadable model directory fails that model alone, keeping what it serves
+                self._set_model_error(record, f"{name}: cannot read the model's directory: {exc}")
+                return
             if record.wanted and config is None:
                 self._set_model_error(record, error)
                 return  # keep serving what is loaded, with the last good config
@@ -437,7 +442,10 @@ class ModelManager:
         for version, old in list(record.versions.items()):
             if old.state is not VersionState.READY or version not in staying:
                 continue
-            if target in (self._placement(old.config), old.failed_placement):
+            if target == self._placement(old.config):
+                old.failed_placement = None  # config.yaml went back: a later move to that placement is new again
+                continue
+            if target == old.failed_placement:
                 continue
             log.info("%s version %d: re-placing %s -> %s",
                      record.name, version, self._placement(old.config), target)  # fmt: skip

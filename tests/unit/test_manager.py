@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kerve import repository
 from kerve.server.errors import ErrorCode, ServingError
 from kerve.server.manager import EXPLICIT, ModelManager, VersionState
 from kerve.server.metrics import Metrics
@@ -607,3 +608,79 @@ def test_a_batching_config_the_servers_flags_cannot_take_is_a_config_error(tmp_p
         assert row.state == "FAILED" and "m/config.yaml: batching does not combine" in row.reason
 
     run(tmp_path, body)
+
+
+def test_a_failed_placement_is_tried_again_once_config_yaml_went_back_and_returns_to_it(tmp_path: Path) -> None:
+    version(tmp_path, "m", 1)
+    config = tmp_path / "m" / "config.yaml"
+
+    class Picky(Loader):
+        room = False
+
+        def __call__(self, path: Path, config: ModelConfig) -> FakeServable:
+            if config.replicas == 2 and not self.room:
+                self.calls.append((path.parent.name, int(path.name)))
+                raise RuntimeError("no room for two replicas")
+            return super().__call__(path, config)
+
+    loader = Picky()
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        config.write_text("replicas: 2\n")
+        await manager.poll()
+        await manager.poll()
+        assert len(loader.calls) == 2 and manager.resolve("m").config.replicas is None  # tried once, failed
+        config.write_text("")  # back to the serving copy's placement ...
+        await manager.poll()
+        loader.room = True
+        config.write_text("replicas: 2\n")  # ... and to two replicas again, which fit now
+        await manager.poll()
+        assert manager.resolve("m").config.replicas == 2 and len(loader.calls) == 3
+
+    run(tmp_path, body, loader=loader)
+
+
+def test_a_model_whose_directory_cannot_be_read_fails_alone(tmp_path: Path) -> None:
+    """A version directory named by a digit Python's int() cannot read ("²") is no version; an unreadable
+    directory fails that model only: the other models load, and the server starts."""
+    version(tmp_path, "good", 1)
+    version(tmp_path, "odd", 1)
+    (tmp_path / "odd" / "²").mkdir()
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert manager.ready_versions("good") == [1] and manager.ready_versions("odd") == [1]
+        real = repository.list_versions
+
+        def unreadable(repo: Path, model: str) -> list[int]:
+            if model == "odd":
+                raise PermissionError(13, "Permission denied", str(repo / model))
+            return real(repo, model)
+
+        repository.list_versions = unreadable  # type: ignore[assignment]
+        try:
+            version(tmp_path, "good", 2)
+            await manager.poll()
+        finally:
+            repository.list_versions = real  # type: ignore[assignment]
+        assert manager.ready_versions("good") == [2] and manager.ready_versions("odd") == [1]
+        [row] = [r for r in manager.index() if r.model == "odd" and not r.version]
+        assert row.state == "FAILED" and "cannot read the model's directory" in row.reason
+
+    run(tmp_path, body)
+
+
+def test_a_load_rpc_fails_when_the_models_config_is_broken(tmp_path: Path) -> None:
+    """As Triton: RepositoryModelLoad of a model whose config.yaml is invalid fails (FAILED_PRECONDITION naming
+    the problem), even though its loaded version keeps serving with the last good config."""
+    version(tmp_path, "m", 1)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        (tmp_path / "m" / "config.yaml").write_text("version_policy: {latest: 0}\n")
+        with pytest.raises(ServingError) as info:
+            await manager.load_model("m")
+        assert info.value.code is ErrorCode.FAILED_PRECONDITION and "latest must be a positive integer" in str(
+            info.value
+        )
+        assert manager.ready_versions("m") == [1]
+
+    run(tmp_path, body, control=EXPLICIT)
