@@ -845,33 +845,46 @@ class Batcher:
 
     def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray]]) -> None:
         for (req, start, stop), out in zip(batch.slices, parts, strict=True):
-            sink = req.sink
-            if sink.done():  # cancelled, or failed through another piece
-                continue
-            if stop - start == req.n:
-                sink.set_result(out)
-                continue
-            span = self.last_compute
-            if req.parts is None:
-                req.parts = []
-                req.first_span = span  # set with its first piece's outputs (split requests only)
-            elif span[0] < req.first_span[0]:
-                req.first_span = span
-            req.parts.append((start, out))
-            req.rows_done += stop - start
-            if req.rows_done == req.n:
+            try:
+                self._deliver_one(req, start, stop, out)
+            except Exception as exc:  # a sink's defect: the batch's other callers still get their answers
+                logger.exception("delivering the outputs of a request to %s failed", self._label)
+                with contextlib.suppress(Exception):
+                    if not req.sink.done():
+                        req.sink.set_exception(
+                            ServingError(ErrorCode.INTERNAL, f"delivering its outputs failed: {exc!r}")
+                        )
+
+    def _deliver_one(self, req: _Request, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
+        sink = req.sink
+        if sink.done():  # cancelled, or failed through another piece
+            return
+        if stop - start == req.n:
+            sink.set_result(out)
+            return
+        span = self.last_compute
+        if req.parts is None:
+            req.parts = []
+            req.first_span = span  # set with its first piece's outputs (split requests only)
+        elif span[0] < req.first_span[0]:
+            req.first_span = span
+        req.parts.append((start, out))
+        req.rows_done += stop - start
+        if req.rows_done == req.n:
+            try:
+                result = _assemble(req.parts)
+            except Exception as exc:  # pieces disagree on output names or shapes
+                self._fail(req, ServingError(ErrorCode.INTERNAL, f"cannot reassemble split request: {exc}"))
+            else:
+                # its sink reads the model calls' span: from its first piece's start to its last piece's end
+                last = self.last_compute
+                first = req.first_span
+                self.last_compute = (first[0], first[1], last[2], last[3])
                 try:
-                    result = _assemble(req.parts)
-                except Exception as exc:  # pieces disagree on output names or shapes
-                    self._fail(req, ServingError(ErrorCode.INTERNAL, f"cannot reassemble split request: {exc}"))
-                else:
-                    # its sink reads the model calls' span: from its first piece's start to its last piece's end
-                    last = self.last_compute
-                    first = req.first_span
-                    self.last_compute = (first[0], first[1], last[2], last[3])
                     sink.set_result(result)
+                finally:
                     self.last_compute = last
-                req.parts = None
+            req.parts = None
 
     def _fail_batch(self, batch: _Batch, error: BaseException | None) -> None:
         if isinstance(error, ServingError):

@@ -522,6 +522,33 @@ class RecordingSink:
         self.errors.append(exception)
 
 
+def test_a_sink_that_raises_on_its_result_fails_alone_and_the_batch_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A defect in one caller's completion must not strand the others of its batch (nor the batcher)."""
+
+    class Broken(RecordingSink):
+        def set_result(self, result: dict[str, np.ndarray], /) -> None:
+            raise RuntimeError("a broken sink")
+
+    async def main() -> None:
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=0), clock=FakeClock())
+        first = await busy(batcher, 0)
+        sinks = [RecordingSink(), Broken(), RecordingSink()]
+        for value, sink in enumerate(sinks, 1):
+            batcher.enqueue({"x": rows(value)}, None, sink)
+        model.release.set()
+        await first
+        await settle(lambda: all(s.done() for s in (sinks[0], sinks[2])))
+        assert [s.results[0]["y"].tolist() for s in (sinks[0], sinks[2])] == [[[2.0]], [[6.0]]]
+        assert sinks[1].errors and sinks[1].errors[0].code is ErrorCode.INTERNAL
+        np.testing.assert_array_equal((await batcher.submit({"x": rows(5)}))["y"], rows(10))
+        await batcher.close()
+
+    with caplog.at_level(logging.ERROR, logger="kerve.server.batcher"):
+        run(main())
+    assert "delivering the outputs of a request" in caplog.text
+
+
 def test_enqueue_delivers_to_the_callers_sink_and_abandon_silences_it() -> None:
     async def main() -> None:
         model = FakeModel(block=True)
