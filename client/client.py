@@ -7,6 +7,7 @@ the two clients cannot drift apart; only the I/O (blocking vs awaitable) differs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import wire
-from .errors import UnavailableError, from_rpc_error
+from .errors import CancelledError, DeadlineExceededError, UnavailableError, from_rpc_error
 from .options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NO_RETRY,
@@ -61,6 +62,18 @@ class _Budget:
 
     def left(self) -> float:
         return max(0.0, self._end - time.monotonic())
+
+
+_CLEANUP_S = 2.0  # how long a best-effort unregister of a region whose registration may have landed may take
+
+
+def _may_have_registered(exc: BaseException) -> bool:
+    """Whether a Register call that ended with `exc` may still have reached the server: a timeout, a cancel, a
+    lost connection. A refusal (the name is taken, shared memory is off, a bad key) registered nothing, and a
+    taken name is somebody else's region: that one must not be unregistered."""
+    if not isinstance(exc, Exception):  # asyncio's cancel, KeyboardInterrupt: stopped while the call was out
+        return True
+    return isinstance(exc, DeadlineExceededError | UnavailableError | CancelledError)
 
 
 class Client:
@@ -126,13 +139,14 @@ class Client:
         return wire.parse_server_metadata(self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout))
 
     def ready(self, model: str | None = None, version: int | str | None = None, timeout: float | None = None) -> bool:
-        """Server readiness, or one model's; False (not an error) when the server cannot be reached."""
+        """Server readiness, or one model's; False (not an error) when the server cannot be reached or does not
+        answer within `timeout`."""
         try:
             if model is None:
                 return bool(self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout, retry=False).ready)
             request = pb.ModelReadyRequest(name=model, version=_version(version))
             return bool(self._call(self._stub.ModelReady, request, timeout, retry=False).ready)
-        except UnavailableError:
+        except (UnavailableError, DeadlineExceededError):  # not there yet, or too slow to answer: not ready
             return False
 
     def wait_ready(self, deadline_s: float = 60.0, model: str | None = None) -> None:
@@ -271,7 +285,11 @@ class Client:
         region = BlockingRegion(byte_size, name, unregister)
         try:  # not retried: a registration that did land would make the retry ALREADY_EXISTS
             self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
-        except BaseException:
+        except BaseException as exc:
+            if _may_have_registered(exc):  # else the server holds the region (and its memory) for good
+                with contextlib.suppress(Exception):
+                    request = region.unregister_request
+                    self._call(self._stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
         return region
@@ -415,7 +433,7 @@ class AsyncClient:
                 return bool(response.ready)
             request = pb.ModelReadyRequest(name=model, version=_version(version))
             return bool((await self._call(self._stub.ModelReady, request, timeout, retry=False)).ready)
-        except UnavailableError:
+        except (UnavailableError, DeadlineExceededError):  # not there yet, or too slow to answer: not ready
             return False
 
     async def wait_ready(self, deadline_s: float = 60.0, model: str | None = None) -> None:
@@ -519,7 +537,11 @@ class AsyncClient:
         region = AsyncRegion(byte_size, name, unregister)
         try:
             await self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
-        except BaseException:
+        except BaseException as exc:
+            if _may_have_registered(exc):  # as in Client.shared_memory
+                with contextlib.suppress(Exception):
+                    request = region.unregister_request
+                    await self._call(self._stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
         return region

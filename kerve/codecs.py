@@ -103,8 +103,12 @@ def element_count(shape: Sequence[int]) -> int:
 
 def wire_array(value: Any) -> tuple[np.ndarray, str]:
     """`value` (an array, or anything numpy makes one of) as the array a request carries and its V2 datatype:
-    numpy's fixed-width unicode strings become BYTES elements."""
+    numpy's fixed-width unicode strings become BYTES elements. Strings and bytes given as lists (or alone) become
+    an object array of them as they are: numpy's fixed-width types would drop their trailing NUL bytes (a
+    serialized protobuf ending in 0x00 would arrive one byte short)."""
     array = np.asarray(value)
+    if array.dtype.kind in "SU" and not isinstance(value, np.ndarray):
+        array = np.array(value, dtype=object)
     if array.dtype.kind == "U":
         array = array.astype(object)
     return array, datatype_of(array.dtype)

@@ -1,0 +1,109 @@
+"""kerve.client where the network or the caller misbehaves: a slow readiness answer, a shared memory registration
+cut off by its timeout, strings whose bytes numpy would trim. Scripted servicers on loopback, no TensorFlow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from helpers import in_process_v2_server
+from kerve import codecs
+from kerve.client import AsyncClient, Client, DeadlineExceededError, ServerError
+from kerve.client.wire import build_infer_request
+from kerve.protos import grpc_service_pb2 as pb
+from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+
+
+class SlowReady(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ServerReady(self, request: Any, context: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.5)  # a stalled server: the first answer comes after the caller's timeout
+        return pb.ServerReadyResponse(ready=True)
+
+
+def test_a_readiness_answer_slower_than_its_timeout_is_not_ready_not_an_error() -> None:
+    with in_process_v2_server(SlowReady(), workers=2) as target:
+        with Client(target) as client:
+            assert client.ready(timeout=0.1) is False
+            assert client.ready(timeout=5) is True
+
+        async def main() -> tuple[bool, bool]:
+            async with AsyncClient(target) as client:
+                return await client.ready(timeout=0.1), await client.ready(timeout=5)
+
+    with in_process_v2_server(SlowReady(), workers=2) as target:
+        assert asyncio.run(main()) == (False, True)
+
+
+class LateRegistration(pb_grpc.GRPCInferenceServiceServicer):
+    """Registers what it is asked to (one call at a time, as a server's loop would), answering late once."""
+
+    def __init__(self, late_s: float, taken: str = "") -> None:
+        self.late_s, self.taken = late_s, taken
+        self.registered: set[str] = set()
+        self.unregistered: list[str] = []
+        self.lock = threading.Lock()
+
+    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        import grpc
+
+        with self.lock:
+            if request.name == self.taken:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"region {request.name!r} already registered")
+            self.registered.add(request.name)
+            time.sleep(self.late_s)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            self.unregistered.append(request.name)
+            self.registered.discard(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no POSIX shared memory (/dev/shm) here")
+def test_a_registration_cut_off_by_its_timeout_is_unregistered_but_a_taken_name_is_left_alone() -> None:
+    late = LateRegistration(late_s=0.5)
+    with in_process_v2_server(late, workers=1) as target, Client(target) as client:
+        with pytest.raises(DeadlineExceededError):
+            client.shared_memory(4096, name="mine", timeout=0.1)
+        assert late.registered == set() and late.unregistered == ["mine"]  # it had landed: taken back
+
+    taken = LateRegistration(late_s=0.0, taken="theirs")
+    with in_process_v2_server(taken, workers=1) as target, Client(target) as client:
+        with pytest.raises(ServerError, match="already registered"):
+            client.shared_memory(4096, name="theirs")
+        assert taken.unregistered == []  # somebody else's region: never unregistered
+
+    async def main(target: str) -> None:
+        async with AsyncClient(target) as client:
+            with pytest.raises(DeadlineExceededError):
+                await client.shared_memory(4096, name="async", timeout=0.1)
+
+    late = LateRegistration(late_s=0.5)
+    with in_process_v2_server(late, workers=1) as target:
+        asyncio.run(main(target))
+        assert late.registered == set() and late.unregistered == ["async"]
+
+
+def test_strings_and_bytes_given_as_lists_keep_their_trailing_nul_bytes() -> None:
+    """numpy's fixed-width S and U types drop trailing NULs: a serialized protobuf ending in 0x00 would be sent one
+    byte short. Lists (and single values) travel as the objects they are."""
+    values = [b"\x08\x01\x10\x00", b"ok"]
+    request = build_infer_request("m", {"x": values, "t": "tab\x00", "n": np.array([b"a\x00"], dtype=object)})
+    sent = {
+        t.name: codecs.decode_raw(raw, t.datatype, t.shape)
+        for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+    }
+    assert sent["x"].tolist() == values
+    assert sent["t"].tolist() == b"tab\x00" and sent["n"].tolist() == [b"a\x00"]
