@@ -360,6 +360,7 @@ class Client:
             timeout=self.timeout if timeout is None else timeout,
             metadata=self.options.metadata_for(headers),
             class_counts=class_counts,
+            max_message_bytes=self.options.max_message_bytes,
         )
 
     def close(self) -> None:
@@ -598,6 +599,7 @@ class AsyncClient:
             timeout=self.timeout if timeout is None else timeout,
             metadata=self.options.metadata_for(headers),
             class_counts=class_counts,
+            max_message_bytes=self.options.max_message_bytes,
         )
 
     async def close(self) -> None:

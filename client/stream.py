@@ -48,6 +48,7 @@ from .errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     KerveError,
+    ResourceExhaustedError,
     ServerError,
     UnavailableError,
     from_error_message,
@@ -77,6 +78,9 @@ def _outcome(response: pb.ModelStreamInferResponse) -> pb.ModelInferResponse | K
     return response.infer_response
 
 
+_HEADROOM = 64 * 1024  # what a message holds besides its raw contents, at most, for any sane request
+
+
 class _Requests:
     """What both stream classes build per message: the model, version, default outputs and class counts fixed; a
     call's own outputs and id when it gives them."""
@@ -87,6 +91,7 @@ class _Requests:
         version: int | str | None,
         outputs: Sequence[str] | None,
         class_counts: Mapping[str, int] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if any(isinstance(o, SharedOutput) for o in outputs or ()):  # the stream's calls would share one place
             raise InvalidArgumentError(
@@ -97,6 +102,7 @@ class _Requests:
         self.outputs = tuple(outputs) if outputs else None
         # checked now, so a bad count fails opening the stream rather than its first call
         self.class_counts = {name: wire.class_count(name, k) for name, k in (class_counts or {}).items()} or None
+        self.max_message_bytes = max_message_bytes
         self._ids = itertools.count()
 
     def build(
@@ -119,6 +125,15 @@ class _Requests:
             priority=priority,
             timeout=timeout,
         )
+        limit = self.max_message_bytes
+        if limit is not None and sum(map(len, request.raw_input_contents)) + _HEADROOM > limit:
+            size = request.ByteSize()  # near the limit: measured (the raw contents are most of a message)
+            if size > limit:  # gRPC would fail the whole stream, every other call on it included
+                raise ResourceExhaustedError(
+                    f"the message is {size} bytes, more than the channel's max_message_bytes ({limit}): it was not "
+                    "sent (the stream goes on); send it with `infer` on a client with a larger limit, or put the "
+                    "inputs in shared memory"
+                )
         return request, wire.shared_outputs(chosen)
 
     def claim(self, request_id: str | None, in_flight: Callable[[str], bool]) -> str:
@@ -156,9 +171,10 @@ class InferStream:
         timeout: float,
         metadata: Metadata | None = None,
         class_counts: Mapping[str, int] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.timeout = timeout
-        self._builder = _Requests(model, version, outputs, class_counts)
+        self._builder = _Requests(model, version, outputs, class_counts, max_message_bytes)
         self._lock = threading.Lock()
         self._pending: dict[str, Future[pb.ModelInferResponse]] = {}
         self._late: set[str] = set()  # ids of calls that gave up (timed out) while their answer is still due
@@ -321,9 +337,10 @@ class AsyncInferStream:
         timeout: float,
         metadata: Metadata | None = None,
         class_counts: Mapping[str, int] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.timeout = timeout
-        self._builder = _Requests(model, version, outputs, class_counts)
+        self._builder = _Requests(model, version, outputs, class_counts, max_message_bytes)
         self._pending: dict[str, asyncio.Future[pb.ModelInferResponse]] = {}
         self._late: set[str] = set()  # ids of calls that gave up (timed out, cancelled) while their answer is due
         self._error: KerveError | None = None

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import in_process_v2_server
 from kerve import codecs
-from kerve.client import AsyncClient, Client, DeadlineExceededError, ServerError
+from kerve.client import AsyncClient, Client, DeadlineExceededError, ResourceExhaustedError, ServerError
 from kerve.client.wire import build_infer_request
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -107,3 +107,33 @@ def test_strings_and_bytes_given_as_lists_keep_their_trailing_nul_bytes() -> Non
     }
     assert sent["x"].tolist() == values
     assert sent["t"].tolist() == b"tab\x00" and sent["n"].tolist() == [b"a\x00"]
+
+
+class Echo(pb_grpc.GRPCInferenceServiceServicer):
+    def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        for request in requests:
+            response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+                response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+                response.raw_output_contents.append(raw)
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def test_a_stream_message_over_the_channels_limit_fails_alone_and_the_stream_goes_on() -> None:
+    """gRPC fails a whole stream for one message over max_message_bytes, every caller's call with it: the SDK
+    refuses that message itself (RESOURCE_EXHAUSTED, nothing sent), and the others go on."""
+    small, big = np.ones(4, np.float32), np.ones(1 << 19, np.float32)  # 2 MiB of floats
+    with in_process_v2_server(Echo(), workers=2) as target:
+        with Client(target, max_message_bytes=1 << 20) as client, client.stream("m") as stream:
+            assert stream.infer({"x": small}).outputs["x"].tolist() == small.tolist()
+            with pytest.raises(ResourceExhaustedError, match="more than the channel's max_message_bytes"):
+                stream.infer({"x": big})
+            assert stream.infer({"x": small * 2}).outputs["x"].tolist() == (small * 2).tolist()
+
+        async def main() -> list[float]:
+            async with AsyncClient(target, max_message_bytes=1 << 20) as client, client.stream("m") as stream:
+                with pytest.raises(ResourceExhaustedError):
+                    await stream.infer({"x": big})
+                return (await stream.infer({"x": small})).outputs["x"].tolist()
+
+        assert asyncio.run(main()) == small.tolist()
