@@ -197,9 +197,10 @@ class InferenceEngine:
 
     def batching_for(self, entry: ModelVersion, signature: Any) -> BatchingConfig | None:
         """The knobs a version's signature is batched with; None when its requests run one by one (batching off
-        for it, an input without a variable leading dimension to concatenate on, or a servable without replicas)."""
+        for it, an input without a variable leading dimension to concatenate on, no input at all, or a servable
+        without replicas)."""
         config = self.config_for(entry)
-        batchable = all(spec.batched for spec in signature.inputs.values())
+        batchable = bool(signature.inputs) and all(spec.batched for spec in signature.inputs.values())
         if config is None or not batchable or not hasattr(entry.servable, "runners"):
             return None
         return config

@@ -119,11 +119,9 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
         if other != field and len(getattr(proto, other)):
             raise TensorProtoError(f"dtype {dtype_name(proto.dtype)} reads {field}, but {other} is set")
     content = proto.tensor_content
-    if content:
+    if content:  # TensorFlow reads tensor_content when it is set, whatever a typed field holds
         if dtype.kind == "O":
             raise TensorProtoError("DT_STRING tensors carry their elements in string_val, not tensor_content")
-        if len(getattr(proto, field)):
-            raise TensorProtoError(f"both tensor_content and {field} are set; use one")
         if len(content) != count * dtype.itemsize:
             raise TensorProtoError(
                 f"tensor_content has {len(content)} bytes, expected {count * dtype.itemsize} "
@@ -132,8 +130,8 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
         return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
     n = len(values)
-    if n > count:
-        raise TensorProtoError(f"{field} has {n} values, more than the {count} elements of shape {list(shape)}")
+    if n > count:  # TensorFlow takes the first `count` values
+        values, n = values[:count], count
     if dtype.kind == "O":
         flat = np.empty(n, dtype=object)
         flat[:] = list(values)
@@ -189,7 +187,7 @@ def spec_version(spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
     if choice == "version":
         return int(spec.version.value), None
     if choice == "version_label":
-        return None, spec.version_label or None
+        return None, spec.version_label  # "" set explicitly is a label too (TF Serving: unrecognized)
     return None, None
 
 

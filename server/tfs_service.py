@@ -86,7 +86,9 @@ class _Target:
         self._signature_defs: dict[tuple[str, int], tuple[ModelVersion, dict[str, meta_graph_pb2.SignatureDef]]] = {}
 
     def check_label(self, model: str, label: str | None) -> None:
-        if label is not None and self.manager.knows(model) and label not in self.manager.labels(model):
+        """TF Serving's label check comes before the model's: an unknown model's label, and an empty one, are
+        unrecognized labels too."""
+        if label is not None and label not in self.manager.labels(model):
             raise invalid(f"Unrecognized servable version label: {label}")
 
     def resolve(self, model: str, version: int | None, label: str | None) -> ModelVersion:
@@ -274,6 +276,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             else regression_pb2.RegressionRequest
         )
         single = kind(model_spec=task.model_spec, input=request.input)
+        first = request.tasks[0].model_spec  # as TF Serving: the first task's version serves every task
+        single.model_spec.ClearField("version")
+        single.model_spec.ClearField("version_label")
+        if first.WhichOneof("version_choice") == "version":
+            single.model_spec.version.CopyFrom(first.version)
+        elif first.WhichOneof("version_choice") == "version_label":
+            single.model_spec.version_label = first.version_label
         infer, key = await self._examples_request(single, context, task.method_name, "MultiInferenceRequest")
         return infer, key, task.method_name
 
@@ -315,7 +324,7 @@ def _checked_tasks(tasks: list[inference_pb2.InferenceTask]) -> list[inference_p
             raise invalid(f"Duplicate evaluation of signature: {key}")
         seen.add(key)
         if task.method_name not in (tfs_codec.CLASSIFY_METHOD, tfs_codec.REGRESS_METHOD):
-            raise invalid(f"Unsupported signature method_name: {task.method_name}")
+            raise ServingError(ErrorCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
     return tasks
 
 
@@ -341,11 +350,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             raise invalid("Missing ModelSpec")
         if not self.manager.knows(spec.name):
             raise not_found(f"Could not find any versions of model {spec.name}")
-        version, label = tfs_codec.spec_version(spec)
-        self._target.check_label(spec.name, label)
-        if label is not None:
-            version = self.manager.labels(spec.name)[label]
-        entries = self.manager.entries(spec.name)
+        # as TF Serving: a version narrows the answer, a label does not (every version is listed), newest first
+        version = int(spec.version.value) if spec.WhichOneof("version_choice") == "version" else None
+        entries = sorted(self.manager.entries(spec.name), key=lambda e: e.version, reverse=True)
         if version is not None:
             entries = [e for e in entries if e.version == version]
             if not entries:

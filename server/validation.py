@@ -39,7 +39,7 @@ class DtypeMismatch(ServingError):
 
 def validate_inputs(model: str, inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> None:
     """Raise INVALID_ARGUMENT unless inputs match the signature exactly (names, dtypes, shapes)."""
-    if not inputs or inputs.keys() != specs.keys():  # sorted names for the messages only when they are needed
+    if inputs.keys() != specs.keys():  # sorted names for the messages only when they are needed
         expected = sorted(specs)
         if not inputs:
             raise invalid(f"request for model {model!r} has no inputs; expected {expected}")

@@ -181,6 +181,19 @@ def build_two_heads_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_constant_model(path: Path) -> None:
+    """A signature without inputs (a lookup table's contents, a model's own constants): serving_default -> y."""
+    import tensorflow as tf
+
+    class Constant(tf.Module):
+        @tf.function(input_signature=[])
+        def serve(self) -> dict[str, tf.Tensor]:
+            return {"y": tf.constant([1.5, -2.0, 4.0])}
+
+    module = Constant()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 

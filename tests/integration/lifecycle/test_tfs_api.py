@@ -144,13 +144,17 @@ def test_versions_and_labels(tfs, models) -> None:
     status = get_model_status_pb2.GetModelStatusRequest()
     status.model_spec.name = "cnn"
     response = models.GetModelStatus(status, timeout=30)
-    assert [(s.version, s.state) for s in response.model_version_status] == [
-        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+    assert [(s.version, s.state) for s in response.model_version_status] == [  # newest first, as TF Serving's
         (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
     ]
     assert all(s.status.error_code == 0 for s in response.model_version_status)
-    status.model_spec.version_label = "canary"
-    assert [s.version for s in models.GetModelStatus(status, timeout=30).model_version_status] == [2]
+    for label in ("canary", "beta"):  # TF Serving's GetModelStatus reads a version, never a label: all versions
+        status.model_spec.version_label = label
+        assert [s.version for s in models.GetModelStatus(status, timeout=30).model_version_status] == [2, 1]
+    for model, label in (("cnn", ""), ("nope", "stable")):  # a label set empty, or on an unknown model: as TF Serving
+        assert_code(lambda m=model, x=label: tfs.Predict(predict_request(m, image, version_label=x)),
+                    grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")  # fmt: skip
 
 
 def test_tf_serving_error_codes(tfs, models) -> None:
@@ -297,13 +301,25 @@ def test_multi_inference_errors(tfs) -> None:
             "All ModelSpecs in a MultiInferenceRequest must access the same model name.")  # fmt: skip
     refused(multi_request(("examples", "classify", CLASSIFY), ("examples", "classify", CLASSIFY)), invalid,
             "Duplicate evaluation of signature: classify")  # fmt: skip
-    refused(multi_request(("examples", "classify", "tensorflow/serving/predict")), invalid,
-            "Unsupported signature method_name: tensorflow/serving/predict")  # fmt: skip
+    refused(
+        multi_request(("examples", "classify", "tensorflow/serving/predict")),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Unsupported signature method_name: tensorflow/serving/predict",
+    )  # fmt: skip
     refused(multi_request(("examples", "regress", CLASSIFY)), invalid,
             "Expected classification signature method_name to be tensorflow/serving/classify")  # fmt: skip
     refused(multi_request(("examples", "classify", CLASSIFY), examples=[]), invalid,
             "MultiInferenceRequest::input is empty.")  # fmt: skip
     refused(multi_request(("nope", "classify", CLASSIFY)), grpc.StatusCode.NOT_FOUND, "nope")
+
+
+def test_multi_inference_runs_every_task_on_the_first_tasks_version(tfs) -> None:
+    """As TF Serving, which resolves one servable from tasks[0]'s spec: a later task's version is not looked up."""
+    request = multi_request(("examples", "classify", CLASSIFY), ("examples", "regress", REGRESS))
+    request.tasks[0].model_spec.version.value = 1
+    request.tasks[1].model_spec.version.value = 99  # no such version: ignored
+    response = tfs.MultiInference(request, timeout=30)
+    assert [r.model_spec.version.value for r in response.results] == [1, 1]
 
 
 def test_get_model_metadata_returns_the_signature_defs(tfs, zoo_repo: Path) -> None:
@@ -361,3 +377,20 @@ def test_reflection_lists_the_tf_serving_services(channel) -> None:
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= names
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="tensorflow.serving.PredictionService")
     assert next(stub.ServerReflectionInfo(iter([request]))).file_descriptor_response.file_descriptor_proto
+
+
+def test_a_signature_without_inputs_is_served_to_a_request_without_inputs(tfs, zoo) -> None:
+    """TF Serving runs a signature that takes no inputs (0 given, 0 expected); so does kerve, on both protocols."""
+    from kerve.protos import grpc_service_pb2 as pb
+    from kerve.protos import grpc_service_pb2_grpc as pb_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "constant"
+    assert tf.make_ndarray(tfs.Predict(request, timeout=30).outputs["y"]).tolist() == [1.5, -2.0, 4.0]
+    with grpc.insecure_channel(zoo.target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name="constant"), timeout=30
+        )
+    assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [1.5, -2.0, 4.0]
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(1, np.float32)))  # one it does not take
+    assert_code(lambda: tfs.Predict(request), grpc.StatusCode.INVALID_ARGUMENT, "has no input 'x'")

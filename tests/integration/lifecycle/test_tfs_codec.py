@@ -114,7 +114,6 @@ def test_shapes_too_large_to_hold_or_to_fill_are_refused() -> None:
         (lambda p: p.tensor_shape.dim.add(size=-1), "negative dimension"),
         (lambda p: setattr(p.tensor_shape, "unknown_rank", True), "unknown rank"),
         (lambda p: p.int_val.append(3), "reads float_val, but int_val is set"),
-        (lambda p: p.float_val.append(3.0), "both tensor_content and float_val are set"),
     ],
 )
 def test_malformed_tensors_are_rejected(mutate, fragment: str) -> None:  # noqa: ANN001
@@ -122,11 +121,21 @@ def test_malformed_tensors_are_rejected(mutate, fragment: str) -> None:  # noqa:
     mutate(proto)
     with pytest.raises(TensorProtoError, match=fragment):
         decode_tensor(proto)
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
-    proto.tensor_shape.dim.add(size=1)
-    proto.float_val.extend([1.0, 2.0])
-    with pytest.raises(TensorProtoError, match="more than the 1 elements"):
-        decode_tensor(proto)
+
+
+def test_extra_values_and_a_tensor_content_beside_them_read_as_tensorflow_reads_them() -> None:
+    """TensorFlow's Tensor::FromProto (tf.io.parse_tensor here) takes the first values a shape needs, and reads
+    tensor_content when it is set whatever a typed field holds: so does kerve, so a sloppy client's request that
+    TF Serving serves is served."""
+    extra = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (1, 2):
+        extra.tensor_shape.dim.add(size=size)
+    extra.float_val.extend([1.0, 2.0, 3.0])
+    both = tf.make_tensor_proto(np.array([1.5, 2.5], np.float32))
+    both.float_val.append(9.0)
+    for proto in (extra, both):
+        expected = tf.io.parse_tensor(proto.SerializeToString(), tf.float32).numpy()
+        np.testing.assert_array_equal(decode_tensor(proto), expected)
 
 
 def test_predict_request_names_the_bad_input() -> None:
