@@ -53,6 +53,9 @@ _TYPES: dict[int, tuple[np.dtype[Any], str]] = {
     types_pb2.DT_HALF: (np.dtype("<f2"), "half_val"),
     types_pb2.DT_BFLOAT16: (bfloat16(), "half_val"),  # typed values: the 16 bits in half_val, as for DT_HALF
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
+    # typed values: (real, imaginary) pairs of floats
+    types_pb2.DT_COMPLEX64: (np.dtype("<c8"), "scomplex_val"),
+    types_pb2.DT_COMPLEX128: (np.dtype("<c16"), "dcomplex_val"),
 }
 # what a typed value field holds on the wire: narrower types are cast from it, keeping the low bits of an
 # out-of-range value as TensorFlow's Tensor::FromProto does (numpy refuses such a value in the narrower type)
@@ -129,12 +132,16 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
             )
         return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
-    n = len(values)
+    n = len(values) // 2 if dtype.kind == "c" else len(values)
     if n > count:  # TensorFlow takes the first `count` values
-        values, n = values[:count], count
+        values, n = values[: 2 * count if dtype.kind == "c" else count], count
     if dtype.kind == "O":
         flat = np.empty(n, dtype=object)
         flat[:] = list(values)
+    elif dtype.kind == "c":
+        if len(values) % 2:
+            raise TensorProtoError(f"{field} has {len(values)} values: complex elements are (real, imaginary) pairs")
+        flat = np.asarray(values, dtype=np.float32 if dtype.itemsize == 8 else np.float64).view(dtype)
     elif proto.dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
         flat = np.asarray(values, dtype=np.int32).astype(np.uint16).view(dtype)
     elif field in _WIRE_TYPE:

@@ -181,6 +181,19 @@ def build_two_heads_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_spectrum_model(path: Path) -> None:
+    """x [batch, 4] float32 -> spec: its real FFT, complex64 [batch, 3] (a type V2 cannot carry, TF Serving can)."""
+    import tensorflow as tf
+
+    class Spectrum(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"spec": tf.signal.rfft(x)}
+
+    module = Spectrum()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 def build_constant_model(path: Path) -> None:
     """A signature without inputs (a lookup table's contents, a model's own constants): serving_default -> y."""
     import tensorflow as tf

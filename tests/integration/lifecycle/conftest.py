@@ -61,6 +61,7 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     (repo / "classes" / "1" / "labels.txt").write_text("".join(f"{name}\n" for name in helpers.CLASS_NAMES))
     helpers.build_two_heads_model(repo / "heads" / "1")
     helpers.build_constant_model(repo / "constant" / "1")
+    helpers.build_spectrum_model(repo / "spectrum" / "1")
     (repo / "heads" / "1" / "animal.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["animal"]))
     (repo / "heads" / "1" / "color.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["color"]))
     _copies(cnn, repo, "warm", (1,))

@@ -394,3 +394,11 @@ def test_a_signature_without_inputs_is_served_to_a_request_without_inputs(tfs, z
     assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [1.5, -2.0, 4.0]
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(1, np.float32)))  # one it does not take
     assert_code(lambda: tfs.Predict(request), grpc.StatusCode.INVALID_ARGUMENT, "has no input 'x'")
+
+
+def test_a_complex_output_is_answered_to_tf_serving_clients(tfs) -> None:
+    """TF Serving returns DT_COMPLEX64 outputs; so does kerve (in tensor_content), bit-identical to the model."""
+    x = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 3.0, 1.0, 2.0]], np.float32)
+    got = tf.make_ndarray(tfs.Predict(predict_request("spectrum", {"x": x}), timeout=30).outputs["spec"])
+    assert got.dtype == np.complex64
+    assert got.tobytes() == tf.signal.rfft(x).numpy().tobytes()

@@ -109,7 +109,7 @@ def test_shapes_too_large_to_hold_or_to_fill_are_refused() -> None:
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
-        (lambda p: setattr(p, "dtype", types_pb2.DT_COMPLEX64), "dtype DT_COMPLEX64 is not supported"),
+        (lambda p: setattr(p, "dtype", types_pb2.DT_VARIANT), "dtype DT_VARIANT is not supported"),
         (lambda p: setattr(p, "tensor_content", p.tensor_content[:-1]), "tensor_content has 23 bytes, expected 24"),
         (lambda p: p.tensor_shape.dim.add(size=-1), "negative dimension"),
         (lambda p: setattr(p.tensor_shape, "unknown_rank", True), "unknown rank"),
@@ -160,6 +160,26 @@ def test_error_messages_name_dtypes_as_tensorflow_does() -> None:
     assert tfs_codec.error_message(error) == "input 'x': expected dtype DT_FLOAT, got DT_HALF"
     strings = DtypeMismatch("s", np.dtype(object), np.dtype(np.int64))
     assert tfs_codec.error_message(strings) == "input 's': expected dtype DT_STRING, got DT_INT64"
-    bf16 = DtypeMismatch("b", np.dtype(tf.bfloat16.as_numpy_dtype), np.dtype(np.complex64))  # unsupported: numpy name
-    assert tfs_codec.error_message(bf16) == "input 'b': expected dtype DT_BFLOAT16, got complex64"
+    bf16 = DtypeMismatch("b", np.dtype(tf.bfloat16.as_numpy_dtype), np.dtype(np.complex64))
+    assert tfs_codec.error_message(bf16) == "input 'b': expected dtype DT_BFLOAT16, got DT_COMPLEX64"
+    odd = DtypeMismatch("d", np.dtype(np.float32), np.dtype("datetime64[s]"))  # no TensorFlow type: numpy's name
+    assert tfs_codec.error_message(odd) == "input 'd': expected dtype DT_FLOAT, got datetime64[s]"
     assert tfs_codec.error_message(ServingError(ErrorCode.NOT_FOUND, "gone")) == "gone"
+
+
+def test_complex_tensors_travel_as_tensorflow_writes_and_reads_them() -> None:
+    """DT_COMPLEX64/128: in tensor_content, or as (real, imaginary) pairs in scomplex_val / dcomplex_val, repeated
+    to fill the shape as any typed field; kerve answers them in tensor_content, which TensorFlow reads back."""
+    for dtype, field in ((np.complex64, "scomplex_val"), (np.complex128, "dcomplex_val")):
+        array = (RNG.random((2, 3)) + 1j * RNG.random((2, 3))).astype(dtype)
+        np.testing.assert_array_equal(decode_tensor(tf.make_tensor_proto(array)), array)
+        assert tf.make_ndarray(encode_tensor(array)).tobytes() == array.tobytes()
+        typed = tensor_pb2.TensorProto(dtype=tf.as_dtype(dtype).as_datatype_enum)
+        for size in (2, 2):
+            typed.tensor_shape.dim.add(size=size)
+        getattr(typed, field).extend([1.0, 2.0, 3.0, -4.0])  # two of the four elements: the last one repeats
+        expected = tf.io.parse_tensor(typed.SerializeToString(), tf.as_dtype(dtype)).numpy()
+        np.testing.assert_array_equal(decode_tensor(typed), expected)
+        getattr(typed, field).append(5.0)
+        with pytest.raises(TensorProtoError, match="complex elements are \\(real, imaginary\\) pairs"):
+            decode_tensor(typed)
