@@ -62,6 +62,8 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     helpers.build_two_heads_model(repo / "heads" / "1")
     helpers.build_constant_model(repo / "constant" / "1")
     helpers.build_spectrum_model(repo / "spectrum" / "1")
+    shutil.copytree(repo / "examples" / "1", repo / "warmmulti" / "1")
+    _write_multi_inference_warmup(repo / "warmmulti" / "1")
     (repo / "heads" / "1" / "animal.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["animal"]))
     (repo / "heads" / "1" / "color.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["color"]))
     _copies(cnn, repo, "warm", (1,))
@@ -71,6 +73,24 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     bad.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 8, 8, 1), np.float32)))
     helpers.write_warmup(repo / "warmbad" / "1", [bad])
     return repo
+
+
+def _write_multi_inference_warmup(version_dir: Path) -> None:
+    """One MultiInferenceLog record (classify and regress tasks over two tf.Examples), as TF Serving replays."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import inference_pb2, prediction_log_pb2
+
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify", helpers.CLASSIFY_METHOD), ("regress", helpers.REGRESS_METHOD)):
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "whatever", signature
+    for x in ((1.0, 2.0), (0.5, -1.0)):
+        request.input.example_list.examples.add().CopyFrom(helpers.example(x))
+    log = prediction_log_pb2.PredictionLog(multi_inference_log=prediction_log_pb2.MultiInferenceLog(request=request))
+    target = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        writer.write(log.SerializeToString())
 
 
 @pytest.fixture(scope="session")

@@ -207,6 +207,9 @@ def test_warmup_requests_are_replayed_before_serving(zoo, client: Client) -> Non
     assert state_of(client, "warm", "1") == "READY"
     assert "loaded warm version 1" in zoo.log.read_text(errors="replace")
     assert "2 warmup requests" in zoo.log.read_text(errors="replace")
+    # TF Serving's MultiInference warmup records replay too (each task as its Classify or Regress request)
+    assert state_of(client, "warmmulti", "1") == "READY"
+    assert "loaded warmmulti version 1" in zoo.log.read_text(errors="replace")
     # a warmup request the model rejects fails the version, as it would fail clients
     state, reason = index(client, "warmbad")["1"]
     assert state == "FAILED"
