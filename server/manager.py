@@ -112,6 +112,7 @@ class _Model:
     # of them, not to a version loaded only for a label (a canary)
     policy: frozenset[int] = frozenset()
     held: dict[str, int] = field(default_factory=dict)  # label -> the target it was not moved to (logged once)
+    gone: set[int] = field(default_factory=set)  # versions served once and deleted from disk since (TF Serving: END)
 
 
 Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config) -> servable
@@ -404,6 +405,8 @@ class ModelManager:
             await self._unload(leaving)
             for v in [v for v, e in record.versions.items() if v not in on_disk and e.state not in _LIVE]:
                 self._forget(record.versions.pop(v))
+                record.gone.add(v)
+            record.gone -= record.versions.keys()  # published again
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
@@ -628,6 +631,12 @@ class ModelManager:
         return [
             self._models[n].versions[v] for n in names if n in self._models for v in sorted(self._models[n].versions)
         ]
+
+    def gone_versions(self, model: str) -> list[int]:
+        """Versions of `model` that were served and have since been deleted from the repository, ascending: TF
+        Serving's GetModelStatus keeps reporting them (END), as its servable state monitor never forgets one."""
+        record = self._models.get(model)
+        return sorted(record.gone) if record is not None else []
 
     def index(self) -> list[IndexRow]:
         """Every version the manager knows, plus a row per model that is failed or not loaded as a whole."""

@@ -352,19 +352,23 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             raise not_found(f"Could not find any versions of model {spec.name}")
         # as TF Serving: a version narrows the answer, a label does not (every version is listed), newest first
         version = int(spec.version.value) if spec.WhichOneof("version_choice") == "version" else None
-        entries = sorted(self.manager.entries(spec.name), key=lambda e: e.version, reverse=True)
+        # the versions it knows, and those deleted from disk since they were served (END, as TF Serving keeps them)
+        known: list[tuple[int, ModelVersion | None]] = [(e.version, e) for e in self.manager.entries(spec.name)]
+        known += [(v, None) for v in self.manager.gone_versions(spec.name)]
+        known.sort(key=lambda item: item[0], reverse=True)
         if version is not None:
-            entries = [e for e in entries if e.version == version]
-            if not entries:
+            known = [item for item in known if item[0] == version]
+            if not known:
                 raise not_found(f"Could not find version {version} of model {spec.name}")
-        if not entries:
+        if not known:
             failure = next((r.reason for r in self.manager.index() if r.model == spec.name and not r.version), "")
             raise not_found(f"Could not find any versions of model {spec.name}" + (f": {failure}" if failure else ""))
         response = get_model_status_pb2.GetModelStatusResponse()
-        for entry in entries:
-            status = response.model_version_status.add(version=entry.version, state=_STATES[entry.state])
+        for number, entry in known:
+            state = _STATES[entry.state] if entry is not None else get_model_status_pb2.ModelVersionStatus.END
+            status = response.model_version_status.add(version=number, state=state)
             status.status.SetInParent()  # OK, as TF Serving reports a healthy version
-            if entry.state is VersionState.FAILED:
+            if entry is not None and entry.state is VersionState.FAILED:
                 status.status.CopyFrom(status_pb2.StatusProto(error_code=_UNKNOWN, error_message=entry.reason))
         return response
 

@@ -158,6 +158,13 @@ def test_deleting_a_version_unloads_it(zoo, client: Client) -> None:
     with pytest.raises(NotFoundError, match="no version 2"):
         client.infer("gone", {"image": IMAGE}, version=2)
     assert client.infer("gone", {"image": IMAGE}).model_version == "1"
+    # TF Serving's GetModelStatus keeps a version it served, once deleted, as END (its state monitor forgets none)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "gone"
+    with grpc.insecure_channel(zoo.target) as channel:
+        statuses = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+    end, available = get_model_status_pb2.ModelVersionStatus.END, get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert [(s.version, s.state) for s in statuses.model_version_status] == [(2, end), (1, available)]
 
 
 def test_version_policies(zoo, client: Client) -> None:
