@@ -358,7 +358,7 @@ class Call:
         self._end()
         now = time.monotonic()
         seconds = now - self.started
-        entry.stats.record_cache_hit(seconds, lookup_s, now)
+        entry.stats.record_cache_hit(seconds, lookup_s, now, began - self.started)
         self._observe("OK", seconds)
         if self.traced:
             self._trace(outputs=response.outputs)

@@ -105,9 +105,11 @@ class VersionStats:
         self.inference_count += samples
         self.last_inference_monotonic = now
 
-    def record_cache_hit(self, total_s: float, lookup_s: float, now: float) -> None:
-        """A request answered from the response cache: a success, but no queue, compute or inference."""
+    def record_cache_hit(self, total_s: float, lookup_s: float, now: float, queue_s: float = 0.0) -> None:
+        """A request answered from the response cache: a success and a queue entry (`queue_s`, from its arrival to
+        the lookup: Triton's queue statistics include cache hits), but no compute and no inference."""
         self.success.add(total_s)
+        self.queue.add(queue_s)
         self.cache_hit.add(lookup_s)
         self.last_inference_monotonic = now
 
