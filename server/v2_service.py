@@ -209,12 +209,15 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        entries = self.manager.entries(request.name or None)
+        # as Triton: the versions being served (ready, or draining their last requests); an unloaded or failed one
+        # has no statistics to report
+        serving = (VersionState.READY, VersionState.UNLOADING)
+        entries = [e for e in self.manager.entries(request.name or None) if e.state in serving]
         if request.version:
             entries = [e for e in entries if str(e.version) == request.version]
         if request.name and not entries:
             what = f"model {request.name!r}" + (f" version {request.version}" if request.version else "")
-            await abort(context, ServingError(ErrorCode.NOT_FOUND, f"{what} not found"))
+            await abort(context, ServingError(ErrorCode.NOT_FOUND, f"{what} is not available (not loaded)"))
         response = pb.ModelStatisticsResponse()
         for entry in entries:
             s = entry.stats

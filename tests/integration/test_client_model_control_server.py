@@ -81,6 +81,9 @@ def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> Non
         assert plain != 4
         client.unload_model("cnn")
         assert not client.ready("cnn") and client.ready("pair")
+        with pytest.raises(NotFoundError, match="not available"):  # as Triton: statistics of served versions only
+            client.statistics("cnn")
+        assert "cnn" not in {s.name for s in client.statistics()}
 
         client.load_model("cnn", config={"max_batch_size": 4, "dynamic_batching": {}})
         assert client.ready("cnn")
