@@ -78,7 +78,9 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
 
     env = os.environ if env is None else env
     configure_cpu_devices(cpu_devices)
-    gpus = tf.config.list_logical_devices("GPU")
+    # physical, not logical: listing logical devices starts TensorFlow's runtime, after which a
+    # MultiWorkerMirroredStrategy can no longer be made ("Collective ops must be configured at program startup")
+    gpus = tf.config.list_physical_devices("GPU")
     tpu = tpu_hint(env)
     choice = choose(requested, env, tpu, len(gpus), cpu_devices)
     strategy: Any = None
@@ -96,8 +98,9 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
             choice = Choice("default", reason)
     if choice.kind == "multiworker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif choice.kind == "mirrored":
-        pool = gpus if len(gpus) > 1 else tf.config.list_logical_devices("CPU")
+    elif choice.kind == "mirrored":  # the GPUs (one included), unless the configuration splits the CPU
+        logical = tf.config.list_logical_devices("GPU")
+        pool = logical if logical and cpu_devices <= 1 else tf.config.list_logical_devices("CPU")
         devices = [d.name for d in pool]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif choice.kind == "default":

@@ -66,3 +66,26 @@ def test_mirrored_strategy_on_two_cpu_devices_trains_exports_and_serves(tmp_path
     assert probabilities.shape == (len(d.y_test), 10)
     accuracy = float((probabilities.argmax(axis=1) == d.y_test).mean())
     assert accuracy == pytest.approx(meta["metrics"]["accuracy"], abs=1e-6)
+
+
+_MULTIWORKER = """
+import json, os, socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+cluster = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+os.environ["TF_CONFIG"] = json.dumps(cluster)
+from kerve.training import strategy
+made, described = strategy.create("auto", 0)
+print(described["name"], described["kind"], described["replicas"])
+"""
+
+
+def test_auto_under_tf_config_makes_a_multiworker_strategy() -> None:
+    """TF_CONFIG set (one worker here, so no peer is needed): `auto` builds MultiWorkerMirroredStrategy, which
+    must exist before anything starts TensorFlow's runtime (listing logical devices does)."""
+    proc = subprocess.run([sys.executable, "-c", _MULTIWORKER], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, kind, replicas = proc.stdout.split()[-3:]
+    assert (kind, replicas) == ("multiworker", "1") and name in (
+        "MultiWorkerMirroredStrategy",
+        "CollectiveAllReduceStrategy",
+    )
