@@ -17,9 +17,10 @@ class Predictor(Protocol):
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, Any]:
     """Accuracy, macro precision/recall/F1 and the confusion matrix (rows: true class, columns: predicted).
 
-    Macro averages weigh every class equally; a class that is never predicted (or never present) counts
-    as 0 precision (or recall) rather than NaN, matching scikit-learn's zero_division=0, so the result is
-    always valid JSON.
+    Macro averages weigh equally every class that occurs (in the labels or the predictions), as scikit-learn's do:
+    a class absent from both says nothing about the model (a small test split may lack one) and must not pull
+    the averages down. A class that is never predicted (or never present) counts as 0 precision (or recall)
+    rather than NaN, matching scikit-learn's zero_division=0, so the result is always valid JSON.
     """
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
@@ -40,11 +41,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     recall = np.divide(true_positive, actual, out=np.zeros(num_classes), where=actual > 0)
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    seen = (actual + predicted) > 0
     return {
         "accuracy": float(true_positive.sum() / y_true.size),
-        "precision": float(precision.mean()),
-        "recall": float(recall.mean()),
-        "f1": float(f1.mean()),
+        "precision": float(precision[seen].mean()),
+        "recall": float(recall[seen].mean()),
+        "f1": float(f1[seen].mean()),
         "num_examples": int(y_true.size),
         "confusion_matrix": confusion.tolist(),
     }
