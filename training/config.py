@@ -92,12 +92,14 @@ class DataConfig:
 
 @dataclass
 class GateConfig:
-    metric: str = "accuracy"
+    metric: str = ""  # "": the task's own (accuracy for classification, mse for regression), set by validate
     # Publish unless the candidate is worse than the current version by more than this. Negative values
     # demand an improvement of at least that much.
     tolerance: float = 0.0
 
     def validate(self, task: str) -> None:
+        if not self.metric:  # a regression config without a gate section is valid: it gates on its own metric
+            self.metric = "accuracy" if task == "classification" else "mse"
         if self.metric not in GATE_METRICS:
             raise ConfigError(f"unknown gate metric {self.metric!r}: choose from {list(GATE_METRICS)}")
         allowed = HIGHER_IS_BETTER if task == "classification" else LOWER_IS_BETTER

@@ -49,6 +49,15 @@ def test_full_config_file_parses(tmp_path: Path) -> None:
     assert not cfg.gate.higher_is_better
 
 
+def test_without_a_gate_section_the_gate_uses_the_tasks_own_metric(tmp_path: Path) -> None:
+    """Every key but `repository` is optional: a regression config without `gate:` gates on mse (accuracy does
+    not apply to it), a classification one on accuracy."""
+    data = {"source": "csv", "path": "/data/h.csv", "task": "regression", "label_column": "price"}
+    regression = config.from_mapping({"repository": str(tmp_path), "data": data})
+    assert (regression.gate.metric, regression.gate.higher_is_better) == ("mse", False)
+    assert config.from_mapping({"repository": str(tmp_path)}).gate.metric == "accuracy"
+
+
 def test_configmap_retrain_yaml_is_a_valid_config() -> None:
     docs = list(yaml.safe_load_all((ROOT / "k8s" / "base" / "configmap.yaml").read_text()))
     retrain = next(d for d in docs if d["metadata"]["name"] == "kerve-retrain")
@@ -73,7 +82,14 @@ def test_configmap_retrain_yaml_is_a_valid_config() -> None:
         ({"repository": "r", "tuner": "evolution"}, "unknown tuner"),
         ({"repository": "r", "strategy": "horovod"}, "unknown strategy"),
         ({"repository": "r", "gate": {"metric": "mse"}}, "does not apply to classification"),
-        ({"repository": "r", "data": {"source": "csv", "path": "x", "task": "regression"}}, "does not apply"),
+        (
+            {
+                "repository": "r",
+                "data": {"source": "csv", "path": "x", "task": "regression"},
+                "gate": {"metric": "accuracy"},
+            },
+            "does not apply to regression",
+        ),  # fmt: skip
         ({"repository": "r", "data": {"source": "digits", "task": "regression"}}, "needs a csv or npz"),
         ({"repository": "r", "model_name": "../x"}, "invalid model name"),
         ({"repository": "r", "work_dir": "r/work"}, "must be outside the model repository"),
