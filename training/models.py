@@ -12,6 +12,8 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
+from .config import ConfigError
+
 IMAGE_FAMILIES = ("cnn", "resnet")
 
 
@@ -264,16 +266,19 @@ def default_family(kind: str) -> str:
     return {"image": "cnn", "text": "lstm", "tabular": "mlp"}[kind]
 
 
-def check_family(family: str, kind: str, task: str) -> None:
-    """Raise ValueError when `family` cannot model data of this kind/task."""
+def check_family(family: str, kind: str, task: str, augment: bool = False) -> None:
+    """Raise ConfigError (a ValueError: `kerve train` exits 2, invalid configuration) when `family` cannot model
+    data of this kind/task, or `augment` is asked for data that is not images."""
     if family not in _CLASSES:
-        raise ValueError(f"unknown model family {family!r}: choose from {list(FAMILIES)}")
+        raise ConfigError(f"unknown model family {family!r}: choose from {list(FAMILIES)}")
     if family in IMAGE_FAMILIES and kind != "image":
-        raise ValueError(f"family {family!r} needs image data (rank-3 examples), the data is {kind}")
+        raise ConfigError(f"family {family!r} needs image data (rank-3 examples), the data is {kind}")
     if family in TEXT_FAMILIES and kind != "text":
-        raise ValueError(f"family {family!r} needs text data (token ids with a vocabulary), the data is {kind}")
+        raise ConfigError(f"family {family!r} needs text data (token ids with a vocabulary), the data is {kind}")
     if task == "regression" and family != "mlp":
-        raise ValueError(f"regression is supported by the mlp family only, not {family!r}")
+        raise ConfigError(f"regression is supported by the mlp family only, not {family!r}")
+    if augment and kind != "image":
+        raise ConfigError(f"augment: true flips, rotates and zooms images; the data is {kind}: leave it off")
 
 
 def make(
@@ -288,7 +293,7 @@ def make(
     augment: bool = False,
     vocab_size: int = 0,
 ) -> _Family:
-    check_family(family, kind, task)
+    check_family(family, kind, task, augment)
     return _CLASSES[family](
         input_shape, num_classes, input_name, task=task, decay_steps=decay_steps, augment=augment,
         vocab_size=vocab_size,

@@ -90,6 +90,8 @@ def test_family_and_data_mismatch_is_an_error() -> None:
         models.make("transformer", (8, 8, 1), 2, "image", kind="image")
     with pytest.raises(ValueError, match="regression is supported by the mlp family only"):
         models.make("cnn", (8, 8, 1), 1, "image", kind="image", task="regression")
+    with pytest.raises(config.ConfigError, match="augment: true flips, rotates and zooms images; the data is text"):
+        models.make("lstm", (8,), 2, "tokens", kind="text", augment=True, vocab_size=50)
 
 
 @pytest.mark.parametrize("kind", [k for k in tune.TUNERS if k != "random"])  # random: test_training.py
