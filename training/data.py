@@ -38,6 +38,7 @@ class Dataset:
     kind: str = "image"  # image | text | tabular
     task: str = "classification"  # classification | regression
     vocabulary: tuple[str, ...] = ()
+    texts_test: tuple[str, ...] = ()  # text folders: the raw test texts, to tokenize with another vocabulary
     details: dict = field(default_factory=dict)
 
     @property
@@ -229,7 +230,7 @@ def load_text_folder(path: Path, max_tokens: int, sequence_length: int, test_fra
     return Dataset(
         vectorize(t_train, vocabulary, sequence_length), y_train, vectorize(t_test, vocabulary, sequence_length),
         y_test, num_classes=len(classes), input_name="tokens", class_names=tuple(name for name, _ in classes),
-        name=f"text_folder:{path}", kind="text", vocabulary=vocabulary,
+        name=f"text_folder:{path}", kind="text", vocabulary=vocabulary, texts_test=tuple(t_test),
     )  # fmt: skip
 
 

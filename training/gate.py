@@ -67,15 +67,29 @@ def decide(
 
 
 def evaluate_current(
-    repo: str | os.PathLike[str], model: str, input_name: str, x: np.ndarray, y: np.ndarray, num_classes: int, task: str
+    repo: str | os.PathLike[str],
+    model: str,
+    input_name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    task: str,
+    vocabulary: tuple[str, ...] = (),
+    texts: tuple[str, ...] = (),
 ) -> tuple[int, dict[str, Any]] | None:
-    """(version, metrics) of the latest servable version on (x, y), or None when there is no version yet."""
+    """(version, metrics) of the latest servable version on (x, y), or None when there is no version yet.
+
+    Text (`vocabulary`: the candidate's, which made the token ids in x): each run builds its vocabulary from its
+    own data, so the current version reads ids by another one. It gets the same test texts tokenized with its own
+    vocabulary (kerve.json's), from `texts` when the loader kept them, else by mapping x's ids back to words."""
     import tensorflow as tf
 
     version = repository.latest_version(repo, model)
     if version is None:
         return None
     path = repository.version_dir(repo, model, version)
+    if vocabulary:
+        x = _in_own_vocabulary(path, version, x, vocabulary, texts)
     try:
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
@@ -91,7 +105,10 @@ def evaluate_current(
         )
     outputs = []
     for start in range(0, len(x), 256):
-        result = serve(**{input_name: tf.constant(x[start : start + 256])})
+        try:
+            result = serve(**{input_name: tf.constant(x[start : start + 256])})
+        except tf.errors.OpError as exc:  # inputs it cannot take after all: not comparable, not a crash
+            raise BaselineError(f"version {version} cannot run the evaluation data: {exc.message}") from exc
         if len(result) != 1:
             raise BaselineError(f"version {version} has outputs {sorted(result)}, expected one")
         outputs.append(next(iter(result.values())).numpy())
@@ -101,3 +118,26 @@ def evaluate_current(
     if predictions.ndim != 2 or predictions.shape[1] != num_classes:
         raise BaselineError(f"version {version} predicts shape {list(predictions.shape)}, expected [n, {num_classes}]")
     return version, evaluate.classification_metrics(y, predictions.argmax(axis=-1), num_classes)
+
+
+def _in_own_vocabulary(
+    path: os.PathLike[str], version: int, x: np.ndarray, vocabulary: tuple[str, ...], texts: tuple[str, ...]
+) -> np.ndarray:
+    """x's texts as token ids of the vocabulary the version at `path` was trained with (its kerve.json)."""
+    from . import data
+
+    dataset = repository.read_metadata(path).get("dataset")
+    own = dataset.get("vocabulary") if isinstance(dataset, dict) else None
+    if not isinstance(own, list) or not own:
+        raise BaselineError(f"version {version} records no vocabulary: its token ids cannot be matched to these")
+    own_vocabulary = tuple(str(token) for token in own)
+    if own_vocabulary == tuple(vocabulary):
+        return x
+    if texts:
+        return data.vectorize(texts, own_vocabulary, x.shape[1])
+    index = {token: i for i, token in enumerate(own_vocabulary) if i >= 2}
+    words = np.asarray(vocabulary, dtype=object)
+    mapped = np.vectorize(lambda word: index.get(word, data.OOV), otypes=[np.int64])(words)
+    mapped[: min(2, len(mapped))] = (data.PAD, data.OOV)[: min(2, len(mapped))]  # padding stays, unknown stays
+    return mapped[np.clip(x, 0, len(vocabulary) - 1)].astype(x.dtype)
+

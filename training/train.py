@@ -143,7 +143,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
     try:
         current = gate_module.evaluate_current(
             config.repository, config.model_name, dataset.input_name, dataset.x_test, dataset.y_test,
-            dataset.num_classes, task,
+            dataset.num_classes, task, dataset.vocabulary, dataset.texts_test,
         )  # fmt: skip
         baseline_error = None
     except gate_module.BaselineError as exc:
