@@ -140,4 +140,3 @@ def _in_own_vocabulary(
     mapped = np.vectorize(lambda word: index.get(word, data.OOV), otypes=[np.int64])(words)
     mapped[: min(2, len(mapped))] = (data.PAD, data.OOV)[: min(2, len(mapped))]  # padding stays, unknown stays
     return mapped[np.clip(x, 0, len(vocabulary) - 1)].astype(x.dtype)
-
