@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from .batcher import NO_SPAN, Batcher, BatchingConfig, BatchStats, Ticket
-from .errors import ErrorCode, ServingError
+from .errors import ErrorCode, ServingError, invalid
 from .log_settings import REQUESTS
 from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
@@ -205,6 +205,16 @@ class InferenceEngine:
             return None
         return config
 
+    def row_limit(self, entry: ModelVersion, signature: Any) -> int | None:
+        """The most rows a request may carry when the version is served without a batcher: config.yaml's
+        `batching: {enabled: false, max_batch_size: N}` (Triton's max_batch_size without dynamic_batching), for a
+        signature whose inputs all have a batch dimension; None: no limit."""
+        overrides = entry.config.batching
+        limit = overrides.get("max_batch_size") if overrides.get("enabled") is False else None
+        if limit is None or not signature.inputs or not all(spec.batched for spec in signature.inputs.values()):
+            return None
+        return int(limit)
+
     def config_for(self, entry: ModelVersion) -> BatchingConfig | None:
         """Server-wide batching knobs, overridden key by key by the model's config.yaml `batching:` section."""
         return self.combined(entry.model, entry.config.batching)
@@ -331,6 +341,9 @@ class Call:
                     request.inputs, request.deadline, self, request.priority, request.timeout_s
                 )
             else:
+                limit = engine.row_limit(entry, signature)
+                if limit is not None and rows > limit:  # Triton's max_batch_size without dynamic batching
+                    raise invalid(f"inference request batch-size must be <= {limit} for {request.model!r}")
                 engine._run_alone(self, signature, request.inputs, self.output_names)
         except ServingError:
             raise

@@ -8,7 +8,8 @@ later load without a config goes back to config.yaml alone:
     max_batch_size + dynamic_batching    -> batching (max_batch_size, max_queue_delay_s, allowed_batch_sizes
                                             padded to, from preferred_batch_size; priority_levels,
                                             default_priority_level; default_queue_policy -> queue_policy,
-                                            priority_queue_policy); no dynamic_batching: batching off
+                                            priority_queue_policy); no dynamic_batching: batching off, and
+                                            max_batch_size (if any) the most rows a request may carry
     instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group of count 1
                                             without gpus: every GPU), re-placing loaded versions
     response_cache.enable                -> response_cache
@@ -92,8 +93,8 @@ def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
 
 def _batching(where: str, config: pb.ModelConfig) -> dict[str, Any]:
     """Triton batches dynamically only with a dynamic_batching section; max_batch_size alone bounds a request."""
-    if not config.HasField("dynamic_batching"):
-        return {"enabled": False}
+    if not config.HasField("dynamic_batching"):  # max_batch_size alone still bounds a request's rows
+        return {"enabled": False, **({"max_batch_size": config.max_batch_size} if config.max_batch_size > 0 else {})}
     if config.max_batch_size <= 0:
         raise invalid(f"{where}: dynamic_batching needs max_batch_size > 0, got {config.max_batch_size}")
     dynamic = config.dynamic_batching

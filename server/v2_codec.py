@@ -281,6 +281,7 @@ def model_config(
     devices: Sequence[str],
     response_cache: bool = False,
     label_files: Mapping[str, str] | None = None,
+    row_limit: int | None = None,
 ) -> pb.ModelConfig:
     """A served version as Triton's ModelConfig, so tools that size their requests from it see what kerve does.
 
@@ -288,15 +289,16 @@ def model_config(
     dimension, as Triton's do; a larger request still runs (alone, or split when batches are padded). Without
     one, the model takes its signature's shapes as they are: ``max_batch_size`` 0 and full dims, -1 for a
     variable dimension. ``label_files`` names the file of each output's class names (Triton's
-    ``label_filename``).
+    ``label_filename``). ``row_limit``: without a batcher, the most rows a request may carry (Triton's
+    max_batch_size without dynamic_batching): reported as max_batch_size, with dims that leave the batch out.
     """
-    batched = batching is not None
+    batched = batching is not None or row_limit is not None
     label_files = label_files or {}
     config = pb.ModelConfig(
         name=model,
         platform=platform,
         backend=BACKEND,
-        max_batch_size=batching.max_batch_size if batching is not None else 0,
+        max_batch_size=batching.max_batch_size if batching is not None else (row_limit or 0),
         version_policy=_version_policy(policy),
         input=[
             pb.ModelInput(name=n, data_type=_data_type(model, "input", s), dims=_dims(s, batched))

@@ -111,16 +111,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _model_config(self, name: str, version: str) -> pb.ModelConfig:
         entry, signature = self._described(name, version)
+        batching = self.engine.batching_for(entry, signature)
         return v2_codec.model_config(
             entry.model,
             PLATFORM,
             signature.inputs,
             signature.outputs,
-            self.engine.batching_for(entry, signature),
+            batching,
             entry.config.version_policy,
             getattr(entry.servable, "runner_devices", ()),
             entry.config.response_cache,
             _label_files(entry, signature.outputs),
+            None if batching is not None else self.engine.row_limit(entry, signature),
         )
 
     def _described(self, name: str, version: str) -> tuple[ModelVersion, Any]:

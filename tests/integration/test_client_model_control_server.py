@@ -100,6 +100,18 @@ def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> Non
         assert client.config("cnn") == dataclasses.replace(edited, default_priority_level=2)  # the server's default
         client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
 
+        # Triton's max_batch_size without dynamic_batching: no batcher, but no request over 3 rows; the config
+        # read back loads again as it is
+        client.load_model("cnn", config={"max_batch_size": 3})
+        config = client.config("cnn")
+        assert (config.max_batch_size, config.dynamic_batching, config.inputs[0].dims) == (3, False, (8, 8, 1))
+        assert client.predict("cnn", images(3))["output_0"].shape == (3, 10)
+        with pytest.raises(InvalidArgumentError, match="batch-size must be <= 3"):
+            client.predict("cnn", images(4))
+        client.load_model("cnn", config=config)
+        assert client.config("cnn") == config
+        client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
+
         with pytest.raises(InvalidArgumentError, match="sequence_batching"):  # the server's message
             client.load_model("cnn", config={"sequence_batching": {}})
         assert client.config("cnn").max_batch_size == 2  # refused whole: nothing changed

@@ -95,7 +95,8 @@ def test_batching_and_version_policy_change() -> None:
     levels = overrides({"max_batch_size": 4, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}})
     assert levels["batching"]["priority_levels"] == 3 and levels["batching"]["default_priority_level"] == 2
     assert overrides({"version_policy": {"all": {}}})["version_policy"] == "all"
-    assert overrides({"max_batch_size": 16}) == {"batching": {"enabled": False}}  # Triton: no dynamic batcher
+    # Triton: no dynamic batcher, but max_batch_size still bounds each request's rows
+    assert overrides({"max_batch_size": 16}) == {"batching": {"enabled": False, "max_batch_size": 16}}
     assert overrides({"maxBatchSize": 4, "dynamicBatching": {}})["batching"]["max_batch_size"] == 4  # camelCase JSON
 
 
