@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -81,6 +82,18 @@ def _outcome(response: pb.ModelStreamInferResponse) -> pb.ModelInferResponse | K
 _HEADROOM = 64 * 1024  # what a message holds besides its raw contents, at most, for any sane request
 
 
+def _payload_bytes(inputs: Mapping[str, Any]) -> float:
+    """The raw bytes a message of these inputs carries, from the arrays alone (reading the built message's raw
+    contents back would copy them); infinity when the arrays cannot say (lists, strings, shared memory places)."""
+    total = 0
+    for value in inputs.values():
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or dtype.kind == "O":
+            return math.inf
+        total += value.nbytes
+    return total
+
+
 class _Requests:
     """What both stream classes build per message: the model, version, default outputs and class counts fixed; a
     call's own outputs and id when it gives them."""
@@ -126,8 +139,8 @@ class _Requests:
             timeout=timeout,
         )
         limit = self.max_message_bytes
-        if limit is not None and sum(map(len, request.raw_input_contents)) + _HEADROOM > limit:
-            size = request.ByteSize()  # near the limit: measured (the raw contents are most of a message)
+        if limit is not None and _payload_bytes(inputs) + _HEADROOM > limit:
+            size = request.ByteSize()  # near the limit, or not known from the arrays: measured
             if size > limit:  # gRPC would fail the whole stream, every other call on it included
                 raise ResourceExhaustedError(
                     f"the message is {size} bytes, more than the channel's max_message_bytes ({limit}): it was not "
