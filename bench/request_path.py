@@ -80,6 +80,9 @@ class OneVersion:
     def release(self, entry: ModelVersion) -> None:
         entry.inflight -= 1
 
+    def snapshot(self) -> list[ModelVersion]:  # what a metrics push reads
+        return [self.entry]
+
 
 def engine(cached: bool = False) -> InferenceEngine:
     cache = ResponseCache(1 << 20) if cached else None

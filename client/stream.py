@@ -40,6 +40,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 import grpc
+import numpy as np
 
 from kerve.protos import grpc_service_pb2 as pb
 
@@ -87,8 +88,7 @@ def _payload_bytes(inputs: Mapping[str, Any]) -> float:
     contents back would copy them); infinity when the arrays cannot say (lists, strings, shared memory places)."""
     total = 0
     for value in inputs.values():
-        dtype = getattr(value, "dtype", None)
-        if dtype is None or dtype.kind == "O":
+        if not isinstance(value, np.ndarray) or value.dtype.kind == "O":  # a tf.Tensor's dtype is not numpy's
             return math.inf
         total += value.nbytes
     return total

@@ -210,7 +210,9 @@ def decode_contents(contents: Any, datatype: str, shape: Sequence[int]) -> np.nd
         return out.reshape(tuple(shape))
     dtype = dtype_of(datatype)
     wire = _WIRE_TYPE.get(field)
-    array = np.asarray(values, dtype=dtype) if wire is None else np.asarray(values, dtype=wire).astype(dtype)
+    array = (
+        np.asarray(values, dtype=dtype) if wire is None else np.asarray(values, dtype=wire).astype(dtype, copy=False)
+    )
     return array.reshape(tuple(shape))
 
 

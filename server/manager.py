@@ -370,8 +370,10 @@ class ModelManager:
             try:
                 config, error, on_disk = await asyncio.to_thread(self._scan, record)
             except OSError as exc:  # an unreadable model directory fails that model alone, keeping what it serves
-                self._set_model_error(record, f"{name}: cannot read the model's directory: {exc}")
-                return
+                if record.wanted:
+                    self._set_model_error(record, f"{name}: cannot read the model's directory: {exc}")
+                    return
+                config, error, on_disk = None, "", {}  # being unloaded: nothing to read, everything goes
             if record.wanted and config is None:
                 self._set_model_error(record, error)
                 return  # keep serving what is loaded, with the last good config

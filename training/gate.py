@@ -126,7 +126,10 @@ def _in_own_vocabulary(
     """x's texts as token ids of the vocabulary the version at `path` was trained with (its kerve.json)."""
     from . import data
 
-    dataset = repository.read_metadata(path).get("dataset")
+    try:
+        dataset = repository.read_metadata(path).get("dataset")
+    except repository.RepositoryError as exc:
+        raise BaselineError(f"version {version}: {exc}") from exc
     own = dataset.get("vocabulary") if isinstance(dataset, dict) else None
     if not isinstance(own, list) or not own:
         raise BaselineError(f"version {version} records no vocabulary: its token ids cannot be matched to these")

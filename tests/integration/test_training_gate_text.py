@@ -48,3 +48,12 @@ def test_the_current_text_version_is_scored_on_the_same_texts_in_its_own_vocabul
     assert accuracy() == 1.0  # the candidate's ids mapped back to words, then to its ids (.npz: no raw texts)
     scored = gate.evaluate_current(tmp_path, "txt", "tokens", x, LABELS, 2, "classification")
     assert scored is not None and scored[1]["accuracy"] == 0.25  # the candidate's ids as-is (as before): wrong
+
+
+def test_an_unreadable_kerve_json_makes_the_text_baseline_not_comparable(tmp_path: Path) -> None:
+    """A BaselineError (kerve train: publish, noting it; retrain: exit 1 with the reason), not a traceback."""
+    _current_version(tmp_path)
+    (tmp_path / "txt" / "1" / "kerve.json").write_text("{not json")
+    x = data.vectorize(TEXTS, CANDIDATE, 4)
+    with pytest.raises(gate.BaselineError, match="unreadable metadata"):
+        gate.evaluate_current(tmp_path, "txt", "tokens", x, LABELS, 2, "classification", CANDIDATE, TEXTS)

@@ -137,3 +137,20 @@ def test_a_stream_message_over_the_channels_limit_fails_alone_and_the_stream_goe
                 return (await stream.infer({"x": small})).outputs["x"].tolist()
 
         assert asyncio.run(main()) == small.tolist()
+
+
+def test_the_stream_size_check_takes_anything_an_array_can_be_made_of() -> None:
+    """Lists, scalars and objects with a `dtype` that is not numpy's (a framework's tensor) are measured from the
+    built message; only numpy arrays are sized from their byte counts."""
+    from kerve.client.stream import _Requests
+
+    class Tensor:  # what a framework tensor looks like to the SDK: array-like, its own dtype type
+        dtype = object()
+
+        def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+            return np.ones((1, 4), np.float32)
+
+    builder = _Requests("m", None, None, None, max_message_bytes=1 << 20)
+    for value in (Tensor(), [[1.0, 2.0]], np.ones((1, 4), np.float32), [b"a\x00"]):
+        request, _ = builder.build({"x": value}, None)
+        assert request.inputs[0].name == "x"

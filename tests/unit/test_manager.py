@@ -684,3 +684,25 @@ def test_a_load_rpc_fails_when_the_models_config_is_broken(tmp_path: Path) -> No
         assert manager.ready_versions("m") == [1]
 
     run(tmp_path, body, control=EXPLICIT)
+
+
+def test_an_unload_goes_through_when_the_models_directory_cannot_be_read(tmp_path: Path) -> None:
+    """Unloading reads nothing it needs: an unreadable directory must not keep the model serving after an unload
+    RPC that answered OK."""
+    version(tmp_path, "m", 1)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        real = repository.list_versions
+
+        def unreadable(repo: Path, model: str) -> list[int]:
+            raise PermissionError(13, "Permission denied", str(repo / model))
+
+        repository.list_versions = unreadable  # type: ignore[assignment]
+        try:
+            await manager.unload_model("m")
+        finally:
+            repository.list_versions = real  # type: ignore[assignment]
+        assert manager.ready_versions("m") == []
+        assert code_of(lambda: manager.resolve("m")) is ErrorCode.NOT_FOUND
+
+    run(tmp_path, body, control=EXPLICIT)
