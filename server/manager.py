@@ -26,7 +26,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +112,7 @@ class _Model:
     # of them, not to a version loaded only for a label (a canary)
     policy: frozenset[int] = frozenset()
     held: dict[str, int] = field(default_factory=dict)  # label -> the target it was not moved to (logged once)
-    gone: set[int] = field(default_factory=set)  # versions served once and deleted from disk since (TF Serving: END)
+    gone: dict[int, str] = field(default_factory=dict)  # version -> why it failed ("" if it did not): deleted since
 
 
 Loader = Callable[[Path, ModelConfig], Any]  # (version dir, its model's config) -> servable
@@ -394,7 +394,7 @@ class ModelManager:
                     if not to_load:
                         break
                     await asyncio.gather(*(self._load(record, v, config, on_disk[v]) for v in to_load))
-                labels = self._settled_labels(record, config)
+                labels = self._settled_labels(record, config, on_disk.keys())
                 if labels != config.labels:
                     config = dataclasses.replace(config, labels=labels)
                     aspired |= set(labels.values()) & on_disk.keys()
@@ -406,14 +406,16 @@ class ModelManager:
             leaving = [e for v, e in record.versions.items() if e.state is VersionState.READY and v not in aspired]
             await self._unload(leaving)
             for v in [v for v, e in record.versions.items() if v not in on_disk and e.state not in _LIVE]:
-                self._forget(record.versions.pop(v))
-                record.gone.add(v)
-            record.gone -= record.versions.keys()  # published again
+                left = record.versions.pop(v)
+                self._forget(left)
+                record.gone[v] = left.reason if left.state is VersionState.FAILED else ""
+            for v in record.gone.keys() & record.versions.keys():  # published again
+                del record.gone[v]
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
 
-    def _settled_labels(self, record: _Model, config: ModelConfig) -> dict[str, int]:
+    def _settled_labels(self, record: _Model, config: ModelConfig, on_disk: Collection[int]) -> dict[str, int]:
         """config.yaml's labels, except that a label whose new version did not come up (failed, not on disk)
         stays on the version it names now while that one serves: as TF Serving, which refuses to point a label
         at a version that is not available, requests by label never fail for a move that could not happen."""
@@ -425,7 +427,7 @@ class ModelManager:
             if now == target or (wanted is not None and wanted.state is VersionState.READY):
                 record.held.pop(name, None)
                 continue
-            if current is None or current.state is not VersionState.READY:
+            if current is None or current.state is not VersionState.READY or now not in on_disk:  # going too
                 continue
             labels[name] = now
             if record.held.get(name) != target:
@@ -634,11 +636,12 @@ class ModelManager:
             self._models[n].versions[v] for n in names if n in self._models for v in sorted(self._models[n].versions)
         ]
 
-    def gone_versions(self, model: str) -> list[int]:
-        """Versions of `model` that were served and have since been deleted from the repository, ascending: TF
-        Serving's GetModelStatus keeps reporting them (END), as its servable state monitor never forgets one."""
+    def gone_versions(self, model: str) -> dict[int, str]:
+        """Versions of `model` deleted from the repository since they were served or failed, with the failure's
+        reason ("" for one that had served): TF Serving's GetModelStatus keeps reporting them (END), as its servable
+        state monitor never forgets one."""
         record = self._models.get(model)
-        return sorted(record.gone) if record is not None else []
+        return dict(record.gone) if record is not None else {}
 
     def index(self) -> list[IndexRow]:
         """Every version the manager knows, plus a row per model that is failed or not loaded as a whole."""

@@ -354,7 +354,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         version = int(spec.version.value) if spec.WhichOneof("version_choice") == "version" else None
         # the versions it knows, and those deleted from disk since they were served (END, as TF Serving keeps them)
         known: list[tuple[int, ModelVersion | None]] = [(e.version, e) for e in self.manager.entries(spec.name)]
-        known += [(v, None) for v in self.manager.gone_versions(spec.name)]
+        gone = self.manager.gone_versions(spec.name)
+        known += [(v, None) for v in gone]
         known.sort(key=lambda item: item[0], reverse=True)
         if version is not None:
             known = [item for item in known if item[0] == version]
@@ -368,8 +369,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             state = _STATES[entry.state] if entry is not None else get_model_status_pb2.ModelVersionStatus.END
             status = response.model_version_status.add(version=number, state=state)
             status.status.SetInParent()  # OK, as TF Serving reports a healthy version
-            if entry is not None and entry.state is VersionState.FAILED:
-                status.status.CopyFrom(status_pb2.StatusProto(error_code=_UNKNOWN, error_message=entry.reason))
+            reason = (
+                gone.get(number, "") if entry is None else entry.reason if entry.state is VersionState.FAILED else ""
+            )
+            if reason:  # a failed version, loaded or deleted since: END with its error, as TF Serving keeps it
+                status.status.CopyFrom(status_pb2.StatusProto(error_code=_UNKNOWN, error_message=reason))
         return response
 
     async def HandleReloadConfigRequest(

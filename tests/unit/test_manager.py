@@ -706,3 +706,21 @@ def test_an_unload_goes_through_when_the_models_directory_cannot_be_read(tmp_pat
         assert code_of(lambda: manager.resolve("m")) is ErrorCode.NOT_FOUND
 
     run(tmp_path, body, control=EXPLICIT)
+
+
+def test_a_label_does_not_stay_on_a_version_deleted_from_the_repository(tmp_path: Path) -> None:
+    """A label held on its old version while its new one cannot serve moves on once the old one is deleted too:
+    it would otherwise name a version that is being unloaded."""
+    version(tmp_path, "m", 1)
+    config = tmp_path / "m" / "config.yaml"
+    config.write_text("labels: {stable: 1}\n")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        version(tmp_path, "m", 2, "garbage")
+        config.write_text("labels: {stable: 2}\n")
+        shutil.rmtree(tmp_path / "m" / "1")  # in the same poll: the old version goes as well
+        await manager.poll()
+        assert manager.labels("m") == {"stable": 2}  # not held on the deleted version 1
+        assert manager.gone_versions("m") == {1: ""}
+
+    run(tmp_path, body)
