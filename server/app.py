@@ -217,7 +217,10 @@ class KerveServer:
         if self.journal is not None:
             self._journal_reader = asyncio.create_task(_every(METRICS_PUSH_S, self.journal.catch_up))
         if self.settings.metrics_port:
-            self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            try:
+                self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            except OSError as exc:  # a setting's problem (the port taken): one line and exit 2, not a traceback
+                raise StartupError(f"cannot serve metrics on port {self.settings.metrics_port}: {exc}") from None
         log.info(
             "listening on %s:%d; %s models from %s",
             self.settings.host,

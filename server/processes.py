@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
@@ -39,6 +40,7 @@ from .settings import ServerSettings
 log = logging.getLogger("kerve.server.processes")
 
 KILL_AFTER_GRACE_S = 30.0  # a child still running this long after its drain grace period is killed
+WAIT_STEP_S = 0.5  # how often the supervisor looks at the clock while its children run
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -49,6 +51,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # as gRPC's own listeners: a connection of the previous server on this port still in TIME_WAIT after
+        # a restart must not make the bind fail
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -147,9 +152,9 @@ def supervise(settings: ServerSettings, argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         reservation = reserve_port(settings.host, settings.port)
-    except OSError as exc:
+    except OSError as exc:  # as a single server: the port taken is a setting's problem, exit 2
         log.error("%s", exc)
-        return 1
+        return 2
     port = reservation.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="kerve-metrics-")
     # the metrics files, and the journal of run-time settings changes the processes share (group_settings.py)
@@ -172,7 +177,11 @@ def supervise(settings: ServerSettings, argv: Sequence[str]) -> int:
     previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if settings.metrics_port:
-            _serve_metrics(settings.host, settings.metrics_port, metrics_dir)
+            try:
+                _serve_metrics(settings.host, settings.metrics_port, metrics_dir)
+            except OSError as exc:
+                log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
+                return 2
         log.info("starting %d server processes on %s:%d", settings.processes, settings.host, port)
         for index in range(settings.processes):
             command = child_command(argv, index, port, barrier.child_fds)
@@ -206,15 +215,20 @@ def _wait(
     status = 0
     running = len(children)
     kill_deadline_s = settings.grace_s + KILL_AFTER_GRACE_S
+    stopped_at: float | None = None  # when stopping was first seen: the kill deadline counts from there
     while running:
+        if stopped_at is None and stopping.is_set():
+            stopped_at = time.monotonic()
         try:
-            # bounded only once stopping: a healthy group runs until a signal or a child's exit
-            index, code = exits.get(timeout=kill_deadline_s if stopping.is_set() else None)
+            # short waits: a SIGTERM sets `stopping` while this thread waits, and the deadline must start then
+            index, code = exits.get(timeout=WAIT_STEP_S)
         except queue.Empty:
-            log.error("server processes still running %.0fs after SIGTERM: killing them", kill_deadline_s)
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
+            if stopped_at is not None and time.monotonic() - stopped_at > kill_deadline_s:
+                log.error("server processes still running %.0fs after SIGTERM: killing them", kill_deadline_s)
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+                stopped_at = math.inf  # killed once; their exits still arrive
             continue
         running -= 1
         mark_process_dead(children[index].pid, metrics_dir)  # its live gauges (in flight, queue depth) drop out

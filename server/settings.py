@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -107,14 +108,17 @@ class ServerSettings:
             raise ValueError(f"--response-cache-mb must be >= 0, got {self.response_cache_bytes / 2**20:g}")
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
-        if self.grace_s < 0:
-            raise ValueError(f"--grace-period must be >= 0, got {self.grace_s}")
-        if self.max_connection_age_s < 0:
-            raise ValueError(f"--max-connection-age-s must be >= 0, got {self.max_connection_age_s}")
+        if not self.grace_s >= 0 or math.isinf(self.grace_s):  # NaN fails every comparison
+            raise ValueError(f"--grace-period must be a number of seconds >= 0, got {self.grace_s}")
+        if not self.max_connection_age_s >= 0 or math.isinf(self.max_connection_age_s):
+            age = self.max_connection_age_s
+            raise ValueError(f"--max-connection-age-s must be a number of seconds >= 0, got {age}")
         if not self.model_repository.is_dir():
             raise ValueError(f"--model-repository {self.model_repository} is not a directory")
-        if self.max_message_bytes < 1:
-            raise ValueError(f"--max-message-mb must be >= 1, got {self.max_message_bytes // (1024 * 1024)}")
+        if not 1 <= self.max_message_bytes < 2**31:  # gRPC's limits are 32-bit signed
+            raise ValueError(
+                f"--max-message-mb must be from 1 to 2047, got {self.max_message_bytes // (1024 * 1024)}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -148,16 +152,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-repository",
         type=Path,
-        default=_env("MODEL_REPOSITORY"),
-        required=_env("MODEL_REPOSITORY") is None,
+        default=_env("MODEL_REPOSITORY") or None,  # empty: unset (not the current directory)
+        required=not _env("MODEL_REPOSITORY"),
         help="directory holding <model>/<version>/saved_model.pb (env KERVE_MODEL_REPOSITORY)",
     )
     parser.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=int(_env("PORT", "8500") or 8500), help="gRPC port (8500)")
+    parser.add_argument("--port", type=int, default=_env("PORT") or "8500", help="gRPC port (8500)")
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env("METRICS_PORT", "8501") or 8501),
+        default=_env("METRICS_PORT") or "8501",
         help="Prometheus port; 0 = off",
     )
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2), help="inference threads")
@@ -165,14 +169,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-connection-age-s",
         type=float,
-        default=float(_env("MAX_CONNECTION_AGE_S", "0") or 0),
+        default=_env("MAX_CONNECTION_AGE_S") or "0",
         help="close client connections after this many seconds (in-flight calls finish first), so round_robin "
         "clients re-resolve DNS and find pods added by a scale-up; 0 = never (env KERVE_MAX_CONNECTION_AGE_S)",
     )
     parser.add_argument(
         "--poll-interval",
         type=float,
-        default=float(_env("POLL_INTERVAL", "30") or 30),
+        default=_env("POLL_INTERVAL") or "30",
         help="seconds between model repository polls for new/removed versions and config.yaml changes; "
         "0 = off (env KERVE_POLL_INTERVAL)",
     )
@@ -194,14 +198,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        default=int(_env("PROCESSES", "1") or 1),
+        default=_env("PROCESSES") or "1",
         help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop and model "
         "replicas: Python gRPC uses about one core per process; needs --model-control poll (env KERVE_PROCESSES)",
     )
     parser.add_argument(
         "--gil-switch-interval-us",
         type=int,
-        default=int(_env("GIL_SWITCH_INTERVAL_US", "0") or 0),
+        default=_env("GIL_SWITCH_INTERVAL_US") or "0",
         help="longest a Python thread keeps the GIL while another waits for it (sys.setswitchinterval); the event "
         "loop and the inference threads hand requests to each other, so a shorter interval cuts latency; "
         "0 = Python's default, 5000 (env KERVE_GIL_SWITCH_INTERVAL_US)",
@@ -245,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace-rate",
         type=int,
-        default=int(_env("TRACE_RATE", "1000") or 1000),
+        default=_env("TRACE_RATE") or "1000",
         help="trace every Nth request of a model (1000; env KERVE_TRACE_RATE); with --trace-mode opentelemetry, 0 "
         "traces only the requests that carry a W3C traceparent (those are traced at any rate)",
     )
@@ -275,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--response-cache-mb",
         type=float,
-        default=float(_env("RESPONSE_CACHE_MB", "0") or 0),
+        default=_env("RESPONSE_CACHE_MB") or "0",
         help="MiB for Triton's response cache: models whose config.yaml sets response_cache: true answer repeated "
         "requests from it without running (0, default: no cache; env KERVE_RESPONSE_CACHE_MB). Per process",
     )
@@ -328,14 +332,14 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cpu-replicas",
         type=int,
-        default=int(_env("CPU_REPLICAS", "1") or 1),
+        default=_env("CPU_REPLICAS") or "1",
         help="logical CPU devices, one model replica each, so that batches run side by side; with the default "
         "--intra-op-threads they split the cores between them (env KERVE_CPU_REPLICAS)",
     )
     group.add_argument(
         "--intra-op-threads",
         type=int,
-        default=int(_env("INTRA_OP_THREADS", "0") or 0),
+        default=_env("INTRA_OP_THREADS") or "0",
         help="TensorFlow threads per op (TF Serving's --tensorflow_intra_op_parallelism); 0 = one per usable core "
         "(affinity capped by a container CPU quota), or cores / (--cpu-replicas x --processes) on CPU when that is "
         "> 1 (env KERVE_INTRA_OP_THREADS)",
@@ -343,7 +347,7 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--inter-op-threads",
         type=int,
-        default=int(_env("INTER_OP_THREADS", "0") or 0),
+        default=_env("INTER_OP_THREADS") or "0",
         help="TensorFlow threads for independent ops (TF Serving's --tensorflow_inter_op_parallelism); "
         "0 = one per usable core (env KERVE_INTER_OP_THREADS)",
     )
@@ -429,9 +433,15 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         trace_mode=args.trace_mode,
         trace_otel_url=args.trace_otel_url or None,
         trace_otel_resource=tuple(args.trace_otel_resource or ()),
-        response_cache_bytes=int(args.response_cache_mb * 2**20),
+        response_cache_bytes=_cache_bytes(args.response_cache_mb),
         triton_metrics=_env_flag("TRITON_METRICS", False) if args.triton_metrics is None else args.triton_metrics,
     )
+
+
+def _cache_bytes(megabytes: float) -> int:
+    if not math.isfinite(megabytes):
+        raise ValueError(f"--response-cache-mb must be a number of MiB >= 0, got {megabytes}")
+    return int(megabytes * 2**20)
 
 
 def _load_models(flags: list[str] | None) -> tuple[str, ...] | None:

@@ -129,3 +129,40 @@ def test_the_group_collector_leaves_out_the_series_a_process_retired(tmp_path: P
     child("3", "1")
     child("4", "1")
     assert read() == {("nv_x", "2"): 10}
+
+
+def test_the_supervisor_kills_children_that_outlive_the_grace_period_after_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM arrives while the supervisor waits for its children's exits: the kill deadline counts from then,
+    even though no child has exited yet (it used to wait for one before looking at the clock)."""
+    import queue
+    import threading
+    import time
+
+    monkeypatch.setattr(processes, "KILL_AFTER_GRACE_S", 0.2)
+    monkeypatch.setattr(processes, "WAIT_STEP_S", 0.05)
+    exits: queue.Queue[tuple[int, int]] = queue.Queue()
+
+    class Hung:  # a child stuck in its drain: it only goes when killed
+        pid = 999_999
+
+        def __init__(self, index: int) -> None:
+            self.index, self.killed = index, False
+
+        def poll(self) -> int | None:
+            return -9 if self.killed else None
+
+        def kill(self) -> None:
+            self.killed = True
+            exits.put((self.index, -9))
+
+    children = [Hung(0), Hung(1)]
+    stopping = threading.Event()
+    threading.Timer(0.1, stopping.set).start()  # the signal handler, while _wait is blocked
+    started = time.monotonic()
+    status = processes._wait(
+        _settings(tmp_path, "--grace-period", "0"), children, exits, stopping, lambda: None, str(tmp_path)
+    )  # type: ignore[arg-type]
+    assert all(child.killed for child in children) and status == 1
+    assert time.monotonic() - started < 5

@@ -186,3 +186,35 @@ def test_triton_metrics_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert _settings(tmp_path, "--triton-metrics").triton_metrics
     monkeypatch.setenv("KERVE_TRITON_METRICS", "1")
     assert _settings(tmp_path).triton_metrics and not _settings(tmp_path, "--no-triton-metrics").triton_metrics
+
+
+def test_bad_numbers_from_the_environment_or_flags_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed KERVE_* number is argparse's error (exit 2, the flag named) when it is used, and none at all
+    when the flag overrides it; NaN, infinity and sizes gRPC cannot take are refused before anything starts."""
+    monkeypatch.setenv("KERVE_PORT", "abc")
+    with pytest.raises(SystemExit) as exited:
+        _settings(tmp_path)
+    assert exited.value.code == 2 and "argument --port: invalid int value: 'abc'" in capsys.readouterr().err
+    assert _settings(tmp_path, "--port", "9000").port == 9000  # the flag wins; the variable is never read
+    monkeypatch.delenv("KERVE_PORT")
+    for flag, value, message in (
+        ("--grace-period", "nan", "--grace-period must be a number of seconds >= 0"),
+        ("--max-connection-age-s", "inf", "--max-connection-age-s must be a number of seconds >= 0"),
+        ("--response-cache-mb", "inf", "--response-cache-mb must be a number of MiB >= 0"),
+        ("--max-message-mb", "4096", "--max-message-mb must be from 1 to 2047"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _settings(tmp_path, flag, value)
+
+
+def test_an_empty_model_repository_variable_is_unset_not_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KERVE_MODEL_REPOSITORY", "")
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "--model-repository" in capsys.readouterr().err
