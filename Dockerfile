@@ -95,7 +95,8 @@ EXPOSE 8500 8501
 
 # grpc.health.v1 Check on service "" (SERVING once every model is loaded). grpc_health_probe is not shipped;
 # the health stub is already in the venv (grpcio-health-checking). Point KERVE_HEALTHCHECK_TARGET elsewhere
-# when the server runs with another --port.
+# when the server runs with another --port. It speaks plaintext: with KERVE_TLS_CERT set, turn it off
+# (docker run --no-healthcheck) and probe with TLS instead (README: --tls-cert).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as pb, health_pb2_grpc as pbg; ch = grpc.insecure_channel(os.environ.get('KERVE_HEALTHCHECK_TARGET', '127.0.0.1:8500')); st = pbg.HealthStub(ch).Check(pb.HealthCheckRequest(service=''), timeout=5).status; sys.exit(0 if st == pb.HealthCheckResponse.SERVING else 1)"]
 
