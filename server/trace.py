@@ -53,6 +53,7 @@ LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
 MODES = ("triton", "opentelemetry")
 CONTEXT_KEYS = ("traceparent", "tracestate")  # W3C trace context, as gRPC metadata keys
 KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
+FIXED_KEYS = ("trace_file", "trace_mode")  # set when the server starts; a change may only repeat them
 Stamps = Sequence[tuple[str, float]]  # (Triton's activity name, time.monotonic() seconds)
 
 

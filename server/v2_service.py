@@ -22,6 +22,7 @@ from .model import PLATFORM
 from .shared_memory import SystemSharedMemory
 from .stats import Duration
 from .stream_pipeline import Pipeline, Slot
+from .trace import FIXED_KEYS as FIXED_TRACE_KEYS
 from .trace import trace_context
 from .types import InferRequest
 
@@ -327,8 +328,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         if changes:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
             log.info("trace settings of %s changed: %s", model or "every model", shown)
-            if self.journal is not None:
-                self.journal.share("trace", model, changes)
+            if self.journal is not None:  # the fixed keys (accepted only as this process's own value) stay here:
+                shared = {k: v for k, v in changes.items() if k not in FIXED_TRACE_KEYS}  # each has its own file
+                if shared:
+                    self.journal.share("trace", model, shared)
         response = pb.TraceSettingResponse()
         for key, values in current.items():
             response.settings[key].value.extend(values)

@@ -58,3 +58,27 @@ def test_a_journal_that_cannot_be_written_is_logged(tmp_path: Path, caplog: pyte
     with caplog.at_level(logging.ERROR, logger="kerve.server.group_settings"):
         p0.share("log", None, {"log_info": False})
     assert "cannot share a log settings change" in caplog.text
+
+
+def test_a_trace_change_that_repeats_this_processs_own_file_shares_the_rest(tmp_path: Path) -> None:
+    """Each process of a group writes its own trace file (<file>.p0, .p1): a client's get, edit, update echoes this
+    process's name back, which the others would refuse (and with it the whole change). The fixed keys stay in the
+    process that got the call; the rest reaches the others. (Imports the V2 servicer, which imports TensorFlow.)"""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kerve.protos import grpc_service_pb2 as pb
+    from kerve.server.trace import Tracer
+    from kerve.server.v2_service import V2Servicer
+
+    own = tmp_path / "t.json.p0"
+    shared: list[tuple[str, str | None, Any]] = []
+    journal = SimpleNamespace(share=lambda kind, model, changes: shared.append((kind, model, changes)))
+    engine = SimpleNamespace(tracer=Tracer(trace_file=own))
+    servicer = V2Servicer(SimpleNamespace(), engine, lambda: True, journal=journal)  # type: ignore[arg-type]
+    request = pb.TraceSettingRequest()
+    request.settings["trace_file"].value.append(str(own))
+    request.settings["trace_level"].value.append("TIMESTAMPS")
+    answer = asyncio.run(servicer.TraceSetting(request, SimpleNamespace()))  # type: ignore[arg-type]
+    assert list(answer.settings["trace_level"].value) == ["TIMESTAMPS"]
+    assert shared == [("trace", None, {"trace_level": ["TIMESTAMPS"]})]
