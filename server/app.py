@@ -201,7 +201,8 @@ class KerveServer:
 
     async def _listen(self) -> None:
         """Bind and start the gRPC server (live; ready once models are loaded) and the metrics endpoint."""
-        address = f"{self.settings.host}:{self.settings.port}"
+        host = self.settings.host
+        address = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
         try:
             if self.credentials is not None:
                 self.port = self.server.add_secure_port(address, self.credentials)

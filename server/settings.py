@@ -399,7 +399,7 @@ def _path(value: str | Path | None) -> Path | None:
 def from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         model_repository=Path(args.model_repository),
-        host=args.host,
+        host=args.host.strip("[]"),  # an IPv6 address with or without brackets: kept bare, bracketed where needed
         port=args.port,
         metrics_port=args.metrics_port,
         workers=args.workers,
