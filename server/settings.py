@@ -116,9 +116,7 @@ class ServerSettings:
         if not self.model_repository.is_dir():
             raise ValueError(f"--model-repository {self.model_repository} is not a directory")
         if not 1 <= self.max_message_bytes < 2**31:  # gRPC's limits are 32-bit signed
-            raise ValueError(
-                f"--max-message-mb must be from 1 to 2047, got {self.max_message_bytes // (1024 * 1024)}"
-            )
+            raise ValueError(f"--max-message-mb must be from 1 to 2047, got {self.max_message_bytes // (1024 * 1024)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
