@@ -197,11 +197,10 @@ class InferenceEngine:
 
     def batching_for(self, entry: ModelVersion, signature: Any) -> BatchingConfig | None:
         """The knobs a version's signature is batched with; None when its requests run one by one (batching off
-        for it, an input without a variable leading dimension to concatenate on, no input at all, or a servable
-        without replicas)."""
+        for it, an input or output without a variable leading dimension, no input at all, or a servable without
+        replicas)."""
         config = self.config_for(entry)
-        batchable = bool(signature.inputs) and all(spec.batched for spec in signature.inputs.values())
-        if config is None or not batchable or not hasattr(entry.servable, "runners"):
+        if config is None or not _batchable(signature) or not hasattr(entry.servable, "runners"):
             return None
         return config
 
@@ -211,9 +210,7 @@ class InferenceEngine:
         signature whose inputs all have a batch dimension; None: no limit."""
         overrides = entry.config.batching
         limit = overrides.get("max_batch_size") if overrides.get("enabled") is False else None
-        if limit is None or not signature.inputs or not all(spec.batched for spec in signature.inputs.values()):
-            return None
-        return int(limit)
+        return int(limit) if limit is not None and _batchable(signature) else None
 
     def config_for(self, entry: ModelVersion) -> BatchingConfig | None:
         """Server-wide batching knobs, overridden key by key by the model's config.yaml `batching:` section."""
@@ -246,6 +243,14 @@ class InferenceEngine:
     ) -> None:
         entry.stats.record_execution(size, input_s, compute_s, output_s)
         self.metrics.observe_batch(entry.model, size, queue_s, compute_s)
+
+
+def _batchable(signature: Any) -> bool:
+    """Whether requests can share a model call: every input and every output has a variable leading (batch)
+    dimension. An output without one (a count, a fixed label list) belongs to the whole call: cut into rows it
+    would hand each caller a piece of it."""
+    tensors = (*signature.inputs.values(), *signature.outputs.values())
+    return bool(signature.inputs) and all(spec.batched for spec in tensors)
 
 
 def _cache_owner(entry: ModelVersion) -> Owner:

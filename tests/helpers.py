@@ -194,6 +194,19 @@ def build_spectrum_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_whole_call_outputs_model(path: Path) -> None:
+    """x [batch, 2] -> y (2x, per row) beside outputs of the whole call: `labels` ["cat", "dog"] and `rows`."""
+    import tensorflow as tf
+
+    class Whole(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": x * 2.0, "labels": tf.constant(["cat", "dog"]), "rows": tf.shape(x)[0]}
+
+    module = Whole()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 def build_constant_model(path: Path) -> None:
     """A signature without inputs (a lookup table's contents, a model's own constants): serving_default -> y."""
     import tensorflow as tf

@@ -62,6 +62,7 @@ def zoo_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     helpers.build_two_heads_model(repo / "heads" / "1")
     helpers.build_constant_model(repo / "constant" / "1")
     helpers.build_spectrum_model(repo / "spectrum" / "1")
+    helpers.build_whole_call_outputs_model(repo / "whole" / "1")
     shutil.copytree(repo / "examples" / "1", repo / "warmmulti" / "1")
     _write_multi_inference_warmup(repo / "warmmulti" / "1")
     (repo / "heads" / "1" / "animal.labels.txt").write_text("".join(f"{name}\n" for name in HEAD_CLASSES["animal"]))
