@@ -153,7 +153,7 @@ class _SessionSignature:
         try:
             with _model_errors():
                 values = call(*[inputs[name] for name in self._inputs])
-        except RuntimeError as exc:  # the session was closed: the version was unloaded while this batch waited
+        except (RuntimeError, tf.errors.CancelledError) as exc:  # the session was closed: the version unloaded
             raise ServingError(ErrorCode.UNAVAILABLE, f"the model was unloaded: {first_line(exc)}") from None
         return dict(zip(names, values, strict=True))
 
@@ -228,8 +228,10 @@ class SavedModelServable:
             raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{self.path} has no serving signatures")
 
     def _load_function(self) -> dict[str, Signature]:
+        # the MetaGraph the session path serves too: tf.saved_model.load refuses to guess among several
+        tags = list(_meta_graph(self.path).meta_info_def.tags)
         with tf.device(self.device) if self.device else contextlib.nullcontext():
-            self._loaded = tf.saved_model.load(str(self.path))
+            self._loaded = tf.saved_model.load(str(self.path), tags=tags)
         signatures = {}
         for key, fn in self._loaded.signatures.items():
             _args, kwargs = fn.structured_input_signature

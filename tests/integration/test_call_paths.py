@@ -223,3 +223,26 @@ def test_auto_falls_back_to_the_function_for_a_model_the_session_cannot_load(
     with pytest.raises(RuntimeError, match="SomeCustomOp"):
         explicit(models["cnn"], ModelConfig())
     assert explicit.placer.held() == {"/device:CPU:0": 0}  # the failed load gave its device back
+
+
+def test_a_savedmodel_with_several_metagraphs_loads_its_serve_graph_on_both_paths(tmp_path: Path) -> None:
+    """TF1 exports (Estimator, TF-Hub) may carry a "train" MetaGraph beside "serve": TF Serving serves the latter,
+    and so do both call paths (tf.saved_model.load needs the tags to choose)."""
+    import tensorflow as tf
+
+    path = tmp_path / "tf1"
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        w = tf.compat.v1.get_variable("w", initializer=tf.constant([[1.0], [2.0]]))
+        signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def({"x": x}, {"y": tf.matmul(x, w)})
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            builder = tf.compat.v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": signature})
+            builder.add_meta_graph(["train"], signature_def_map={"serving_default": signature})
+            builder.save()
+    for call_path in ("session", "function"):
+        servable = load(path, call_path)
+        assert servable.signature().run({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[3.0]], call_path
+        servable.close()
