@@ -70,6 +70,20 @@ def _spec(name: str, tf_spec: tf.TensorSpec) -> TensorSpec:
     return TensorSpec(name=name, dtype=dtype, shape=shape)
 
 
+def _dense(value: Any) -> bool:
+    """Whether a function's input spec or output (a TensorSpec, or a graph tensor of a TF1 model) is dense."""
+    if isinstance(value, tf.TensorSpec):
+        return True
+    return not isinstance(value, tf.TypeSpec | tf.SparseTensor | tf.RaggedTensor)
+
+
+def _not_dense(path: Path, key: str) -> None:
+    """A signature with a sparse or ragged tensor is not served (both wire protocols carry dense tensors), and the
+    version's other signatures are: TF Serving serves such a model's dense signatures too."""
+    log.warning("%s: signature %r is not served: its inputs or outputs are not all dense tensors (sparse or ragged)",
+                path, key)  # fmt: skip
+
+
 def _info_spec(name: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
     return _spec(name, tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype)))
 
@@ -235,6 +249,9 @@ class SavedModelServable:
         signatures = {}
         for key, fn in self._loaded.signatures.items():
             _args, kwargs = fn.structured_input_signature
+            if not all(_dense(value) for value in (*kwargs.values(), *fn.structured_outputs.values())):
+                _not_dense(self.path, key)
+                continue
             inputs = {name: _spec(name, spec) for name, spec in kwargs.items()}
             outputs = {name: _spec(name, spec) for name, spec in fn.structured_outputs.items()}
             signatures[key] = Signature(key, inputs, outputs, _function_runner(fn, self.device), fn)
@@ -253,6 +270,10 @@ class SavedModelServable:
             signatures = {}
             for key, signature in loaded.signature_def.items():
                 if key.startswith("__"):  # __saved_model_init_op: run by the loader, not a serving signature
+                    continue
+                tensors = (*signature.inputs.values(), *signature.outputs.values())
+                if not all(info.WhichOneof("encoding") == "name" for info in tensors):  # sparse, ragged
+                    _not_dense(self.path, key)
                     continue
                 inputs = {name: _info_spec(name, info) for name, info in signature.inputs.items()}
                 outputs = {name: _info_spec(name, info) for name, info in signature.outputs.items()}

@@ -246,3 +246,49 @@ def test_a_savedmodel_with_several_metagraphs_loads_its_serve_graph_on_both_path
         servable = load(path, call_path)
         assert servable.signature().run({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[3.0]], call_path
         servable.close()
+
+
+def test_a_signature_with_a_sparse_or_ragged_tensor_is_left_out_and_the_others_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both wire protocols carry dense tensors: a signature returning a SparseTensor (TF1) or a RaggedTensor (TF2)
+    is not served, with a warning, and the version's dense signatures are, on both paths (a sparse one made the
+    session path refuse the whole model; a ragged one answered or failed depending on its rows)."""
+    import tensorflow as tf
+
+    tf1 = tmp_path / "tf1"
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        info = tf.compat.v1.saved_model.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        dense = build({"x": info(x)}, {"y": info(x * 2.0)}, "tensorflow/serving/predict")
+        sparse = build({"x": info(x)}, {"sp": info(tf.sparse.from_dense(x))}, "tensorflow/serving/predict")
+        with tf.compat.v1.Session(graph=graph) as session:
+            builder = tf.compat.v1.saved_model.Builder(str(tf1))
+            signatures = {"serving_default": dense, "sparse": sparse}
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
+            builder.save()
+
+    class Words(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def length(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"length": tf.strings.length(text)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def split(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"words": tf.strings.split(text)}
+
+    tf2, module = tmp_path / "tf2", Words()
+    tf.saved_model.save(module, str(tf2), signatures={"serving_default": module.length, "split": module.split})
+    text = np.array([b"a b", b"c"], dtype=object)
+    for call_path in ("session", "function"):
+        first = load(tf1, call_path)
+        assert sorted(first.signatures) == ["serving_default"], call_path
+        assert first.signature().run({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[2.0, 2.0]]
+        second = load(tf2, call_path)
+        assert sorted(second.signatures) == ["serving_default"], call_path
+        assert second.signature().run({"text": text})["length"].tolist() == [3, 1]
+        first.close()
+        second.close()
+    assert "signature 'sparse' is not served" in caplog.text and "signature 'split' is not served" in caplog.text
