@@ -42,7 +42,17 @@ if __package__ in (None, ""):
 import numpy as np
 
 from bench import loadgen
-from bench.run import ROOT, Server, _entry, _int_list, build_payloads, machine_info, model_list, run_inprocess
+from bench.run import (
+    ROOT,
+    Server,
+    _entry,
+    _int_list,
+    build_payloads,
+    known_names,
+    machine_info,
+    model_list,
+    run_inprocess,
+)
 
 RUNTIMES = ROOT / "bench" / "peer_runtimes"
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
@@ -66,11 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def peer_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PEERS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
-    return names
+    return known_names(text, PEERS, "peer")
 
 
 def peer_python(venvs: Path, peer: str) -> Path:

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,19 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def known_names(text: str, known: Iterable[str], what: str) -> list[str]:
+    """Comma-separated names, each one of `known` (argparse's error naming the unknown ones otherwise)."""
+    choices = list(known)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what}(s) {unknown}; choose from {', '.join(choices)}")
+    return names
+
+
 def model_list(text: str) -> list[str]:
     """argparse type for --models: comma-separated benchmark model names, all known."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
-    return names
+    return known_names(text, MODELS, "model")
 
 
 def _mode_list(text: str) -> list[str]:
