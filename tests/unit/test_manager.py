@@ -557,13 +557,19 @@ def test_a_request_naming_no_version_follows_the_policy_not_a_labelled_canary(tm
     run(tmp_path, body)
 
 
+def _stable_moving_to_a_broken_version(repo: Path) -> Path:
+    """Model m: version 1 with `stable: 1` in its config.yaml (returned), which the tests move to a broken 2."""
+    version(repo, "m", 1)
+    config = repo / "m" / "config.yaml"
+    config.write_text("labels: {stable: 1}\n")
+    return config
+
+
 def test_a_label_stays_on_its_version_when_the_version_it_moves_to_cannot_serve(tmp_path: Path) -> None:
     """As TF Serving, which refuses a label on a version that is not available: moving `stable` to a version that
     fails to load, or is not in the repository, leaves it where it was while that version serves; once the new
     target serves, the label moves."""
-    version(tmp_path, "m", 1)
-    config = tmp_path / "m" / "config.yaml"
-    config.write_text("labels: {stable: 1}\n")
+    config = _stable_moving_to_a_broken_version(tmp_path)
 
     async def body(manager: ModelManager, _loader: Loader) -> None:
         version(tmp_path, "m", 2, "garbage")
@@ -711,9 +717,7 @@ def test_an_unload_goes_through_when_the_models_directory_cannot_be_read(tmp_pat
 def test_a_label_does_not_stay_on_a_version_deleted_from_the_repository(tmp_path: Path) -> None:
     """A label held on its old version while its new one cannot serve moves on once the old one is deleted too:
     it would otherwise name a version that is being unloaded."""
-    version(tmp_path, "m", 1)
-    config = tmp_path / "m" / "config.yaml"
-    config.write_text("labels: {stable: 1}\n")
+    config = _stable_moving_to_a_broken_version(tmp_path)
 
     async def body(manager: ModelManager, _loader: Loader) -> None:
         version(tmp_path, "m", 2, "garbage")
