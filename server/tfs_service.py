@@ -346,7 +346,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: get_model_status_pb2.GetModelStatusRequest
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
-        if not request.HasField("model_spec") or not spec.name:
+        if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
         if not self.manager.knows(spec.name):
             raise not_found(f"Could not find any versions of model {spec.name}")

@@ -164,6 +164,8 @@ class TrainConfig:
             raise ConfigError("cv_folds does not work with the hyperband tuner: choose random, grid or bayesian")
         if self.cpu_devices < 0:
             raise ConfigError(f"cpu_devices must be >= 0, got {self.cpu_devices}")
+        if not self.stale_tmp_seconds > 0:  # 0 or less would remove another run's publish while it is written
+            raise ConfigError(f"stale_tmp_seconds must be > 0, got {self.stale_tmp_seconds}")
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"verbose must be 0, 1 or 2, got {self.verbose}")
         self.gate.validate(self.data.task)

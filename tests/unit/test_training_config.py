@@ -81,6 +81,7 @@ def test_configmap_retrain_yaml_is_a_valid_config() -> None:
         ({"repository": "r", "family": "vgg"}, "unknown family"),
         ({"repository": "r", "tuner": "evolution"}, "unknown tuner"),
         ({"repository": "r", "strategy": "horovod"}, "unknown strategy"),
+        ({"repository": "r", "stale_tmp_seconds": 0}, "stale_tmp_seconds must be > 0"),
         ({"repository": "r", "gate": {"metric": "mse"}}, "does not apply to classification"),
         (
             {

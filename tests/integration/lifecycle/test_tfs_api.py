@@ -182,6 +182,12 @@ def test_tf_serving_error_codes(tfs, models) -> None:
     assert_code(lambda: tfs.GetModelMetadata(metadata), grpc.StatusCode.INVALID_ARGUMENT,
                 "must specify at least one metadata_field")  # fmt: skip
     status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.SetInParent()  # a spec without a name: TF Serving finds no versions of model ""
+    assert_code(
+        lambda: models.GetModelStatus(status), grpc.StatusCode.NOT_FOUND, "Could not find any versions of model"
+    )
+    assert_code(lambda: models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest()),
+                grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")  # fmt: skip
     status.model_spec.name = "nope"
     assert_code(lambda: models.GetModelStatus(status), grpc.StatusCode.NOT_FOUND, "any versions of model nope")
     status.model_spec.name = "cnn"
