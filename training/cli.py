@@ -2,7 +2,8 @@
 
 TensorFlow is imported only when training actually runs, so building the parser stays instant.
 
-Exit codes: 0 a version was published; 3 `kerve retrain` only: the gate rejected the candidate and nothing
+Exit codes: 0 a version was published (a non-chief worker of a multi-worker cluster: its share of the training
+finished; the chief publishes); 3 `kerve retrain` only: the gate rejected the candidate and nothing
 was published; 1 the run failed (bad data, failed search, export mismatch, current version not comparable);
 2 the configuration is invalid (nothing was trained).
 """
@@ -120,4 +121,4 @@ def _run(args: argparse.Namespace, command: str, enforce_gate: bool) -> int:
     except (ValueError, DataError, RepositoryError, TuningError, ExportError, BaselineError, StrategyError) as exc:
         print(f"kerve {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_PUBLISHED if result.published else EXIT_REJECTED
+    return EXIT_PUBLISHED if result.published or not result.chief else EXIT_REJECTED

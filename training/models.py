@@ -12,6 +12,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
+from . import multiworker
 from .config import ConfigError
 
 IMAGE_FAMILIES = ("cnn", "resnet")
@@ -111,9 +112,15 @@ class _Family(keras_tuner.HyperModel):
     def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, x: object, *args: object, **kwargs: object):  # noqa: ANN201
         """Augmentation (random flip, rotation, zoom) is mapped over the training tf.data pipeline, not built
         into the model: the exported SavedModel then serves exactly the trained network, and the Random*
-        layers' inference-time behaviour cannot leak into serving."""
+        layers' inference-time behaviour cannot leak into serving.
+
+        A model built under a multi-worker strategy trains through `multiworker.fit`: Keras 3's own `fit`
+        cannot run there."""
         if self.augment and isinstance(x, tf.data.Dataset):
             x = x.map(augmenter(), num_parallel_calls=tf.data.AUTOTUNE)
+        strategy = model.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return multiworker.fit(model, strategy, x, *args, **kwargs)
         return model.fit(x, *args, **kwargs)
 
 

@@ -10,6 +10,7 @@ The decision (`choose`) is plain Python so it is testable without TensorFlow; `c
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,49 @@ def choose(requested: str, env: Mapping[str, str], tpu: str | None, num_gpus: in
     raise StrategyError(f"unknown strategy {requested!r}")
 
 
+class ClusterError(StrategyError):
+    """TF_CONFIG is not a cluster description this run can use."""
+
+
+def task_of(tf_config: str | None) -> tuple[str, int] | None:
+    """(task type, index) from TF_CONFIG's text, or None when it is unset or names no cluster."""
+    if not tf_config:
+        return None
+    try:
+        parsed = json.loads(tf_config)
+    except json.JSONDecodeError as exc:
+        raise ClusterError(f"TF_CONFIG is not JSON: {exc}") from exc
+    if not isinstance(parsed, Mapping):
+        raise ClusterError(f"TF_CONFIG must be a JSON object, got {type(parsed).__name__}")
+    task = parsed.get("task")
+    if task is None:
+        if any(parsed.get("cluster") or {}):
+            raise ClusterError("TF_CONFIG names a cluster but no task: each worker must say which task it is")
+        return None  # no cluster either: one local process
+    if not isinstance(task, Mapping) or not isinstance(task.get("type"), str):
+        raise ClusterError(f"TF_CONFIG task must be {{'type': ..., 'index': ...}}, got {task!r}")
+    index = task.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ClusterError(f"TF_CONFIG task.index must be a non-negative integer, got {index!r}")
+    return task["type"], index
+
+
+def is_chief(tf_config: str | None) -> bool:
+    """The task that publishes: `chief` when the cluster names one, else worker 0 (TensorFlow's convention).
+
+    Without TF_CONFIG there is no cluster and the one process is its own chief."""
+    task = task_of(tf_config)
+    if task is None:
+        return True
+    kind, index = task
+    cluster = json.loads(tf_config or "{}").get("cluster") or {}
+    if not isinstance(cluster, Mapping):
+        raise ClusterError(f"TF_CONFIG cluster must be a JSON object, got {cluster!r}")
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and not cluster.get("chief")
+
+
 def configure_cpu_devices(count: int) -> None:
     """Split the first physical CPU into `count` logical devices; must run before TensorFlow initialises."""
     import tensorflow as tf
@@ -83,6 +127,8 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
     gpus = tf.config.list_physical_devices("GPU")
     tpu = tpu_hint(env)
     choice = choose(requested, env, tpu, len(gpus), cpu_devices)
+    if choice.kind == "multiworker":
+        is_chief(env.get("TF_CONFIG"))  # a TF_CONFIG that names no task fails here, not in TensorFlow
     strategy: Any = None
     reason = choice.reason
     if choice.kind == "tpu":
@@ -105,10 +151,15 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif choice.kind == "default":
         strategy = tf.distribute.get_strategy()
-    return strategy, {
+    described: dict[str, Any] = {
         "name": type(strategy).__name__,
         "kind": choice.kind,
         "requested": requested,
         "reason": reason,
         "replicas": int(strategy.num_replicas_in_sync),
     }
+    if choice.kind == "multiworker":
+        task = task_of(env.get("TF_CONFIG"))
+        described["task"] = f"{task[0]} {task[1]}" if task else "worker 0"
+        described["chief"] = is_chief(env.get("TF_CONFIG"))
+    return strategy, described

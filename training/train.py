@@ -22,7 +22,7 @@ import kerve
 from kerve import repository
 
 from . import data as data_module
-from . import evaluate, models, publish, summary, tune
+from . import evaluate, models, multiworker, publish, summary, tune
 from . import gate as gate_module
 from . import strategy as strategy_module
 from .config import ConfigError, TrainConfig, check_cv_folds, check_outside
@@ -43,6 +43,7 @@ class TrainResult:
     work_dir: Path | None = None
     decision: gate_module.Decision | None = None
     strategy: dict[str, Any] = field(default_factory=dict)
+    chief: bool = True  # False: a non-chief worker of a multi-worker cluster, which never publishes
 
     @property
     def published(self) -> bool:
@@ -66,12 +67,16 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
     else:
         work_dir = Path(config.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
-    removed = repository.clean_stale_tmp(config.repository, config.model_name, config.stale_tmp_seconds)
-    for path in removed:
-        print(f"Removed an unfinished publish left behind by a dead process: {path}", file=out)
+    # Every worker of a multi-worker cluster trains; only the chief touches the repository.
+    chief = strategy_info.get("chief", True)
+    if chief:
+        removed = repository.clean_stale_tmp(config.repository, config.model_name, config.stale_tmp_seconds)
+        for path in removed:
+            print(f"Removed an unfinished publish left behind by a dead process: {path}", file=out)
     # One line even with verbose 0: which strategy ran belongs in every CronJob log.
+    task = f", {strategy_info['task']}{' (chief)' if chief else ''}" if "task" in strategy_info else ""
     print(f"Strategy: {strategy_info['name']} ({strategy_info['reason']}), "
-          f"{strategy_info['replicas']} replica(s)", file=out)  # fmt: skip
+          f"{strategy_info['replicas']} replica(s){task}", file=out)  # fmt: skip
     keras.utils.set_random_seed(config.seed)
 
     t0 = time.perf_counter()
@@ -134,9 +139,17 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
 
     t0 = time.perf_counter()
     metrics = evaluate.evaluate_model(
-        model, dataset.x_test, dataset.y_test, dataset.num_classes, batch_size=config.batch_size, task=task
-    )
+        multiworker.Predictor(model), dataset.x_test, dataset.y_test, dataset.num_classes,
+        batch_size=config.batch_size, task=task,
+    )  # fmt: skip
     evaluate_seconds = time.perf_counter() - t0
+    if not chief:
+        print(f"{strategy_info['task']} trained its share; the chief gates and publishes", file=out)
+        return TrainResult(
+            version=None, path=None, metrics=metrics, hyperparameters=tuned.hyperparameters,
+            trials=[dataclasses.asdict(t) for t in tuned.trials], work_dir=work_dir, strategy=strategy_info,
+            chief=False,
+        )  # fmt: skip
 
     # The gate: the version in the repository now, scored like the server would run it, on the same data.
     t0 = time.perf_counter()

@@ -6,6 +6,9 @@ test process has long done.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +92,61 @@ def test_auto_under_tf_config_makes_a_multiworker_strategy() -> None:
         "MultiWorkerMirroredStrategy",
         "CollectiveAllReduceStrategy",
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_workers_train_together_and_only_the_chief_publishes(tmp_path: Path) -> None:
+    """Two `kerve train` processes under one TF_CONFIG (MultiWorkerMirroredStrategy, which Keras 3's own fit
+    cannot run): both finish, one version is published, by worker 0, and it serves what it recorded."""
+    repo = tmp_path / "repo"
+    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        cfg = {
+            "repository": str(repo), "model_name": "digits", "data": {"source": "digits"}, "family": "mlp",
+            "tuner": "random", "max_trials": 1, "epochs": 2, "batch_size": 64, "verbose": 0,
+            "work_dir": str(tmp_path / f"work{index}"),
+        }  # fmt: skip
+        (tmp_path / f"train{index}.yaml").write_text(yaml.safe_dump(cfg))
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "kerve", "train", "--config", str(tmp_path / f"train{index}.yaml")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )  # fmt: skip
+        )
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=400)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for returncode, out, err in results:
+        assert returncode == 0, (out + err)[-4000:]
+    chief_out, worker_out = results[0][1], results[1][1]
+    assert "2 replica(s), worker 0 (chief)" in chief_out and "Published version 1" in chief_out
+    assert "2 replica(s), worker 1" in worker_out and "the chief gates and publishes" in worker_out
+    assert "Published" not in worker_out
+    assert repository.list_versions(repo, "digits") == [1]
+    meta = repository.read_metadata(repo / "digits" / "1")
+    assert meta["strategy"]["kind"] == "multiworker" and meta["strategy"]["replicas"] == 2
+    assert (meta["strategy"]["task"], meta["strategy"]["chief"]) == ("worker 0", True)
+
+    d = data.load_digits_split(seed=0)
+    with running_server(repo, tmp_path) as (target, _proc), Client(target) as client:
+        result = client.infer("digits", {"image": d.x_test})
+    probabilities = result.outputs[meta["signature"]["outputs"][0]]
+    accuracy = float((probabilities.argmax(axis=1) == d.y_test).mean())
+    assert accuracy == pytest.approx(meta["metrics"]["accuracy"], abs=1e-6)
+    assert accuracy > 0.5  # two epochs of the two workers' steps learned something: 0.1 is chance

@@ -193,6 +193,40 @@ def test_strategy_choice(requested: str, env: dict, tpu: str | None, gpus: int, 
     assert strategy.choose(requested, env, tpu, gpus, cpus).kind == kind
 
 
+@pytest.mark.parametrize(
+    ("tf_config", "chief"),
+    [
+        (None, True),
+        ("", True),
+        ('{"cluster": {}}', True),  # no cluster: one local process
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}', True),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}', False),
+        ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}', False),
+        ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', True),
+        ('{"cluster": {"worker": ["a:1"], "evaluator": ["e:1"]}, "task": {"type": "evaluator", "index": 0}}', False),
+    ],
+)
+def test_the_chief_is_the_chief_task_else_worker_0(tf_config: str | None, chief: bool) -> None:
+    assert strategy.is_chief(tf_config) is chief
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"cluster": {"worker": ["a:1"]}}', "no task"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": "worker"}', "task must be"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": -1}}', "non-negative"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}', "non-negative"),
+        ('{"cluster": ["a:1"], "task": {"type": "worker", "index": 0}}', "cluster must be"),
+    ],
+)
+def test_a_tf_config_that_names_no_task_is_refused_before_tensorflow(tf_config: str, message: str) -> None:
+    with pytest.raises(strategy.ClusterError, match=message):
+        strategy.is_chief(tf_config)
+
+
 def test_tpu_is_only_looked_for_when_there_is_a_sign_of_one(tmp_path: Path) -> None:
     absent = tmp_path / "accel0"
     assert strategy.tpu_hint({}, absent) is None
