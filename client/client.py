@@ -116,10 +116,12 @@ class Client:
         self._rng = random.Random()
         self._channel = self.options.sync_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._closed = False
 
     def _call(
         self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
     ) -> Any:
+        _check_open(self._closed)
         metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         def attempt(remaining: float | None) -> Any:
@@ -352,6 +354,7 @@ class Client:
         message on the stream shares them (one trace context per stream; a per-request one needs unary calls).
         Close it (a `with` block). Calls on it are never retried; see kerve.client.stream for what happens when it
         breaks."""
+        _check_open(self._closed)
         return InferStream(
             self._stub,
             model,
@@ -364,6 +367,7 @@ class Client:
         )
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -403,10 +407,12 @@ class AsyncClient:
         self._rng = random.Random()
         self._channel = self.options.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._closed = False
 
     async def _call(
         self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
     ) -> Any:
+        _check_open(self._closed)
         metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         async def attempt(remaining: float | None) -> Any:
@@ -414,6 +420,13 @@ class AsyncClient:
                 return await method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
+            except asyncio.CancelledError:
+                # grpc.aio cancels a call in flight when its channel closes, as if the caller's task had been
+                # cancelled: that task would look cancelled (TaskGroups, retry loops) though nobody cancelled it.
+                task = asyncio.current_task()
+                if not self._closed or (task is not None and _cancelling(task)):
+                    raise
+                raise CancelledError("the client was closed while the call was in flight", "CANCELLED") from None
 
         policy = self.options.retry if retry else NO_RETRY
         return await acall_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
@@ -591,6 +604,7 @@ class AsyncClient:
     ) -> AsyncInferStream:
         """Open a stream that any number of tasks share: `async with aclient.stream(model) as s: await s.infer(x)`.
         Call it inside a running event loop."""
+        _check_open(self._closed)
         return AsyncInferStream(
             self._stub,
             model,
@@ -603,6 +617,7 @@ class AsyncClient:
         )
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -610,3 +625,16 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _check_open(closed: bool) -> None:
+    """A call after `close()`: the same typed error from both clients, not grpc's own (a ValueError from the sync
+    channel, a UsageError from the aio one)."""
+    if closed:
+        raise CancelledError("the client is closed", "CANCELLED")
+
+
+def _cancelling(task: asyncio.Task[Any]) -> bool:
+    """Whether someone asked to cancel `task` itself (Python 3.11+ knows; before, assume not)."""
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False

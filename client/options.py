@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -163,6 +164,19 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+MAX_TIMEOUT_S = 1e9  # about 31 years: the largest a deadline in microseconds (int64) and gRPC's clock both hold
+
+
+def check_timeout(timeout: float) -> float:
+    """A timeout in seconds that every call can carry: positive and finite (inf or NaN would pass a `<= 0` check
+    and then fail every call with a misleading DeadlineExceededError or a raw OverflowError)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT_S:
+        raise ValueError(f"timeout must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {timeout}")
+    return float(timeout)
+
+
 def call_with_retry(
     attempt: Callable[[float | None], T],
     policy: RetryPolicy,
@@ -176,7 +190,7 @@ def call_with_retry(
 
     `timeout_s` is the caller's overall budget; each attempt gets what is left of it."""
     rng = rng or random.Random()
-    deadline = None if timeout_s is None else clock() + timeout_s
+    deadline = None if timeout_s is None else clock() + check_timeout(timeout_s)
     number = 1
     while True:
         remaining = None if deadline is None else max(0.0, deadline - clock())
@@ -202,7 +216,7 @@ async def acall_with_retry(
 ) -> T:
     """asyncio twin of `call_with_retry`, with the same decisions."""
     rng = rng or random.Random()
-    deadline = None if timeout_s is None else clock() + timeout_s
+    deadline = None if timeout_s is None else clock() + check_timeout(timeout_s)
     number = 1
     while True:
         remaining = None if deadline is None else max(0.0, deadline - clock())
@@ -322,8 +336,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not self.target:
             raise ValueError("target is empty: pass host:port or dns:///host:port")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        check_timeout(self.timeout)
         service_config(self.load_balancing)  # validates the policy name
         call_metadata(self.token)  # validates the token
 

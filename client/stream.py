@@ -56,7 +56,7 @@ from .errors import (
     from_error_message,
     from_rpc_error,
 )
-from .options import Metadata
+from .options import Metadata, check_timeout
 from .shared_memory import SharedOutput
 from .wire import InferResult
 
@@ -88,7 +88,9 @@ def _payload_bytes(inputs: Mapping[str, Any]) -> float:
     contents back would copy them); infinity when the arrays cannot say (lists, strings, shared memory places)."""
     total = 0
     for value in inputs.values():
-        if not isinstance(value, np.ndarray) or value.dtype.kind == "O":  # a tf.Tensor's dtype is not numpy's
+        # Strings (object, bytes, str) travel as 4-byte lengths plus UTF-8: not their nbytes; a tf.Tensor's dtype
+        # is not numpy's.
+        if not isinstance(value, np.ndarray) or value.dtype.kind in "OSU":
             return math.inf
         total += value.nbytes
     return total
@@ -128,6 +130,8 @@ class _Requests:
         """The message without its id (`claim` gives it one, where the stream can check it is free), and the
         outputs it places in shared memory, to parse its answer with. `outputs` None or empty: the stream's."""
         chosen = tuple(outputs) if outputs else self.outputs
+        if timeout is not None:
+            check_timeout(timeout)
         request = wire.build_infer_request(
             self.model,
             inputs,

@@ -4,6 +4,7 @@ cut off by its timeout, strings whose bytes numpy would trim. Scripted servicers
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,15 @@ import pytest
 
 from helpers import in_process_v2_server
 from kerve import codecs
-from kerve.client import AsyncClient, Client, DeadlineExceededError, ResourceExhaustedError, ServerError
+from kerve.client import (
+    AsyncClient,
+    CancelledError,
+    Client,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    ServerError,
+)
+from kerve.client.options import NO_RETRY
 from kerve.client.wire import build_infer_request
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -154,3 +163,94 @@ def test_the_stream_size_check_takes_anything_an_array_can_be_made_of() -> None:
     for value in (Tensor(), [[1.0, 2.0]], np.ones((1, 4), np.float32), [b"a\x00"]):
         request, _ = builder.build({"x": value}, None)
         assert request.inputs[0].name == "x"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.full(300_000, b"x", dtype="S1"), np.full(240_000, "x", dtype="U1")],
+    ids=["bytes", "str"],
+)
+def test_fixed_width_strings_are_measured_as_sent_not_by_their_numpy_size(value: np.ndarray) -> None:
+    """Each element travels with a 4-byte length (and str as UTF-8): 300k one-byte strings are 1.5 MB on the wire
+    though numpy holds them in 300 kB. Sized by nbytes they went out and gRPC failed the whole stream."""
+    from kerve.client.stream import _Requests
+
+    builder = _Requests("m", None, None, None, max_message_bytes=1 << 20)
+    assert value.nbytes < (1 << 20) - 64 * 1024 < len(value) * 5
+    with pytest.raises(ResourceExhaustedError, match="it was not sent"):
+        builder.build({"x": value}, None)
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, 0, -1, 1e13, True, "5"])
+def test_a_timeout_no_call_could_carry_is_refused_up_front(bad: Any) -> None:
+    """inf and NaN passed a `<= 0` check, then failed every call: DeadlineExceededError at once (unary) or a raw
+    OverflowError (a stream's microsecond timeout parameter)."""
+    from kerve.client.options import call_with_retry
+    from kerve.client.stream import _Requests
+
+    with pytest.raises(ValueError, match="timeout"):
+        Client("127.0.0.1:1", timeout=bad)
+    with pytest.raises(ValueError, match="timeout"):
+        AsyncClient("127.0.0.1:1", timeout=bad)
+    with pytest.raises(ValueError, match="timeout"):
+        call_with_retry(lambda remaining: remaining, NO_RETRY, bad)
+    with pytest.raises(ValueError, match="timeout"):
+        _Requests("m", None, None, None).build({"x": np.ones(2, np.float32)}, bad)
+    with Client("127.0.0.1:1") as client, pytest.raises(ValueError, match="timeout"):
+        client.live(timeout=bad)
+
+
+class Stalled(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def ServerLive(self, request: Any, context: Any) -> Any:
+        self.started.set()
+        deadline = time.monotonic() + 10
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return pb.ServerLiveResponse(live=True)
+
+
+def test_closing_a_client_fails_its_calls_with_the_typed_cancelled_error_in_both_clients() -> None:
+    """grpc.aio cancels a call in flight when its channel closes as if the caller's task were cancelled: the task
+    looked cancelled though nobody cancelled it. A call after close raised grpc's own errors, another per client."""
+    servicer = Stalled()
+    with in_process_v2_server(servicer, workers=2) as target:
+
+        async def main() -> tuple[bool, str, str]:
+            client = AsyncClient(target)
+            call = asyncio.ensure_future(client.live(timeout=20))
+            await asyncio.get_running_loop().run_in_executor(None, servicer.started.wait, 10)
+            await client.close()
+            with pytest.raises(CancelledError) as in_flight:
+                await call
+            with pytest.raises(CancelledError) as after:
+                await client.live()
+            return call.cancelled(), in_flight.value.code, str(after.value)
+
+        cancelled, code, after_close = asyncio.run(main())
+        assert (cancelled, code) == (False, "CANCELLED") and "closed" in after_close
+
+        client = Client(target)
+        client.close()
+        with pytest.raises(CancelledError, match="closed"):
+            client.live()
+        with pytest.raises(CancelledError, match="closed"):
+            client.stream("m")
+
+
+def test_a_task_cancelled_by_its_owner_stays_cancelled() -> None:
+    servicer = Stalled()
+    with in_process_v2_server(servicer, workers=2) as target:
+
+        async def main() -> bool:
+            async with AsyncClient(target) as client:
+                call = asyncio.ensure_future(client.live(timeout=20))
+                await asyncio.get_running_loop().run_in_executor(None, servicer.started.wait, 10)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                return call.cancelled()
+
+        assert asyncio.run(main()) is True
