@@ -284,7 +284,8 @@ output cutting the model's outputs back into theirs."""
 NO_SPAN: Span = (0.0, 0.0, 0.0, 0.0)
 
 # (per-slice outputs, error, span): the worker never raises, so errors keep their times.
-_Outcome = tuple["list[dict[str, np.ndarray]] | None", "BaseException | None", "Span"]
+# Per slice: its outputs, or (a batch of several requests the model refused) the error of that request alone.
+_Outcome = tuple["list[dict[str, np.ndarray] | ServingError] | None", "BaseException | None", "Span"]
 
 
 def _signature(inputs: Mapping[str, np.ndarray]) -> tuple[int, _Key]:
@@ -321,29 +322,31 @@ def pad_rows(arr: np.ndarray, extra: int) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], extra, axis=0)])
 
 
-def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clock: Callable[[], float]) -> _Outcome:
+def _execute(
+    replica: Replica,
+    slices: list[_Slice],
+    rows: int,
+    padded: int,
+    clock: Callable[[], float],
+    padded_size: Callable[[int], int] | None = None,
+) -> _Outcome:
     """Runs in a worker thread: assemble the batch, call the model, split its outputs per slice; each phase timed
-    (Triton's compute input, infer and output)."""
+    (Triton's compute input, infer and output).
+
+    A batch of several requests that the model refuses (INVALID_ARGUMENT: inputs only the model can judge, such
+    as serialized tf.Examples) is run again one request at a time, so only the request at fault fails: without
+    batching (TF Serving's default) nobody's answer depends on what another client sent."""
     began = called = returned = clock()
     try:
-        if len(slices) == 1:
-            req, start, stop = slices[0]
-            batch = req.inputs
-            if stop - start != req.n:
-                batch = {name: arr[start:stop] for name, arr in batch.items()}
-            if padded != rows:
-                batch = {name: pad_rows(arr, padded - rows) for name, arr in batch.items()}
-        else:
-            batch = {}
-            for name in slices[0][0].inputs:
-                pieces = [req.inputs[name][start:stop] for req, start, stop in slices]
-                if padded != rows:
-                    pieces.append(np.repeat(pieces[-1][-1:], padded - rows, axis=0))
-                batch[name] = np.concatenate(pieces)
-
+        batch = _inputs_of(slices, rows, padded)
         called = returned = clock()
         try:
             raw = replica(batch)
+        except ServingError as exc:
+            if exc.code is not ErrorCode.INVALID_ARGUMENT or len(slices) == 1:
+                raise
+            parts = [_run_alone(replica, piece, padded_size) for piece in slices]
+            return parts, None, (began, called, clock(), clock())
         finally:
             returned = clock()
         outputs = _check_outputs(raw, padded)
@@ -359,6 +362,39 @@ def _execute(replica: Replica, slices: list[_Slice], rows: int, padded: int, clo
         return parts, None, (began, called, returned, clock())
     except Exception as exc:  # delivered to every request of the batch by the loop
         return None, exc, (began, called, returned, returned)
+
+
+def _inputs_of(slices: list[_Slice], rows: int, padded: int) -> dict[str, np.ndarray]:
+    if len(slices) == 1:
+        req, start, stop = slices[0]
+        batch = req.inputs
+        if stop - start != req.n:
+            batch = {name: arr[start:stop] for name, arr in batch.items()}
+        if padded != rows:
+            batch = {name: pad_rows(arr, padded - rows) for name, arr in batch.items()}
+        return batch
+    batch = {}
+    for name in slices[0][0].inputs:
+        pieces = [req.inputs[name][start:stop] for req, start, stop in slices]
+        if padded != rows:
+            pieces.append(np.repeat(pieces[-1][-1:], padded - rows, axis=0))
+        batch[name] = np.concatenate(pieces)
+    return batch
+
+
+def _run_alone(
+    replica: Replica, piece: _Slice, padded_size: Callable[[int], int] | None
+) -> dict[str, np.ndarray] | ServingError:
+    rows = piece[2] - piece[1]
+    padded = rows if padded_size is None else padded_size(rows)
+    try:
+        outputs = _check_outputs(replica(_inputs_of([piece], rows, padded)), padded)
+    except ServingError as exc:
+        return exc
+    except Exception as exc:  # a defect, not this request's fault: its own INTERNAL, the others still answered
+        logger.error("a model call for one request of a refused batch failed", exc_info=exc)
+        return ServingError(ErrorCode.INTERNAL, str(exc) or type(exc).__name__)
+    return outputs if padded == rows else {name: arr[:rows] for name, arr in outputs.items()}
 
 
 def _check_outputs(raw: object, padded: int) -> dict[str, np.ndarray]:
@@ -785,8 +821,9 @@ class Batcher:
         self._in_flight += 1
         try:
             future = self._executor.submit(
-                _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock
-            )
+                _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock,
+                self._config.padded_size,
+            )  # fmt: skip
         except RuntimeError as exc:  # the executor was shut down underneath us
             failed: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
             failed.set_exception(unavailable(f"{self._label} cannot run batches: {exc}"))
@@ -807,7 +844,7 @@ class Batcher:
         # Before delivering: the callers of this batch have not come back yet, the queued ones already have.
         self._expected = min(self._config.max_batch_size, batch.rows + self._queued)
 
-        parts: list[dict[str, np.ndarray]] | None = None
+        parts: list[dict[str, np.ndarray] | ServingError] | None = None
         error: BaseException | None
         span = NO_SPAN
         if future.cancelled():
@@ -843,7 +880,7 @@ class Batcher:
             except Exception:
                 logger.exception("on_batch hook of %s failed", self._label)
 
-    def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray]]) -> None:
+    def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray] | ServingError]) -> None:
         for (req, start, stop), out in zip(batch.slices, parts, strict=True):
             try:
                 self._deliver_one(req, start, stop, out)
@@ -855,9 +892,12 @@ class Batcher:
                             ServingError(ErrorCode.INTERNAL, f"delivering its outputs failed: {exc!r}")
                         )
 
-    def _deliver_one(self, req: _Request, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
+    def _deliver_one(self, req: _Request, start: int, stop: int, out: dict[str, np.ndarray] | ServingError) -> None:
         sink = req.sink
         if sink.done():  # cancelled, or failed through another piece
+            return
+        if isinstance(out, ServingError):  # refused when run alone: this request's own error
+            self._fail(req, out)
             return
         if stop - start == req.n:
             sink.set_result(out)

@@ -109,6 +109,10 @@ def _model_errors() -> Iterator[None]:
         yield
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
         raise _rejected(exc) from None
+    except tf.errors.UnimplementedError as exc:  # a kernel that cannot take these inputs (a conv given the wrong
+        # channel count on CPU): the call's inputs are at fault, not the server, and a batch refused for them is
+        # re-run one request at a time like any other refusal
+        raise _rejected(exc) from None
     except tf.errors.ResourceExhaustedError as exc:
         raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, first_line(exc) or type(exc).__name__) from None
 

@@ -666,6 +666,53 @@ def test_serving_error_from_the_replica_passes_through() -> None:
     run(main())
 
 
+class ChecksRows(FakeModel):
+    """FakeModel that judges its inputs the way a model parsing tf.Examples does: a bad row refuses the call."""
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            with self._lock:
+                self.calls.append({name: arr.copy() for name, arr in inputs.items()})
+            raise ServingError(ErrorCode.INVALID_ARGUMENT, "row is negative")
+        return super().__call__(inputs)
+
+
+@pytest.mark.parametrize("allowed", [(), (2, 4, 8)])
+def test_a_refused_batch_reruns_its_requests_alone_so_only_the_bad_one_fails(allowed: tuple[int, ...]) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        model = ChecksRows(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, allowed_batch_sizes=allowed), clock=clock)
+        first = await busy(batcher, 0)
+        good, bad, pair = submit(batcher, rows(1)), submit(batcher, rows(-1)), submit(batcher, rows(2, 3))
+        await spin(lambda: batcher.queued_samples == 4)
+        clock.advance(1.0)
+        model.release.set()
+        await first
+        np.testing.assert_array_equal((await good)["y"], rows(2))
+        np.testing.assert_array_equal((await pair)["y"], rows(4, 6))
+        err = await error_of(bad)
+        assert err.code is ErrorCode.INVALID_ARGUMENT and err.message == "row is negative"
+        # The merged batch once, then each request alone (padded up to an allowed size when there are any).
+        expected = [1, 4, 1, 1, 2] if not allowed else [2, 4, 2, 2, 2]
+        assert model.sizes == expected
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_refused_lone_request_is_not_run_twice() -> None:
+    async def main() -> None:
+        model = ChecksRows()
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8), clock=FakeClock())
+        err = await error_of(batcher.submit({"x": rows(-1, 2)}))
+        assert err.code is ErrorCode.INVALID_ARGUMENT
+        assert model.sizes == [2]
+        await batcher.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     ("result", "fragment"),
     [
