@@ -32,6 +32,7 @@ from .wire import (
     TensorConfig,
     TensorInfo,
     TraceSetting,
+    VersionPolicy,
 )
 
 __all__ = [
@@ -72,5 +73,6 @@ __all__ = [
     "TraceSetting",
     "UnauthenticatedError",
     "UnavailableError",
+    "VersionPolicy",
     "read_token_file",
 ]

@@ -223,7 +223,7 @@ class Client:
         return wire.parse_index(self._call(self._stub.RepositoryIndex, request, timeout))
 
     def load_model(
-        self, model: str, config: Mapping[str, Any] | str | None = None, timeout: float | None = None
+        self, model: str, config: ModelConfig | Mapping[str, Any] | str | None = None, timeout: float | None = None
     ) -> None:
         """(Re)load `model` from the server's repository, on a server with explicit model control (`kerve serve
         --model-control explicit`; one that polls its repository answers FailedPreconditionError). Returns once
@@ -508,7 +508,7 @@ class AsyncClient:
         return wire.parse_index(await self._call(self._stub.RepositoryIndex, request, timeout))
 
     async def load_model(
-        self, model: str, config: Mapping[str, Any] | str | None = None, timeout: float | None = None
+        self, model: str, config: ModelConfig | Mapping[str, Any] | str | None = None, timeout: float | None = None
     ) -> None:
         request = wire.load_model_request(model, config)
         await self._call(self._stub.RepositoryModelLoad, request, timeout)

@@ -97,6 +97,39 @@ class QueuePolicy:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """Which of a model's versions on disk the server serves (Triton's ModelVersionPolicy; kerve's config.yaml
+    `version_policy`): `kind` "latest" (the newest `num_versions`), "all", or "specific" (those in `versions`).
+    Build one with `VersionPolicy.latest(2)`, `VersionPolicy.all()` or `VersionPolicy.specific(1, 3)`. It is its
+    own value, not a str or a dict, so a config read with `Client.config` carries it back in `load_model` exactly
+    as the server reported it; leaving it out there would load with the default policy (latest 1) instead."""
+
+    kind: str  # "latest" | "all" | "specific"
+    num_versions: int = 0  # "latest": how many of the newest versions
+    versions: tuple[int, ...] = ()  # "specific": the versions served
+
+    def __post_init__(self) -> None:
+        # Caught here, not left to the server: an unknown kind has no Triton message to send at all.
+        if self.kind not in ("latest", "all", "specific"):
+            raise InvalidArgumentError(f'version policy kind must be "latest", "all" or "specific", got {self.kind!r}')
+
+    @classmethod
+    def latest(cls, num_versions: int = 1) -> VersionPolicy:
+        """Serve the newest `num_versions` versions (Triton's and kerve's default is 1)."""
+        return cls("latest", num_versions=num_versions)
+
+    @classmethod
+    def all(cls) -> VersionPolicy:
+        """Serve every version on disk."""
+        return cls("all")
+
+    @classmethod
+    def specific(cls, *versions: int) -> VersionPolicy:
+        """Serve exactly these versions (those on disk)."""
+        return cls("specific", versions=tuple(versions))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What the server runs a model version with (the V2 ModelConfig RPC, Triton's shape of it).
 
@@ -107,7 +140,9 @@ class ModelConfig:
     every level that `priority_queue_policies` ((level, policy) pairs) does not name, None when it is the default
     (no limits). `response_cache` is True when the server answers repeated requests from its response cache, None
     when the config does not say (off); set it to False (dataclasses.replace) to turn the cache off in a
-    `load_model`."""
+    `load_model`. `version_policy` is which versions the server serves (a VersionPolicy), None when the config
+    does not say (the server's default, latest 1); a `load_model` with this config keeps it, so the load does not
+    unload versions a policy of `all` or `specific` serves."""
 
     name: str
     platform: str
@@ -124,6 +159,7 @@ class ModelConfig:
     queue_policy: QueuePolicy | None = None
     priority_queue_policies: tuple[tuple[int, QueuePolicy], ...] = ()
     response_cache: bool | None = None
+    version_policy: VersionPolicy | None = None  # last: added later, positional use keeps working
 
 
 @dataclass(frozen=True)
@@ -543,7 +579,18 @@ def parse_config(response: pb.ModelConfigResponse) -> ModelConfig:
             (level, _queue_policy(policy)) for level, policy in sorted(dynamic.priority_queue_policy.items())
         ),
         response_cache=config.response_cache.enable if config.HasField("response_cache") else None,
+        version_policy=_version_policy(config.version_policy) if config.HasField("version_policy") else None,
     )
+
+
+def _version_policy(policy: pb.ModelVersionPolicy) -> VersionPolicy:
+    """Triton's oneof as a VersionPolicy; a policy with no choice set reads as Triton does: latest 1."""
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy.all()
+    if choice == "specific":
+        return VersionPolicy.specific(*policy.specific.versions)
+    return VersionPolicy.latest(policy.latest.num_versions if choice == "latest" else 1)
 
 
 def _queue_policy(policy: pb.ModelQueuePolicy) -> QueuePolicy:
@@ -565,7 +612,12 @@ def config_message(config: ModelConfig) -> pb.ModelConfig:
         backend=config.backend,
         max_batch_size=config.max_batch_size,
         input=[pb.ModelInput(name=t.name, data_type=_data_type(t.datatype), dims=t.dims) for t in config.inputs],
-        output=[pb.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=t.dims) for t in config.outputs],
+        # label_filename too: the server refuses outputs that differ from what it reports, so dropping it would
+        # make any model with class names fail to load with its own config.
+        output=[
+            pb.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=t.dims, label_filename=t.label_filename)
+            for t in config.outputs
+        ],
         instance_group=[
             pb.ModelInstanceGroup(name=g.name, kind=kinds.Value(f"KIND_{g.kind}"), count=g.count, gpus=g.gpus)
             for g in config.instance_groups
@@ -585,7 +637,17 @@ def config_message(config: ModelConfig) -> pb.ModelConfig:
     if config.response_cache is not None:
         message.response_cache.SetInParent()  # present even when False: that turns the cache off
         message.response_cache.enable = config.response_cache
+    if config.version_policy is not None:  # None: left out, so the server applies its own (config.yaml's) policy
+        message.version_policy.CopyFrom(_version_policy_message(config.version_policy))
     return message
+
+
+def _version_policy_message(policy: VersionPolicy) -> pb.ModelVersionPolicy:
+    if policy.kind == "all":
+        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=list(policy.versions)))
+    return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.num_versions))
 
 
 def _data_type(datatype: str) -> int:

@@ -36,7 +36,7 @@ from kerve import repository
 
 from .errors import ErrorCode, ServingError, first_line, invalid, not_found, unavailable
 from .metrics import Metrics
-from .model_config import ModelConfig, ModelConfigError, load_model_config
+from .model_config import ModelConfig, ModelConfigError, VersionPolicy, load_model_config
 from .stats import VersionStats
 
 log = logging.getLogger("kerve.server.manager")
@@ -618,6 +618,12 @@ class ModelManager:
     def labels(self, model: str) -> Mapping[str, int]:
         record = self._models.get(model)
         return dict(record.config.labels) if record is not None else {}
+
+    def version_policy(self, model: str) -> VersionPolicy | None:
+        """The policy the model's versions are chosen by now: a load that changed only the policy keeps the
+        versions it still selects loaded with their old config, which must not be what a client reads back."""
+        record = self._models.get(model)
+        return record.config.version_policy if record is not None else None
 
     def snapshot(self) -> list[ModelVersion]:
         """The versions being served (READY, or UNLOADING while they drain), safe to read from another thread (a

@@ -119,7 +119,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             signature.inputs,
             signature.outputs,
             batching,
-            entry.config.version_policy,
+            self.manager.version_policy(name) or entry.config.version_policy,
             getattr(entry.servable, "runner_devices", ()),
             entry.config.response_cache,
             _label_files(entry, signature.outputs),
