@@ -16,10 +16,12 @@ by default (`--enable_signature_method_name_check=false`): one string input `inp
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import message, text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -40,7 +42,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from kerve import repository
 
 from . import tfs_codec
-from .errors import ErrorCode, ServingError, invalid, not_found
+from .errors import ErrorCode, ServingError, first_line, invalid, not_found
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState
 from .trace import trace_context
@@ -51,6 +53,7 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 SERVICES = (PREDICTION_SERVICE, MODEL_SERVICE)
 PROTO_FILES = (prediction_service_pb2.DESCRIPTOR, model_service_pb2.DESCRIPTOR)  # for the reflection pool
 SIGNATURE_DEF_FIELD = "signature_def"
+SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"
 SERVING_TAG = "serve"
 
 _STATES = {
@@ -71,11 +74,63 @@ def _failed_precondition(message: str) -> ServingError:
     return ServingError(ErrorCode.FAILED_PRECONDITION, message)
 
 
+def _label_unavailable(model: str, version: int) -> ServingError:
+    """TF Serving's refusal of a version label (server_core.cc), word for word."""
+    return _failed_precondition(
+        f"Request to assign label to version {version} of model {model}, which is not currently available for inference"
+    )
+
+
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDef map of the SavedModel's `serve` MetaGraph, as TF Serving reports and checks it."""
-    saved = saved_model_pb2.SavedModel.FromString((version_dir / repository.SAVED_MODEL_FILE).read_bytes())
+    """The SignatureDef map of the SavedModel's `serve` MetaGraph, as TF Serving reports and checks it.
+
+    Reads saved_model.pb, or saved_model.pbtxt when there is no binary one (as the loader does). Raises OSError
+    when neither can be read and DecodeError/ParseError when the file is not a SavedModel: the caller says so."""
+    saved = saved_model_pb2.SavedModel()
+    binary, text = version_dir / repository.SAVED_MODEL_FILE, version_dir / SAVED_MODEL_TEXT_FILE
+    if text.exists() and not binary.exists():
+        text_format.Parse(text.read_text(), saved)
+    else:
+        saved.ParseFromString(binary.read_bytes())
     graphs = [g for g in saved.meta_graphs if SERVING_TAG in g.meta_info_def.tags] or list(saved.meta_graphs)
     return dict(graphs[0].signature_def) if graphs else {}
+
+
+def _unreadable(entry: ModelVersion, why: str) -> ServingError:
+    """The SavedModel a loaded version came from can no longer be read (or is another model now), and its
+    SignatureDefs were never read: GetModelMetadata cannot answer for it; the version still serves, and Classify and
+    Regress check the structure of what it serves instead."""
+    return _failed_precondition(
+        f"the SignatureDefs of version {entry.version} of model {entry.model} are not available: {why}; "
+        f"the loaded version still serves Predict, Classify and Regress"
+    )
+
+
+def _mismatch(entry: ModelVersion, defs: Mapping[str, meta_graph_pb2.SignatureDef]) -> str:
+    """Why the SignatureDefs on disk are not those of the loaded servable ('' if they agree): saved_model.pb can be
+    replaced in place after the version loaded, and metadata must never describe a model that is not served."""
+    for key, signature in (getattr(entry.servable, "signatures", None) or {}).items():
+        found = defs.get(key)
+        if found is None:
+            return f"signature {key!r} is served but not in the file"
+        if set(found.inputs) != set(signature.inputs) or set(found.outputs) != set(signature.outputs):
+            return f"signature {key!r} has other inputs or outputs in the file than in the loaded model"
+    return ""
+
+
+def _served_signature_def(entry: ModelVersion, key: str) -> meta_graph_pb2.SignatureDef | None:
+    """A SignatureDef with the served signature's input and output names and the predict method name: enough for
+    Classify and Regress to check a signature's structure (which the loaded model has) when its SavedModel file
+    cannot be read, as TF Serving keeps serving a version whose files went."""
+    served = entry.servable.signatures.get(key)
+    if served is None:
+        return None
+    signature = meta_graph_pb2.SignatureDef(method_name=tfs_codec.PREDICT_METHOD)
+    for name in served.inputs:
+        signature.inputs[name].SetInParent()
+    for name in served.outputs:
+        signature.outputs[name].SetInParent()
+    return signature
 
 
 class _Target:
@@ -98,15 +153,33 @@ class _Target:
         return self.manager.resolve(model, version, label)
 
     async def signature_defs(self, entry: ModelVersion) -> dict[str, meta_graph_pb2.SignatureDef]:
+        """The version's SignatureDefs, read once per loaded version (the entry object: a reload makes a new one)
+        and kept for its lifetime, so they stay what was loaded when the files on disk change or go.
+
+        A servable that kept the SignatureDefs it loaded (a `signature_defs` attribute) is the source; otherwise
+        the first read from disk, which is refused, rather than cached, when it disagrees with what is served.
+        Raises FAILED_PRECONDITION when neither can be had."""
+        loaded = getattr(entry.servable, "signature_defs", None)
+        if isinstance(loaded, Mapping):
+            return dict(loaded)
         key = (entry.model, entry.version)
         cached = self._signature_defs.get(key)
-        if cached is None or cached[0] is not entry:  # a reload makes a new entry
+        if cached is not None and cached[0] is entry:
+            return cached[1]
+        try:
             defs = await asyncio.to_thread(read_signature_defs, entry.path)
-            gone = [k for k, (e, _) in self._signature_defs.items() if e.state is VersionState.UNLOADED]
-            for old in gone:  # forget unloaded versions, so the cache follows what is loaded
-                del self._signature_defs[old]
-            cached = self._signature_defs[key] = (entry, defs)
-        return cached[1]
+        except OSError as exc:
+            raise _unreadable(entry, f"cannot read its SavedModel ({exc.strerror or type(exc).__name__})") from None
+        except (message.DecodeError, text_format.ParseError) as exc:
+            raise _unreadable(entry, f"its SavedModel file is not a SavedModel ({first_line(exc)})") from None
+        why = _mismatch(entry, defs)
+        if why:
+            raise _unreadable(entry, f"its SavedModel on disk was replaced after it loaded ({why})")
+        gone = [k for k, (e, _) in self._signature_defs.items() if e.state is VersionState.UNLOADED]
+        for old in gone:  # forget unloaded versions, so the cache follows what is loaded
+            del self._signature_defs[old]
+        self._signature_defs[key] = (entry, defs)
+        return defs
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -152,7 +225,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         version, label = tfs_codec.spec_version(spec)
         entry = self._target.resolve(spec.name, version, label)
         key = spec.signature_name or tfs_codec.DEFAULT_SIGNATURE
-        signature = (await self._target.signature_defs(entry)).get(key)
+        try:
+            signature = (await self._target.signature_defs(entry)).get(key)
+        except ServingError:  # the file is gone or replaced: check what is served, which is what will run
+            signature = _served_signature_def(entry, key)
         if signature is None or key not in entry.servable.signatures:
             raise invalid(f"No signature was found with the name: {key}")
         kind = "classification" if method == tfs_codec.CLASSIFY_METHOD else "regression"
@@ -382,11 +458,40 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         """Serve exactly the listed models (explicit model control): load them, unload every other one."""
         try:
             self.manager.require_explicit("HandleReloadConfigRequest")
-            await self.manager.apply_models(self._model_list(request.config))
+            models = self._model_list(request.config)
+            await asyncio.to_thread(self._check_labels_on_disk, models)
+            await self.manager.apply_models(models)
+            self._check_labels_moved(models)
         except ServingError as exc:
             await _abort(context, exc)
             raise
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+    def _check_labels_on_disk(self, models: Mapping[str, Mapping[str, object]]) -> None:
+        """Refuse, before anything changes, a label naming a version the repository does not have: TF Serving
+        refuses to point a label at a version that is not available (FAILED_PRECONDITION, its message), and keeps
+        its config; accepted, the label would answer every request NOT_FOUND. A model missing from the repository
+        is left to apply_models, which says NOT_FOUND. Reads the disk: run it in a thread."""
+        for name, overrides in models.items():
+            labels = overrides.get("labels")
+            if not isinstance(labels, Mapping) or not (self.manager.repository / name).is_dir():
+                continue
+            on_disk = set(repository.list_versions(self.manager.repository, name))
+            missing = sorted(set(labels.values()) - on_disk)
+            if missing:
+                raise _label_unavailable(name, missing[0])
+
+    def _check_labels_moved(self, models: Mapping[str, Mapping[str, object]]) -> None:
+        """After the load: a label whose version did not come up (it failed to load) did not move (the manager keeps
+        a label on the version it served), and the client must hear so, as from TF Serving."""
+        for name, overrides in models.items():
+            labels = overrides.get("labels")
+            if not isinstance(labels, Mapping):
+                continue
+            now, ready = self.manager.labels(name), set(self.manager.ready_versions(name))
+            for label, version in sorted(labels.items()):
+                if now.get(label) != version or version not in ready:
+                    raise _label_unavailable(name, version)
 
     def _model_list(self, config: model_server_config_pb2.ModelServerConfig) -> dict[str, dict[str, object]]:
         if config.WhichOneof("config") != "model_config_list":
