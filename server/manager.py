@@ -25,6 +25,7 @@ import enum
 import inspect
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -283,7 +284,7 @@ class ModelManager:
             record = self._models.setdefault(name, _Model(name))
         record.wanted = False
         record.overrides = {}
-        await self._to_the_end(self._sync(name))
+        await self._to_the_end(self._sync_many([name]))  # through _sync_many: an unload is a change (after_change)
 
     async def apply_models(self, models: Mapping[str, Mapping[str, Any]], exclusive: bool = True) -> None:
         """Explicit control: load these models (name -> config overrides); with exclusive, unload all others.
@@ -732,6 +733,12 @@ def parse_version(model: str, text: str) -> int | None:
     """Wire version strings: '' means the policy's choice, otherwise a positive integer."""
     if text == "":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise not_found(f"model {model!r} has no version {text!r}: versions are positive integers")
+    # ASCII digits only, at most 18 of them (an int64, as Triton's version numbers): str.isdigit also takes "²",
+    # which int() refuses, and a string of thousands of digits int() refuses too, each an UNKNOWN status
+    if _VERSION.fullmatch(text) is None or int(text) < 1:
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise not_found(f"model {model!r} has no version {shown!r}: versions are positive integers")
     return int(text)
+
+
+_VERSION = re.compile(r"[0-9]{1,18}")

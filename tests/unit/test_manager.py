@@ -17,7 +17,7 @@ import pytest
 
 from kerve import repository
 from kerve.server.errors import ErrorCode, ServingError
-from kerve.server.manager import EXPLICIT, ModelManager, VersionState
+from kerve.server.manager import EXPLICIT, ModelManager, VersionState, parse_version
 from kerve.server.metrics import Metrics
 from kerve.server.model_config import ModelConfig
 
@@ -416,6 +416,27 @@ def test_after_change_runs_once_per_sync_that_loaded_or_unloaded(tmp_path: Path)
     run(tmp_path, body, manager_class=Recording, after_change=after_change)
 
 
+def test_after_change_runs_after_explicit_loads_and_unloads(tmp_path: Path) -> None:
+    version(tmp_path, "a", 1)
+    changes: list[dict[int, str]] = []
+    holder: list[ModelManager] = []
+
+    class Recording(ModelManager):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            holder.append(self)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        assert changes == [{1: "READY"}]
+        await manager.unload_model("a")  # the unloaded version's memory is garbage now: settle the heap
+        assert changes[1:] == [{1: "UNLOADED"}]
+        await manager.load_model("a")
+        assert changes[2:] == [{1: "READY"}]
+
+    run(tmp_path, body, manager_class=Recording, control=EXPLICIT,
+        after_change=lambda: changes.append(states(holder[0], "a")))  # fmt: skip
+
+
 def test_explicit_control(tmp_path: Path) -> None:
     version(tmp_path, "a", 1)
     version(tmp_path, "b", 1)
@@ -728,3 +749,18 @@ def test_a_label_does_not_stay_on_a_version_deleted_from_the_repository(tmp_path
         assert manager.gone_versions("m") == {1: ""}
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "1.0", " 1", "²", "١", "9" * 19, "9" * 5000])
+def test_a_version_string_that_is_not_a_positive_integer_is_not_found(text: str) -> None:
+    with pytest.raises(ServingError) as info:
+        parse_version("m", text)
+    assert info.value.code is ErrorCode.NOT_FOUND
+    assert "versions are positive integers" in info.value.message and len(info.value.message) < 200
+
+
+def test_version_strings_that_name_a_version() -> None:
+    assert parse_version("m", "") is None
+    assert parse_version("m", "7") == 7
+    assert parse_version("m", "007") == 7
+    assert parse_version("m", "9" * 18) == int("9" * 18)
