@@ -157,12 +157,21 @@ def decode_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
     """An array viewing `raw` without a copy where the datatype allows (read-only for numeric types)."""
     count = element_count(shape)
     if datatype == BYTES:
-        return _decode_bytes_elements(raw, count).reshape(tuple(shape))
+        return _reshaped(_decode_bytes_elements(raw, count), shape)
     dtype = dtype_of(datatype)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise CodecError(f"raw content has {len(raw)} bytes, expected {expected} for shape {list(shape)} of {datatype}")
-    return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
+    return _reshaped(np.frombuffer(raw, dtype=dtype), shape)
+
+
+def _reshaped(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    # numpy refuses some shapes whose element count matches: more than 64 dimensions, or dimensions whose product
+    # overflows beside a zero ("array is too big"); a bare ValueError would reach the client as UNKNOWN
+    try:
+        return array.reshape(tuple(shape))
+    except ValueError as exc:
+        raise CodecError(f"shape {list(shape)} cannot be made into an array: {exc}") from None
 
 
 def _decode_bytes_elements(raw: bytes, count: int) -> np.ndarray:
@@ -207,13 +216,13 @@ def decode_contents(contents: Any, datatype: str, shape: Sequence[int]) -> np.nd
     if datatype == BYTES:
         out = np.empty(count, dtype=object)
         out[:] = list(values)
-        return out.reshape(tuple(shape))
+        return _reshaped(out, shape)
     dtype = dtype_of(datatype)
     wire = _WIRE_TYPE.get(field)
     array = (
         np.asarray(values, dtype=dtype) if wire is None else np.asarray(values, dtype=wire).astype(dtype, copy=False)
     )
-    return array.reshape(tuple(shape))
+    return _reshaped(array, shape)
 
 
 def encode_contents(array: np.ndarray, contents: Any) -> str:

@@ -130,7 +130,7 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
                 f"tensor_content has {len(content)} bytes, expected {count * dtype.itemsize} "
                 f"for shape {list(shape)} of {dtype_name(proto.dtype)}"
             )
-        return np.frombuffer(content, dtype=dtype).reshape(shape)
+        return _reshaped(np.frombuffer(content, dtype=dtype), shape)
     values = getattr(proto, field)
     n = len(values) // 2 if dtype.kind == "c" else len(values)
     if n > count:  # TensorFlow takes the first `count` values
@@ -149,7 +149,7 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
     else:
         flat = np.asarray(values, dtype=dtype)
     if n == count:
-        return flat.reshape(shape)
+        return _reshaped(flat, shape)
     if count * dtype.itemsize > MAX_EXPANDED_BYTES:
         raise TensorProtoError(
             f"{field} has {n} values for the {count} elements of shape {list(shape)}: repeating them would take "
@@ -159,7 +159,16 @@ def decode_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if n:
         out[:n] = flat
         out[n:] = flat[-1]
-    return out.reshape(shape)
+    return _reshaped(out, shape)
+
+
+def _reshaped(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    # numpy refuses shapes TensorFlow takes (more than 64 dimensions) and ones whose dimensions overflow beside a
+    # zero; a bare ValueError would reach the client as UNKNOWN
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise TensorProtoError(f"tensor_shape {list(shape)} cannot be made into an array: {exc}") from None
 
 
 def encode_tensor(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:

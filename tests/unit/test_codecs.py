@@ -152,3 +152,21 @@ def test_wire_array_makes_unicode_strings_bytes_elements() -> None:
     assert codecs.wire_array([[1.5]])[1] == "FP64"
     with pytest.raises(codecs.CodecError):
         codecs.wire_array(np.zeros(1, np.complex64))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [1] * 65,  # more dimensions than numpy takes
+        [0, 2**62, 2**62],  # zero elements, but dimensions whose product overflows
+    ],
+)
+def test_a_shape_numpy_cannot_build_is_a_codec_error(shape: list[int]) -> None:
+    count = codecs.element_count(shape)
+    contents = pb.InferTensorContents(fp32_contents=[1.0] * count)
+    with pytest.raises(codecs.CodecError, match="cannot be made into an array"):
+        codecs.decode_raw(b"\0" * 4 * count, "FP32", shape)
+    with pytest.raises(codecs.CodecError, match="cannot be made into an array"):
+        codecs.decode_contents(contents, "FP32", shape)
+    with pytest.raises(codecs.CodecError, match="cannot be made into an array"):
+        codecs.decode_raw(b"\0\0\0\0" * count, "BYTES", shape)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -104,6 +106,17 @@ def test_shapes_too_large_to_hold_or_to_fill_are_refused() -> None:
     proto.float_val.append(1.0)  # one value repeated over 2**40 elements: 4 TiB
     with pytest.raises(TensorProtoError, match="repeating them would take 4398046511104 bytes"):
         decode_tensor(proto)
+    for dims in ([1] * 65, [0, 2**62, 2**62]):  # TensorFlow takes both; numpy cannot build either
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+        for size in dims:
+            proto.tensor_shape.dim.add(size=size)
+        proto.float_val.extend([1.0] * math.prod(dims))
+        with pytest.raises(TensorProtoError, match="cannot be made into an array"):
+            decode_tensor(proto)
+        proto.ClearField("float_val")
+        proto.tensor_content = b"\0\0\0\0" * math.prod(dims)
+        with pytest.raises(TensorProtoError, match="cannot be made into an array"):
+            decode_tensor(proto)
 
 
 @pytest.mark.parametrize(
