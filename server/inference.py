@@ -229,6 +229,9 @@ class InferenceEngine:
         if not overrides:
             return self.batching
         merged = {**dataclasses.asdict(self._flags), **{k: v for k, v in overrides.items() if k != "enabled"}}
+        sizes = overrides.get("allowed_batch_sizes")
+        if sizes and "max_batch_size" not in overrides:  # allowed sizes alone imply their largest (model_config)
+            merged["max_batch_size"] = max(sizes)
         try:
             return self._padded(BatchingConfig.from_mapping(merged))
         except (TypeError, ValueError) as exc:  # valid alone, but not combined with this server's flags

@@ -35,6 +35,13 @@ def test_model_overrides_win_key_by_key() -> None:
     assert merged == BatchingConfig(max_batch_size=4, max_queued=99)
 
 
+def test_allowed_sizes_alone_make_their_largest_the_max_batch_size() -> None:
+    # as config.yaml validation reads them: a model asking only for sizes [4, 8] batches up to 8 rows, whatever
+    # the server's --max-batch-size (it failed the model before, as a clash with the server's 64)
+    merged = engine(BatchingConfig(max_batch_size=64)).config_for(version({"allowed_batch_sizes": [4, 8]}))
+    assert merged == BatchingConfig(max_batch_size=8, allowed_batch_sizes=(4, 8))
+
+
 def test_model_or_server_can_turn_batching_off() -> None:
     assert engine(BatchingConfig()).config_for(version({"enabled": False})) is None
     assert engine(None).config_for(version({"max_batch_size": 4})) is None
