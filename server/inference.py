@@ -262,8 +262,10 @@ def _cache_owner(entry: ModelVersion) -> Owner:
 
 def _runs_alone(config: BatchingConfig, rows: int) -> bool:
     """A request already larger than a full batch gains nothing from queueing (and would only count against
-    max_queued): run it as it is, unless batches must be padded to fixed sizes, which needs the batcher's split."""
-    return rows > config.max_batch_size and not config.allowed_batch_sizes
+    max_queued): run it as it is, unless batches must be padded to fixed sizes, which needs the batcher's split.
+    An empty request (0 rows) has nothing to share and no row to pad with: it runs as it is, and answers what the
+    model answers unbatched (empty outputs), not an error that only batching would give."""
+    return rows == 0 or (rows > config.max_batch_size and not config.allowed_batch_sizes)
 
 
 def _batch_size(request: InferRequest) -> int:

@@ -166,13 +166,18 @@ def test_padding_to_allowed_sizes_returns_only_real_rows(model_repo: Path, tmp_p
             np.testing.assert_allclose(
                 out, in_process("cnn", {"image": IMAGES[:rows]})["output_0"], rtol=1e-5, atol=1e-7
             )
+        # an empty request answers empty outputs, as unbatched (the batcher has no row to pad it with)
+        assert client.predict("cnn", {"image": IMAGES[:0]})["output_0"].shape == (0, 10)
         config = triton_config(target, "cnn")
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    with running_server(model_repo, tmp_path, "--max-batch-size", "8") as (target, _), Client(target) as client:
+        assert client.predict("cnn", {"image": IMAGES[:0]})["output_0"].shape == (0, 10)
 
 
 def test_batching_can_be_turned_off(model_repo: Path, tmp_path: Path, in_process) -> None:
     with running_server(model_repo, tmp_path, "--no-batching") as (target, _), Client(target) as client:
         out = client.predict("cnn", {"image": IMAGES[:3]})["output_0"]
+        assert client.predict("cnn", {"image": IMAGES[:0]})["output_0"].shape == (0, 10)
         config = triton_config(target, "cnn")
     # no batcher: Triton's "max_batch_size 0", and the signature's full shapes with their variable batch dimension
     assert "max_batch_size" not in config and "dynamic_batching" not in config
