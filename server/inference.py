@@ -401,6 +401,8 @@ class Call:
     def _response(self, outputs: Mapping[str, Any]) -> InferResponse:
         entry = self.entry
         assert entry is not None
+        signature = self.signature
+        batched = signature.key in entry.batchers or self._engine.batching_for(entry, signature) is not None
         return InferResponse(
             model=entry.model,
             version=entry.version,
@@ -410,6 +412,7 @@ class Call:
             class_labels=entry.class_labels.for_outputs(self.signature.outputs)
             if entry.class_labels is not None
             else None,
+            batched=batched,
         )
 
     # ---- the batcher's sink protocol (and the worker's, for requests that run alone)

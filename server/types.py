@@ -58,3 +58,4 @@ class InferResponse:
     id: str = ""
     output_specs: dict[str, TensorSpec] = field(default_factory=dict)
     class_labels: Mapping[str, tuple[str, ...]] | None = None  # by output: class i's name
+    batched: bool = False  # served with a batcher (Triton's max_batch_size > 0): outputs lead with the batch

@@ -137,7 +137,7 @@ def encode_response(response: InferResponse, requests: OutputRequests | None = N
     message = pb.ModelInferResponse(model_name=response.model, model_version=str(response.version), id=response.id)
     for name, array in response.outputs.items():
         if requests is not None and name in requests.classify:
-            array = top_classes(name, array, requests.classify[name], _labels(response, name))
+            array = top_classes(name, array, requests.classify[name], _labels(response, name), response.batched)
         datatype = _datatype(response.model, "output", name, array.dtype)
         message.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if requests is not None and name in requests.shared_memory:
@@ -238,25 +238,31 @@ def _labels(response: InferResponse, output: str) -> Sequence[str] | None:
     return response.class_labels.get(output) if response.class_labels else None
 
 
-def top_classes(name: str, scores: np.ndarray, count: int, labels: Sequence[str] | None = None) -> np.ndarray:
+def top_classes(
+    name: str, scores: np.ndarray, count: int, labels: Sequence[str] | None = None, batched: bool = False
+) -> np.ndarray:
     """The ``count`` highest scores per row as BYTES ``"<value>:<index>"``, highest first (ties: lower index
     first), as Triton answers: shape [batch, count] for a batched output, [count] for one without a batch dimension.
     Every element of a row past the batch dimension is a class. Fewer classes than ``count``: all of them. With
-    ``labels``, ``"<value>:<index>:<label>"`` for a class that has one, as Triton does with a label file."""
+    ``labels``, ``"<value>:<index>:<label>"`` for a class that has one, as Triton does with a label file.
+
+    ``batched`` (a model served with a batcher, Triton's max_batch_size > 0): the first dimension is the batch
+    even for a 1-D output, one class per row (shape [batch, 1]); ranking it as one row would mix the callers'
+    rows, and a request's answer would depend on who shared its batch."""
     if scores.dtype.kind == "V" and scores.dtype.name == codecs.BFLOAT16:
         scores = scores.astype(np.float32)  # exact: every bfloat16 value is a float32 one
     if scores.dtype.kind not in "biuf" or scores.ndim == 0 or scores.size == 0:
         raise invalid(
             f"output {name!r}: classification needs numeric scores, got {scores.dtype} of shape {list(scores.shape)}"
         )
-    rows = scores.reshape(len(scores), -1) if scores.ndim > 1 else scores.reshape(1, -1)
+    rows = scores.reshape(len(scores), -1) if scores.ndim > 1 or batched else scores.reshape(1, -1)
     order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
     out = np.empty(order.shape, dtype=object)
     for r, indices in enumerate(order):
         for c, index in enumerate(indices):
             label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
             out[r, c] = f"{_number(rows[r, index])}:{index}{label}".encode()
-    return out if scores.ndim > 1 else out[0]
+    return out if scores.ndim > 1 or batched else out[0]
 
 
 def _number(value: np.generic) -> str:

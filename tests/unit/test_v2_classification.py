@@ -44,6 +44,15 @@ def test_an_unbatched_output_and_more_classes_asked_than_there_are() -> None:
     assert top_classes("p", np.array([0.2, 0.9], dtype=np.float32), 5).tolist() == [b"0.9:1", b"0.2:0"]
 
 
+def test_a_batched_1d_output_has_one_class_per_row() -> None:
+    # a batched model's [batch] output (a sigmoid score per row): each caller's row ranked alone, as Triton does
+    scores = np.array([0.2, 0.9, 0.4], dtype=np.float32)
+    assert top_classes("p", scores, 3, batched=True).tolist() == [[b"0.2:0"], [b"0.9:0"], [b"0.4:0"]]
+    response = InferResponse(model="m", version=1, outputs={"probs": scores}, batched=True)
+    message = encode_response(response, OutputRequests(classify={"probs": 2}, shared_memory={}))
+    assert list(message.outputs[0].shape) == [3, 1]
+
+
 def test_every_element_past_the_batch_dimension_is_a_class() -> None:
     scores = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
     assert top_classes("p", scores, 1).tolist() == [[b"3:3"], [b"7:3"]]
