@@ -227,11 +227,15 @@ class SavedModelServable:
         self.device = device
         self.call_path = call_path
         self._session: tf.compat.v1.Session | None = None
+        meta_graph = _meta_graph(self.path)  # no SavedModel there: OSError, which neither path could load
+        # What TF Serving's GetModelMetadata reports, kept from the file this version loaded: the file may be
+        # replaced or deleted while the version serves, and metadata must describe what is served.
+        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
         if call_path == "function":
-            self.signatures: dict[str, Signature] = self._load_function()
+            self.signatures: dict[str, Signature] = self._load_function(meta_graph)
         else:
             try:
-                self.signatures = self._load_session()
+                self.signatures = self._load_session(meta_graph)
             except OSError:
                 raise  # no SavedModel there: the function path would fail alike
             except Exception as exc:
@@ -240,14 +244,14 @@ class SavedModelServable:
                 log.warning("%s: the session call path cannot load it (%s: %s); calling it through the function path",
                             self.path, type(exc).__name__, first_line(exc))  # fmt: skip
                 self.call_path = "function"
-                self.signatures = self._load_function()
+                self.signatures = self._load_function(meta_graph)
         if not self.signatures:
             self.close()
             raise ServingError(ErrorCode.FAILED_PRECONDITION, f"{self.path} has no serving signatures")
 
-    def _load_function(self) -> dict[str, Signature]:
+    def _load_function(self, meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signature]:
         # the MetaGraph the session path serves too: tf.saved_model.load refuses to guess among several
-        tags = list(_meta_graph(self.path).meta_info_def.tags)
+        tags = list(meta_graph.meta_info_def.tags)
         with tf.device(self.device) if self.device else contextlib.nullcontext():
             self._loaded = tf.saved_model.load(str(self.path), tags=tags)
         signatures = {}
@@ -261,8 +265,7 @@ class SavedModelServable:
             signatures[key] = Signature(key, inputs, outputs, _function_runner(fn, self.device), fn)
         return signatures
 
-    def _load_session(self) -> dict[str, Signature]:
-        meta_graph = _meta_graph(self.path)
+    def _load_session(self, meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, Signature]:
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=_session_config())
         try:
@@ -338,6 +341,7 @@ class ReplicatedServable:
                 replica.close()
             raise
         self.signatures = self.replicas[0].signatures
+        self.signature_defs = self.replicas[0].signature_defs
         self.runner_devices = [replica.device or "default" for replica in self.replicas]
         self._on_close = on_close
 
@@ -373,6 +377,7 @@ class MirroredServable:
         with strategy.scope():
             self._model = SavedModelServable(path, call_path="function")  # strategy.run needs the function
         self.signatures = self._model.signatures
+        self.signature_defs = self._model.signature_defs
         self.runner_devices = ["mirrored:" + ",".join(devices)]
 
     def signature(self, key: str | None = None) -> Signature:

@@ -206,7 +206,7 @@ def test_auto_falls_back_to_the_function_for_a_model_the_session_cannot_load(
     from kerve.server.model import ReplicaLoader, SavedModelServable
     from kerve.server.model_config import ModelConfig
 
-    def unloadable(self: SavedModelServable) -> None:
+    def unloadable(self: SavedModelServable, *_: object) -> None:
         raise RuntimeError("Op type not registered 'SomeCustomOp'\nmore lines")
 
     monkeypatch.setattr(SavedModelServable, "_load_session", unloadable)

@@ -1,8 +1,9 @@
 """TF Serving API fixes, against real TensorFlow and a real server (explicit model control, no polling):
 
 - a model's error reaches the client with its cause ("Data types don't match ..."), not "Graph execution error:";
-- GetModelMetadata/Classify/Regress keep working, or fail with a precise status (never UNKNOWN), when the version's
-  saved_model.pb leaves the disk or is replaced after it loaded; a read SignatureDef map lasts the version's life;
+- GetModelMetadata/Classify/Regress keep working when the version's saved_model.pb leaves the disk or is replaced
+  after it loaded (the SignatureDef map is kept from the load; a servable without one reads the file once, or
+  fails with a precise status, never UNKNOWN);
 - HandleReloadConfigRequest refuses a label naming a version that is not available, as TF Serving does, and keeps
   the config it had."""
 
@@ -155,6 +156,15 @@ def test_signature_defs_kept_by_the_servable_come_first(version_dir: Path) -> No
     assert asyncio.run(_Target(None).signature_defs(entry)) == kept  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("call_path", ["session", "function"])
+def test_a_loaded_servable_keeps_the_signature_def_map_it_loaded(version_dir: Path, call_path: str) -> None:
+    servable = SavedModelServable(version_dir, call_path=call_path)
+    try:
+        assert servable.signature_defs == read_signature_defs(version_dir)
+    finally:
+        servable.close()
+
+
 # --- the server ------------------------------------------------------------------------------------------------
 
 
@@ -221,10 +231,11 @@ def test_classify_and_predict_name_the_cause_of_a_bad_example(tfs) -> None:  # n
 
 def test_metadata_and_classify_after_the_file_left_the_disk(tfs, served) -> None:  # noqa: ANN001
     _, repo = served
-    (repo / "gone" / "1" / "saved_model.pb").unlink()  # before anything read it
-    error = _error(lambda: tfs.GetModelMetadata(_metadata("gone"), timeout=30))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, (error.code(), error.details())
-    assert "cannot read its SavedModel" in error.details()
+    (repo / "gone" / "1" / "saved_model.pb").unlink()  # before any metadata request: read when it loaded
+    metadata = tfs.GetModelMetadata(_metadata("gone"), timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(signatures)
+    assert {"classify", "regress"} <= set(signatures.signature_def)
     good = helpers.example((1.0, 2.0))
     response = tfs.Classify(_classify("gone", [good]), timeout=30)  # the loaded version still classifies
     assert len(response.result.classifications) == 1
