@@ -248,6 +248,20 @@ class InferenceEngine:
         self.metrics.observe_batch(entry.model, size, queue_s, compute_s)
 
 
+def _release_when_done(work: concurrent.futures.Future[Any], manager: Any, entry: ModelVersion) -> None:
+    """Hold the version until a model call nobody waits for has returned: an unload drains the version's
+    in-flight requests before it closes the servable, which must not free a session (or give a device to another
+    model) under a call still running on it. A batched request needs none of this: the batcher waits for its
+    batches before the servable closes."""
+    loop = asyncio.get_running_loop()
+
+    def done(_: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone, nothing to drain
+            loop.call_soon_threadsafe(manager.release, entry)
+
+    work.add_done_callback(done)
+
+
 def _batchable(signature: Any) -> bool:
     """Whether requests can share a model call: every input and every output has a variable leading (batch)
     dimension. An output without one (a count, a fixed label list) belongs to the whole call: cut into rows it
@@ -496,12 +510,17 @@ class Call:
 
     def _end(self) -> None:
         self.finished = True
+        work = self.work
         # The batcher's request holds this call as its sink, the worker's future a callback that holds it: drop
         # both links back, so no cycle per request is left for the cyclic garbage collector to find
         self._ticket = self.work = None
         self._inflight.value -= 1
-        if self.entry is not None:
-            self._engine.manager.release(self.entry)
+        if self.entry is None:
+            return
+        if work is not None and not work.done():  # cancelled while its model call runs: cancel() cannot stop it
+            _release_when_done(work, self._engine.manager, self.entry)
+            return
+        self._engine.manager.release(self.entry)
 
     def _trace(
         self,

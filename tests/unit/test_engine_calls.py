@@ -383,6 +383,32 @@ def test_cancelling_a_request_that_runs_alone_takes_it_off_the_executor() -> Non
     assert manager.entry.inflight == 0 and inflight(metrics) == 0
 
 
+def test_a_request_cancelled_while_its_model_call_runs_holds_its_version_until_the_call_returns() -> None:
+    """An unload drains a version's in-flight requests before closing the servable: a running call that nobody
+    waits for any more must still count, or the session (or a device) is freed under it."""
+    model = Model(batched=False)
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model)
+
+    async def main() -> None:
+        call = engine.start(request(3), asyncio.get_running_loop().create_future())
+        deadline = time.monotonic() + 10
+        while not model.calls:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        call.cancel()
+        await asyncio.sleep(0)
+        assert count(metrics, "CANCELLED") == 1 and inflight(metrics) == 0  # the caller is answered at once
+        assert manager.entry.inflight == 1  # the version is not: its model call still runs
+        model.gate.set()
+        while manager.entry.inflight:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+
+    asyncio.run(main())
+    assert manager.released == 1 and count(metrics, "OK") == 0
+
+
 def test_a_cancelled_stream_cancels_every_call_it_started() -> None:
     """grpc cancels a stream's handler when the client goes away: the message in the model and those queued behind
     it are each counted CANCELLED and released, and the queued ones never run. (Imports the V2 servicer, which
