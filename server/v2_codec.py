@@ -98,6 +98,9 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
     if not message.outputs:
         return None
     classify = classification_counts(message)
+    for output in message.outputs:  # Triton's refusal: a region is sized for the tensor, the classes are text
+        if output.name in classify and SHM_REGION in output.parameters:
+            raise invalid(f"output {output.name!r}: can't set both 'shared_memory_region' and 'classification'")
     targets = {
         output.name: _shared_place(f"output {output.name!r}", output.parameters, shm)
         for output in message.outputs
@@ -251,11 +254,16 @@ def top_classes(
     rows, and a request's answer would depend on who shared its batch."""
     if scores.dtype.kind == "V" and scores.dtype.name == codecs.BFLOAT16:
         scores = scores.astype(np.float32)  # exact: every bfloat16 value is a float32 one
-    if scores.dtype.kind not in "biuf" or scores.ndim == 0 or scores.size == 0:
+    if scores.dtype.kind not in "biuf":
         raise invalid(
             f"output {name!r}: classification needs numeric scores, got {scores.dtype} of shape {list(scores.shape)}"
         )
-    rows = scores.reshape(len(scores), -1) if scores.ndim > 1 or batched else scores.reshape(1, -1)
+    if scores.ndim == 0:  # a scalar output: one class, as Triton ranks it (shape [1])
+        scores = scores.reshape(1)
+    if scores.ndim > 1 or batched:  # sized explicitly: -1 cannot be inferred for a batch of 0 rows
+        rows = scores.reshape(scores.shape[0], int(np.prod(scores.shape[1:], dtype=np.int64)))
+    else:
+        rows = scores.reshape(1, -1)
     order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
     out = np.empty(order.shape, dtype=object)
     for r, indices in enumerate(order):
