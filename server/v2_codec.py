@@ -98,9 +98,6 @@ def output_requests(message: pb.ModelInferRequest, shm: SystemSharedMemory | Non
     if not message.outputs:
         return None
     classify = classification_counts(message)
-    for output in message.outputs:  # Triton's refusal: a region is sized for the tensor, the classes are text
-        if output.name in classify and SHM_REGION in output.parameters:
-            raise invalid(f"output {output.name!r}: can't set both 'shared_memory_region' and 'classification'")
     targets = {
         output.name: _shared_place(f"output {output.name!r}", output.parameters, shm)
         for output in message.outputs

@@ -66,15 +66,6 @@ def test_a_scalar_is_one_class_and_no_rows_are_no_classes() -> None:
     assert top_classes("p", np.zeros((0,), np.float32), 2, batched=True).shape == (0, 1)
 
 
-def test_an_output_cannot_ask_for_classes_and_shared_memory_both() -> None:
-    message = request(classification=pb.InferParameter(int64_param=2))
-    message.outputs[0].parameters["shared_memory_region"].string_param = "r"
-    with pytest.raises(ServingError) as info:
-        output_requests(message)
-    assert info.value.code is ErrorCode.INVALID_ARGUMENT
-    assert info.value.message == "output 'probs': can't set both 'shared_memory_region' and 'classification'"
-
-
 @pytest.mark.parametrize("scores", [np.array([b"a", b"b"], dtype=object), np.array(["x"])])
 def test_scores_that_cannot_be_ranked_are_refused(scores: np.ndarray) -> None:
     with pytest.raises(ServingError) as info:
