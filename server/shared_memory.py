@@ -121,8 +121,8 @@ class SystemSharedMemory:
         """``byte_size`` bytes at ``offset`` into region ``name``, for tensor ``what`` ("input 'x'"); use them at
         once, on this thread: the object may shrink later."""
         region = self._regions.get(name)
-        if region is None:
-            raise invalid(f"{what}: shared memory region {name!r} is not registered")
+        if region is None:  # NOT_FOUND, as Triton's "Unable to find shared memory region"
+            raise ServingError(ErrorCode.NOT_FOUND, f"{what}: shared memory region {name!r} is not registered")
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise invalid(
                 f"{what}: offset {offset} + byte_size {byte_size} is outside shared memory region {name!r} "

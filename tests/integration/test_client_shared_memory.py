@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from kerve.client import AsyncClient, Client, InvalidArgumentError, SharedTensor
+from kerve.client import AsyncClient, Client, InvalidArgumentError, NotFoundError, SharedTensor
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -76,9 +76,9 @@ def test_a_region_the_server_forgot_fails_the_call_precisely(server: str) -> Non
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=30)
         forgotten = f"shared memory region '{region.name}' is not registered"
-        with pytest.raises(InvalidArgumentError, match=forgotten):
+        with pytest.raises(NotFoundError, match=forgotten):  # Triton's status for it
             client.predict("cnn", {"image": tensor})
-        with pytest.raises(InvalidArgumentError, match=f"output 'output_0': {forgotten}"):
+        with pytest.raises(NotFoundError, match=f"output 'output_0': {forgotten}"):
             client.predict("cnn", {"image": IMAGES}, outputs=[region.output("output_0")])
     # closing still removed the object, though the server had forgotten the region already
     assert not Path("/dev/shm", region.key[1:]).exists()

@@ -102,8 +102,11 @@ def test_shared_memory_errors(client, region, in_process) -> None:
 
     image = triton.InferInput("image", list(IMAGES.shape), "FP32")
     image.set_shared_memory("nowhere", IMAGES.nbytes)
-    with pytest.raises(InferenceServerException, match="input 'image': shared memory region 'nowhere' is not regis"):
+    with pytest.raises(
+        InferenceServerException, match="input 'image': shared memory region 'nowhere' is not regis"
+    ) as info:
         client.infer("cnn", [image])
+    assert info.value.status() == "StatusCode.NOT_FOUND"  # as Triton's "Unable to find shared memory region"
     image.set_shared_memory("small", IMAGES.nbytes)  # larger than the region
     with pytest.raises(InferenceServerException, match="outside shared memory region 'small' \\(64 bytes\\)"):
         client.infer("cnn", [image])

@@ -69,8 +69,8 @@ def test_views_see_the_objects_bytes_at_unaligned_offsets(tmp_path: Path, shm: S
     code, message = code_of(lambda: shm.view("input 'x'", "r", 60, 8))
     assert code is ErrorCode.INVALID_ARGUMENT
     assert message == "input 'x': offset 60 + byte_size 8 is outside shared memory region 'r' (64 bytes)"
-    unknown = code_of(lambda: shm.view("input 'x'", "q", 0, 1))[1]
-    assert unknown == "input 'x': shared memory region 'q' is not registered"
+    unknown = code_of(lambda: shm.view("input 'x'", "q", 0, 1))
+    assert unknown == (ErrorCode.NOT_FOUND, "input 'x': shared memory region 'q' is not registered")
 
 
 def test_unregistering_a_region_that_arrays_still_view_keeps_them_valid(shm: SystemSharedMemory) -> None:
