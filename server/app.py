@@ -70,11 +70,16 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+NO_GRACE_LIMIT_MS = 2**31 - 1  # gRPC's "infinite" for its millisecond options
+
+
 def _connection_age_options(age_s: float) -> list[tuple[str, int]]:
+    """An old connection gets GOAWAY (new calls go to a new connection, after a DNS re-resolve) but is never cut
+    under a call: with a bounded grace, gRPC closes it at age + grace, which killed every long-lived
+    ModelStreamInfer stream, and the calls pending on it, every few minutes."""
     if age_s <= 0:
         return []
-    age_ms = int(age_s * 1000)
-    return [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", max(age_ms // 10, 5000))]
+    return [("grpc.max_connection_age_ms", int(age_s * 1000)), ("grpc.max_connection_age_grace_ms", NO_GRACE_LIMIT_MS)]
 
 
 class KerveServer:

@@ -168,8 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-connection-age-s",
         type=float,
         default=_env("MAX_CONNECTION_AGE_S") or "0",
-        help="close client connections after this many seconds (in-flight calls finish first), so round_robin "
-        "clients re-resolve DNS and find pods added by a scale-up; 0 = never (env KERVE_MAX_CONNECTION_AGE_S)",
+        help="close client connections after this many seconds (no new calls on them; calls and streams in flight "
+        "finish first), so round_robin clients re-resolve DNS and find pods added by a scale-up; 0 = never "
+        "(env KERVE_MAX_CONNECTION_AGE_S)",
     )
     parser.add_argument(
         "--poll-interval",
