@@ -244,7 +244,7 @@ class Client:
         self, model: str | None = None, version: int | str | None = None, timeout: float | None = None
     ) -> tuple[ModelStatistics, ...]:
         """Cumulative counters per model version (None: every loaded model, every version); see ModelStatistics
-        for what each counts. NotFoundError for a model or version the server does not have."""
+        for what each counts. InvalidArgumentError (as Triton answers) for a model or version with nothing ready."""
         request = pb.ModelStatisticsRequest(name=model or "", version=_version(version))
         return wire.parse_statistics(self._call(self._stub.ModelStatistics, request, timeout))
 

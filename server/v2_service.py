@@ -212,15 +212,17 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        # as Triton: the versions being served (ready, or draining their last requests); an unloaded or failed one
-        # has no statistics to report
-        serving = (VersionState.READY, VersionState.UNLOADING)
-        entries = [e for e in self.manager.entries(request.name or None) if e.state in serving]
+        # as Triton (TRITONSERVER_ServerModelStatistics): the ready versions; a model or version without one is
+        # INVALID_ARGUMENT, with Triton's messages
+        entries = [e for e in self.manager.entries(request.name or None) if e.state is VersionState.READY]
+        if request.name and not entries:
+            message = f"requested model '{request.name}' is not available"
+            await abort(context, ServingError(ErrorCode.INVALID_ARGUMENT, message))
         if request.version:
             entries = [e for e in entries if str(e.version) == request.version]
-        if request.name and not entries:
-            what = f"model {request.name!r}" + (f" version {request.version}" if request.version else "")
-            await abort(context, ServingError(ErrorCode.NOT_FOUND, f"{what} is not available (not loaded)"))
+            if not entries:
+                message = f"requested model version is not available for model '{request.name}'"
+                await abort(context, ServingError(ErrorCode.INVALID_ARGUMENT, message))
         response = pb.ModelStatisticsResponse()
         for entry in entries:
             s = entry.stats

@@ -54,9 +54,9 @@ def test_statistics_count_each_request(explicit: str) -> None:
         for n in rows:
             client.predict("cnn", images(n))
         (after,) = client.statistics("cnn", version=1)
-        with pytest.raises(NotFoundError):
+        with pytest.raises(InvalidArgumentError, match="requested model 'nope' is not available"):  # as Triton
             client.statistics("nope")
-        with pytest.raises(NotFoundError):
+        with pytest.raises(InvalidArgumentError, match="requested model version is not available for model 'cnn'"):
             client.statistics("cnn", version=99)
 
     assert (after.name, after.version) == ("cnn", "1")
@@ -81,7 +81,7 @@ def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> Non
         assert plain != 4
         client.unload_model("cnn")
         assert not client.ready("cnn") and client.ready("pair")
-        with pytest.raises(NotFoundError, match="not available"):  # as Triton: statistics of served versions only
+        with pytest.raises(InvalidArgumentError, match="not available"):  # as Triton: ready versions only
             client.statistics("cnn")
         assert "cnn" not in {s.name for s in client.statistics()}
 

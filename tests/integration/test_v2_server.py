@@ -341,7 +341,7 @@ def test_statistics_count_requests(stub) -> None:
     assert after.execution_count == sum(b.compute_infer.count for b in after.batch_stats) <= stats.success.count
     assert all(b.compute_input.count == b.compute_output.count == b.compute_infer.count for b in after.batch_stats)
     assert abs(after.last_inference / 1000 - time.time()) < 60
-    assert_code(lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), grpc.StatusCode.NOT_FOUND)
+    assert_code(lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_health_and_reflection(server: str) -> None:
