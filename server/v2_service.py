@@ -89,7 +89,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             entry, signature = self._described(request.name, request.version)
             return pb.ModelMetadataResponse(
                 name=entry.model,
-                versions=[str(v) for v in self.manager.ready_versions(entry.model)],
+                # as Triton: the version asked for, else every ready one
+                versions=[str(entry.version)] if request.version else _ready(self.manager, entry.model),
                 platform=PLATFORM,
                 inputs=[v2_codec.tensor_metadata(entry.model, "input", s) for _, s in sorted(signature.inputs.items())],
                 outputs=[
@@ -430,3 +431,7 @@ def _label_files(entry: ModelVersion, outputs: Mapping[str, Any]) -> dict[str, s
         return {}
     files = {name: labels.file_of(name, outputs) for name in outputs}
     return {name: file for name, file in files.items() if file}
+
+
+def _ready(manager: ModelManager, model: str) -> list[str]:
+    return [str(v) for v in manager.ready_versions(model)]

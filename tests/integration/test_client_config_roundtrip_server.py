@@ -10,11 +10,14 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from helpers import CLASS_NAMES, copy_version, running_server
 from kerve.client import AsyncClient, Client, TensorConfig, VersionPolicy
+from kerve.protos import grpc_service_pb2 as pb
+from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +87,14 @@ def test_a_config_sent_back_keeps_its_version_policy(explicit: str) -> None:
             return {e.version: e.state for e in await aclient.models() if e.name == "multi"}
 
     assert asyncio.run(main()) == {"1": "READY", "2": "UNLOADED"}
+
+
+def test_metadata_of_one_version_lists_that_version(explicit: str) -> None:
+    """As Triton: ModelMetadata naming a version lists only it; without one, every ready version."""
+    with Client(explicit, timeout=120) as client:
+        client.load_model("multi", config={"version_policy": {"all": {}}})
+    with grpc.insecure_channel(explicit) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        one = stub.ModelMetadata(pb.ModelMetadataRequest(name="multi", version="1"), timeout=30)
+        every = stub.ModelMetadata(pb.ModelMetadataRequest(name="multi"), timeout=30)
+    assert list(one.versions) == ["1"] and list(every.versions) == ["1", "2"]
