@@ -65,6 +65,7 @@ def decode_request(
     priority = 0
     timeout_s = None
     if message.parameters:  # Triton's schedule policy parameters
+        _check_parameters(message.parameters)
         if TIMEOUT in message.parameters:
             timeout_s = _timeout_s(message.parameters[TIMEOUT])
         if PRIORITY in message.parameters:
@@ -165,6 +166,45 @@ def _shared_place(what: str, params: Mapping[str, pb.InferParameter], shm: Syste
     if shm is None:
         raise invalid(f"{what}: this server does not take tensors in shared memory")
     return Place(shm, what, region.string_param, offset, byte_size)
+
+
+FINAL_RESPONSE = "triton_enable_empty_final_response"  # the one reserved key a client may send (Triton's list)
+FINAL_RESPONSE_FLAG = "triton_final_response"  # on a stream's response: no more responses to that request
+_PARAMETER_TYPES = {  # Triton's types (and its words for them) for the keys it reads; kerve has no sequences
+    "sequence_id": (("int64_param", "string_param"), "int64_param or string_param"),
+    "sequence_start": (("bool_param",), "bool_param"),
+    "sequence_end": (("bool_param",), "bool_param"),
+    FINAL_RESPONSE: (("bool_param",), "bool_param"),
+}
+_CUSTOM_TYPES = (("int64_param", "bool_param", "string_param"), "int64_param, bool_param, or string_param")
+
+
+def _check_parameters(params: Mapping[str, pb.InferParameter]) -> None:
+    """Triton's checks of a request's parameters (SetInferenceRequestMetadata), so a request Triton refuses is
+    refused here too rather than silently run: `triton_` keys are reserved, known keys have one type, and custom
+    ones are int64, bool or string."""
+    for key, param in params.items():
+        if key in (TIMEOUT, PRIORITY):
+            continue  # read, with their own checks, by the caller
+        choice = param.WhichOneof("parameter_choice")
+        if key.startswith("triton_") and key != FINAL_RESPONSE:
+            raise invalid(
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys "
+                f"starting with 'triton_' are allowed: {FINAL_RESPONSE}"
+            )
+        allowed, expected = _PARAMETER_TYPES.get(key, _CUSTOM_TYPES)
+        if choice not in allowed:
+            raise invalid(f"invalid value type for '{key}' parameter, expected {expected}.")
+
+
+def wants_final_flag(message: pb.ModelInferRequest) -> bool:
+    """Whether a stream's response to this request must say it is the last one (Triton's
+    `triton_final_response`, which tritonclient's `enable_empty_final_response` waits for)."""
+    return (
+        bool(message.parameters)
+        and FINAL_RESPONSE in message.parameters
+        and message.parameters[FINAL_RESPONSE].bool_param
+    )
 
 
 def _int_param(what: str, params: Mapping[str, pb.InferParameter], key: str) -> int:

@@ -409,19 +409,24 @@ def _set_duration(target: pb.StatisticDuration, duration: Duration) -> None:
 
 def _stream_response(slot: Slot) -> pb.ModelStreamInferResponse:
     error = slot.error
+    request: pb.ModelInferRequest = slot.request
+    response: pb.ModelStreamInferResponse | None = None
     if slot.response is not None:
         try:
-            return pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response, slot.outputs))
+            response = pb.ModelStreamInferResponse(infer_response=v2_codec.encode_response(slot.response, slot.outputs))
         except ServingError as exc:  # outputs the V2 wire cannot carry
             error = exc
-    assert error is not None, "a slot leaves the pipeline answered"
-    request: pb.ModelInferRequest = slot.request
-    return pb.ModelStreamInferResponse(
-        error_message=f"{error.code.value}: {v2_codec.error_message(error)}",
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
-    )
+    if response is None:
+        assert error is not None, "a slot leaves the pipeline answered"
+        response = pb.ModelStreamInferResponse(
+            error_message=f"{error.code.value}: {v2_codec.error_message(error)}",
+            infer_response=pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            ),
+        )
+    if v2_codec.wants_final_flag(request):  # one response per request: this one is the last
+        response.infer_response.parameters[v2_codec.FINAL_RESPONSE_FLAG].bool_param = True
+    return response
 
 
 def _label_files(entry: ModelVersion, outputs: Mapping[str, Any]) -> dict[str, str]:

@@ -190,6 +190,45 @@ def test_tritonclient_stream_infer(server: str, in_process) -> None:
         np.testing.assert_allclose(result.as_numpy("output_0"), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_tritonclient_enable_empty_final_response_sees_the_final_flag(server: str) -> None:
+    """tritonclient's decoupled-style streams wait for a response flagged `triton_final_response`: each request's
+    one response carries it, on success and on failure; a request that did not ask gets no flag."""
+    answers: list = []
+    done = threading.Event()
+
+    def callback(result, error) -> None:
+        answers.append((result, error))
+        if len(answers) == 3:
+            done.set()
+
+    client = triton.InferenceServerClient(server)
+    client.start_stream(callback=callback)
+    inp = triton.InferInput("image", [1, 8, 8, 1], "FP32")
+    inp.set_data_from_numpy(IMAGES[:1])
+    client.async_stream_infer("cnn", [inp], request_id="flagged", enable_empty_final_response=True)
+    client.async_stream_infer("cnn", [inp], request_id="plain")
+    client.async_stream_infer("nope", [inp], request_id="failed", enable_empty_final_response=True)
+    assert done.wait(30)
+    client.stop_stream()
+    client.close()
+    by_id = {}
+    for result, error in answers:
+        if error is not None:
+            by_id["failed"] = error
+        else:
+            by_id[result.get_response().id] = result.get_response()
+    assert by_id["flagged"].parameters["triton_final_response"].bool_param
+    assert "triton_final_response" not in by_id["plain"].parameters
+    assert "not found" in str(by_id["failed"])
+    with grpc.insecure_channel(server) as channel:  # a reserved key Triton does not know is refused, as there
+        bad = pb.ModelInferRequest(model_name="cnn")
+        bad.inputs.add(name="image", datatype="FP32", shape=[1, 8, 8, 1])
+        bad.raw_input_contents.append(IMAGES[:1].tobytes())
+        bad.parameters["triton_foo"].bool_param = True
+        assert_code(lambda: pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(bad), grpc.StatusCode.INVALID_ARGUMENT,
+                    "parameter keys starting with 'triton_' are reserved")  # fmt: skip
+
+
 def test_tritonclient_class_count_gets_the_top_classes(server: str, in_process) -> None:
     """The classification extension: `InferRequestedOutput(name, class_count=k)` answers "<score>:<index>" strings,
     best first, unary and streamed; the raw scores are the in-process model's."""
