@@ -95,6 +95,41 @@ def _parse_input(spec: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: a free one), got {value}")
+    return value
+
+
+def _writable_dir_problem(directory: Path) -> str | None:
+    """Create `directory` if needed and prove a file can be written in it: None, or why not."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and not directory.is_dir():
+            return "not a directory"
+        return exc.strerror or str(exc)
+    return None
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -106,6 +141,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             inputs[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             print(f"kerve predict: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    if args.save_dir is not None:  # before the request: an unusable --save-dir must not cost an inference
+        problem = _writable_dir_problem(args.save_dir)
+        if problem is not None:
+            print(f"kerve predict: cannot write to {args.save_dir}: {problem}", file=sys.stderr)
             return 2
     try:
         client = _client(args)
@@ -125,9 +165,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(array)
         if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f":
             print(f"{name} argmax: {array.argmax(axis=1).tolist()}")
-        if args.save_dir:
-            args.save_dir.mkdir(parents=True, exist_ok=True)
-            np.save(args.save_dir / f"{name}.npy", array)
+        if args.save_dir is not None:
+            try:
+                np.save(args.save_dir / f"{name}.npy", array)
+            except OSError as exc:  # the directory changed since the check, or the disk is full
+                print(f"kerve predict: cannot write to {args.save_dir}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
     return 0
 
 
@@ -152,11 +195,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    try:
-        import keras_tuner  # noqa: F401
-        import tensorflow  # noqa: F401
-    except ModuleNotFoundError as exc:
-        return _missing("quickstart", "all", exc)
+    for module in ("keras_tuner", "tensorflow", "sklearn", "grpc_health"):  # found, not imported: fast
+        if importlib.util.find_spec(module) is None:
+            return _missing("quickstart", "all", ModuleNotFoundError(f"No module named {module!r}", name=module))
     from kerve import quickstart
 
     return quickstart.run(args)
@@ -201,11 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(models)
     models.set_defaults(func=_cmd_models)
 
-    quick = sub.add_parser("quickstart", help="train on digits, serve, predict over gRPC, report accuracy")
+    quick = sub.add_parser(
+        "quickstart",
+        help="train on digits, serve, predict over gRPC, report accuracy",
+        description="Exit codes: 0 done, 1 the run failed (training, serving or a request), 2 bad flags or paths.",
+    )
     quick.add_argument("--model-repository", type=Path, default=Path("models"), help="default ./models")
-    quick.add_argument("--port", type=int, default=0, help="gRPC port (default: a free one)")
-    quick.add_argument("--max-trials", type=int, default=2)
-    quick.add_argument("--epochs", type=int, default=8)
+    quick.add_argument("--port", type=_port, default=0, help="gRPC port on 127.0.0.1 (default 0: a free one)")
+    quick.add_argument("--max-trials", type=_positive_int, default=2, help="tuning trials (default 2)")
+    quick.add_argument("--epochs", type=_positive_int, default=8, help="max epochs per trial (default 8)")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 
