@@ -7,12 +7,16 @@
     <repo>/<model>/.tmp-*/            a publish in progress; readers ignore every dot-directory
 
 Publishing writes into a dot-directory and renames it into place, so a reader sees a version either whole or
-not at all, and a publisher killed half-way leaves only a dot-directory behind. No TensorFlow here.
+not at all, and a publisher killed half-way leaves only a dot-directory behind. The rename is also a
+compare-and-swap: a publisher gated against version N publishes only while N is still the latest servable
+version (`publish(expected_latest=N)`), so no candidate lands above a version it was never compared with.
+No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import re
@@ -38,6 +42,27 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class RepositoryError(Exception):
     """A repository path, name or metadata file is invalid."""
+
+
+class LatestChangedError(RepositoryError):
+    """Another version became the latest while this publish was gated against an older one; nothing published."""
+
+    def __init__(self, model: str, expected: int | None, latest: int | None) -> None:
+        was = f"version {expected}" if expected is not None else "no version"
+        super().__init__(
+            f"model {model!r}: the latest version is now {latest}, not the {was} this candidate was compared with"
+        )
+        self.expected = expected
+        self.latest = latest
+
+
+class Unchecked(enum.Enum):
+    """The type of UNCHECKED (a typed sentinel)."""
+
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED = Unchecked.UNCHECKED  # publish(expected_latest=UNCHECKED): whatever the latest version is
 
 
 def validate_model_name(name: str) -> str:
@@ -226,12 +251,20 @@ def publish(
     write: Callable[[Path], None],
     metadata: dict[str, Any],
     version: int | None = None,
+    expected_latest: int | None | Unchecked = UNCHECKED,
 ) -> int:
     """Atomically publish a new version of `model` and return its number.
 
     `write(tmp_dir)` must produce a SavedModel inside tmp_dir. kerve.json is added, everything is fsynced,
     and the directory is renamed to `<repo>/<model>/<version>`. With version=None the next free number is
     taken; if another publisher wins the race for it, the next one is tried.
+
+    `expected_latest`: the latest servable version (None: no version) the candidate was gated against. If another
+    version is the latest when the rename would happen, nothing is published and LatestChangedError says which
+    (the caller gates again against that one). No lock is needed: the number is taken (the highest version
+    directory + 1) before the check, so a version renamed into place after the check takes that same number,
+    or a higher one because a directory of that number already existed; either way this rename finds the
+    number taken, and the next attempt's check sees the new version.
     """
     try:
         json.dumps(metadata)
@@ -248,6 +281,10 @@ def publish(
             raise RepositoryError(f"writer produced no {SAVED_MODEL_FILE} in {tmp}")
         for _attempt in range(100):
             number = version if version is not None else (max(list_version_dirs(repo, model), default=0) + 1)
+            if expected_latest is not UNCHECKED:  # after taking the number: see the docstring
+                latest = latest_version(repo, model)
+                if latest != expected_latest:
+                    raise LatestChangedError(model, expected_latest, latest)
             (tmp / METADATA_FILE).write_text(json.dumps({**metadata, "version": number}, indent=2, sort_keys=True))
             _fsync_tree(tmp)
             target = root / str(number)

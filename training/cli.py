@@ -4,8 +4,9 @@ TensorFlow is imported only when training actually runs, so building the parser 
 
 Exit codes: 0 a version was published (a non-chief worker of a multi-worker cluster: its share of the training
 finished; the chief publishes); 3 `kerve retrain` only: the gate rejected the candidate and nothing
-was published; 1 the run failed (bad data, failed search, export mismatch, current version not comparable);
-2 the configuration is invalid (nothing was trained).
+was published; 1 the run failed (bad data, failed search, export mismatch, a repository error such as a file
+system refusing a write, `kerve retrain` only: current version not comparable); 2 the configuration is invalid,
+a repository or work dir that is not a writable directory included (nothing was trained).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ def _run(args: argparse.Namespace, command: str, enforce_gate: bool) -> int:
         print(f"kerve {command}: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except (ValueError, DataError, RepositoryError, TuningError, ExportError, BaselineError, StrategyError) as exc:
+        print(f"kerve {command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # the repository or work dir went away or became unwritable during the run
         print(f"kerve {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_PUBLISHED if result.published or not result.chief else EXIT_REJECTED

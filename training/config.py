@@ -26,7 +26,7 @@ YAML schema (every key optional except `repository`; unknown keys are errors, so
     epochs: 5
     batch_size: 64
     early_stopping_patience: 3
-    seed: 0
+    seed: 0                        # 0 <= seed < 2**32
     strategy: auto                 # auto | default | mirrored | multiworker | tpu
     cpu_devices: 0                 # > 1: split the CPU into that many logical devices (testing mirrored)
     work_dir: /tmp/kerve-train     # tuner checkpoints and TensorBoard logs; never inside the repository
@@ -35,11 +35,17 @@ YAML schema (every key optional except `repository`; unknown keys are errors, so
     gate:
       metric: accuracy             # accuracy | precision | recall | f1 (higher is better) | mse | mae (lower)
       tolerance: 0.0               # publish unless the candidate is worse than the current version by more
+                                   # (a finite number)
+
+`repository` and `work_dir` must be directories this process can write, or creatable ones (checked by creating
+and removing a dot-directory), so a run never fails at the end for want of a place to write.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1")
 LOWER_IS_BETTER = ("mse", "mae")
 GATE_METRICS = HIGHER_IS_BETTER + LOWER_IS_BETTER
+SEED_LIMIT = 2**32  # numpy's and TensorFlow's seeds: 0 <= seed < 2**32
 
 
 class ConfigError(ValueError):
@@ -98,6 +105,8 @@ class GateConfig:
     tolerance: float = 0.0
 
     def validate(self, task: str) -> None:
+        if not math.isfinite(self.tolerance):  # NaN compares false with everything: it would block every publish
+            raise ConfigError(f"gate.tolerance must be a finite number, got {self.tolerance}")
         if not self.metric:  # a regression config without a gate section is valid: it gates on its own metric
             self.metric = "accuracy" if task == "classification" else "mse"
         if self.metric not in GATE_METRICS:
@@ -143,8 +152,11 @@ class TrainConfig:
     def dataset(self) -> str:
         return self.data.source
 
-    def validate(self) -> None:
-        """Fail before any training when the run could not publish anyway."""
+    def validate(self, check_paths: bool = True) -> None:
+        """Fail before any training when the run could not publish anyway.
+
+        check_paths=False skips the checks that `repository` and `work_dir` are writable directories here: for a
+        config meant for another machine (the CronJob's ConfigMap)."""
         from kerve import repository
 
         repository.validate_model_name(self.model_name)
@@ -158,6 +170,10 @@ class TrainConfig:
         for name in ("max_trials", "epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tuner == "hyperband" and self.epochs < 2:  # its brackets resume models: it needs 2 epochs at least
+            raise ConfigError(f"the hyperband tuner needs epochs >= 2, got {self.epochs}: raise epochs or use random")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.cv_folds < 0 or self.cv_folds == 1:
             raise ConfigError(f"cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
         if self.cv_folds and self.tuner == "hyperband":
@@ -171,6 +187,43 @@ class TrainConfig:
         self.gate.validate(self.data.task)
         if self.work_dir is not None:
             check_outside(Path(self.work_dir), Path(self.repository))
+        if check_paths:
+            if _touches_repository():
+                check_writable_dir(Path(self.repository), "repository")
+                model = Path(self.repository) / self.model_name
+                if model.exists() and not model.is_dir():
+                    raise ConfigError(f"{model} is not a directory: the model's versions go there")
+            if self.work_dir is not None:
+                check_writable_dir(Path(self.work_dir), "work dir")
+
+
+def _touches_repository() -> bool:
+    """Only the chief of a multi-worker cluster (TF_CONFIG) writes the repository; a bad TF_CONFIG is reported
+    where the strategy is made."""
+    from .strategy import ClusterError, is_chief
+
+    try:
+        return is_chief(os.environ.get("TF_CONFIG"))
+    except ClusterError:
+        return True
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """`path` is a directory this process can write, or one it can create: its nearest existing ancestor is a
+    writable directory. Checked by creating (and removing) a dot-directory, which is what counts even for root
+    (permission bits say yes to root, but a read-only mount or /proc still refuse)."""
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            raise ConfigError(f"{what} {path} is not a directory")
+        raise ConfigError(f"{what} {path} cannot be created: {existing} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kerve-write-check-", dir=existing))
+    except OSError as exc:
+        where = "is not writable" if existing == path else f"cannot be created in {existing}"
+        raise ConfigError(f"{what} {path} {where}: {exc.strerror or exc}") from exc
 
 
 def check_cv_folds(cv_folds: int, y: Any, task: str) -> None:
@@ -240,8 +293,10 @@ def _build(cls: type, raw: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-def from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A validated TrainConfig from parsed YAML, with flag values (already typed) taking precedence."""
+def from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None, check_paths: bool = True) -> TrainConfig:
+    """A validated TrainConfig from parsed YAML, with flag values (already typed) taking precedence.
+
+    check_paths=False: do not check the repository and work dir on this machine (`TrainConfig.validate`)."""
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a YAML mapping")
     merged = dict(raw)
@@ -250,13 +305,16 @@ def from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -
             continue
         if key in ("dataset", "data_path"):
             field_name = "source" if key == "dataset" else "path"
-            merged["data"] = {**(merged.get("data") or {}), field_name: str(value)}
+            section = merged.get("data")
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError("data must be a mapping with at least `source`")
+            merged["data"] = {**(section or {}), field_name: str(value)}
         else:
             merged[key] = str(value) if isinstance(value, Path) else value
     if "repository" not in merged:
         raise ConfigError("repository is required (the model repository root)")
     config = _build(TrainConfig, merged, "")
-    config.validate()
+    config.validate(check_paths)
     return config
 
 

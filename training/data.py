@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,8 +299,9 @@ def load_npz(path: Path, task: str, test_fraction: float, seed: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as .npz: {exc}") from exc
+    # An empty file is EOFError, a truncated archive BadZipFile (or zlib.error / EOFError for a member).
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"cannot read {path} as .npz: {type(exc).__name__}: {exc}") from exc
     if {"x_train", "y_train", "x_test", "y_test"} <= set(arrays):
         parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
     elif {"x", "y"} <= set(arrays):
@@ -326,6 +329,12 @@ def load_npz(path: Path, task: str, test_fraction: float, seed: int) -> Dataset:
         kind, input_name, x_all = "image", "image", x_all.astype(np.float32)
     elif x_all.ndim == 2 and vocabulary and x_all.dtype.kind in "iu":
         kind, input_name, x_all = "text", "tokens", x_all.astype(np.int64)
+        low, high = int(x_all.min()), int(x_all.max())
+        if low < 0 or high >= len(vocabulary):
+            raise DataError(
+                f"{path}: token ids must be in [0, {len(vocabulary)}) (the vocabulary's size), got ids from "
+                f"{low} to {high}"
+            )
     elif x_all.ndim == 2:
         kind, input_name, x_all = "tabular", "features", x_all.astype(np.float32)
     else:

@@ -22,6 +22,10 @@ from .config import GateConfig
 class BaselineError(RuntimeError):
     """The current version cannot be evaluated on the candidate's data (other inputs or outputs)."""
 
+    def __init__(self, message: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version  # the version that could not be compared
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -93,30 +97,41 @@ def evaluate_current(
     try:
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
-        raise BaselineError(f"cannot load version {version} at {path}: {exc}") from exc
+        raise BaselineError(f"cannot load version {version} at {path}: {exc}", version) from exc
     _args, inputs = serve.structured_input_signature
     if list(inputs) != [input_name]:
-        raise BaselineError(f"version {version} takes inputs {list(inputs)}, the candidate takes [{input_name!r}]")
+        raise BaselineError(
+            f"version {version} takes inputs {list(inputs)}, the candidate takes [{input_name!r}]", version
+        )
     spec = inputs[input_name]
     if not spec.shape[1:].is_compatible_with(x.shape[1:]) or spec.dtype != tf.as_dtype(x.dtype):
         raise BaselineError(
             f"version {version} takes {input_name} {spec.dtype.name}{spec.shape.as_list()}, the evaluation data is "
-            f"{x.dtype}{[None, *x.shape[1:]]}"
+            f"{x.dtype}{[None, *x.shape[1:]]}",
+            version,
         )
     outputs = []
     for start in range(0, len(x), 256):
         try:
             result = serve(**{input_name: tf.constant(x[start : start + 256])})
         except tf.errors.OpError as exc:  # inputs it cannot take after all: not comparable, not a crash
-            raise BaselineError(f"version {version} cannot run the evaluation data: {exc.message}") from exc
+            raise BaselineError(f"version {version} cannot run the evaluation data: {exc.message}", version) from exc
         if len(result) != 1:
-            raise BaselineError(f"version {version} has outputs {sorted(result)}, expected one")
+            raise BaselineError(f"version {version} has outputs {sorted(result)}, expected one", version)
         outputs.append(next(iter(result.values())).numpy())
     predictions = np.concatenate(outputs)
+    # Another task's model (a classifier's [n, C] where a regressor's [n, 1] is due, or the reverse) cannot be
+    # compared: a BaselineError, which `kerve train` records and publishes past, never a crash.
     if task == "regression":
+        if predictions.shape not in ((len(y),), (len(y), 1)):
+            raise BaselineError(
+                f"version {version} predicts shape {list(predictions.shape)}, a regressor's is [n, 1]", version
+            )
         return version, evaluate.regression_metrics(y, predictions)
     if predictions.ndim != 2 or predictions.shape[1] != num_classes:
-        raise BaselineError(f"version {version} predicts shape {list(predictions.shape)}, expected [n, {num_classes}]")
+        raise BaselineError(
+            f"version {version} predicts shape {list(predictions.shape)}, expected [n, {num_classes}]", version
+        )
     return version, evaluate.classification_metrics(y, predictions.argmax(axis=-1), num_classes)
 
 
@@ -129,10 +144,12 @@ def _in_own_vocabulary(
     try:
         dataset = repository.read_metadata(path).get("dataset")
     except repository.RepositoryError as exc:
-        raise BaselineError(f"version {version}: {exc}") from exc
+        raise BaselineError(f"version {version}: {exc}", version) from exc
     own = dataset.get("vocabulary") if isinstance(dataset, dict) else None
     if not isinstance(own, list) or not own:
-        raise BaselineError(f"version {version} records no vocabulary: its token ids cannot be matched to these")
+        raise BaselineError(
+            f"version {version} records no vocabulary: its token ids cannot be matched to these", version
+        )
     own_vocabulary = tuple(str(token) for token in own)
     if own_vocabulary == tuple(vocabulary):
         return x

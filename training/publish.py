@@ -46,11 +46,14 @@ def publish_model(
     model: keras.Model,
     metadata: dict[str, Any],
     sample: np.ndarray,
+    expected_latest: int | None | repository.Unchecked = repository.UNCHECKED,
 ) -> tuple[int, Path]:
     """Publish `model` as the next version and return (version, version directory).
 
     `sample` is a batch of real inputs: it checks the export reproduces the Keras predictions and
     becomes the TF Serving warmup requests, so the first client request does not pay for tracing.
+    `expected_latest`: the version the gate compared with (None: there was none); if another one is the latest
+    by the time of the rename, nothing is published and `repository.LatestChangedError` is raised.
     """
     input_names, output_names = signature_names(model)
     if len(input_names) != 1:
@@ -81,7 +84,7 @@ def publish_model(
             _write_warmup(tmp, model_name, input_names[0], sample)
         _pause_for_tests(tmp)
 
-    version = repository.publish(repo, model_name, write, full_metadata)
+    version = repository.publish(repo, model_name, write, full_metadata, expected_latest=expected_latest)
     return version, repository.version_dir(repo, model_name, version)
 
 

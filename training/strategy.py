@@ -2,8 +2,10 @@
 
 `auto` picks, in order: MultiWorkerMirroredStrategy when TF_CONFIG is set (the CronJob with several
 workers), TPUStrategy when a TPU resolves (tried only when TPU_NAME is set or /dev/accel0 exists: the GCE
-metadata server is never probed), MirroredStrategy over several GPUs (or over `cpu_devices` logical CPUs),
-and the default strategy otherwise. Any of them can be forced with `strategy:` in the config.
+metadata server is never probed), MirroredStrategy over several GPUs (else over `cpu_devices` logical CPUs,
+when the configuration splits the CPU), and the default strategy otherwise. `choose` also decides which devices
+a MirroredStrategy runs over, so the reason it gives is what runs. Any of them can be forced with `strategy:`
+in the config.
 
 The decision (`choose`) is plain Python so it is testable without TensorFlow; `create` builds the strategy.
 """
@@ -28,6 +30,19 @@ class StrategyError(RuntimeError):
 class Choice:
     kind: str  # default | mirrored | multiworker | tpu
     reason: str
+    devices: str = ""  # mirrored: the device pool it mirrors over, "GPU" or "CPU" (logical devices); else ""
+
+
+def mirrored_pool(num_gpus: int, cpu_devices: int) -> tuple[str, str]:
+    """(device type, description) MirroredStrategy runs over: several GPUs, else the `cpu_devices` logical CPUs
+    the configuration splits the CPU into, else the one GPU, else the CPU."""
+    if num_gpus > 1:
+        return "GPU", f"{num_gpus} GPUs"
+    if cpu_devices > 1:
+        return "CPU", f"{cpu_devices} logical CPU devices"
+    if num_gpus == 1:
+        return "GPU", "1 GPU"
+    return "CPU", "1 CPU device"
 
 
 def tpu_hint(env: Mapping[str, str], accel_device: Path = TPU_DEVICE) -> str | None:
@@ -41,17 +56,18 @@ def tpu_hint(env: Mapping[str, str], accel_device: Path = TPU_DEVICE) -> str | N
 
 def choose(requested: str, env: Mapping[str, str], tpu: str | None, num_gpus: int, cpu_devices: int) -> Choice:
     """The strategy kind for `requested` (auto | default | mirrored | multiworker | tpu)."""
+    pool, described = mirrored_pool(num_gpus, cpu_devices)
     if requested == "auto":
         if env.get("TF_CONFIG"):
             return Choice("multiworker", "TF_CONFIG is set")
         if tpu is not None:
             return Choice("tpu", f"TPU {tpu!r} (falls back when it does not resolve)")
-        if num_gpus > 1:
-            return Choice("mirrored", f"{num_gpus} GPUs")
-        if cpu_devices > 1:
-            return Choice("mirrored", f"{cpu_devices} logical CPU devices")
+        if num_gpus > 1 or cpu_devices > 1:
+            return Choice("mirrored", described, pool)
         return Choice("default", "one device")
-    if requested in ("default", "mirrored", "multiworker", "tpu"):
+    if requested == "mirrored":
+        return Choice("mirrored", f"requested in the configuration; over {described}", pool)
+    if requested in ("default", "multiworker", "tpu"):
         return Choice(requested, "requested in the configuration")
     raise StrategyError(f"unknown strategy {requested!r}")
 
@@ -144,10 +160,10 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
             choice = Choice("default", reason)
     if choice.kind == "multiworker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif choice.kind == "mirrored":  # the GPUs (one included), unless the configuration splits the CPU
-        logical = tf.config.list_logical_devices("GPU")
-        pool = logical if logical and cpu_devices <= 1 else tf.config.list_logical_devices("CPU")
-        devices = [d.name for d in pool]
+    elif choice.kind == "mirrored":  # over the pool `choose` named, so the reason says what runs
+        devices = [d.name for d in tf.config.list_logical_devices(choice.devices)]
+        if not devices:
+            raise StrategyError(f"no logical {choice.devices} device for MirroredStrategy ({choice.reason})")
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif choice.kind == "default":
         strategy = tf.distribute.get_strategy()
@@ -158,6 +174,8 @@ def create(requested: str, cpu_devices: int = 0, env: Mapping[str, str] | None =
         "reason": reason,
         "replicas": int(strategy.num_replicas_in_sync),
     }
+    if choice.kind == "mirrored":
+        described["devices"] = list(strategy.extended.worker_devices)
     if choice.kind == "multiworker":
         task = task_of(env.get("TF_CONFIG"))
         described["task"] = f"{task[0]} {task[1]}" if task else "worker 0"

@@ -29,6 +29,7 @@ from .config import ConfigError, TrainConfig, check_cv_folds, check_outside
 
 VALIDATION_FRACTION = 0.2
 WARMUP_EXAMPLES = 8
+PUBLISH_ATTEMPTS = 5  # gate + publish rounds when other runs keep publishing versions in between
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "run_training"]
 
@@ -153,21 +154,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
 
     # The gate: the version in the repository now, scored like the server would run it, on the same data.
     t0 = time.perf_counter()
-    try:
-        current = gate_module.evaluate_current(
-            config.repository, config.model_name, dataset.input_name, dataset.x_test, dataset.y_test,
-            dataset.num_classes, task, dataset.vocabulary, dataset.texts_test,
-        )  # fmt: skip
-        baseline_error = None
-    except gate_module.BaselineError as exc:
-        if enforce_gate:
-            raise
-        current, baseline_error = None, str(exc)
-    decision = gate_module.decide(
-        metrics, current[1] if current else None, config.gate, current[0] if current else None, enforce_gate
-    )
-    if baseline_error:
-        decision = dataclasses.replace(decision, reason=f"current version not comparable: {baseline_error}")
+    decision, current, compared = _gate(config, dataset, metrics, enforce_gate)
     gate_seconds = time.perf_counter() - t0
 
     trials = [dataclasses.asdict(t) for t in tuned.trials]
@@ -185,7 +172,8 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         else None
     )
     lower_is_better = objective.direction == "min"
-    if not decision.publish:
+
+    def rejected(decision: gate_module.Decision) -> TrainResult:
         print("", file=out)
         print(summary.format_summary(trials, metrics, None, None, objective.name, decision.reason, lower_is_better),
               file=out)  # fmt: skip
@@ -194,6 +182,9 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
             version=None, path=None, metrics=metrics, hyperparameters=tuned.hyperparameters, trials=trials,
             work_dir=work_dir, decision=decision, strategy=strategy_info,
         )  # fmt: skip
+
+    if not decision.publish:
+        return rejected(decision)
 
     metadata = {
         "model_name": config.model_name,
@@ -251,9 +242,30 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
             "python": platform.python_version(),
         },
     }
-    version, path = publish.publish_model(
-        config.repository, config.model_name, model, metadata, dataset.x_test[:WARMUP_EXAMPLES]
-    )
+    # The publish happens only while the version the gate compared with is still the latest: another run may
+    # have published one meanwhile, and this candidate must not land above a version it was never compared with.
+    # It is gated again against that one (for `kerve train` too, so kerve.json records the comparison truly).
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            version, path = publish.publish_model(
+                config.repository, config.model_name, model, metadata, dataset.x_test[:WARMUP_EXAMPLES],
+                expected_latest=compared,
+            )  # fmt: skip
+            break
+        except repository.LatestChangedError as exc:
+            if attempt == PUBLISH_ATTEMPTS:
+                raise repository.RepositoryError(
+                    f"{exc}; gave up after {attempt} attempts: other runs keep publishing {config.model_name}"
+                ) from exc
+            print(f"Version {exc.latest} was published while this run was gating: gating again against it", file=out)
+            t0 = time.perf_counter()
+            decision, current, compared = _gate(config, dataset, metrics, enforce_gate)
+            gate_seconds += time.perf_counter() - t0
+            if not decision.publish:
+                return rejected(decision)
+            metadata["gate"] = {**decision.to_json(), "baseline_metrics": current[1] if current else None}
+            metadata["durations"]["gate_seconds"] = round(gate_seconds, 3)
+            metadata["durations"]["total_seconds_before_publish"] = round(time.perf_counter() - started, 3)
 
     print("", file=out)
     print(summary.format_summary(trials, metrics, version, path, objective.name, decision.reason, lower_is_better),
@@ -269,3 +281,26 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         decision=decision,
         strategy=strategy_info,
     )
+
+
+def _gate(
+    config: TrainConfig, dataset: data_module.Dataset, metrics: dict[str, Any], enforce_gate: bool
+) -> tuple[gate_module.Decision, tuple[int, dict[str, Any]] | None, int | None]:
+    """(decision, (version, metrics) of the current version or None, the latest version the gate looked at).
+
+    A current version that cannot be compared (other inputs or outputs) fails `kerve retrain` (BaselineError);
+    `kerve train` publishes regardless and records why in the decision's reason."""
+    try:
+        current = gate_module.evaluate_current(
+            config.repository, config.model_name, dataset.input_name, dataset.x_test, dataset.y_test,
+            dataset.num_classes, dataset.task, dataset.vocabulary, dataset.texts_test,
+        )  # fmt: skip
+    except gate_module.BaselineError as exc:
+        if enforce_gate:
+            raise
+        decision = gate_module.decide(metrics, None, config.gate, None, enforced=False)
+        return dataclasses.replace(decision, reason=f"current version not comparable: {exc}"), None, exc.version
+    decision = gate_module.decide(
+        metrics, current[1] if current else None, config.gate, current[0] if current else None, enforce_gate
+    )
+    return decision, current, current[0] if current else None

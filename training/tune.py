@@ -11,7 +11,7 @@ import keras
 import keras_tuner
 import numpy as np
 import tensorflow as tf
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 
 from . import crossval
 
@@ -110,9 +110,9 @@ def make_tuner(
             hypermodel, max_trials=max_trials, num_initial_points=min(2, max_trials), **common
         )
     if kind == "hyperband":
-        return keras_tuner.Hyperband(
-            hypermodel, max_epochs=max(2, max_epochs), factor=3, hyperband_iterations=1, **common
-        )
+        if max_epochs < 2:  # TrainConfig.validate refuses it first (exit 2); never train more than asked
+            raise ValueError(f"the hyperband tuner needs max_epochs >= 2, got {max_epochs}")
+        return keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, hyperband_iterations=1, **common)
     raise ValueError(f"unknown tuner {kind!r}: choose from {list(TUNERS)}")
 
 
@@ -170,13 +170,11 @@ def search(
         raise TuningError(f"no tuning trial completed out of {len(trials)}; last failure:\n{detail[-4000:]}")
 
     best_trial = tuner.oracle.get_best_trials(1)[0]
-    best_epoch = best_trial.best_step if best_trial.best_step is not None else epochs - 1
-    if best_trial.metrics.exists(crossval.BEST_EPOCH):  # the mean of the folds' best epochs
-        best_epoch = max(0, round(best_trial.metrics.get_last_value(crossval.BEST_EPOCH)) - 1)
+    best_epochs = trial_best_epochs(best_trial)
     return TuneResult(
         best_hp=best_trial.hyperparameters,
         hyperparameters=dict(best_trial.hyperparameters.values),
-        best_epochs=int(best_epoch) + 1,
+        best_epochs=best_epochs if best_epochs is not None else epochs,
         trials=trials,
         seconds=time.perf_counter() - started,
         best_trial_id=best_trial.trial_id,
@@ -192,19 +190,26 @@ def summarize_trials(oracle: keras_tuner.Oracle) -> list[TrialSummary]:
                 trial_id=trial_id,
                 status=str(trial.status),
                 score=None if trial.score is None else float(trial.score),
-                best_epoch=(
-                    round(trial.metrics.get_last_value(crossval.BEST_EPOCH))
-                    if cross_validated
-                    else None
-                    if trial.best_step is None
-                    else int(trial.best_step) + 1
-                ),  # fmt: skip
+                best_epoch=trial_best_epochs(trial),
                 hyperparameters=dict(trial.hyperparameters.values),
                 fold_scores=tuple(crossval.fold_scores(trial.metrics)),
                 score_std=float(trial.metrics.get_last_value(crossval.STD)) if cross_validated else None,
             )
         )
     return summaries
+
+
+def trial_best_epochs(trial: Trial) -> int | None:
+    """How many epochs from scratch the trial's model had trained at its best epoch; None when it never scored.
+
+    `best_step` counts from where the trial's own fit started: a Hyperband trial resumes a model of the
+    previous round at `tuner/initial_epoch` (its fit runs epochs k, k+1, ... but reports steps 0, 1, ...), so
+    that many epochs come first. Cross-validated trials record the mean of the folds' best epochs instead."""
+    if trial.metrics.exists(crossval.BEST_EPOCH):
+        return max(1, round(trial.metrics.get_last_value(crossval.BEST_EPOCH)))
+    if trial.best_step is None:
+        return None
+    return int(trial.hyperparameters.values.get("tuner/initial_epoch", 0)) + int(trial.best_step) + 1
 
 
 def _trial_order(trial_id: str) -> tuple[int, str]:

@@ -53,8 +53,9 @@ def test_mirrored_strategy_on_two_cpu_devices_trains_exports_and_serves(tmp_path
         "name": "MirroredStrategy",
         "kind": "mirrored",
         "requested": "mirrored",
-        "reason": "requested in the configuration",
+        "reason": "requested in the configuration; over 2 logical CPU devices",
         "replicas": 2,
+        "devices": ["/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:1"],
     }
     output = meta["signature"]["outputs"][0]
     d = data.load_digits_split(seed=0)
