@@ -15,6 +15,7 @@ and only against a server on this host that serves the extension (``--shared-mem
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -29,9 +30,25 @@ import numpy as np
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, ServerError, UnavailableError
+from .errors import InvalidArgumentError, ResourceExhaustedError, ServerError, UnavailableError
 
 SHM_ROOT = Path("/dev/shm")
+
+
+def reserve(fd: int, byte_size: int) -> None:
+    """Give the object its pages now. ftruncate alone makes a sparse object: writing past what /dev/shm can hold
+    (64 MiB by default in a container) is then a SIGBUS, which kills the process instead of raising."""
+    try:
+        os.posix_fallocate(fd, 0, byte_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: sparse as before
+            return
+        raise ResourceExhaustedError(
+            f"cannot reserve {byte_size} bytes of shared memory in {SHM_ROOT}: {exc.strerror}; free some or make "
+            f"{SHM_ROOT} larger (a container's default is 64 MiB)"
+        ) from None
+
+
 SHM_REGION = "shared_memory_region"  # an input tensor's parameters naming its place (Triton's names)
 SHM_OFFSET = "shared_memory_offset"
 SHM_BYTE_SIZE = "shared_memory_byte_size"
@@ -83,6 +100,7 @@ class SharedMemoryRegion:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, byte_size)
+            reserve(fd, byte_size)
             self._mapping: mmap.mmap | None = mmap.mmap(fd, byte_size)
         except BaseException:
             self._path.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import mmap
 import os
 import re
@@ -89,6 +90,7 @@ class SystemSharedMemory:
                     f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is past the end of "
                     f"{key!r} ({size} bytes)"
                 )
+            _reserve(fd, name, offset, byte_size)
             start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets are page-aligned
             mapping = mmap.mmap(fd, offset + byte_size - start, offset=start)
         except BaseException:
@@ -135,3 +137,18 @@ class SystemSharedMemory:
 
     def close(self) -> None:
         self.unregister("")
+
+
+def _reserve(fd: int, name: str, offset: int, byte_size: int) -> None:
+    """Make the region's pages real before anything touches them: a sparse object (a client's ftruncate alone)
+    that /dev/shm cannot fill turns the server's first write into an output into a SIGBUS, which kills the server
+    for every client. Where /dev/shm has no room, the region is refused instead."""
+    try:
+        os.posix_fallocate(fd, offset, byte_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: nothing to reserve
+            return
+        raise ServingError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"shared memory region {name!r}: cannot reserve its {byte_size} bytes: {exc.strerror}",
+        ) from None

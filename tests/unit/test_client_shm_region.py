@@ -3,13 +3,22 @@ an output is placed in it and read back from it."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kerve import codecs
-from kerve.client import InferStream, InvalidArgumentError, ServerError, SharedMemoryRegion, SharedTensor
+from kerve.client import (
+    InferStream,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServerError,
+    SharedMemoryRegion,
+    SharedTensor,
+)
 from kerve.client.wire import build_infer_request, parse_infer_response, shared_outputs
 from kerve.protos import grpc_service_pb2 as pb
 
@@ -173,3 +182,16 @@ def test_a_stream_refuses_outputs_in_shared_memory(region: SharedMemoryRegion) -
     """Its calls run concurrently with fixed outputs: all of them would write one place (a call places its own)."""
     with pytest.raises(InvalidArgumentError, match="place outputs in shared memory per call"):
         InferStream(object(), "m", outputs=[region.output("y")], timeout=1.0)  # type: ignore[list-item]
+
+
+def test_a_region_dev_shm_cannot_hold_is_a_typed_error_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sparse object would SIGBUS the process at the first write past /dev/shm's room: reserve or refuse."""
+    before = set(Path("/dev/shm").iterdir())
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(ResourceExhaustedError, match="cannot reserve 4096 bytes of shared memory"):
+        SharedMemoryRegion(4096)
+    assert set(Path("/dev/shm").iterdir()) == before

@@ -3,6 +3,8 @@ written into a region. The registry is rooted at a temporary directory standing 
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +204,23 @@ def test_the_number_of_regions_is_bounded(shm: SystemSharedMemory, monkeypatch: 
     assert code is ErrorCode.RESOURCE_EXHAUSTED and "2 shared memory regions are registered" in message
     shm.unregister("a")
     shm.register("c", "/data", 16, 8)
+
+
+def test_a_region_dev_shm_cannot_hold_is_refused_not_left_to_sigbus(
+    shm: SystemSharedMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    code, message = code_of(lambda: shm.register("r", "/data", 0, 64))
+    assert code is ErrorCode.RESOURCE_EXHAUSTED
+    assert message == "shared memory region 'r': cannot reserve its 64 bytes: No space left on device"
+    assert shm.status() == []  # nothing registered, its descriptor closed
+
+
+def test_registering_reserves_the_regions_pages(shm: SystemSharedMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, length: calls.append((offset, length)))
+    shm.register("r", "/data", 4099, 64)
+    assert calls == [(4099, 64)]
