@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,6 +118,7 @@ class Client:
         self._channel = self.options.sync_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._closed = False
+        self._closing = threading.Event()  # set by close(): wakes a retry's backoff, so it ends at once
 
     def _call(
         self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
@@ -125,13 +127,19 @@ class Client:
         metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         def attempt(remaining: float | None) -> Any:
+            _check_open(self._closed)  # closed during a retry's backoff: the typed error, not grpc's ValueError
             try:
                 return method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
+            except ValueError:  # "Cannot invoke RPC on closed channel!": closed between the check and the call
+                _check_open(self._closed)
+                raise
 
         policy = self.options.retry if retry else NO_RETRY
-        return call_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
+        return call_with_retry(
+            attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng, sleep=self._closing.wait
+        )
 
     def live(self, timeout: float | None = None) -> bool:
         return bool(self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live)
@@ -368,6 +376,7 @@ class Client:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -408,6 +417,7 @@ class AsyncClient:
         self._channel = self.options.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._closed = False
+        self._closing = asyncio.Event()  # set by close(): wakes a retry's backoff, so it ends at once
 
     async def _call(
         self, method: Any, request: Any, timeout: float | None, *, retry: bool = True, headers: Headers | None = None
@@ -416,6 +426,7 @@ class AsyncClient:
         metadata = self.options.metadata_for(headers)  # once: every attempt resends the same
 
         async def attempt(remaining: float | None) -> Any:
+            _check_open(self._closed)  # closed during a retry's backoff: the typed error, not grpc's UsageError
             try:
                 return await method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as exc:
@@ -429,7 +440,12 @@ class AsyncClient:
                 raise CancelledError("the client was closed while the call was in flight", "CANCELLED") from None
 
         policy = self.options.retry if retry else NO_RETRY
-        return await acall_with_retry(attempt, policy, self.timeout if timeout is None else timeout, rng=self._rng)
+        budget = self.timeout if timeout is None else timeout
+        return await acall_with_retry(attempt, policy, budget, rng=self._rng, sleep=self._backoff)
+
+    async def _backoff(self, delay: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):  # the backoff ran out: the usual case
+            await asyncio.wait_for(self._closing.wait(), delay)
 
     async def live(self, timeout: float | None = None) -> bool:
         return bool((await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live)
@@ -618,6 +634,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
+        self._closing.set()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:

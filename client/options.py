@@ -183,7 +183,7 @@ def call_with_retry(
     timeout_s: float | None,
     *,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
     rng: random.Random | None = None,
 ) -> T:
     """Run `attempt(timeout_for_this_attempt)` until it succeeds, the policy gives up or the deadline passes.

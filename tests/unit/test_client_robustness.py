@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from kerve.client import (
     Client,
     DeadlineExceededError,
     ResourceExhaustedError,
+    RetryPolicy,
     ServerError,
 )
 from kerve.client.options import NO_RETRY
@@ -254,3 +256,50 @@ def test_a_task_cancelled_by_its_owner_stays_cancelled() -> None:
                 return call.cancelled()
 
         assert asyncio.run(main()) is True
+
+
+class Unavailable(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self) -> None:
+        self.failed = threading.Event()
+
+    def ServerLive(self, request: Any, context: Any) -> Any:
+        self.failed.set()
+        context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+
+
+def test_closing_during_a_retrys_backoff_ends_the_call_with_the_typed_cancelled_error() -> None:
+    """The retry loop slept its backoff, then called the closed channel: grpc's ValueError (sync) or UsageError
+    (aio) escaped, after the whole backoff. close() now wakes the backoff and the call ends typed, at once."""
+    slow = RetryPolicy(max_attempts=5, initial_backoff_s=30.0, max_backoff_s=30.0, jitter=0.0)
+    servicer = Unavailable()
+    with in_process_v2_server(servicer, workers=2) as target:
+        client = Client(target, retry=slow)
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.live(timeout=60)
+            except BaseException as exc:  # noqa: BLE001  # what the caller gets, whatever it is
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert servicer.failed.wait(10)
+        client.close()
+        caller.join(10)  # far below the 30 s backoff: close() woke it
+        assert not caller.is_alive()
+        assert isinstance(outcome[0], CancelledError) and "closed" in str(outcome[0])
+
+        servicer.failed.clear()
+
+        async def main() -> BaseException:
+            aclient = AsyncClient(target, retry=slow)
+            call = asyncio.ensure_future(aclient.live(timeout=60))
+            await asyncio.get_running_loop().run_in_executor(None, servicer.failed.wait, 10)
+            await asyncio.sleep(0.05)  # usually into the backoff; closed in flight instead, it must end typed too
+            await aclient.close()
+            with pytest.raises(CancelledError) as info:
+                await asyncio.wait_for(call, 10)
+            return info.value
+
+        assert "closed" in str(asyncio.run(main()))
