@@ -24,6 +24,7 @@ from . import wire
 from .errors import CancelledError, DeadlineExceededError, UnavailableError, from_rpc_error
 from .options import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_TIMEOUT_S,
     NO_RETRY,
     Headers,
     Keepalive,
@@ -161,7 +162,7 @@ class Client:
 
     def wait_ready(self, deadline_s: float = 60.0, model: str | None = None) -> None:
         """Poll readiness until it holds or deadline_s passes (then UnavailableError)."""
-        end = time.monotonic() + deadline_s
+        end = time.monotonic() + _check_deadline(deadline_s)
         delay = 0.05
         while True:
             remaining = end - time.monotonic()
@@ -467,7 +468,7 @@ class AsyncClient:
             return False
 
     async def wait_ready(self, deadline_s: float = 60.0, model: str | None = None) -> None:
-        end = time.monotonic() + deadline_s
+        end = time.monotonic() + _check_deadline(deadline_s)
         delay = 0.05
         while True:
             remaining = end - time.monotonic()
@@ -642,6 +643,13 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _check_deadline(deadline_s: float) -> float:
+    """wait_ready's bound: NaN never compares <= 0 (the loop never ended), inf never passes."""
+    if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not 0 <= deadline_s <= MAX_TIMEOUT_S:
+        raise ValueError(f"deadline_s must be a number of seconds in [0, {MAX_TIMEOUT_S:g}], got {deadline_s!r}")
+    return float(deadline_s)
 
 
 def _check_open(closed: bool) -> None:

@@ -126,9 +126,12 @@ class _Requests:
         timeout: float | None,
         priority: int = 0,
         outputs: Sequence[str | SharedOutput] | None = None,
+        request_id: str | None = None,
     ) -> tuple[pb.ModelInferRequest, dict[str, SharedOutput]]:
         """The message without its id (`claim` gives it one, where the stream can check it is free), and the
-        outputs it places in shared memory, to parse its answer with. `outputs` None or empty: the stream's."""
+        outputs it places in shared memory, to parse its answer with. `outputs` None or empty: the stream's. The
+        size check counts the caller's `request_id` (set later): a long one would otherwise take the message over
+        the limit unchecked, and gRPC would fail the whole stream."""
         chosen = tuple(outputs) if outputs else self.outputs
         if timeout is not None:
             check_timeout(timeout)
@@ -143,8 +146,9 @@ class _Requests:
             timeout=timeout,
         )
         limit = self.max_message_bytes
-        if limit is not None and _payload_bytes(inputs) + _HEADROOM > limit:
-            size = request.ByteSize()  # near the limit, or not known from the arrays: measured
+        id_bytes = len(request_id.encode("utf-8", "surrogatepass")) + 16 if isinstance(request_id, str) else 32
+        if limit is not None and _payload_bytes(inputs) + id_bytes + _HEADROOM > limit:
+            size = request.ByteSize() + id_bytes  # near the limit, or not known from the arrays: measured
             if size > limit:  # gRPC would fail the whole stream, every other call on it included
                 raise ResourceExhaustedError(
                     f"the message is {size} bytes, more than the channel's max_message_bytes ({limit}): it was not "
@@ -235,7 +239,7 @@ class InferStream:
         message's id (the result's `id`); a ValueError, with nothing sent, while another call with that id is in
         flight. None or "": a generated one (a decimal number)."""
         timeout = self.timeout if timeout is None else timeout
-        request, shared = self._builder.build(inputs, timeout, priority, outputs)
+        request, shared = self._builder.build(inputs, timeout, priority, outputs, request_id)
         future: Future[pb.ModelInferResponse] = Future()
         with self._lock:
             if self._closed:
@@ -275,7 +279,8 @@ class InferStream:
         with self._lock:
             self._closed = True
             self._requests.put(_END)
-        self._reader.join(max(0.0, grace_s))
+        # Thread.join overflows past TIMEOUT_MAX (math.inf included): wait without a bound instead, as the async twin
+        self._reader.join(None if grace_s >= threading.TIMEOUT_MAX else max(0.0, grace_s))
         if self._reader.is_alive():
             self._call.cancel()
             self._reader.join()
@@ -389,7 +394,7 @@ class AsyncInferStream:
     ) -> InferResult:
         """As `InferStream.infer`."""
         timeout = self.timeout if timeout is None else timeout
-        request, shared = self._builder.build(inputs, timeout, priority, outputs)
+        request, shared = self._builder.build(inputs, timeout, priority, outputs, request_id)
         if self._closed:
             raise CancelledError("the stream is closed")
         if self._error is not None:

@@ -428,7 +428,10 @@ def load_model_request(
     if config is None:
         return request
     if isinstance(config, ModelConfig):
-        text = json_format.MessageToJson(config_message(config))
+        try:  # an edit the message cannot hold: a datatype or kind Triton has no name for, NaN, out of range
+            text = json_format.MessageToJson(config_message(config))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"load config for model {model!r} cannot be sent: {exc}") from None
     elif isinstance(config, Mapping):
         try:
             text = json.dumps(dict(config), allow_nan=False)

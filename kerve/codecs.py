@@ -106,7 +106,10 @@ def wire_array(value: Any) -> tuple[np.ndarray, str]:
     numpy's fixed-width unicode strings become BYTES elements. Strings and bytes given as lists (or alone) become
     an object array of them as they are: numpy's fixed-width types would drop their trailing NUL bytes (a
     serialized protobuf ending in 0x00 would arrive one byte short)."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # a ragged list: no array to send, the caller's input at fault
+        raise CodecError(f"cannot be made into an array: {exc}") from None
     if array.dtype.kind in "SU" and not isinstance(value, np.ndarray):
         array = np.array(value, dtype=object)
     if array.dtype.kind == "U":

@@ -153,3 +153,17 @@ def test_clients_send_back_what_they_read(reporting: tuple[str, Reporting]) -> N
     assert servicer.loads[1].max_batch_size == 4
     assert all(load.version_policy == servicer.config.version_policy for load in servicer.loads)
     assert all(load.output == servicer.config.output for load in servicer.loads)
+
+
+def test_an_edit_the_message_cannot_hold_is_invalid_argument_before_sending() -> None:
+    read = parse_config(pb.ModelConfigResponse(config=reported(server_config.VersionPolicy())))
+    group = read.instance_groups[0]
+    edits = [
+        dataclasses.replace(read, inputs=(TensorConfig("x", "FLOAT32", (3,)),)),  # no such Triton datatype
+        dataclasses.replace(read, max_queue_delay_s=float("nan")),
+        dataclasses.replace(read, max_batch_size=2**40),  # an int32 field
+        dataclasses.replace(read, instance_groups=(dataclasses.replace(group, kind="cpu"),)),  # KIND_CPU is upper
+    ]
+    for edited in edits:
+        with pytest.raises(InvalidArgumentError, match="load config for model 'm' cannot be sent"):
+            load_model_request("m", edited)

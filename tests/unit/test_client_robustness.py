@@ -21,6 +21,7 @@ from kerve.client import (
     CancelledError,
     Client,
     DeadlineExceededError,
+    InvalidArgumentError,
     ResourceExhaustedError,
     RetryPolicy,
     ServerError,
@@ -140,11 +141,16 @@ def test_a_stream_message_over_the_channels_limit_fails_alone_and_the_stream_goe
             with pytest.raises(ResourceExhaustedError, match="more than the channel's max_message_bytes"):
                 stream.infer({"x": big})
             assert stream.infer({"x": small * 2}).outputs["x"].tolist() == (small * 2).tolist()
+            with pytest.raises(ResourceExhaustedError):  # the id counts: a small message with a 1 MiB id
+                stream.infer({"x": small}, request_id="r" * (1 << 20))
+            assert stream.infer({"x": small}).outputs["x"].tolist() == small.tolist()
 
         async def main() -> list[float]:
             async with AsyncClient(target, max_message_bytes=1 << 20) as client, client.stream("m") as stream:
                 with pytest.raises(ResourceExhaustedError):
                     await stream.infer({"x": big})
+                with pytest.raises(ResourceExhaustedError):
+                    await stream.infer({"x": small}, request_id="r" * (1 << 20))
                 return (await stream.infer({"x": small})).outputs["x"].tolist()
 
         assert asyncio.run(main()) == small.tolist()
@@ -303,3 +309,31 @@ def test_closing_during_a_retrys_backoff_ends_the_call_with_the_typed_cancelled_
             return info.value
 
         assert "closed" in str(asyncio.run(main()))
+
+
+class ReadyEcho(Echo):
+    def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=True)
+
+
+def test_bounds_that_no_loop_or_join_can_take_are_handled() -> None:
+    """wait_ready(deadline_s=nan) looped forever; a sync stream's close(grace_s=inf) raised OverflowError from
+    Thread.join instead of waiting, as the async twin does; a ragged list escaped as a bare ValueError."""
+    with in_process_v2_server(ReadyEcho(), workers=2) as target, Client(target) as client:
+        for bad in (math.nan, math.inf, -1.0, "5"):
+            with pytest.raises(ValueError, match="deadline_s"):
+                client.wait_ready(deadline_s=bad)  # type: ignore[arg-type]
+        client.wait_ready(deadline_s=0)  # one look: the server is up
+        stream = client.stream("m")
+        assert stream.infer({"x": np.ones(2, np.float32)}).outputs["x"].tolist() == [1.0, 1.0]
+        stream.close(grace_s=math.inf)  # nothing pending: returns once the reader ends
+        with pytest.raises(InvalidArgumentError, match="input 'x': cannot be made into an array"):
+            client.predict("m", {"x": [[1, 2], [3]]})
+
+    async def main() -> None:
+        async with AsyncClient(target) as aclient:
+            with pytest.raises(ValueError, match="deadline_s"):
+                await aclient.wait_ready(deadline_s=math.nan)
+
+    with in_process_v2_server(Echo(), workers=2) as target:
+        asyncio.run(main())
