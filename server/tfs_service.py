@@ -46,7 +46,7 @@ from .errors import ErrorCode, ServingError, first_line, invalid, not_found
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState
 from .trace import trace_context
-from .types import InferRequest
+from .types import InferRequest, InferResponse
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -322,7 +322,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise
             for infer, _, _ in built:
                 infer.version, infer.label = pinned, None
-            answers = await asyncio.gather(*(self.engine.infer(infer) for infer, _, _ in built), return_exceptions=True)
+            answers = await self._run_pinned([infer for infer, _, _ in built])
             response = inference_pb2.MultiInferenceResponse()
             for (infer, key, method), answer in zip(built, answers, strict=True):
                 if isinstance(answer, BaseException):
@@ -337,6 +337,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
         except ServingError as exc:
             await _abort(context, exc)
+            raise
+
+    async def _run_pinned(self, requests: list[InferRequest]) -> list[InferResponse | BaseException]:
+        """Start every task in this loop turn, right after the version was resolved: each reserves the version as
+        it starts, so a hot reload cannot unload it in between (tasks started one loop turn later by a gather
+        asked for a version that was already unloading, and failed UNAVAILABLE)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[InferResponse]] = []
+        calls = []
+        try:
+            for infer in requests:
+                future: asyncio.Future[InferResponse] = loop.create_future()
+                calls.append(self.engine.start(infer, future))
+                futures.append(future)
+            return await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:  # one refused up front, or the client went away: the others stop too
+            for call in calls:
+                call.cancel()
             raise
 
     async def _task_request(

@@ -301,3 +301,31 @@ def test_a_label_for_a_version_that_fails_to_load_is_refused_and_stays(tfs, mode
         "Request to assign label to version 3 of model ex, which is not currently available for inference"
     )
     assert _predict_by_label(tfs, "stable").model_spec.version.value == 1  # the label stayed where it served
+
+
+def test_multi_inference_tasks_reserve_the_pinned_version_before_a_reload_can_unload_it() -> None:
+    """The tasks of one MultiInference start in the loop turn that resolved the version: a gather started them a
+    turn later, after a hot reload had already marked that version unloading (UNAVAILABLE under publishes)."""
+    from kerve.server.tfs_service import PredictionServicer
+    from kerve.server.types import InferRequest, InferResponse
+
+    class Engine:
+        def __init__(self) -> None:
+            self.unloading = False
+
+        def start(self, request: InferRequest, future: asyncio.Future) -> SimpleNamespace:
+            if self.unloading:
+                raise ServingError(ErrorCode.UNAVAILABLE, f"model 'm' version {request.version} is unloading")
+            future.set_result(InferResponse(model="m", version=request.version or 0, outputs={}))
+            return SimpleNamespace(cancel=lambda: None)
+
+    engine = Engine()
+    servicer = PredictionServicer(None, engine)  # type: ignore[arg-type]
+
+    async def main() -> list:
+        asyncio.get_running_loop().call_soon(setattr, engine, "unloading", True)  # the reload's next step
+        requests = [InferRequest(model="m", version=3, inputs={}, signature=key) for key in ("a", "b")]
+        return await servicer._run_pinned(requests)
+
+    answers = asyncio.run(main())
+    assert [a.version for a in answers] == [3, 3]
