@@ -415,6 +415,7 @@ class ModelManager:
             if not record.versions and not (self.repository / name).is_dir() and self._models.get(name) is record:
                 self._set_model_error(record, "")
                 del self._models[name]
+                self._metrics.forget_model(name)
 
     def _settled_labels(self, record: _Model, config: ModelConfig, on_disk: Collection[int]) -> dict[str, int]:
         """config.yaml's labels, except that a label whose new version did not come up (failed, not on disk)

@@ -244,6 +244,16 @@ class Metrics:
         """Drop the series of a version the server no longer knows, so removed versions do not linger."""
         for name in all_states:
             retire(self.model_state, model, str(version), name)
+        if version != "":
+            retire(self.load_seconds, model, str(version))
+
+    def forget_model(self, model: str) -> None:
+        """A model gone from the repository: its gauges go (a counter's total stays, as Prometheus expects of
+        counters), so models that come and go do not pile up series an autoscaler keeps reading as 0."""
+        with self._push_lock:  # a push must not set the in-flight series again from a tally dropped here
+            self._tallies.pop((self.inflight, (model,)), None)
+            retire(self.inflight, model)
+            retire(self.queue_depth, model)
 
 
 def retire(gauge: Gauge, *labels: str) -> None:

@@ -764,3 +764,33 @@ def test_version_strings_that_name_a_version() -> None:
     assert parse_version("m", "7") == 7
     assert parse_version("m", "007") == 7
     assert parse_version("m", "9" * 18) == int("9" * 18)
+
+
+def test_gauges_of_versions_and_models_removed_from_the_repository_go_with_them(tmp_path: Path) -> None:
+    """kerve_model_load_duration_seconds of deleted versions, and kerve_inflight_requests / kerve_queue_depth of
+    deleted models, stayed forever: series piled up with every publish-and-delete cycle."""
+    version(tmp_path, "m", 1)
+    version(tmp_path, "gone", 1)
+
+    def sample(manager: ModelManager, name: str, **labels: str) -> float | None:
+        manager._metrics.push()
+        return manager._metrics.registry.get_sample_value(name, labels)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        load = "kerve_model_load_duration_seconds"
+        assert sample(manager, load, model="m", version="1") is not None
+        assert sample(manager, "kerve_inflight_requests", model="gone") == 0.0
+        assert sample(manager, "kerve_queue_depth", model="gone") == 0.0
+        version(tmp_path, "m", 2)
+        await manager.poll()
+        shutil.rmtree(tmp_path / "m" / "1")
+        shutil.rmtree(tmp_path / "gone")
+        await manager.poll()
+        assert sample(manager, load, model="m", version="1") is None
+        assert sample(manager, load, model="m", version="2") is not None
+        assert sample(manager, "kerve_inflight_requests", model="gone") is None
+        assert sample(manager, "kerve_queue_depth", model="gone") is None
+        assert sample(manager, load, model="gone", version="1") is None
+        assert sample(manager, "kerve_inflight_requests", model="m") == 0.0
+
+    run(tmp_path, body)
