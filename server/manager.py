@@ -80,6 +80,9 @@ class ModelVersion:
     # version's state in metrics is the serving copy's
     published: bool = True
     failed_placement: Hashable = None  # a re-placement that failed: not retried unchanged
+    # a copy replaced by one of the same files (a new placement): its unload leaves the response cache, which the
+    # serving copy shares, and counts as no reload event (the version never stopped serving)
+    replaced: bool = False
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
     @property
@@ -468,6 +471,7 @@ class ModelManager:
                 continue
             new.stats = old.stats  # the same version to its clients: its statistics go on
             new.published, old.published = True, False
+            old.replaced = new.fingerprint == old.fingerprint
             record.versions[version] = new
             self._set_state(new, VersionState.READY)
             self._metrics.load_seconds.labels(record.name, str(version)).set(new.load_seconds)
@@ -547,7 +551,8 @@ class ModelManager:
             log.error("failed to load %s version %d from %s: %s", entry.model, entry.version, entry.path, entry.reason)
         else:
             self._set_state(entry, VersionState.READY)
-            self._metrics.reloads.labels(entry.model, "loaded").inc()
+            if entry.published:  # a copy loading beside the serving one (a new placement) is no reload
+                self._metrics.reloads.labels(entry.model, "loaded").inc()
             warmed = f", {entry.warmup_requests} warmup requests" if entry.warmup_requests else ""
             log.info("loaded %s version %d in %.2fs%s", entry.model, entry.version, time.monotonic() - started, warmed)
             self._warn_if_uncached(entry)
@@ -579,6 +584,9 @@ class ModelManager:
         entry.servable = None
         self._changes += 1
         self._set_state(entry, VersionState.UNLOADED)
+        if entry.replaced:
+            log.info("unloaded the replaced copy of %s version %d", entry.model, entry.version)
+            return
         self._metrics.reloads.labels(entry.model, "unloaded").inc()
         log.info("unloaded %s version %d", entry.model, entry.version)
         self._stale(entry)

@@ -794,3 +794,29 @@ def test_gauges_of_versions_and_models_removed_from_the_repository_go_with_them(
         assert sample(manager, "kerve_inflight_requests", model="m") == 0.0
 
     run(tmp_path, body)
+
+
+def test_a_re_placed_copy_leaves_the_versions_cache_and_counts_no_reload(tmp_path: Path) -> None:
+    """The old copy of a re-placed version shares the response cache owner (model, version, files) with the new
+    one: its unload emptied the cache of the copy now serving, and counted a load and an unload for a version
+    that never stopped serving."""
+    version(tmp_path, "m", 1)
+    forgotten: list[tuple[str, int]] = []
+
+    def events(manager: ModelManager, event: str) -> float | None:
+        labels = {"model": "m", "event": event}
+        return manager._metrics.registry.get_sample_value("kerve_model_reload_events_total", labels)
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        manager.forget = lambda entry: forgotten.append((entry.model, entry.version))
+        old = manager.resolve("m")
+        (tmp_path / "m" / "config.yaml").write_text("replicas: 1\n")
+        await manager.poll()
+        assert manager.resolve("m") is not old and old.state is VersionState.UNLOADED
+        assert forgotten == [] and events(manager, "loaded") == 1.0 and events(manager, "unloaded") is None
+        shutil.rmtree(tmp_path / "m" / "1")
+        version(tmp_path, "m", 2)
+        await manager.poll()  # a real unload still tells the engine and counts
+        assert forgotten == [("m", 1)] and events(manager, "unloaded") == 1.0
+
+    run(tmp_path, body)
