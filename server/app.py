@@ -7,9 +7,11 @@ health NOT_SERVING, stop accepting, let in-flight RPCs finish within the grace p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,12 +113,13 @@ class KerveServer:
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
         loader = ReplicaLoader(self.devices, settings.call_path)
         log.info("models are called through the %s path (--call-path %s)", loader.call_path, settings.call_path)
+        self.stopping = threading.Event()  # set on SIGTERM: a load in a worker thread stops warming up
         self.manager = ModelManager(
             settings.model_repository,
             loader,
             self.executor,
             self.metrics,
-            warmup=warmup.replay,
+            warmup=functools.partial(warmup.replay, stop=self.stopping),
             control=settings.model_control,
             after_change=heap.settle if settings.gc_freeze else None,
         )
@@ -248,12 +251,15 @@ class KerveServer:
             self.shared_memory.close()
 
     async def stop(self) -> None:
+        """Drain within the grace period, whatever is loading: health turns NOT_SERVING and new calls are refused
+        at once; in-flight calls, and model loads an RPC asked for, get the grace to finish; a load still warming
+        up stops at its next warmup request (SIGTERM waited for a whole load or warmup before)."""
         self.draining = True
-        await self.manager.close()
+        self.stopping.set()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining: finishing in-flight requests (grace %.1fs)", self.settings.grace_s)
-        await self.server.stop(self.settings.grace_s)
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        await asyncio.gather(self.server.stop(self.settings.grace_s), self.manager.close(self.settings.grace_s))
+        self.executor.shutdown(wait=True, cancel_futures=True)
         self._stop_metrics_pusher()
         self.tracer.close()
         if self.shared_memory is not None:
@@ -274,12 +280,22 @@ async def serve(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(server.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # SIGTERM while the first load runs: no reason to finish it before draining
+        log.info("stop requested while starting: stopping the initial load")
+        server.stopping.set()
+        starting.cancel()
     try:
-        await server.start()
+        await starting
+    except asyncio.CancelledError:
+        pass
     except BaseException:  # e.g. a --load-model name the repository lacks: close the port before exiting
+        stopped.cancel()
         await server.close_after_failed_start()
         raise
-    await stop.wait()
+    await stopped
     await server.stop()
     return 0
 

@@ -245,14 +245,19 @@ class ModelManager:
 
         self._poller = asyncio.get_running_loop().create_task(run(), name="kerve-repository-poll")
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop polling; let changes an RPC asked for settle rather than stop one halfway, for up to `timeout_s`
+        (None: however long they take): a server draining on SIGTERM must not outlast its grace period."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        if self._requested:  # changes whose RPC went away: let them settle rather than stop one halfway
-            await asyncio.gather(*self._requested, return_exceptions=True)
+        if self._requested:
+            _, pending = await asyncio.wait(set(self._requested), timeout=timeout_s)
+            if pending:
+                log.warning("%d model loads or unloads still running after %gs; stopping without them",
+                            len(pending), timeout_s)  # fmt: skip
 
     def require_explicit(self, what: str) -> None:
         if self.control != EXPLICIT:

@@ -10,6 +10,7 @@ warmup requests do not work would fail its clients too. Runs in the loader's wor
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,16 @@ def _run(servable: Any, request: InferRequest) -> None:
         run(request.inputs)
 
 
-def replay(model: str, version_dir: Path, servable: Any) -> int:
-    """Run the version's warmup requests, if it has any; return how many ran. Raises WarmupError."""
+def replay(model: str, version_dir: Path, servable: Any, stop: threading.Event | None = None) -> int:
+    """Run the version's warmup requests, if it has any; return how many ran. Raises WarmupError, also when
+    `stop` is set (the server is stopping: a warmup of minutes must not hold up its exit)."""
     path = warmup_file(version_dir)
     if not path.is_file():
         return 0
     records = read_records(path)
     for i, record in enumerate(records, start=1):
+        if stop is not None and stop.is_set():
+            raise WarmupError(f"the server is stopping: warmup ended after {i - 1} of {len(records)} requests")
         try:
             for request in decode_record(record, model):
                 _run(servable, request)
