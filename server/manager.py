@@ -219,16 +219,21 @@ class ModelManager:
         await self._sync_many(names)
         self.initial_load_done = True
 
-    async def poll(self) -> None:
+    async def poll(self, skip_busy: bool = False) -> None:
         """Apply the repository as it is now: new models and versions, removed ones, config changes.
 
-        Explicit control ignores polls: only the repository RPCs change what is served."""
+        Explicit control ignores polls: only the repository RPCs change what is served. `skip_busy` (the
+        poller's): leave out models whose last change is still running (a version draining a long request), to
+        the next poll after it ends."""
         if self.control != POLL:
             return
         if not self.repository.is_dir():  # an unmounted volume must not unload everything
             log.error("model repository %s is missing; keeping the loaded models", self.repository)
             return
-        await self._sync_many(sorted(set(repository.list_models(self.repository)) | set(self._models)))
+        names = sorted(set(repository.list_models(self.repository)) | set(self._models))
+        if skip_busy:
+            names = [name for name in names if name not in self._models or not self._models[name].lock.locked()]
+        await self._sync_many(names)
 
     def start_polling(self, interval_s: float) -> None:
         """Poll the repository every interval_s seconds (poll control only; 0 disables)."""
@@ -236,12 +241,20 @@ class ModelManager:
             return
 
         async def run() -> None:
-            while True:
-                await asyncio.sleep(interval_s)
-                try:
-                    await self.poll()
-                except Exception:  # the poller must survive anything the filesystem throws at it
-                    log.exception("repository poll failed")
+            # Each poll runs on its own, not awaited here: one version draining a long request (up to the drain
+            # timeout) must not hold up new versions of every other model; busy models sit the polls out.
+            polls: set[asyncio.Task[None]] = set()
+            try:
+                while True:
+                    await asyncio.sleep(interval_s)
+                    task = asyncio.ensure_future(self.poll(skip_busy=True))
+                    polls.add(task)
+                    task.add_done_callback(polls.discard)
+                    task.add_done_callback(_log_poll_failure)
+            finally:
+                for task in polls:
+                    task.cancel()
+                await asyncio.gather(*polls, return_exceptions=True)
 
         self._poller = asyncio.get_running_loop().create_task(run(), name="kerve-repository-poll")
 
@@ -735,6 +748,12 @@ class ModelManager:
         entry.inflight -= 1
         if entry.inflight == 0 and entry._drained is not None:
             entry._drained.set()
+
+
+def _log_poll_failure(task: asyncio.Task[None]) -> None:
+    """The poller must survive anything the filesystem throws at it: a failed poll is logged, the next one runs."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("repository poll failed", exc_info=task.exception())
 
 
 def _log_orphaned_failure(task: asyncio.Task[None]) -> None:

@@ -820,3 +820,30 @@ def test_a_re_placed_copy_leaves_the_versions_cache_and_counts_no_reload(tmp_pat
         assert forgotten == [("m", 1)] and events(manager, "unloaded") == 1.0
 
     run(tmp_path, body)
+
+
+def test_a_version_draining_a_long_request_does_not_hold_up_other_models(tmp_path: Path) -> None:
+    """The poller awaited each whole poll, and a poll awaited every model's drain: one version with a long request
+    in flight kept every other model's new versions unloaded for up to the drain timeout."""
+    version(tmp_path, "a", 1)
+    version(tmp_path, "b", 1)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):  # bounded: 10 s of polls at most
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
+
+    async def body(manager: ModelManager, _loader: Loader) -> None:
+        held = manager.acquire("a")  # a long request on a/1
+        manager.start_polling(0.01)
+        version(tmp_path, "a", 2)
+        await until(lambda: held.state is VersionState.UNLOADING)  # a/2 serves, a/1 drains its request
+        version(tmp_path, "b", 2)
+        await until(lambda: manager.ready_versions("b") == [2])
+        assert held.state is VersionState.UNLOADING  # still draining: b did not wait for it
+        manager.release(held)
+        await until(lambda: held.state is VersionState.UNLOADED)
+
+    run(tmp_path, body)
