@@ -491,6 +491,7 @@ class Batcher:
         self._kick_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_req: _Request | None = None
+        self._hold_until = math.inf  # when the armed hold timer fires
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
         # queue policies, by priority level (index 0: a batcher without levels)
@@ -597,9 +598,14 @@ class Batcher:
             raise unavailable(f"{self._label} is draining; not accepting new requests")
         n, key = _signature(inputs)
         limit = self._config.max_queued
-        if self._queued + n > limit:
+        if self._queued + n > limit and not (n > limit and self._queued == 0):
+            # a request larger than the whole queue is taken when the queue is empty (split into batches): refused
+            # even then, it could never run, though RESOURCE_EXHAUSTED tells its client to retry
             if n > limit:
-                message = f"{self._label}: request has {n} samples, more than max_queued={limit}"
+                message = (
+                    f"{self._label}: request has {n} samples, more than max_queued={limit}; it is taken when "
+                    "nothing else is queued, retry later"
+                )
             else:
                 message = (
                     f"{self._label}: queue is full ({self._queued} samples queued, max_queued={limit}); retry later"
@@ -638,16 +644,20 @@ class Batcher:
         queue.append(req)
         self._queued += n
         self._waiting[level] += 1
-        if timeout or (deadline is not None and self._ranked):
+        if timeout or deadline is not None:
             req.key = key
         if timeout:
             req.expires = now + timeout
             req.own_timeout = own
             self._push_expiry(req.expires, _TIMEOUT, req)
-        if deadline is not None and self._ranked:
-            # a lower level, or a delayed request, waits as long as others keep the replicas busy: its deadline
-            # needs a timer of its own (FIFO queues reach every deadline in turn, in `_form`)
+        if deadline is not None:
+            # a timer of its own, FIFO queues included: waiting behind busy replicas, an expired request would
+            # count against max_queued and hear DEADLINE_EXCEEDED only once it reached the head
             self._push_expiry(deadline, _DEADLINE, req)
+        if self._timer is not None and min(req.expires, math.inf if deadline is None else deadline) < self._hold_until:
+            # a replica idles while the head is held for a fuller batch: this request cannot wait that long
+            self._cancel_timer()
+            loop.call_soon(self._dispatch, True)
         if self._idle and not self._kick_scheduled:
             # call_soon, not a direct dispatch: every request made runnable in this loop turn joins the batch.
             self._kick_scheduled = True
@@ -752,14 +762,17 @@ class Batcher:
         now = self._clock()
         if self._in_flight == 0 and now >= self._warm_until:
             return False  # cold: latency first
-        wait = head.arrival + delay - now
-        if wait <= 0:
+        until = head.arrival + delay
+        if until <= now:
             return False
+        if min(head.expires, math.inf if head.deadline is None else head.deadline) <= until:
+            return False  # it would time out held while a replica idles: run it now
         if self._timer_req is not head:
             self._cancel_timer()
             assert self._loop is not None
             self._timer_req = head
-            self._timer = self._loop.call_later(wait, self._on_timer, head)
+            self._hold_until = until
+            self._timer = self._loop.call_later(until - now, self._on_timer, head)
         return True
 
     def _on_timer(self, head: _Request) -> None:

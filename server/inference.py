@@ -140,10 +140,13 @@ class InferenceEngine:
         if REQUESTS.verbose:
             REQUESTS.logger.debug("%s request for %s rejected: %s: %s", protocol, model, error.code.value, error)
 
-    def _run_alone(self, call: Call, signature: Any, inputs: dict[str, Any], output_names: list[str]) -> None:
-        """A request that does not go through a batcher: one model call in a worker thread, one hop back."""
+    def _run_alone(
+        self, call: Call, signature: Any, inputs: dict[str, Any], output_names: list[str], deadline: float | None = None
+    ) -> None:
+        """A request that does not go through a batcher: one model call in a worker thread, one hop back. One
+        whose `deadline` passed while it waited for a worker never runs (DEADLINE_EXCEEDED), as in a batcher."""
         loop = asyncio.get_running_loop()
-        work = self._executor.submit(_timed, signature.run, inputs, output_names)
+        work = self._executor.submit(_timed, signature.run, inputs, output_names, deadline)
         call.work = work  # cancelling the call takes it off the executor's queue if it has not started
 
         def done(work: concurrent.futures.Future[tuple[dict[str, Any], float, float]]) -> None:
@@ -287,8 +290,12 @@ def _batch_size(request: InferRequest) -> int:
     return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
-def _timed(run: Any, inputs: dict[str, Any], output_names: list[str]) -> tuple[dict[str, Any], float, float]:
+def _timed(
+    run: Any, inputs: dict[str, Any], output_names: list[str], deadline: float | None = None
+) -> tuple[dict[str, Any], float, float]:
     started = time.monotonic()
+    if deadline is not None and started >= deadline:
+        raise ServingError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker; the model did not run")
     outputs = run(inputs, output_names)
     return outputs, started, time.monotonic() - started
 
@@ -368,7 +375,11 @@ class Call:
                 limit = engine.row_limit(entry, signature)
                 if limit is not None and rows > limit:  # Triton's max_batch_size without dynamic batching
                     raise invalid(f"inference request batch-size must be <= {limit} for {request.model!r}")
-                engine._run_alone(self, signature, request.inputs, self.output_names)
+                deadline = request.deadline
+                if request.timeout_s:  # Triton's `timeout` parameter: a deadline here, as in the batcher
+                    own = time.monotonic() + request.timeout_s
+                    deadline = own if deadline is None else min(deadline, own)
+                engine._run_alone(self, signature, request.inputs, self.output_names, deadline)
         except ServingError:
             raise
         except Exception as exc:
@@ -416,7 +427,12 @@ class Call:
         entry = self.entry
         assert entry is not None
         signature = self.signature
-        batched = signature.key in entry.batchers or self._engine.batching_for(entry, signature) is not None
+        engine = self._engine  # batched as ModelConfig reports it: a batcher, or max_batch_size without one
+        batched = (
+            signature.key in entry.batchers
+            or engine.batching_for(entry, signature) is not None
+            or engine.row_limit(entry, signature) is not None
+        )
         return InferResponse(
             model=entry.model,
             version=entry.version,

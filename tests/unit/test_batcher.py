@@ -312,9 +312,19 @@ def test_queue_full_is_resource_exhausted() -> None:
         clock.advance(1.0)
         model.release.set()
         await asyncio.gather(first, *queued)
-        err = await error_of(batcher.submit({"x": rows(*range(5))}))  # can never fit
+        # Larger than the whole queue: taken when nothing else is queued (refused then, it could never run) ...
+        out = await batcher.submit({"x": rows(*range(10, 15))})
+        np.testing.assert_array_equal(out["y"], rows(*range(20, 30, 2)))
+        assert model.seen == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
+        # ... and refused, retryable, while other requests are queued
+        model.release.clear()
+        again = await busy(batcher)
+        waiting = submit(batcher, rows(5))
+        await spin(lambda: batcher.queued_samples == 1)
+        err = await error_of(batcher.submit({"x": rows(*range(5))}))
         assert err.code is ErrorCode.RESOURCE_EXHAUSTED and "max_queued=4" in err.message
-        assert model.seen == [0, 1, 2, 3, 4]
+        model.release.set()
+        await asyncio.gather(again, waiting)
         await batcher.close()
 
     run(main())
@@ -340,6 +350,50 @@ def test_expired_deadline_fails_without_running() -> None:
         err = await error_of(batcher.submit({"x": rows(5)}, deadline=clock() - 0.1))
         assert err.code is ErrorCode.DEADLINE_EXCEEDED
         assert batcher.queued_samples == 0 and 5 not in model.seen
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_request_whose_deadline_falls_in_the_hold_window_is_not_held() -> None:
+    """Holding for a fuller batch while a replica idles must not outlast a request's deadline: it was held to
+    max_queue_delay and failed DEADLINE_EXCEEDED (or its queue policy's UNAVAILABLE) without ever running."""
+
+    async def main() -> None:
+        model = FakeModel()
+        batcher = Batcher([model], BatchingConfig(max_batch_size=8, max_queue_delay_s=5.0))
+        await asyncio.gather(*(batcher.submit({"x": rows(i)}) for i in range(4)))  # it learns to expect 4 rows
+        out = await asyncio.wait_for(batcher.submit({"x": rows(9)}, timeout_s=0.5), BOUND_S)
+        np.testing.assert_array_equal(out["y"], rows(18))
+        held = submit(batcher, rows(1))  # no deadline: held for a fuller batch
+        await spin(lambda: batcher.queued_samples == 1)
+        quick = batcher.submit({"x": rows(2)}, timeout_s=0.5)  # cannot wait for the hold: both go now
+        np.testing.assert_array_equal((await asyncio.wait_for(quick, BOUND_S))["y"], rows(4))
+        np.testing.assert_array_equal((await asyncio.wait_for(held, BOUND_S))["y"], rows(2))
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_queued_request_past_its_deadline_leaves_the_fifo_queue_at_once() -> None:
+    """Without priority levels, a deadline was only noticed at the head of the queue: the expired rows kept
+    counting against max_queued (RESOURCE_EXHAUSTED for newcomers) until a replica came free."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        model = FakeModel(block=True)
+        batcher = Batcher([model], BatchingConfig(max_batch_size=4, max_queued=2), clock=clock)
+        first = await busy(batcher)
+        late = submit(batcher, rows(7, 7), deadline=0.05)  # the expiry timer fires in real time
+        await settle(lambda: late.done())
+        assert (await error_of(late)).code is ErrorCode.DEADLINE_EXCEEDED
+        assert batcher.queued_samples == 0
+        fits = submit(batcher, rows(8))  # room again while the replica is still busy
+        await spin(lambda: batcher.queued_samples == 1)
+        model.release.set()
+        np.testing.assert_array_equal((await fits)["y"], rows(16))
+        await first
+        assert 7 not in model.seen
         await batcher.close()
 
     run(main())

@@ -139,7 +139,9 @@ def test_model_error_is_internal_and_released(batched: bool) -> None:
 
 
 def test_rejections_raise_from_start_and_are_counted() -> None:
-    engine, manager, metrics = setup(Model(), BatchingConfig(max_queued=4))
+    model = Model()
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model, BatchingConfig(max_queued=4))
 
     async def main() -> None:
         with pytest.raises(ServingError) as info:  # unknown model: no version was acquired
@@ -149,14 +151,21 @@ def test_rejections_raise_from_start_and_are_counted() -> None:
         with pytest.raises(ServingError) as info:  # wrong shape: released again
             engine.start(bad, asyncio.get_running_loop().create_future())
         assert info.value.code is ErrorCode.INVALID_ARGUMENT and "'x'" in info.value.message
-        with pytest.raises(ServingError) as info:  # more rows than the queue may hold
-            engine.start(request(rows=5), asyncio.get_running_loop().create_future())
+        running = asyncio.ensure_future(engine.infer(request(rows=3)))  # holds the replica
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        queued = asyncio.ensure_future(engine.infer(request(rows=2)))
+        await asyncio.sleep(0)
+        with pytest.raises(ServingError) as info:  # more rows than the queue has room for
+            engine.start(request(rows=3), asyncio.get_running_loop().create_future())
         assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
+        model.gate.set()
+        await asyncio.gather(running, queued)
 
     asyncio.run(main())
     assert count(metrics, "NOT_FOUND", version="", model=UNKNOWN_MODEL) == 1
     assert count(metrics, "INVALID_ARGUMENT") == 1 and count(metrics, "RESOURCE_EXHAUSTED") == 1
-    assert manager.entry.inflight == 0 and manager.released == 2 and inflight(metrics) == 0
+    assert manager.entry.inflight == 0 and manager.released == 4 and inflight(metrics) == 0
     reasons = manager.entry.stats.fail_reasons  # Triton's: a full queue is the scheduler's rejection
     assert reasons == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
 
@@ -630,3 +639,56 @@ def test_queue_depth_is_every_batchers_queued_rows_and_falls_when_requests_leave
         assert await asyncio.to_thread(depth) == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("by", ["deadline", "timeout parameter"])
+def test_a_request_that_runs_alone_and_waits_past_its_deadline_never_runs(by: str) -> None:
+    """Requests without a batcher wait in the worker pool: one whose deadline (gRPC's, or Triton's `timeout`
+    parameter) passed meanwhile ran anyway and answered OK after its timeout."""
+    model = Model(batched=False)
+    model.gate = threading.Event()
+    engine, manager, metrics = setup(model)
+    engine._executor = ThreadPoolExecutor(1)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(engine.infer(request(3)))
+        while not model.calls:
+            await asyncio.sleep(0.001)
+        late = request(3)
+        if by == "deadline":
+            late.deadline = time.monotonic() + 0.05
+        else:
+            late.timeout_s = 0.05
+        waiting = asyncio.ensure_future(engine.infer(late))
+        passed = time.monotonic() + 0.06
+        while time.monotonic() < passed:  # until its deadline is behind it (a clock condition, bounded)
+            await asyncio.sleep(0.01)
+        model.gate.set()
+        await running
+        with pytest.raises(ServingError) as info:
+            await waiting
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+
+    asyncio.run(main())
+    assert model.calls == [3]  # the late one never reached the model
+    assert count(metrics, "DEADLINE_EXCEEDED") == 1 and manager.entry.inflight == 0
+
+
+def test_a_row_limit_without_a_batcher_still_marks_the_response_batched() -> None:
+    """config.yaml `batching: {enabled: false, max_batch_size: N}` is Triton's max_batch_size > 0 without dynamic
+    batching: classification must rank each row alone, as ModelConfig says the outputs lead with the batch."""
+    from kerve.server.model_config import parse_model_config
+
+    engine, manager, _ = setup(Model())
+    manager.entry.config = parse_model_config({"batching": {"enabled": False, "max_batch_size": 8}})
+
+    async def main() -> bool:
+        return (await engine.infer(request(2))).batched
+
+    assert asyncio.run(main()) is True
+    plain, _, _ = setup(Model(), batching=None)
+
+    async def unbatched() -> bool:
+        return (await plain.infer(request(2))).batched
+
+    assert asyncio.run(unbatched()) is False
