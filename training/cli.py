@@ -125,4 +125,13 @@ def _run(args: argparse.Namespace, command: str, enforce_gate: bool) -> int:
     except OSError as exc:  # the repository or work dir went away or became unwritable during the run
         print(f"kerve {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:
+        # A TensorFlow op failing mid-run (a dtype or shape the model cannot take, out of memory): a failed run
+        # with its message, not a traceback. TensorFlow is looked up only once the run has imported it.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(exc, tf.errors.OpError):
+            raise
+        message = getattr(exc, "message", exc)
+        print(f"kerve {command}: error: TensorFlow {type(exc).__name__}: {message}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_PUBLISHED if result.published or not result.chief else EXIT_REJECTED

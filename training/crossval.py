@@ -38,6 +38,16 @@ def fold_scores(metrics: keras_tuner.engine.metrics_tracking.MetricsTracker) -> 
     return scores
 
 
+def best_epoch(values: Any, direction: str) -> tuple[int, float]:
+    """(0-based index, value) of the best epoch of a fold's history, skipping NaN epochs (a diverged epoch must
+    not win); (last index, NaN) only when every epoch is NaN."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0 or np.isnan(array).all():
+        return max(0, array.size - 1), float("nan")
+    best = int(np.nanargmin(array) if direction == "min" else np.nanargmax(array))
+    return best, float(array[best])
+
+
 class CrossValidation:
     """Mixin for a `keras_tuner.Tuner` subclass; `search(x, y, batch_size=, epochs=, callbacks=, verbose=,
     seed=)` takes the whole training split as numpy arrays instead of datasets."""
@@ -63,10 +73,12 @@ class CrossValidation:
 
         hp = trial.hyperparameters
         objective = self.oracle.objective  # type: ignore[attr-defined]
-        pick = np.argmin if objective.direction == "min" else np.argmax
         scores, best_epochs = [], []
         for fold, (fit_idx, val_idx) in enumerate(fold_indices(y, self.cv_folds, self.cv_seed)):
             # Fresh callbacks per fold (early stopping state), TensorBoard logs under <trial>/execution<fold>.
+            # The schedule (cosine decay) sized for this fold's examples, not for the whole training split.
+            if hasattr(self.hypermodel, "size_schedule"):  # type: ignore[attr-defined]
+                self.hypermodel.size_schedule(len(fit_idx), batch_size, epochs)  # type: ignore[attr-defined]
             fold_callbacks = self._deepcopy_callbacks(list(callbacks or []))  # type: ignore[attr-defined]
             self._configure_tensorboard_dir(fold_callbacks, trial, fold)  # type: ignore[attr-defined]
             strategy = self.distribution_strategy  # type: ignore[attr-defined]
@@ -84,9 +96,8 @@ class CrossValidation:
                 callbacks=fold_callbacks,
                 verbose=verbose,
             )
-            values = np.asarray(history.history[objective.name], dtype=np.float64)
-            best = int(pick(values))
-            scores.append(float(values[best]))
+            best, score = best_epoch(history.history[objective.name], objective.direction)
+            scores.append(score)
             best_epochs.append(best + 1)
         results = {objective.name: float(np.mean(scores)), STD: float(np.std(scores))}
         results[BEST_EPOCH] = float(np.mean(best_epochs))

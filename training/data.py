@@ -42,6 +42,8 @@ class Dataset:
     vocabulary: tuple[str, ...] = ()
     texts_test: tuple[str, ...] = ()  # text folders: the raw test texts, to tokenize with another vocabulary
     details: dict = field(default_factory=dict)
+    # Images: {"scale": s, "image_size": [h, w], "color_mode": ...}: pixels * s at that size (kerve.json).
+    preprocessing: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,6 +74,7 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         x_test=np.ascontiguousarray(x_test),
         y_test=np.ascontiguousarray(y_test),
         class_names=tuple(str(name) for name in bunch.target_names),
+        preprocessing={"scale": 1 / 16, "image_size": [8, 8], "color_mode": "grayscale"},
     )
 
 
@@ -186,6 +189,10 @@ def load_image_folder(
     return Dataset(
         x_train, y_train, x_test, y_test, num_classes=len(classes), input_name="image",
         class_names=tuple(name for name, _ in classes), name=f"image_folder:{path}", kind="image",
+        preprocessing={
+            "scale": 1 / 255, "image_size": [int(image_size[0]), int(image_size[1])], "color_mode": color_mode,
+            "interpolation": "bilinear",
+        },
     )  # fmt: skip
 
 
@@ -349,4 +356,8 @@ def load_npz(path: Path, task: str, test_fraction: float, seed: int) -> Dataset:
         x_train, y_train, x_test, y_test, num_classes=len(class_names) if class_names else 1,
         input_name=input_name, class_names=class_names, name=f"npz:{path}", kind=kind, task=task,
         vocabulary=vocabulary,
+        # npz images are used as stored (scale 1): clients send them scaled like the file's x.
+        preprocessing={"scale": 1.0, "image_size": [int(x_all.shape[1]), int(x_all.shape[2])]}
+        if kind == "image"
+        else {},
     )  # fmt: skip

@@ -8,6 +8,8 @@ name becomes the input key of the exported SavedModel's serving signature, which
 
 from __future__ import annotations
 
+import math
+
 import keras
 import keras_tuner
 import tensorflow as tf
@@ -52,6 +54,7 @@ class _Family(keras_tuner.HyperModel):
         decay_steps: int = 1000,
         augment: bool = False,
         vocab_size: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(name=self.family)
         self.input_shape = tuple(input_shape)
@@ -61,6 +64,13 @@ class _Family(keras_tuner.HyperModel):
         self.decay_steps = max(1, decay_steps)
         self.augment = augment
         self.vocab_size = vocab_size
+        self.seed = seed
+
+    def size_schedule(self, examples: int, batch_size: int, epochs: int) -> None:
+        """Size the cosine-decay schedule of models built from now on for `epochs` epochs over `examples`
+        examples: the data the next fit actually trains on (a tuning split, a fold, the whole training split),
+        so the learning rate never reaches 0 early because the schedule was sized for fewer steps."""
+        self.decay_steps = max(1, math.ceil(examples / max(1, batch_size)) * max(1, epochs))
 
     # -- shared space --------------------------------------------------------------------------------------
 
@@ -89,7 +99,8 @@ class _Family(keras_tuner.HyperModel):
 
     def loss(self) -> dict[str, object]:
         if self.task == "regression":
-            return {"loss": "mse", "metrics": ["mae"]}
+            # "mse" as a metric too: val_loss adds the L1/L2 penalties, so trials are ranked by val_mse.
+            return {"loss": "mse", "metrics": ["mse", "mae"]}
         return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 
     def optimizer(self, hp: keras_tuner.HyperParameters) -> keras.optimizers.Optimizer:
@@ -117,7 +128,8 @@ class _Family(keras_tuner.HyperModel):
         A model built under a multi-worker strategy trains through `multiworker.fit`: Keras 3's own `fit`
         cannot run there."""
         if self.augment and isinstance(x, tf.data.Dataset):
-            x = x.map(augmenter(), num_parallel_calls=tf.data.AUTOTUNE)
+            # Sequential map with seeded layers: the same seed gives the same augmented batches every run.
+            x = x.map(augmenter(self.seed))
         strategy = model.distribute_strategy
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return multiworker.fit(model, strategy, x, *args, **kwargs)
@@ -282,6 +294,10 @@ def check_family(family: str, kind: str, task: str, augment: bool = False) -> No
         raise ConfigError(f"family {family!r} needs image data (rank-3 examples), the data is {kind}")
     if family in TEXT_FAMILIES and kind != "text":
         raise ConfigError(f"family {family!r} needs text data (token ids with a vocabulary), the data is {kind}")
+    if family == "mlp" and kind == "text":
+        raise ConfigError(
+            "family 'mlp' cannot model text data (int64 token ids): choose lstm, gru or transformer (or auto)"
+        )
     if task == "regression" and family != "mlp":
         raise ConfigError(f"regression is supported by the mlp family only, not {family!r}")
     if augment and kind != "image":
@@ -299,9 +315,10 @@ def make(
     decay_steps: int = 1000,
     augment: bool = False,
     vocab_size: int = 0,
+    seed: int | None = None,
 ) -> _Family:
     check_family(family, kind, task, augment)
     return _CLASSES[family](
         input_shape, num_classes, input_name, task=task, decay_steps=decay_steps, augment=augment,
-        vocab_size=vocab_size,
+        vocab_size=vocab_size, seed=seed,
     )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -99,9 +100,12 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
     hypermodel = models.make(
         family, dataset.input_shape, dataset.num_classes, dataset.input_name, kind=dataset.kind, task=task,
         decay_steps=math.ceil(len(y_fit) / config.batch_size) * config.epochs, augment=config.augment,
-        vocab_size=len(dataset.vocabulary),
+        vocab_size=len(dataset.vocabulary), seed=config.seed,
     )  # fmt: skip
     objective = tune.objective_for(task)
+    # Each run's TensorBoard logs in their own directory, so runs sharing a work_dir never mix their curves.
+    tensorboard_dir = work_dir / "tensorboard" / tensorboard_run_id()
+    print(f"TensorBoard logs: {tensorboard_dir}", file=out)
     tuner = tune.make_tuner(
         config.tuner, hypermodel, config.max_trials, config.seed, work_dir / "tuner", config.model_name,
         objective=objective, max_epochs=config.epochs, strategy=strategy, cv_folds=config.cv_folds,
@@ -114,7 +118,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         y_val,
         epochs=config.epochs,
         batch_size=config.batch_size,
-        log_dir=work_dir / "tensorboard",
+        log_dir=tensorboard_dir,
         verbose=config.verbose,
         patience=config.early_stopping_patience,
         seed=config.seed,
@@ -126,6 +130,9 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         print(f"Training the best trial's model on all {len(dataset.y_train)} training examples", file=out)
     t0 = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
+    # The cosine schedule sized for the whole training split (the search sized it for the tuning split or a
+    # fold): as many steps per epoch as this fit runs, over the epochs the trials' schedules spanned.
+    hypermodel.size_schedule(len(dataset.y_train), config.batch_size, config.epochs)
     with strategy.scope():
         model = hypermodel.build(tuned.best_hp)
     hypermodel.fit(
@@ -133,7 +140,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         model,
         tune.make_dataset(dataset.x_train, dataset.y_train, config.batch_size, shuffle_seed=config.seed),
         epochs=tuned.best_epochs,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(work_dir / "tensorboard" / "final"))],
+        callbacks=[keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir / "final"))],
         verbose=config.verbose,
     )
     train_seconds = time.perf_counter() - t0
@@ -207,6 +214,9 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
             "split": "test",
             "fingerprint": data_module.fingerprint([dataset.x_test, dataset.y_test]),
         },
+        # How the examples were scaled before training (images: pixel values * scale, at image_size): clients
+        # must send inputs preprocessed the same way; the exported model takes them as they are.
+        "preprocessing": dataset.preprocessing or None,
         "metrics": metrics,
         "gate": {**decision.to_json(), "baseline_metrics": current[1] if current else None},
         "hyperparameters": tuned.hyperparameters,
@@ -223,6 +233,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
             "seed": config.seed,
             "validation_fraction": None if config.cv_folds else VALIDATION_FRACTION,
             "cross_validation": cross_validation,
+            "tensorboard_dir": str(tensorboard_dir),
             "trials": trials,
         },
         "durations": {
@@ -270,7 +281,7 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
     print("", file=out)
     print(summary.format_summary(trials, metrics, version, path, objective.name, decision.reason, lower_is_better),
           file=out)  # fmt: skip
-    print(f"TensorBoard logs: {work_dir / 'tensorboard'}", file=out)
+    print(f"TensorBoard logs: {tensorboard_dir}", file=out)
     return TrainResult(
         version=version,
         path=path,
@@ -281,6 +292,11 @@ def run_training(config: TrainConfig, out: TextIO | None = None, enforce_gate: b
         decision=decision,
         strategy=strategy_info,
     )
+
+
+def tensorboard_run_id() -> str:
+    """A run's TensorBoard subdirectory: its UTC start time (to the microsecond) and the process id."""
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}-{os.getpid()}"
 
 
 def _gate(

@@ -80,9 +80,9 @@ def test_regression_end_to_end_records_the_fold_scores(tmp_path: Path) -> None:
     assert cv["mean"] == pytest.approx(np.mean(cv["fold_scores"])) and cv["std"] == pytest.approx(
         np.std(cv["fold_scores"])
     )
-    assert meta["training"]["objective"] == "val_loss" and meta["training"]["validation_fraction"] is None
+    assert meta["training"]["objective"] == "val_mse" and meta["training"]["validation_fraction"] is None
     assert meta["training"]["trials"][0]["fold_scores"] == cv["fold_scores"]
-    assert "val_loss (cv mean ± std)" in out.getvalue()
+    assert "val_mse (cv mean ± std)" in out.getvalue()
 
 
 def test_classification_cli_flag_and_too_many_folds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -207,7 +207,7 @@ def test_retrain_exit_codes_and_gate(tmp_path: Path, regression: dict, capsys: p
     path = write_yaml(tmp_path / "retrain.yaml", regression)
     assert kerve_main(["retrain", "--config", str(path)]) == 0
     first = repository.read_metadata(repo / "houses" / "1")
-    assert first["task"] == "regression" and first["family"] == "mlp" and first["training"]["objective"] == "val_loss"
+    assert first["task"] == "regression" and first["family"] == "mlp" and first["training"]["objective"] == "val_mse"
     assert set(first["metrics"]) >= {"mse", "mae"} and first["gate"]["baseline_version"] is None
 
     # A publish killed long ago left a dot-directory: removed. A young one may be in progress: kept.
