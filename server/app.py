@@ -126,7 +126,14 @@ class KerveServer:
         self.tracer = Tracer(_trace_file(settings), settings.trace_level, settings.trace_rate, _otel(settings))
         cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
         self.engine = InferenceEngine(
-            self.manager, self.executor, self.metrics, settings.batching, self.devices.pad_batches, self.tracer, cache
+            self.manager,
+            self.executor,
+            self.metrics,
+            settings.batching,
+            self.devices.pad_batches,
+            self.tracer,
+            cache,
+            inline_call_max_s=settings.inline_call_max_s,
         )
         self.manager.forget = self.engine.forget
         self.manager.check_config = self.engine.check_config

@@ -211,8 +211,8 @@ class _Request:
     """One submit() call. Split requests stay one object; ``next_row`` is how far batches have consumed it."""
 
     __slots__ = (
-        "__weakref__", "arrival", "dead", "deadline", "expires", "first_span", "inputs", "key", "n", "next_row",
-        "own_timeout", "parts", "rank", "rows_done", "seq", "sink",
+        "__weakref__", "arrival", "dead", "deadline", "expires", "first_span", "inline", "inputs", "key", "n",
+        "next_row", "own_timeout", "parts", "rank", "rows_done", "seq", "sink",
     )  # fmt: skip
 
     def __init__(
@@ -241,6 +241,7 @@ class _Request:
         self.rows_done = 0  # rows whose outputs came back (split requests only)
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
         self.dead = False  # failed or cancelled: its remaining rows must never run
+        self.inline = False  # its caller allows its model call on the event loop thread (see Batcher.enqueue)
 
 
 class _Discard:
@@ -450,7 +451,11 @@ class Batcher:
       any of its rows started is answered DEADLINE_EXCEEDED (``reject``) or moved behind its level's requests
       that have not timed out (``delay``).
     - The batch goes to the replica that has been idle longest (each replica runs one batch at a time, so the
-      idle ones are the least loaded).
+      idle ones are the least loaded), in a worker thread, so the loop goes on decoding and answering requests.
+      The exception (``inline_max_s``): a 1-row batch of a request its caller marked ``inline`` (nothing else in
+      the server, traffic arriving one request at a time) runs on the loop thread when no other batch of this
+      batcher runs and its 1-row calls have averaged at most ``inline_max_s``; the loop had nothing else to do,
+      and the request saves the hop to a worker and back.
     """
 
     def __init__(
@@ -463,6 +468,7 @@ class Batcher:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_timeout: Callable[[str], None] | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         if not replicas:
             raise ValueError("a Batcher needs at least one replica")
@@ -507,6 +513,8 @@ class Batcher:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_when = math.inf
         self._compact_at = _COMPACT_MIN
+        self._inline_max_s = inline_max_s
+        self._solo_s = math.inf  # moving average of a 1-row batch's model call; unknown until one ran in a thread
         self.last_compute: Span = NO_SPAN
         """The Span of the model call of the batch whose results are being delivered (for a split request: its
         first piece's start and input end, its last piece's output start and end): a sink reads it in
@@ -563,6 +571,7 @@ class Batcher:
         deadline: float | None = None,
         priority: int = 0,
         timeout_s: float | None = None,
+        inline: bool = False,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (leading batch dimension n >= 1) through the model, batched with other callers.
 
@@ -571,7 +580,7 @@ class Batcher:
         Cancelling the awaiting task removes the request from the queue if it has not started.
         """
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        ticket = self.enqueue(inputs, deadline, future, priority, timeout_s)
+        ticket = self.enqueue(inputs, deadline, future, priority, timeout_s, inline)
         try:
             return await future
         except asyncio.CancelledError:
@@ -585,6 +594,7 @@ class Batcher:
         sink: Sink,
         priority: int = 0,
         timeout_s: float | None = None,
+        inline: bool = False,
     ) -> Ticket:
         """``submit`` without a coroutine: queue the request and return at once; its outputs (or a ServingError)
         go to ``sink`` from the batch's completion callback. Must run on the event loop thread. Raises a
@@ -593,6 +603,9 @@ class Batcher:
         level) counts only with ``priority_levels``; 0 or a level the config lacks means the default level.
         ``timeout_s`` is the request's own timeout (Triton's ``timeout`` parameter): its queue timeout where its
         level's queue policy allows overrides and it is shorter than the policy's, otherwise a deadline.
+        ``inline``: the caller knows nothing else is in flight in the server (traffic arrives one request at a
+        time), so a 1-row batch of this request alone may run on the event loop thread, saving the two thread hops
+        of a worker, when this batcher has ``inline_max_s`` and its 1-row calls have averaged no more than that.
         """
         if self._closing:
             raise unavailable(f"{self._label} is draining; not accepting new requests")
@@ -637,6 +650,7 @@ class Batcher:
         if loop is not self._loop:
             self._bind(loop)
         req = _Request(inputs, n, sink, now, deadline, next(self._seq), level << 1)
+        req.inline = inline
         queue_key: Any = (req.rank, key) if self._ranked else key
         queue = self._queues.get(queue_key)
         if queue is None:
@@ -832,6 +846,18 @@ class Batcher:
         assert loop is not None
         batch.replica = replica = self._idle.popleft()
         self._in_flight += 1
+        if (
+            self._inline_max_s
+            and self._in_flight == 1
+            and batch.padded == 1
+            and batch.slices[0][0].inline
+            and self._solo_s <= self._inline_max_s
+        ):
+            # the loop has nothing else to do meanwhile; it answers a loop turn later, after the queued callbacks
+            ran: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
+            ran.set_result(_execute(self._replicas[replica], batch.slices, 1, 1, self._clock, self._config.padded_size))
+            loop.call_soon(self._on_done, batch, ran)
+            return
         try:
             future = self._executor.submit(
                 _execute, self._replicas[replica], batch.slices, batch.rows, batch.padded, self._clock,
@@ -867,6 +893,10 @@ class Batcher:
             if error is None:
                 parts, error, span = future.result()
                 self.last_compute = span
+                if batch.padded == 1 and parts is not None:
+                    took = span[2] - span[1]
+                    solo = self._solo_s
+                    self._solo_s = took if solo == math.inf else 0.8 * solo + 0.2 * took
         if parts is not None:
             # The next batch first: delivering runs each caller's completion (a sink finishes its request right
             # there), and the replica need not sit idle meanwhile.

@@ -26,6 +26,7 @@ from .manager import ModelManager, ModelVersion
 from .metrics import UNKNOWN_MODEL, Metrics
 from .model_config import ModelConfig
 from .response_cache import Owner, ResponseCache
+from .serial_traffic import SerialTraffic
 from .stats import CANCELED, failure_reason
 from .trace import Tracer
 from .types import InferRequest, InferResponse
@@ -69,6 +70,7 @@ class InferenceEngine:
         pad_batches: bool = False,
         tracer: Tracer | None = None,
         cache: ResponseCache | None = None,
+        inline_call_max_s: float = 0.0,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
@@ -81,6 +83,10 @@ class InferenceEngine:
         self.batching = self._padded(batching) if batching is not None else None
         """The server-wide batching knobs a model without its own `batching:` gets."""
         self._depths: set[str] = set()  # models whose kerve_queue_depth was set
+        self._inline_call_max_s = inline_call_max_s
+        self.traffic = SerialTraffic()
+        """Requests in flight, and whether they arrive one at a time: a batcher may then run a batch-1 call on the
+        event loop thread (`--inline-call-max-ms`)."""
         metrics.add_pusher(self._push_queue_depths)
 
     def _padded(self, config: BatchingConfig) -> BatchingConfig:
@@ -194,6 +200,7 @@ class InferenceEngine:
             name=f"{entry.model}:{entry.version}:{key}",
             on_batch=on_batch,
             on_timeout=functools.partial(self.metrics.count_queue_timeout, entry.model),
+            inline_max_s=self._inline_call_max_s,
         )
         entry.batchers[key] = batcher
         return batcher
@@ -313,6 +320,7 @@ class Call:
         "_inflight",
         "_model_label",
         "_ticket",
+        "alone",
         "batcher",
         "cache_key",
         "completion",
@@ -337,6 +345,7 @@ class Call:
         self._model_label = request.model if engine.manager.knows(request.model) else UNKNOWN_MODEL
         self._inflight = engine.metrics.inflight_gauge(self._model_label)
         self._inflight.value += 1
+        self.alone = engine.traffic.arrive()  # nothing else in flight, and the traffic has been serial
         self._ticket: Ticket | None = None
         self.batcher: Batcher | None = None
         self.entry: ModelVersion | None = None
@@ -369,7 +378,7 @@ class Call:
             if batcher is not None and not _runs_alone(batcher.config, rows):
                 self.batcher = batcher
                 self._ticket = batcher.enqueue(
-                    request.inputs, request.deadline, self, request.priority, request.timeout_s
+                    request.inputs, request.deadline, self, request.priority, request.timeout_s, self.alone
                 )
             else:
                 limit = engine.row_limit(entry, signature)
@@ -531,6 +540,7 @@ class Call:
         # both links back, so no cycle per request is left for the cyclic garbage collector to find
         self._ticket = self.work = None
         self._inflight.value -= 1
+        self._engine.traffic.leave()
         if self.entry is None:
             return
         if work is not None and not work.done():  # cancelled while its model call runs: cancel() cannot stop it

@@ -43,6 +43,7 @@ class ServerSettings:
     process_index: int | None = None  # set by the supervisor in each of those processes, None when standalone
     group_fds: tuple[int, int] | None = None  # (loaded, go) pipe ends of the supervisor's start barrier
     gil_switch_interval_us: int = 0  # >0: sys.setswitchinterval for this process; 0 keeps Python's 5000 us
+    inline_call_max_s: float = 0.0  # serial traffic: 1-row calls this fast run on the event loop (serial_traffic.py)
     event_loop: str = "asyncio"  # asyncio | uvloop | auto (uvloop when installed)
     gc_freeze: bool = True  # one full collection per model change, then freeze the survivors (server/heap.py)
     shared_memory: bool = True  # Triton's system shared memory RPCs and tensors (server/shared_memory.py)
@@ -108,6 +109,8 @@ class ServerSettings:
             raise ValueError(f"--response-cache-mb must be >= 0, got {self.response_cache_bytes / 2**20:g}")
         if self.gil_switch_interval_us < 0:
             raise ValueError(f"--gil-switch-interval-us must be >= 0, got {self.gil_switch_interval_us}")
+        if not (0 <= self.inline_call_max_s <= 1):  # also rejects NaN
+            raise ValueError(f"--inline-call-max-ms must be in 0..1000, got {self.inline_call_max_s * 1000:g}")
         if not self.grace_s >= 0 or math.isinf(self.grace_s):  # NaN fails every comparison
             raise ValueError(f"--grace-period must be a number of seconds >= 0, got {self.grace_s}")
         if not self.max_connection_age_s >= 0 or math.isinf(self.max_connection_age_s):
@@ -200,6 +203,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("PROCESSES") or "1",
         help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop and model "
         "replicas: Python gRPC uses about one core per process; needs --model-control poll (env KERVE_PROCESSES)",
+    )
+    parser.add_argument(
+        "--inline-call-max-ms",
+        type=float,
+        default=_env("INLINE_CALL_MAX_MS") or "0",
+        help="when requests arrive one at a time (each after the previous answer), run a batch-1 model call whose "
+        "recent calls took at most this long on the event loop thread instead of a worker, saving two thread hops "
+        "of latency; never under concurrent load; 0 = off (env KERVE_INLINE_CALL_MAX_MS)",
     )
     parser.add_argument(
         "--gil-switch-interval-us",
@@ -423,6 +434,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         process_index=args.process_index,
         group_fds=_fd_pair(args.group_fds),
         gil_switch_interval_us=args.gil_switch_interval_us,
+        inline_call_max_s=args.inline_call_max_ms / 1000,
         event_loop=args.event_loop,
         gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
         shared_memory=_env_flag("SHARED_MEMORY", True) if args.shared_memory is None else args.shared_memory,

@@ -23,6 +23,7 @@ from kerve.server.errors import ErrorCode, ServingError, not_found
 from kerve.server.inference import InferenceEngine
 from kerve.server.manager import ModelVersion
 from kerve.server.metrics import UNKNOWN_MODEL, Metrics
+from kerve.server.serial_traffic import SERIAL_RUN
 from kerve.server.trace import Tracer
 from kerve.server.types import InferRequest, TensorSpec
 
@@ -81,12 +82,20 @@ class Manager:
         return [self.entry]
 
 
-def setup(model: Model, batching: BatchingConfig | None = BatchingConfig()) -> tuple[InferenceEngine, Manager, Metrics]:
+def setup(
+    model: Model, batching: BatchingConfig | None = BatchingConfig(), inline_call_max_s: float = 0.0
+) -> tuple[InferenceEngine, Manager, Metrics]:
     entry = ModelVersion("m", 1, Path("/nowhere"))
     entry.servable = model
     manager = Manager(entry)
     metrics = Metrics(CollectorRegistry())
-    engine = InferenceEngine(manager, ThreadPoolExecutor(2), metrics, batching)  # type: ignore[arg-type]
+    engine = InferenceEngine(
+        manager,  # type: ignore[arg-type]
+        ThreadPoolExecutor(2),
+        metrics,
+        batching,
+        inline_call_max_s=inline_call_max_s,
+    )
     return engine, manager, metrics
 
 
@@ -166,6 +175,7 @@ def test_rejections_raise_from_start_and_are_counted() -> None:
     assert count(metrics, "NOT_FOUND", version="", model=UNKNOWN_MODEL) == 1
     assert count(metrics, "INVALID_ARGUMENT") == 1 and count(metrics, "RESOURCE_EXHAUSTED") == 1
     assert manager.entry.inflight == 0 and manager.released == 4 and inflight(metrics) == 0
+    assert engine.traffic.live == 0  # a rejected request left the serial-traffic count too
     reasons = manager.entry.stats.fail_reasons  # Triton's: a full queue is the scheduler's rejection
     assert reasons == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
 
@@ -199,6 +209,7 @@ def test_cancelled_requests_never_run_and_are_released() -> None:
     assert model.calls == [1]  # the cancelled requests never ran
     assert count(metrics, "CANCELLED") == 2 and count(metrics, "OK") == 1
     assert manager.entry.inflight == 0 and manager.released == 3 and inflight(metrics) == 0
+    assert engine.traffic.live == 0
     stats = manager.entry.stats  # failures in ModelStatistics, as Triton counts a cancelled request
     assert stats.fail.count == 2 and stats.fail_reasons["CANCELED"] == 2 and stats.success.count == 1
 
@@ -692,3 +703,32 @@ def test_a_row_limit_without_a_batcher_still_marks_the_response_batched() -> Non
         return (await plain.infer(request(2))).batched
 
     assert asyncio.run(unbatched()) is False
+
+
+def test_serial_requests_run_their_model_call_on_the_loop_and_concurrent_ones_never_do() -> None:
+    """`--inline-call-max-ms`: once SERIAL_RUN requests in a row found the server empty (and a call in a worker
+    measured the model), a lone batch-1 request's call runs on the event loop thread; two requests at once go to
+    workers and start the run again."""
+    model = Model()
+    threads: list[int] = []
+    run = model.run
+
+    def recording(inputs: Mapping[str, np.ndarray], output_names: Any = None) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return run(inputs, output_names)
+
+    model.run = recording  # type: ignore[method-assign]
+    engine, manager, metrics = setup(model, inline_call_max_s=1.0)
+    on_loop: list[bool] = []
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        for _ in range(SERIAL_RUN + 2):
+            await engine.infer(request())
+        await asyncio.gather(engine.infer(request()), engine.infer(request()))  # one batch of two
+        await engine.infer(request())  # the run starts again
+        on_loop.extend(thread == loop_thread for thread in threads)
+
+    asyncio.run(main())
+    assert on_loop == [False] * SERIAL_RUN + [True, True] + [False, False]
+    assert count(metrics, "OK") == SERIAL_RUN + 5 and engine.traffic.live == 0

@@ -33,6 +33,17 @@ def test_gil_switch_interval_flag_env_and_validation(tmp_path: Path, monkeypatch
         _settings(tmp_path, "--gil-switch-interval-us", "-1")
 
 
+def test_inline_call_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path, "--inline-call-max-ms", "2.5").inline_call_max_s == pytest.approx(0.0025)
+    assert _settings(tmp_path, "--inline-call-max-ms", "0").inline_call_max_s == 0.0
+    assert _settings(tmp_path).inline_call_max_s == 0.0  # off unless asked for
+    monkeypatch.setenv("KERVE_INLINE_CALL_MAX_MS", "4")
+    assert _settings(tmp_path).inline_call_max_s == pytest.approx(0.004)
+    for bad in ("-1", "nan", "1001"):
+        with pytest.raises(ValueError, match="--inline-call-max-ms must be in 0..1000"):
+            _settings(tmp_path, "--inline-call-max-ms", bad)
+
+
 def test_gil_switch_interval_is_applied_and_zero_keeps_pythons(restore_switch_interval: None) -> None:
     sys.setswitchinterval(0.005)
     settings.apply_gil_switch_interval(0)
