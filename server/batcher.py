@@ -224,6 +224,7 @@ class _Request:
         deadline: float | None,
         seq: int,
         rank: int,
+        inline: bool = False,
     ) -> None:
         self.inputs = inputs
         self.n = n
@@ -241,7 +242,7 @@ class _Request:
         self.rows_done = 0  # rows whose outputs came back (split requests only)
         self.parts: list[tuple[int, dict[str, np.ndarray]]] | None = None
         self.dead = False  # failed or cancelled: its remaining rows must never run
-        self.inline = False  # its caller allows its model call on the event loop thread (see Batcher.enqueue)
+        self.inline = inline  # its caller allows its model call on the event loop thread (see Batcher.enqueue)
 
 
 class _Discard:
@@ -649,8 +650,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        req = _Request(inputs, n, sink, now, deadline, next(self._seq), level << 1)
-        req.inline = inline
+        req = _Request(inputs, n, sink, now, deadline, next(self._seq), level << 1, inline)
         queue_key: Any = (req.rank, key) if self._ranked else key
         queue = self._queues.get(queue_key)
         if queue is None:
@@ -893,7 +893,7 @@ class Batcher:
             if error is None:
                 parts, error, span = future.result()
                 self.last_compute = span
-                if batch.padded == 1 and parts is not None:
+                if self._inline_max_s and batch.padded == 1 and parts is not None:
                     took = span[2] - span[1]
                     solo = self._solo_s
                     self._solo_s = took if solo == math.inf else 0.8 * solo + 0.2 * took

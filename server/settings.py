@@ -208,9 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--inline-call-max-ms",
         type=float,
         default=_env("INLINE_CALL_MAX_MS") or "0",
-        help="when requests arrive one at a time (each after the previous answer), run a batch-1 model call whose "
-        "recent calls took at most this long on the event loop thread instead of a worker, saving two thread hops "
-        "of latency; never under concurrent load; 0 = off (env KERVE_INLINE_CALL_MAX_MS)",
+        help="when requests arrive one at a time (each after the previous answer), run a batched model's batch-1 "
+        "call whose recent calls took at most this long on the event loop thread instead of a worker, saving two "
+        "thread hops of latency; never under concurrent load; 0 = off (env KERVE_INLINE_CALL_MAX_MS)",
     )
     parser.add_argument(
         "--gil-switch-interval-us",

@@ -50,11 +50,16 @@ async def one(batcher: Batcher, value: float, inline: bool = True) -> np.ndarray
     return out["y"]
 
 
+async def serial(batcher: Batcher, count: int, first: int = 0, inline: bool = True) -> None:
+    """`count` 1-row requests, each sent once the previous one answered, each answer checked."""
+    for i in range(first, first + count):
+        np.testing.assert_array_equal(await one(batcher, i, inline), rows(2 * i))
+
+
 def test_a_serial_request_runs_on_the_loop_once_a_threaded_call_showed_the_model_is_fast() -> None:
     async def main() -> None:
         model, batcher = make(cost=0.001)
-        for i in range(4):
-            np.testing.assert_array_equal(await one(batcher, i), rows(2 * i))
+        await serial(batcher, 4)
         # the first call's cost is unknown, so it goes to a worker; it measured 1 ms against a 2 ms budget
         assert model.on_loop() == [False, True, True, True]
         await batcher.close()
@@ -65,11 +70,9 @@ def test_a_serial_request_runs_on_the_loop_once_a_threaded_call_showed_the_model
 def test_without_the_callers_mark_or_a_budget_every_call_goes_to_a_worker() -> None:
     async def main() -> None:
         model, batcher = make(cost=0.0)
-        for i in range(3):
-            await one(batcher, i, inline=False)
+        await serial(batcher, 3, inline=False)
         model_off, batcher_off = make(cost=0.0, budget=0.0)  # the default: off, even for a free model
-        for i in range(3):
-            await one(batcher_off, i)
+        await serial(batcher_off, 3)
         assert model.on_loop() == [False] * 3 and model_off.on_loop() == [False] * 3
         await batcher.close()
         await batcher_off.close()
@@ -80,17 +83,14 @@ def test_without_the_callers_mark_or_a_budget_every_call_goes_to_a_worker() -> N
 def test_a_model_slower_than_the_budget_stays_in_workers_and_one_that_slows_down_goes_back() -> None:
     async def main() -> None:
         slow, batcher = make(cost=0.005)
-        for i in range(3):
-            await one(batcher, i)
+        await serial(batcher, 3)
         assert slow.on_loop() == [False] * 3
         await batcher.close()
 
         model, batcher = make(cost=0.001)
-        for i in range(2):
-            await one(batcher, i)
+        await serial(batcher, 2)
         model.cost = 0.010  # the average (0.8 old + 0.2 new) passes 2 ms after one slow call: 0.8 + 2 = 2.8 ms
-        await one(batcher, 2)
-        await one(batcher, 3)
+        await serial(batcher, 2, first=2)
         assert model.on_loop() == [False, True, True, False]
         await batcher.close()
 
