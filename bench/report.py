@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-COMPUTE_BOUND = ("resnet", "lstm")
+COMPUTE_BOUND = ("resnet", "resnet_wide", "lstm")
 LIGHT = "seed_cnn"
 
 

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `kerve`
 import numpy as np
 
 from bench import h2load, ideal, loadgen, profile
-from bench.models import DEFAULT_MODELS, MODELS
+from bench.models import DEFAULT_MODELS, MODELS, compute_bound_warnings
 from kerve.server import event_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -648,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         disturbed = [b for b, row in m["batches"].items() if row.get("other_cpu_cores", 0.0) > args.max_other_cpu]
         if disturbed:
             print(f"  warning: {name} in process at batch {', '.join(disturbed)} was disturbed by other processes")
-        if name == "resnet" and best["ms_per_sample"] < 0.5:
-            print(f"  warning: resnet costs {best['ms_per_sample']:.3f} ms/sample (< 0.5): not compute-bound here")
+    for warning in compute_bound_warnings({n: m["best"]["ms_per_sample"] for n, m in inprocess.items()}):
+        print(f"  warning: {warning}")
 
     for item in args.model_config:  # before the server starts: a version reads its model's config when it loads
         name, text = item.split(":", 1)
