@@ -103,7 +103,10 @@ def test_batches_of_several_rows_or_requests_and_calls_beside_a_running_batch_go
         release = threading.Event()
         release.set()
         model = TimedModel(clock, 0.001, release)
-        batcher = Batcher([model, model], BatchingConfig(max_batch_size=8), clock=clock, inline_max_s=0.002)
+        # no hold for a fuller batch: a warm batcher would arm a timer of real time, and the loop turns counted
+        # below could run out before it fires (a fast machine runs 200 turns within its 1 ms)
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_s=0)
+        batcher = Batcher([model, model], config, clock=clock, inline_max_s=0.002)
         await one(batcher, 0)  # measured in a worker
         out = await batcher.submit({"x": rows(1, 2)}, inline=True)  # two rows
         np.testing.assert_array_equal(out["y"], rows(2, 4))
