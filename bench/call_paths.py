@@ -6,13 +6,16 @@ Both columns call the server's own code (`server/model.py`'s `SavedModelServable
 in and out), so the figures are what a batch costs in the server, less the request path:
 
 - `function`: `tf.saved_model.load(p).signatures["serving_default"]`, an eager ConcreteFunction call.
-- `session`: the SavedModel's graph in a TF1 Session called through `Session.make_callable` (the default on CPU):
-  one C++ `Session::Run` per call, far less Python (and GIL) per call.
+- `session`: the SavedModel's graph in a TF1 Session called through the session's C++ callable (the default on
+  CPU): one `Session::RunCallable` per call, far less Python (and GIL) per call.
+- `caller`: the same session callable with every op run on the calling thread instead of TensorFlow's inter-op
+  pool (`--caller-thread-max-batch`); `vs session` is its time over the pool's (under 1: the caller's thread is
+  faster at that batch size, which `--caller-thread-max-batch auto` finds in the server by timing both).
 
-`ulps` is the largest difference between the two paths' outputs in units in the last place (0: bit-identical;
-the seed LSTM's differ by 1-2 at some batch sizes); more than 8 stops the run. The paths are timed in alternating
-rounds (noise on a shared host hits both alike); wall time and the calling process's CPU time per call are printed
-(TF's own threads count in the CPU time), with the best round of each.
+`ulps` is the largest difference between the function's outputs and the session's (either thread) in units in the
+last place (0: bit-identical; the seed LSTM's differ by 1-2 at some batch sizes); more than 8 stops the run. The
+paths are timed in alternating rounds (noise on a shared host hits all alike); wall time and the calling process's
+CPU time per call are printed (TF's own threads count in the CPU time), with the best round of each.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from bench.models import MODELS
 
-PATHS = ("function", "session")
+PATHS = ("function", "session", "caller")
 
 
 def _time(call: Callable[[], Any], seconds: float) -> tuple[float, float]:
@@ -68,16 +71,20 @@ def main() -> int:
     repo = Path(tempfile.mkdtemp(prefix="kerve-call-paths-"))
     print(
         f"{'model':9s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} "
-        f"{'saved':>6s} {'ulps':>5s}"
+        f"{'saved':>6s} {'ulps':>5s} {'caller ms':>9s} {'(cpu)':>7s} {'vs session':>10s}"
     )
     for name in [n for n in args.models.split(",") if n]:
         path = export(MODELS[name], repo)
-        servables = {call_path: SavedModelServable(path, None, call_path) for call_path in PATHS}
+        servables = {
+            "function": SavedModelServable(path, None, "function"),
+            "session": SavedModelServable(path, None, "session"),
+            "caller": SavedModelServable(path, None, "session", caller_thread_max_rows=1 << 30),
+        }
         runs = {call_path: servable.signature().run for call_path, servable in servables.items()}
         rng = np.random.default_rng(0)
         for batch in [int(b) for b in args.batches.split(",") if b]:
             inputs = {s.name: s.sample(rng, batch) for s in MODELS[name].inputs}
-            ulps = _ulps(runs["function"](inputs), runs["session"](inputs))
+            ulps = max(_ulps(runs["function"](inputs), runs[other](inputs)) for other in ("session", "caller"))
             if ulps > 8:
                 raise SystemExit(f"{name}: the two call paths disagree by {ulps} ulps")
             best: dict[str, tuple[float, float]] = {}
@@ -86,10 +93,10 @@ def main() -> int:
                     run(inputs)  # warm: the first call after the other path's may pay for cold caches
                     timed = _time(lambda run=run, inputs=inputs: run(inputs), args.seconds / args.rounds)
                     best[call_path] = min(best.get(call_path, timed), timed)
-            (fn_ms, fn_cpu), (ses_ms, ses_cpu) = best["function"], best["session"]
+            (fn_ms, fn_cpu), (ses_ms, ses_cpu), (own_ms, own_cpu) = best["function"], best["session"], best["caller"]
             print(
                 f"{name:9s} {batch:5d} {fn_ms:11.3f} {fn_cpu:7.3f} {ses_ms:10.3f} {ses_cpu:7.3f} "
-                f"{1 - ses_ms / fn_ms:6.0%} {ulps:5d}",
+                f"{1 - ses_ms / fn_ms:6.0%} {ulps:5d} {own_ms:9.3f} {own_cpu:7.3f} {own_ms / ses_ms:10.2f}",
                 flush=True,
             )
         for servable in servables.values():

@@ -111,8 +111,11 @@ class KerveServer:
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core)", *thread_counts())
-        loader = ReplicaLoader(self.devices, settings.call_path)
+        loader = ReplicaLoader(self.devices, settings.call_path, settings.caller_thread_max_batch)
         log.info("models are called through the %s path (--call-path %s)", loader.call_path, settings.call_path)
+        if settings.caller_thread_max_batch and loader.call_path != "session":
+            log.warning("--caller-thread-max-batch is for the session call path; the %s path ignores it",
+                        loader.call_path)  # fmt: skip
         self.stopping = threading.Event()  # set on SIGTERM: a load in a worker thread stops warming up
         self.manager = ModelManager(
             settings.model_repository,

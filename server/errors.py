@@ -48,7 +48,8 @@ _ENDS = ("Function call stack:", "Original stack trace for", "During handling of
 # "\t [[{{node X}}]] [Op:__inference_f_11]", "[[{{function_node __inference_f_2}}{{node X}}]]"
 _NODE_MARKER = re.compile(r"\s*\[\[\{\{(?:function_)?node .*$")
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\](?:\s+name:.*)?$")  # eager ops: "... [Op:MatMul] name: "
-_FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")  # eager ops: "{{function_node __wrapped__X}} ..."
+# eager ops: "{{function_node __wrapped__X}} ..."; a session's callable repeats it: "{{function_node F}} {{...F}} ..."
+_FUNCTION_NODE = re.compile(r"^(?:\{\{function_node [^}]*\}\}\s*)+")
 _ROOT_ERRORS = re.compile(r"^\d+ root error\(s\) found\.?$")
 _PLACEHOLDER = re.compile(r"^<[^<>]*>$")  # "<stack traces unavailable>" where the frames would be
 _ROOT_INDEX = re.compile(r"^\(\d+\)\s+")  # "(0) INVALID_ARGUMENT: ..." of a multi-error message

@@ -3,9 +3,10 @@
 Serving goes through the SavedModel's signatures, never `keras.Model.predict` (which costs ~70x more per call on
 small batches). A signature is called through one of two paths (`--call-path`):
 
-- ``session``: the SavedModel's graph imported into a TF1 ``Session`` and called through
-  ``Session.make_callable``: one C++ ``Session::Run`` per batch, numpy in and out, as TF Serving does. It runs the
+- ``session``: the SavedModel's graph imported into a TF1 ``Session`` and called through the session's C++
+  callable: one ``Session::RunCallable`` per batch, numpy in and out, as TF Serving runs a batch. It runs the
   least Python (and holds the GIL least) per call, which is what a 2-core host serving small batches is short of.
+  Small batches can run their ops on the calling thread instead of TF's inter-op pool (`--caller-thread-max-batch`).
 - ``function``: ``tf.saved_model.load(path).signatures[key]``, an eager call of the signature's ConcreteFunction.
   Mirrored models (MirroredStrategy/TPUStrategy) need it, and ``auto`` keeps it on GPU and TPU, where the session
   path has not been measured.
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config
 from tensorflow.python.eager import context
 from tensorflow.python.util import deprecation
 
-from . import sharding
+from . import call_choice, sharding
 from .devices import DeviceSet
 from .errors import ErrorCode, ServingError, first_line, not_found
 from .model_config import ModelConfig
@@ -128,23 +130,47 @@ def _function_runner(fn: Any, device: str | None) -> Runner:
 
 
 class _SessionSignature:
-    """One signature called through `Session.make_callable`: the feeds in sorted input order, one callable per
-    tuple of requested outputs (made once, then reused: making one prunes the graph, which costs milliseconds)."""
+    """One signature called through the session's C++ callables (`Session::MakeCallable`/`RunCallable`): the feeds
+    in sorted input order, one callable per tuple of requested outputs (made once, then reused: making one prunes
+    the graph, which costs milliseconds).
 
-    def __init__(self, session: tf.compat.v1.Session, signature: meta_graph_pb2.SignatureDef) -> None:
+    Not `Session.make_callable`: with feeds it runs `Session.run`'s Python feed and fetch handling on every call,
+    which cost the seed CNN 0.15 ms of a 0.25-0.4 ms batch-1 call in process (docs/benchmarks.md, eighteenth
+    session). Small batches may run their ops on the calling thread (`RunOptions.inter_op_thread_pool = -1`)
+    instead of handing each op to TensorFlow's inter-op pool: a second callable per output tuple, and `choice`
+    (server/call_choice.py) says per batch which one runs it, learning from timed batches under `auto`.
+    """
+
+    def __init__(
+        self,
+        session: tf.compat.v1.Session,
+        signature: meta_graph_pb2.SignatureDef,
+        choice: call_choice.CallerThreadChoice | call_choice.FixedCallerThread | None = None,
+    ) -> None:
         self._session = session
         self._inputs = sorted(signature.inputs)
-        self._feeds = [session.graph.get_tensor_by_name(signature.inputs[name].name) for name in self._inputs]
-        self._fetches = {name: session.graph.get_tensor_by_name(info.name) for name, info in signature.outputs.items()}
+        self._feeds = [signature.inputs[name].name for name in self._inputs]
+        self._fetches = {name: info.name for name, info in signature.outputs.items()}
         self._all = tuple(sorted(self._fetches))
-        self._callables: dict[tuple[str, ...], Callable[..., list[np.ndarray]]] = {}
+        self.choice = choice or call_choice.FixedCallerThread(0)
+        self._callables: dict[tuple[str, ...], tuple[Callable[..., list[np.ndarray]], ...]] = {}
         self._lock = threading.Lock()
-        self._callable(self._all)  # built at load, so the first request does not pay for it
+        self._callable(self._all, False)  # built at load, so the first request does not pay for it
 
-    def _callable(self, names: tuple[str, ...]) -> Callable[..., list[np.ndarray]]:
+    def _options(self, names: tuple[str, ...], caller_thread: bool) -> config_pb2.CallableOptions:
+        options = config_pb2.CallableOptions(feed=self._feeds, fetch=[self._fetches[name] for name in names])
+        if caller_thread:
+            options.run_options.inter_op_thread_pool = -1
+        return options
+
+    def _make(self, names: tuple[str, ...], caller_thread: bool) -> Callable[..., list[np.ndarray]]:
+        options = self._options(names, caller_thread)
+        return self._session._make_callable_from_options(options)  # noqa: SLF001 - the C++ callable, no Python run
+
+    def _callable(self, names: tuple[str, ...], caller_thread: bool) -> Callable[..., list[np.ndarray]]:
         found = self._callables.get(names)
         if found is not None:
-            return found
+            return found[caller_thread]
         unknown = [name for name in names if name not in self._fetches]
         if unknown:
             raise ServingError(
@@ -153,10 +179,12 @@ class _SessionSignature:
         with self._lock:
             found = self._callables.get(names)
             if found is None:
-                found = self._session.make_callable([self._fetches[name] for name in names], self._feeds)
+                found = (self._make(names, False),)
+                if self.choice.max_rows > 0:
+                    found += (self._make(names, True),)
                 if len(self._callables) < _MAX_CALLABLES or names == self._all:
                     self._callables[names] = found
-            return found
+            return found[caller_thread]
 
     def __call__(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
@@ -167,13 +195,20 @@ class _SessionSignature:
                 ErrorCode.INVALID_ARGUMENT,
                 f"model rejected the inputs: expected {self._inputs}, got {sorted(inputs)}",
             )
-        call = self._callable(names)
+        values = [inputs[name] for name in self._inputs]
+        first = values[0] if values else None
+        rows = first.shape[0] if first is not None and first.ndim else 1
+        caller_thread, timed = self.choice.choose(rows)
+        call = self._callable(names, caller_thread)
         try:
             with _model_errors():
-                values = call(*[inputs[name] for name in self._inputs])
+                started = time.perf_counter()
+                outputs = call(*values)
+                if timed:
+                    self.choice.record(rows, caller_thread, time.perf_counter() - started)
         except (RuntimeError, tf.errors.CancelledError) as exc:  # the session was closed: the version unloaded
             raise ServingError(ErrorCode.UNAVAILABLE, f"the model was unloaded: {first_line(exc)}") from None
-        return dict(zip(names, values, strict=True))
+        return dict(zip(names, outputs, strict=True))
 
 
 def _meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
@@ -219,13 +254,19 @@ class SavedModelServable:
     platform = PLATFORM
 
     def __init__(
-        self, path: str | Path, device: str | None = None, call_path: str = "function", fallback: bool = False
+        self,
+        path: str | Path,
+        device: str | None = None,
+        call_path: str = "function",
+        fallback: bool = False,
+        caller_thread_max_rows: int | None = 0,
     ) -> None:
         if call_path not in ("session", "function"):
             raise ValueError(f"call path must be session or function, got {call_path!r}")
         self.path = Path(path)
         self.device = device
         self.call_path = call_path
+        self._caller_thread_max_rows = caller_thread_max_rows
         self._session: tf.compat.v1.Session | None = None
         meta_graph = _meta_graph(self.path)  # no SavedModel there: OSError, which neither path could load
         # What TF Serving's GetModelMetadata reports, kept from the file this version loaded: the file may be
@@ -284,7 +325,10 @@ class SavedModelServable:
                     continue
                 inputs = {name: _info_spec(name, info) for name, info in signature.inputs.items()}
                 outputs = {name: _info_spec(name, info) for name, info in signature.outputs.items()}
-                signatures[key] = Signature(key, inputs, outputs, _SessionSignature(session, signature))
+                label = f"{self.path.parent.name}/{self.path.name} {key} on {self.device or 'the default device'}"
+                choice = call_choice.policy(self._caller_thread_max_rows, label)
+                run = _SessionSignature(session, signature, choice)
+                signatures[key] = Signature(key, inputs, outputs, run)
         except BaseException:
             session.close()
             raise
@@ -328,6 +372,7 @@ class ReplicatedServable:
         on_close: Callable[[], None] | None = None,
         call_path: str = "function",
         fallback: bool = False,
+        caller_thread_max_rows: int | None = 0,
     ) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
@@ -335,7 +380,7 @@ class ReplicatedServable:
         self.replicas: list[SavedModelServable] = []
         try:
             for device in devices:
-                self.replicas.append(SavedModelServable(path, device, call_path, fallback))
+                self.replicas.append(SavedModelServable(path, device, call_path, fallback, caller_thread_max_rows))
         except BaseException:
             for replica in self.replicas:
                 replica.close()
@@ -421,8 +466,9 @@ class ReplicaLoader:
     path cannot load falls back to the function); mirrored copies through the function.
     """
 
-    def __init__(self, devices: DeviceSet, call_path: str = "auto") -> None:
+    def __init__(self, devices: DeviceSet, call_path: str = "auto", caller_thread_max_rows: int | None = 0) -> None:
         self.placer = Placer(devices.names)
+        self.caller_thread_max_rows = caller_thread_max_rows
         self._mirrored_strategy = devices.mirrored_strategy
         self.call_path = resolve_call_path(call_path, devices.kind)
         self._fallback = call_path == "auto"  # auto may fall back to the function path per model; explicit may not
@@ -449,7 +495,9 @@ class ReplicaLoader:
         chosen = self.placer.acquire(config.replicas)
         try:
             release = functools.partial(self.placer.release, chosen)
-            return ReplicatedServable(path, chosen, release, self.call_path, self._fallback)
+            return ReplicatedServable(
+                path, chosen, release, self.call_path, self._fallback, self.caller_thread_max_rows
+            )
         except BaseException:
             self.placer.release(chosen)
             raise

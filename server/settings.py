@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import event_loop, otel, thread_priority
 from .batcher import BatchingConfig
+from .call_choice import AUTO_MAX_ROWS
 from .event_loop import EVENT_LOOPS
 from .types import CALL_PATHS
 
@@ -36,6 +37,8 @@ class ServerSettings:
     inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
     model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
     call_path: str = "auto"  # session | function | auto (session on CPU): how models are called (server/model.py)
+    caller_thread_max_batch: int | None = 0  # session path: batches up to this many rows run ops on the calling
+    # thread; None (auto): each replica times both ways on its small batches and keeps the faster (call_choice.py)
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
     load_models: tuple[str, ...] | None = None  # explicit control: the models loaded at start (None: all)
@@ -75,6 +78,8 @@ class ServerSettings:
                 raise ValueError(f"{flag} must be >= 0, got {threads}")
         if self.call_path not in CALL_PATHS:
             raise ValueError(f"--call-path must be one of {', '.join(CALL_PATHS)}, got {self.call_path!r}")
+        if self.caller_thread_max_batch is not None and self.caller_thread_max_batch < 0:
+            raise ValueError(f"--caller-thread-max-batch must be >= 0, got {self.caller_thread_max_batch}")
         if self.model_thread_nice is not None and not (0 <= self.model_thread_nice <= 19):
             raise ValueError(f"--model-thread-nice must be auto or 0..19, got {self.model_thread_nice}")
         if not (self.poll_interval_s >= 0):  # also rejects NaN
@@ -379,6 +384,25 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         "ConcreteFunction); auto = session on CPU, function on GPU and TPU; mirrored models always use function "
         "(env KERVE_CALL_PATH)",
     )
+    group.add_argument(
+        "--caller-thread-max-batch",
+        type=_auto_or_count,
+        default=_env("CALLER_THREAD_MAX_BATCH", "0") or "0",  # a string: argparse converts and checks it
+        help="session call path: a batch of at most this many rows runs its ops on the thread that calls the "
+        "model instead of handing each to TensorFlow's inter-op pool (RunOptions.inter_op_thread_pool = -1), "
+        "which saves a thread hop per op on small batches but runs independent ops one after another; auto = "
+        f"each replica times both ways on its batches of up to {AUTO_MAX_ROWS} rows (per bucket 1, 2, 3-4, ...) "
+        "and keeps the faster; 0 = off (env KERVE_CALLER_THREAD_MAX_BATCH)",
+    )
+
+
+def _auto_or_count(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of rows >= 0, got {text!r}") from None
 
 
 def _nice(text: str) -> int | None:
@@ -427,6 +451,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         inter_op_threads=args.inter_op_threads,
         model_thread_nice=args.model_thread_nice,
         call_path=args.call_path,
+        caller_thread_max_batch=args.caller_thread_max_batch,
         poll_interval_s=args.poll_interval,
         model_control=args.model_control,
         load_models=_load_models(args.load_model),

@@ -292,3 +292,70 @@ def test_a_signature_with_a_sparse_or_ragged_tensor_is_left_out_and_the_others_s
         first.close()
         second.close()
     assert "signature 'sparse' is not served" in caplog.text and "signature 'split' is not served" in caplog.text
+
+
+def _cpu_ticks_by_thread_name() -> dict[str, int]:
+    """CPU time (clock ticks) of this process's threads, summed by thread name (Linux /proc)."""
+    ticks: dict[str, int] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread exited meanwhile
+            continue
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+def test_small_batches_run_their_ops_on_the_calling_thread_with_the_same_outputs(models: dict[str, Path]) -> None:
+    """--caller-thread-max-batch: a batch of at most that many rows runs its ops on the thread that calls the model,
+    so the session's inter-op pool (TensorFlow's "Compute" threads) gets no CPU from it; a larger one runs there."""
+    from kerve.server.model import SavedModelServable
+
+    small = SavedModelServable(models["cnn"], "/device:CPU:0", "session", caller_thread_max_rows=4)
+    pooled = SavedModelServable(models["cnn"], "/device:CPU:0", "session")
+    images = CASES["cnn"]["serving_default"]["image"]  # 5 rows
+    try:
+        for rows in (1, 4, 5):
+            batch = {"image": images[:rows]}
+            np.testing.assert_array_equal(
+                small.signature().run(batch)["output_0"], pooled.signature().run(batch)["output_0"]
+            )
+            before = _cpu_ticks_by_thread_name()
+            for _ in range(1500):
+                small.signature().run(batch)
+            after = _cpu_ticks_by_thread_name()
+            pool_ticks = after.get("tf_Compute", 0) - before.get("tf_Compute", 0)
+            if rows <= 4:
+                assert pool_ticks == 0, f"{rows}-row batches gave the inter-op pool {pool_ticks} ticks of CPU"
+            else:
+                assert pool_ticks > 0, "5-row batches (over the limit) ran without the inter-op pool"
+    finally:
+        small.close()
+        pooled.close()
+
+
+def test_auto_times_both_ways_on_real_batches_and_keeps_one_per_bucket(
+    models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kerve.server.call_choice import TRIALS
+    from kerve.server.model import SavedModelServable
+
+    caplog.set_level(logging.INFO, "kerve.server.call_choice")
+    auto = SavedModelServable(models["cnn"], "/device:CPU:0", "session", caller_thread_max_rows=None)
+    pooled = SavedModelServable(models["cnn"], "/device:CPU:0", "session")
+    images = CASES["cnn"]["serving_default"]["image"]
+    try:
+        want = pooled.signature().run({"image": images[:1]})["output_0"]
+        for _ in range(2 * TRIALS):  # the trials: both ways, alternating, the same outputs either way
+            np.testing.assert_array_equal(auto.signature().run({"image": images[:1]})["output_0"], want)
+        choice = auto.signature().run.choice
+        assert list(choice.chosen()) == [1]
+        assert "cnn/1 serving_default on /device:CPU:0: batches of 1 rows run on" in caplog.text
+        np.testing.assert_array_equal(auto.signature().run({"image": images[:1]})["output_0"], want)
+        assert choice.choose(5) == (True, True)  # 5-8 rows: not decided yet, its own trials start
+    finally:
+        auto.close()
+        pooled.close()

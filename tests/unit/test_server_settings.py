@@ -44,6 +44,18 @@ def test_inline_call_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest
             _settings(tmp_path, "--inline-call-max-ms", bad)
 
 
+def test_caller_thread_max_batch_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).caller_thread_max_batch == 0  # off unless asked for
+    assert _settings(tmp_path, "--caller-thread-max-batch", "8").caller_thread_max_batch == 8
+    monkeypatch.setenv("KERVE_CALLER_THREAD_MAX_BATCH", "4")
+    assert _settings(tmp_path).caller_thread_max_batch == 4
+    assert _settings(tmp_path, "--caller-thread-max-batch", "auto").caller_thread_max_batch is None
+    with pytest.raises(ValueError, match="--caller-thread-max-batch must be >= 0, got -1"):
+        _settings(tmp_path, "--caller-thread-max-batch", "-1")
+    with pytest.raises(SystemExit):  # argparse: "expected auto or a number of rows >= 0, got 'some'"
+        _settings(tmp_path, "--caller-thread-max-batch", "some")
+
+
 def test_gil_switch_interval_is_applied_and_zero_keeps_pythons(restore_switch_interval: None) -> None:
     sys.setswitchinterval(0.005)
     settings.apply_gil_switch_interval(0)

@@ -46,6 +46,12 @@ SAVED_FUNCTION = (  # a loaded SavedModel's signature (tf.saved_model.load): no 
     "<stack traces unavailable>\n"
     f"{DTYPE_CAUSE}\n\t [[{{{{node ParseExample/ParseExampleV2}}}}]] [Op:__inference_signature_wrapper_classify_212]"
 )
+SESSION_CALLABLE = (  # the session path's C++ callable (Session::RunCallable) names the function twice
+    "{{function_node __inference_signature_wrapper_classify_65}} "
+    f"{{{{function_node __inference_signature_wrapper_classify_65}}}} {DTYPE_CAUSE}\n"
+    "\t [[{{function_node __inference_classify_53}}{{node ParseExample/ParseExampleV2}}]]\n"
+    "\t [[StatefulPartitionedCall]]"
+)
 NESTED_NODE = (
     f"{DTYPE_CAUSE}\n\t [[{{{{function_node __inference_classify_203}}}}{{{{node ParseExample/ParseExampleV2}}}}]]"
 )
@@ -57,6 +63,7 @@ NESTED_NODE = (
         (FUNCTION_PATH, DTYPE_CAUSE),
         (SESSION_PATH, DTYPE_CAUSE),
         (SAVED_FUNCTION, DTYPE_CAUSE),
+        (SESSION_CALLABLE, DTYPE_CAUSE),
         (NESTED_NODE, DTYPE_CAUSE),
         (RESHAPE, "Input to reshape is a tensor with 3 values, but the requested shape requires a multiple of 2"),
         (EAGER_OP, "Matrix size-incompatible: In[0]: [2,3], In[1]: [4,5]"),
@@ -69,6 +76,7 @@ NESTED_NODE = (
         "function",
         "session",
         "saved-function",
+        "session-callable",
         "nested-node",
         "reshape",
         "eager-op",

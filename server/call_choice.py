@@ -1,0 +1,115 @@
+"""Which of two equivalent ways of running a batch is faster for this model, learned from its own batches.
+
+A TF1 session can run a batch's ops on TensorFlow's inter-op pool or on the thread that calls the model
+(`RunOptions.inter_op_thread_pool = -1`). Which is faster depends on the model and the batch size: on the 2-core
+benchmark VM the caller's thread made the seed CNN's batches of 1-8 rows 1.2-1.9x faster and the seed LSTM's of 4
+or more rows 5-35% slower, with the ResNet's in between (docs/benchmarks.md, eighteenth session). No rule of
+thumb picks it, so each replica times both on the batches it serves: per bucket of row counts (1, 2, 3-4, 5-8,
+...), the first calls alternate between the two ways, and once each has `trials` durations the one with the lower
+median is kept. Alternating makes drift on the machine (a load burst, another model's batches) hit both alike;
+timing real batches in the server measures the call as the server pays for it, beside its own threads. Pure
+logic, no TensorFlow: unit-tested with made-up durations.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from dataclasses import dataclass, field
+
+log = logging.getLogger("kerve.server.call_choice")
+
+AUTO_MAX_ROWS = 32  # largest batch `auto` times both ways for: past it, a batch's ops outlast any hand-off
+TRIALS = 8  # durations of each way per bucket before choosing
+
+
+def bucket(rows: int) -> int:
+    """The power of two at or above `rows`: batch sizes that close share one choice."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+@dataclass
+class _Bucket:
+    durations: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    calls: int = 0
+    chosen: bool | None = None
+
+
+class CallerThreadChoice:
+    """Per bucket of row counts up to `max_rows`: run on the caller's thread (True) or the pool (False)?
+
+    `choose(rows)` says which way to run a batch and whether to time it; `record` takes the timed duration.
+    Batches over `max_rows` rows always run on the pool. Safe to use from several threads.
+    """
+
+    def __init__(self, max_rows: int = AUTO_MAX_ROWS, trials: int = TRIALS, label: str = "") -> None:
+        if max_rows < 0 or trials < 1:
+            raise ValueError(f"max_rows must be >= 0 and trials >= 1, got {max_rows} and {trials}")
+        self.max_rows = max_rows
+        self.trials = trials
+        self.label = label
+        self._buckets: dict[int, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def choose(self, rows: int) -> tuple[bool, bool]:
+        """(run this batch on the caller's thread, time it and `record` the duration)."""
+        if not 0 < rows <= self.max_rows:
+            return False, False
+        found = self._buckets.get(bucket(rows))
+        if found is not None and found.chosen is not None:
+            return found.chosen, False
+        with self._lock:
+            found = self._buckets.setdefault(bucket(rows), _Bucket())
+            if found.chosen is not None:
+                return found.chosen, False
+            found.calls += 1
+            return found.calls % 2 == 1, True  # alternate, starting on the caller's thread
+
+    def record(self, rows: int, caller_thread: bool, seconds: float) -> None:
+        with self._lock:
+            found = self._buckets.get(bucket(rows))
+            if found is None or found.chosen is not None:
+                return
+            found.durations[caller_thread].append(seconds)
+            if min(len(durations) for durations in found.durations) < self.trials:
+                return
+            pool, caller = (statistics.median(durations) for durations in found.durations)
+            found.chosen = caller < pool
+            found.durations[0].clear()
+            found.durations[1].clear()
+        size = bucket(rows)
+        rows_text = f"{size // 2 + 1}-{size}" if size > 2 else str(size)
+        log.info(
+            "%sbatches of %s rows run on %s (median %.3f ms there, %.3f ms on the other)",
+            f"{self.label}: " if self.label else "",
+            rows_text,
+            "the calling thread" if found.chosen else "TensorFlow's inter-op pool",
+            1e3 * min(pool, caller),
+            1e3 * max(pool, caller),
+        )
+
+    def chosen(self) -> dict[int, bool]:
+        """Bucket (largest row count in it) -> caller's thread, for the buckets decided so far."""
+        with self._lock:
+            return {size: b.chosen for size, b in sorted(self._buckets.items()) if b.chosen is not None}
+
+
+class FixedCallerThread:
+    """`--caller-thread-max-batch N`: batches of at most `max_rows` rows on the caller's thread, never timed."""
+
+    def __init__(self, max_rows: int) -> None:
+        if max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0, got {max_rows}")
+        self.max_rows = max_rows
+
+    def choose(self, rows: int) -> tuple[bool, bool]:
+        return 0 < rows <= self.max_rows, False
+
+    def record(self, rows: int, caller_thread: bool, seconds: float) -> None:
+        """Nothing to learn: the choice is fixed."""
+
+
+def policy(max_rows: int | None, label: str = "") -> CallerThreadChoice | FixedCallerThread:
+    """`None` (auto): time both ways per bucket up to AUTO_MAX_ROWS rows; a number: that fixed limit (0: off)."""
+    return CallerThreadChoice(AUTO_MAX_ROWS, label=label) if max_rows is None else FixedCallerThread(max_rows)

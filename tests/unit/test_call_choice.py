@@ -1,0 +1,109 @@
+"""The caller-thread choice (server/call_choice.py): alternate, time, keep the faster way per bucket of rows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from kerve.server.call_choice import CallerThreadChoice, bucket
+
+
+def run(choice: CallerThreadChoice, rows: int, caller_ms: float, pool_ms: float) -> bool:
+    """One batch: the way `choice` picks, 'timed' at the given cost of that way; returns the way taken."""
+    caller_thread, timed = choice.choose(rows)
+    if timed:
+        choice.record(rows, caller_thread, (caller_ms if caller_thread else pool_ms) / 1e3)
+    return caller_thread
+
+
+def test_buckets_are_powers_of_two() -> None:
+    assert [bucket(rows) for rows in (1, 2, 3, 4, 5, 8, 9, 32, 33)] == [1, 2, 4, 4, 8, 8, 16, 32, 64]
+
+
+def test_it_alternates_until_each_way_has_its_trials_then_keeps_the_faster(caplog: pytest.LogCaptureFixture) -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=3, label="m/1 serving_default")
+    caplog.set_level(logging.INFO, "kerve.server.call_choice")
+    ways = [run(choice, 3, caller_ms=0.3, pool_ms=0.5) for _ in range(6)]
+    assert ways == [True, False, True, False, True, False]
+    assert choice.chosen() == {4: True}
+    assert [run(choice, 4, 0.3, 0.5) for _ in range(5)] == [True] * 5  # same bucket: decided, not timed
+    assert choice.choose(4) == (True, False)
+    assert "m/1 serving_default: batches of 3-4 rows run on the calling thread (median 0.300 ms there, 0.500" in (
+        caplog.text
+    )
+
+
+def test_each_bucket_decides_for_itself_and_the_pool_can_win() -> None:
+    choice = CallerThreadChoice(max_rows=32, trials=2)
+    for _ in range(4):
+        run(choice, 1, caller_ms=0.2, pool_ms=0.4)
+        run(choice, 20, caller_ms=9.0, pool_ms=7.0)
+    assert choice.chosen() == {1: True, 32: False}
+    assert run(choice, 17, 0.0, 0.0) is False and run(choice, 1, 0.0, 0.0) is True
+    assert choice.choose(2) == (True, True)  # a bucket not seen yet starts its own trials
+
+
+def test_the_median_decides_so_one_slow_outlier_does_not() -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=3)
+    caller = iter([0.3, 50.0, 0.3])  # one preempted call on the caller's thread
+    for _ in range(6):
+        caller_thread, timed = choice.choose(1)
+        choice.record(1, caller_thread, (next(caller) if caller_thread else 0.5) / 1e3)
+    assert choice.chosen() == {1: True}
+
+
+def test_batches_past_the_limit_and_empty_ones_run_on_the_pool_untimed() -> None:
+    choice = CallerThreadChoice(max_rows=8)
+    assert choice.choose(9) == (False, False) and choice.choose(0) == (False, False)
+    off = CallerThreadChoice(max_rows=0)
+    assert off.choose(1) == (False, False)
+    with pytest.raises(ValueError, match="max_rows must be >= 0 and trials >= 1"):
+        CallerThreadChoice(max_rows=-1)
+    with pytest.raises(ValueError):
+        CallerThreadChoice(trials=0)
+
+
+def test_a_late_duration_after_the_choice_is_ignored() -> None:
+    choice = CallerThreadChoice(max_rows=4, trials=1)
+    first, second = choice.choose(1), choice.choose(1)  # two batches in flight at once, both timed
+    assert first == (True, True) and second == (False, True)
+    choice.record(1, True, 0.001)
+    choice.record(1, False, 0.002)
+    assert choice.chosen() == {1: True}
+    choice.record(1, False, 0.0001)  # a third timed call finishing late changes nothing
+    assert choice.chosen() == {1: True}
+
+
+def test_concurrent_callers_each_get_one_decision() -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=50)
+    barrier = threading.Barrier(4)
+
+    def serve() -> None:
+        barrier.wait()
+        for _ in range(200):
+            run(choice, 2, caller_ms=1.0, pool_ms=2.0)
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert choice.chosen() == {2: True}
+
+
+def test_a_fixed_limit_is_never_timed_and_auto_times_up_to_its_limit() -> None:
+    from kerve.server.call_choice import AUTO_MAX_ROWS, FixedCallerThread, policy
+
+    fixed = policy(4)
+    assert isinstance(fixed, FixedCallerThread)
+    assert [fixed.choose(rows) for rows in (1, 4, 5)] == [(True, False), (True, False), (False, False)]
+    fixed.record(1, True, 1.0)  # ignored
+    assert policy(0).choose(1) == (False, False)
+    auto = policy(None, "m/1")
+    assert isinstance(auto, CallerThreadChoice) and auto.max_rows == AUTO_MAX_ROWS and auto.label == "m/1"
+    assert auto.choose(AUTO_MAX_ROWS)[1] and auto.choose(AUTO_MAX_ROWS + 1) == (False, False)
+    with pytest.raises(ValueError, match="max_rows must be >= 0"):
+        FixedCallerThread(-1)
