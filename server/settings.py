@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,22 +397,22 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _auto_or_count(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a number of rows >= 0, got {text!r}") from None
+def _auto_or_int(expected: str) -> Callable[[str], int | None]:
+    """An argparse type: `auto` -> None, else an integer; the usage error names what is `expected` beside auto."""
+
+    def parse(text: str) -> int | None:
+        if text == "auto":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected auto or {expected}, got {text!r}") from None
+
+    return parse
 
 
-def _nice(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or an integer 0..19, got {text!r}") from None
+_auto_or_count = _auto_or_int("a number of rows >= 0")
+_nice = _auto_or_int("an integer 0..19")
 
 
 def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
