@@ -70,7 +70,7 @@ def main() -> int:
 
     repo = Path(tempfile.mkdtemp(prefix="kerve-call-paths-"))
     print(
-        f"{'model':9s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} "
+        f"{'model':11s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} "
         f"{'saved':>6s} {'ulps':>5s} {'caller ms':>9s} {'(cpu)':>7s} {'vs session':>10s}"
     )
     for name in [n for n in args.models.split(",") if n]:
@@ -95,7 +95,7 @@ def main() -> int:
                     best[call_path] = min(best.get(call_path, timed), timed)
             (fn_ms, fn_cpu), (ses_ms, ses_cpu), (own_ms, own_cpu) = best["function"], best["session"], best["caller"]
             print(
-                f"{name:9s} {batch:5d} {fn_ms:11.3f} {fn_cpu:7.3f} {ses_ms:10.3f} {ses_cpu:7.3f} "
+                f"{name:11s} {batch:5d} {fn_ms:11.3f} {fn_cpu:7.3f} {ses_ms:10.3f} {ses_cpu:7.3f} "
                 f"{1 - ses_ms / fn_ms:6.0%} {ulps:5d} {own_ms:9.3f} {own_cpu:7.3f} {own_ms / ses_ms:10.2f}",
                 flush=True,
             )

@@ -7,8 +7,11 @@ or more rows 5-35% slower, with the ResNet's in between (docs/benchmarks.md, eig
 thumb picks it, so each replica times both on the batches it serves: per bucket of row counts (1, 2, 3-4, 5-8,
 ...), the first calls alternate between the two ways, and once each has `trials` durations the one with the lower
 median is kept. Alternating makes drift on the machine (a load burst, another model's batches) hit both alike;
-timing real batches in the server measures the call as the server pays for it, beside its own threads. Pure
-logic, no TensorFlow: unit-tested with made-up durations.
+timing real batches in the server measures the call as the server pays for it, beside its own threads. The ways
+alternate in blocks of `block` calls, the first of each untimed: a pool call right after a caller-thread call finds
+the pool's threads asleep and pays to wake them, which a server that kept to the pool would not (alternating call
+by call, the seed LSTM's batches of 2-4 rows timed faster on the caller's thread in the server, though they ran
+1.2-1.4x slower there in process). Pure logic, no TensorFlow: unit-tested with made-up durations.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger("kerve.server.call_choice")
 
 AUTO_MAX_ROWS = 32  # largest batch `auto` times both ways for: past it, a batch's ops outlast any hand-off
 TRIALS = 8  # durations of each way per bucket before choosing
+BLOCK = 4  # consecutive calls one way before switching; the first of each is not timed
 
 
 def bucket(rows: int) -> int:
@@ -43,11 +47,14 @@ class CallerThreadChoice:
     Batches over `max_rows` rows always run on the pool. Safe to use from several threads.
     """
 
-    def __init__(self, max_rows: int = AUTO_MAX_ROWS, trials: int = TRIALS, label: str = "") -> None:
-        if max_rows < 0 or trials < 1:
-            raise ValueError(f"max_rows must be >= 0 and trials >= 1, got {max_rows} and {trials}")
+    def __init__(
+        self, max_rows: int = AUTO_MAX_ROWS, trials: int = TRIALS, label: str = "", block: int = BLOCK
+    ) -> None:
+        if max_rows < 0 or trials < 1 or block < 2:
+            raise ValueError(f"max_rows must be >= 0, trials >= 1 and block >= 2, got {max_rows}, {trials} and {block}")
         self.max_rows = max_rows
         self.trials = trials
+        self.block = block
         self.label = label
         self._buckets: dict[int, _Bucket] = {}
         self._lock = threading.Lock()
@@ -63,8 +70,10 @@ class CallerThreadChoice:
             found = self._buckets.setdefault(bucket(rows), _Bucket())
             if found.chosen is not None:
                 return found.chosen, False
+            call = found.calls
             found.calls += 1
-            return found.calls % 2 == 1, True  # alternate, starting on the caller's thread
+            # blocks alternate, starting on the caller's thread; the first call of a block pays for the switch
+            return (call // self.block) % 2 == 0, call % self.block != 0
 
     def record(self, rows: int, caller_thread: bool, seconds: float) -> None:
         with self._lock:

@@ -22,11 +22,19 @@ def test_buckets_are_powers_of_two() -> None:
     assert [bucket(rows) for rows in (1, 2, 3, 4, 5, 8, 9, 32, 33)] == [1, 2, 4, 4, 8, 8, 16, 32, 64]
 
 
-def test_it_alternates_until_each_way_has_its_trials_then_keeps_the_faster(caplog: pytest.LogCaptureFixture) -> None:
-    choice = CallerThreadChoice(max_rows=8, trials=3, label="m/1 serving_default")
+def test_it_alternates_in_blocks_until_each_way_has_its_trials_then_keeps_the_faster(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=3, label="m/1 serving_default", block=2)
     caplog.set_level(logging.INFO, "kerve.server.call_choice")
-    ways = [run(choice, 3, caller_ms=0.3, pool_ms=0.5) for _ in range(6)]
-    assert ways == [True, False, True, False, True, False]
+    decisions = [choice.choose(3) for _ in range(4)]
+    # blocks of two calls each way, the first of each block not timed (it pays for switching ways)
+    assert decisions == [(True, False), (True, True), (False, False), (False, True)]
+    for caller_thread, timed in decisions:
+        if timed:
+            choice.record(3, caller_thread, (0.3 if caller_thread else 0.5) / 1e3)
+    ways = [run(choice, 3, caller_ms=0.3, pool_ms=0.5) for _ in range(8)]
+    assert ways == [True, True, False, False, True, True, False, False]
     assert choice.chosen() == {4: True}
     assert [run(choice, 4, 0.3, 0.5) for _ in range(5)] == [True] * 5  # same bucket: decided, not timed
     assert choice.choose(4) == (True, False)
@@ -35,22 +43,36 @@ def test_it_alternates_until_each_way_has_its_trials_then_keeps_the_faster(caplo
     )
 
 
+def test_a_switch_call_that_pays_to_wake_the_pool_does_not_decide() -> None:
+    """Each way's first call after a switch is slow (the pool's threads woke up): only the calls after it count."""
+    choice = CallerThreadChoice(max_rows=8, trials=4, block=3)
+    previous = None
+    while not choice.chosen():
+        caller_thread, timed = choice.choose(2)
+        cost = (1.0 if caller_thread else 0.8) + (5.0 if caller_thread != previous else 0.0)
+        previous = caller_thread
+        if timed:
+            choice.record(2, caller_thread, cost / 1e3)
+    assert choice.chosen() == {2: False}
+
+
 def test_each_bucket_decides_for_itself_and_the_pool_can_win() -> None:
-    choice = CallerThreadChoice(max_rows=32, trials=2)
-    for _ in range(4):
+    choice = CallerThreadChoice(max_rows=32, trials=2, block=2)
+    for _ in range(8):
         run(choice, 1, caller_ms=0.2, pool_ms=0.4)
         run(choice, 20, caller_ms=9.0, pool_ms=7.0)
     assert choice.chosen() == {1: True, 32: False}
     assert run(choice, 17, 0.0, 0.0) is False and run(choice, 1, 0.0, 0.0) is True
-    assert choice.choose(2) == (True, True)  # a bucket not seen yet starts its own trials
+    assert choice.choose(2) == (True, False)  # a bucket not seen yet starts its own trials
 
 
 def test_the_median_decides_so_one_slow_outlier_does_not() -> None:
-    choice = CallerThreadChoice(max_rows=8, trials=3)
+    choice = CallerThreadChoice(max_rows=8, trials=3, block=4)
     caller = iter([0.3, 50.0, 0.3])  # one preempted call on the caller's thread
-    for _ in range(6):
+    for _ in range(8):
         caller_thread, timed = choice.choose(1)
-        choice.record(1, caller_thread, (next(caller) if caller_thread else 0.5) / 1e3)
+        if timed:
+            choice.record(1, caller_thread, (next(caller) if caller_thread else 0.5) / 1e3)
     assert choice.chosen() == {1: True}
 
 
@@ -59,16 +81,19 @@ def test_batches_past_the_limit_and_empty_ones_run_on_the_pool_untimed() -> None
     assert choice.choose(9) == (False, False) and choice.choose(0) == (False, False)
     off = CallerThreadChoice(max_rows=0)
     assert off.choose(1) == (False, False)
-    with pytest.raises(ValueError, match="max_rows must be >= 0 and trials >= 1"):
+    with pytest.raises(ValueError, match="max_rows must be >= 0, trials >= 1 and block >= 2, got -1, 8 and 4"):
         CallerThreadChoice(max_rows=-1)
     with pytest.raises(ValueError):
         CallerThreadChoice(trials=0)
+    with pytest.raises(ValueError):
+        CallerThreadChoice(block=1)
 
 
 def test_a_late_duration_after_the_choice_is_ignored() -> None:
-    choice = CallerThreadChoice(max_rows=4, trials=1)
-    first, second = choice.choose(1), choice.choose(1)  # two batches in flight at once, both timed
-    assert first == (True, True) and second == (False, True)
+    choice = CallerThreadChoice(max_rows=4, trials=1, block=2)
+    # two batches in flight at once, both timed: each the second call of its block (the first pays the switch)
+    switch_1, first, switch_2, second = (choice.choose(1) for _ in range(4))
+    assert (switch_1, first, switch_2, second) == ((True, False), (True, True), (False, False), (False, True))
     choice.record(1, True, 0.001)
     choice.record(1, False, 0.002)
     assert choice.chosen() == {1: True}
@@ -104,6 +129,7 @@ def test_a_fixed_limit_is_never_timed_and_auto_times_up_to_its_limit() -> None:
     assert policy(0).choose(1) == (False, False)
     auto = policy(None, "m/1")
     assert isinstance(auto, CallerThreadChoice) and auto.max_rows == AUTO_MAX_ROWS and auto.label == "m/1"
-    assert auto.choose(AUTO_MAX_ROWS)[1] and auto.choose(AUTO_MAX_ROWS + 1) == (False, False)
+    assert [auto.choose(AUTO_MAX_ROWS)[1] for _ in range(2)] == [False, True]  # a switch call, then timed ones
+    assert auto.choose(AUTO_MAX_ROWS + 1) == (False, False)
     with pytest.raises(ValueError, match="max_rows must be >= 0"):
         FixedCallerThread(-1)
