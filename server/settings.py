@@ -38,7 +38,7 @@ class ServerSettings:
     inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
     model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
     call_path: str = "auto"  # session | function | auto (session on CPU): how models are called (server/model.py)
-    caller_thread_max_batch: int | None = 0  # session path: batches up to this many rows run ops on the calling
+    caller_thread_max_batch: int | None = None  # session path: batches up to this many rows run ops on the calling
     # thread; None (auto): each replica times both ways on its small batches and keeps the faster (call_choice.py)
     poll_interval_s: float = 30.0  # seconds between repository polls; 0 disables (model_control poll)
     model_control: str = "poll"  # poll | explicit (load/unload only through the repository RPCs)
@@ -380,20 +380,20 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         "--call-path",
         choices=CALL_PATHS,
         default=_env("CALL_PATH", "auto") or "auto",
-        help="how a model is called: session (the SavedModel's graph in a TF1 Session, one Session::Run per "
-        "batch, as TF Serving does; the least Python per call), function (an eager call of the signature's "
+        help="how a model is called: session (the SavedModel's graph in a TF1 Session, one Session::RunCallable "
+        "per batch, as TF Serving does; the least Python per call), function (an eager call of the signature's "
         "ConcreteFunction); auto = session on CPU, function on GPU and TPU; mirrored models always use function "
         "(env KERVE_CALL_PATH)",
     )
     group.add_argument(
         "--caller-thread-max-batch",
         type=_auto_or_count,
-        default=_env("CALLER_THREAD_MAX_BATCH", "0") or "0",  # a string: argparse converts and checks it
+        default=_env("CALLER_THREAD_MAX_BATCH", "auto") or "auto",  # a string: argparse converts and checks it
         help="session call path: a batch of at most this many rows runs its ops on the thread that calls the "
         "model instead of handing each to TensorFlow's inter-op pool (RunOptions.inter_op_thread_pool = -1), "
         "which saves a thread hop per op on small batches but runs independent ops one after another; auto = "
         f"each replica times both ways on its batches of up to {AUTO_MAX_ROWS} rows (per bucket 1, 2, 3-4, ...) "
-        "and keeps the faster; 0 = off (env KERVE_CALLER_THREAD_MAX_BATCH)",
+        "and keeps the faster (default); 0 = off, every op on the pool (env KERVE_CALLER_THREAD_MAX_BATCH)",
     )
 
 

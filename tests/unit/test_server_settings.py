@@ -45,8 +45,9 @@ def test_inline_call_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest
 
 
 def test_caller_thread_max_batch_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _settings(tmp_path).caller_thread_max_batch == 0  # off unless asked for
+    assert _settings(tmp_path).caller_thread_max_batch is None  # auto unless told otherwise
     assert _settings(tmp_path, "--caller-thread-max-batch", "8").caller_thread_max_batch == 8
+    assert _settings(tmp_path, "--caller-thread-max-batch", "0").caller_thread_max_batch == 0  # off
     monkeypatch.setenv("KERVE_CALLER_THREAD_MAX_BATCH", "4")
     assert _settings(tmp_path).caller_thread_max_batch == 4
     assert _settings(tmp_path, "--caller-thread-max-batch", "auto").caller_thread_max_batch is None
