@@ -2,16 +2,17 @@
 
 A TF1 session can run a batch's ops on TensorFlow's inter-op pool or on the thread that calls the model
 (`RunOptions.inter_op_thread_pool = -1`). Which is faster depends on the model and the batch size: on the 2-core
-benchmark VM the caller's thread made the seed CNN's batches of 1-8 rows 1.2-1.9x faster and the seed LSTM's of 4
-or more rows 5-35% slower, with the ResNet's in between (docs/benchmarks.md, eighteenth session). No rule of
-thumb picks it, so each replica times both on the batches it serves: per bucket of row counts (1, 2, 3-4, 5-8,
-...), the first calls alternate between the two ways, and once each has `trials` durations the one with the lower
-median is kept. Alternating makes drift on the machine (a load burst, another model's batches) hit both alike;
-timing real batches in the server measures the call as the server pays for it, beside its own threads. The ways
-alternate in blocks of `block` calls, the first of each untimed: a pool call right after a caller-thread call finds
-the pool's threads asleep and pays to wake them, which a server that kept to the pool would not (alternating call
-by call, the seed LSTM's batches of 2-4 rows timed faster on the caller's thread in the server, though they ran
-1.2-1.4x slower there in process). Pure logic, no TensorFlow: unit-tested with made-up durations.
+benchmark VM, in process, the caller's thread ran the seed CNN's batches 4-15% faster at every size and the seed
+LSTM's of 2 or more rows 1.2-1.6x slower, with the ResNet's in between (docs/benchmarks.md, eighteenth and
+nineteenth sessions). No rule of thumb picks it, so each replica times both on the batches it serves: per bucket
+of row counts (1, 2, 3-4, 5-8, ...), the first calls alternate between the two ways, and once each has `trials`
+durations the one with the lower median is kept. Alternating makes drift on the machine (a load burst, another
+model's batches) hit both alike; timing real batches in the server measures the call as the server pays for it,
+beside its own threads. The ways alternate in blocks of `block` calls, the first of each untimed: a pool call right
+after a caller-thread call finds the pool's threads asleep and pays to wake them, which a server that kept to the
+pool would not (alternating call by call, the seed LSTM's batches of 2-4 rows timed faster on the caller's thread
+in the server, though they ran 1.2-1.4x slower there in process). Pure logic, no TensorFlow: unit-tested with
+made-up durations.
 """
 
 from __future__ import annotations
