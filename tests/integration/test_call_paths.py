@@ -362,3 +362,24 @@ def test_auto_times_both_ways_on_real_batches_and_keeps_one_per_bucket(
     finally:
         auto.close()
         pooled.close()
+
+
+def test_a_server_times_both_ways_by_default_and_0_keeps_every_op_on_the_pool(
+    model_repo: Path, tmp_path: Path, in_process
+) -> None:
+    """The default (`--caller-thread-max-batch auto`) reaches the replicas through the real server's settings; `0`
+    turns the timing off."""
+    from kerve.server.call_choice import BLOCK, TRIALS
+
+    images = CASES["cnn"]["serving_default"]["image"][:1]
+    want = in_process("cnn", {"image": images})["output_0"]
+    calls = 2 * BLOCK * -(-TRIALS // (BLOCK - 1)) + BLOCK  # one bucket's trials, and a few decided calls
+    logs = {}
+    for arm, flags in (("auto", ()), ("off", ("--caller-thread-max-batch", "0"))):
+        (tmp_path / arm).mkdir()
+        with running_server(model_repo, tmp_path / arm, *flags) as (target, _proc), Client(target) as client:
+            for _ in range(calls):  # one at a time: each a batch of 1 row, bit-identical either way
+                np.testing.assert_array_equal(client.infer("cnn", {"image": images}).outputs["output_0"], want)
+        logs[arm] = next((tmp_path / arm).glob("server-*.log")).read_text()
+    assert "cnn/1 serving_default on /device:CPU:0: batches of 1 rows run on" in logs["auto"], logs["auto"][-2000:]
+    assert "rows run on" not in logs["off"]
