@@ -45,6 +45,7 @@ import numpy as np
 from bench import h2load, ideal, loadgen, profile
 from bench.models import DEFAULT_MODELS, MODELS, compute_bound_warnings
 from kerve.server import event_loop
+from kerve.server.call_choice import logged_choices
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
@@ -623,6 +624,18 @@ def _other(row: dict[str, dict[str, Any]]) -> float:
     return max(entry["other_cpu_cores"] for entry in row.values())
 
 
+def print_caller_thread_choices(choices: list[dict[str, Any]]) -> None:
+    """One line per signature and replica: the row buckets kerve runs on the calling thread and on the pool."""
+    ways: dict[str, dict[bool, list[str]]] = {}
+    for choice in choices:
+        ways.setdefault(choice["label"], {True: [], False: []})[choice["caller_thread"]].append(choice["rows"])
+    if ways:
+        print("\nkerve's small batches (--caller-thread-max-batch auto), by rows: calling thread | inter-op pool")
+    for label, by_way in ways.items():
+        caller, pool = (", ".join(sorted(by_way[way], key=lambda r: int(r.split("-")[0]))) for way in (True, False))
+        print(f"  {label}: {caller or '-'} | {pool or '-'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
     from kerve.quickstart import free_port
@@ -793,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results["streaming"] = streaming
     results["inprocess"] = inprocess
+    if "kerve" in servers:  # which way each replica runs its small batches (--caller-thread-max-batch auto)
+        results["caller_thread_choices"] = logged_choices(servers["kerve"].log_path.read_text(errors="replace"))
     results["grpc_ceiling"] = ceiling_results
     if any(floor_results.values()):
         results[BARE_MODEL] = floor_results
@@ -834,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print_inprocess(inprocess)
     print_table(results, args.modes)
+    print_caller_thread_choices(results.get("caller_thread_choices", []))
     print(f"\nnote: {machine['note']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -18,9 +18,11 @@ made-up durations.
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("kerve.server.call_choice")
 
@@ -39,6 +41,29 @@ class _Bucket:
     durations: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
     calls: int = 0
     chosen: bool | None = None
+
+
+_WAYS = {True: "the calling thread", False: "TensorFlow's inter-op pool"}
+_LOGGED = re.compile(
+    r"call_choice: (?:(?P<label>.*?): )?batches of (?P<rows>\d+(?:-\d+)?) rows run on (?P<way>"
+    + "|".join(map(re.escape, _WAYS.values()))
+    + r") \(median (?P<there>[\d.]+) ms there, (?P<other>[\d.]+) ms on the other\)"
+)
+
+
+def logged_choices(log_text: str) -> list[dict[str, Any]]:
+    """The choices a server's log records, in order (the log is where a choice leaves the server): label, rows,
+    caller_thread, median_ms (the way kept) and other_ms. `bench.run` keeps them beside its figures."""
+    return [
+        {
+            "label": found["label"] or "",
+            "rows": found["rows"],
+            "caller_thread": found["way"] == _WAYS[True],
+            "median_ms": float(found["there"]),
+            "other_ms": float(found["other"]),
+        }
+        for found in _LOGGED.finditer(log_text)
+    ]
 
 
 class CallerThreadChoice:
@@ -94,7 +119,7 @@ class CallerThreadChoice:
             "%sbatches of %s rows run on %s (median %.3f ms there, %.3f ms on the other)",
             f"{self.label}: " if self.label else "",
             rows_text,
-            "the calling thread" if found.chosen else "TensorFlow's inter-op pool",
+            _WAYS[found.chosen],
             1e3 * min(pool, caller),
             1e3 * max(pool, caller),
         )

@@ -42,6 +42,12 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
         out=tmp_path / "bench.json", timeout=110,
     )  # fmt: skip
     assert "vs ceil" in stdout  # the side-by-side table was printed
+    # the server's choice for its batches of 1 row (--caller-thread-max-batch auto, the default), read from its log
+    assert any(
+        choice["label"].startswith("tiny/1 serving_default") and choice["rows"] == "1"
+        for choice in results["caller_thread_choices"]
+    ), results["caller_thread_choices"]
+    assert "kerve's small batches (--caller-thread-max-batch auto)" in stdout
 
     for section in (results, results["streaming"]):
         for key in ("tiny/c1", "tiny/c4"):

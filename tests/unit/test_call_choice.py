@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kerve.server.call_choice import CallerThreadChoice, bucket
+from kerve.server.call_choice import CallerThreadChoice, bucket, logged_choices
 
 
 def run(choice: CallerThreadChoice, rows: int, caller_ms: float, pool_ms: float) -> bool:
@@ -133,3 +133,20 @@ def test_a_fixed_limit_is_never_timed_and_auto_times_up_to_its_limit() -> None:
     assert auto.choose(AUTO_MAX_ROWS + 1) == (False, False)
     with pytest.raises(ValueError, match="max_rows must be >= 0"):
         FixedCallerThread(-1)
+
+
+def test_the_logged_choices_read_back_from_a_servers_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "kerve.server.call_choice")
+    caplog.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [p1] %(name)s: %(message)s"))
+    choice = CallerThreadChoice(max_rows=32, trials=1, label="m/1 serving_default on /device:CPU:0", block=2)
+    while len(choice.chosen()) < 2:
+        run(choice, 1, caller_ms=0.25, pool_ms=0.5)
+        run(choice, 20, caller_ms=9.0, pool_ms=7.5)
+    text = "unrelated line: batches of 3 rows run on nothing\n" + caplog.text
+    assert logged_choices(text) == [
+        {"label": "m/1 serving_default on /device:CPU:0", "rows": "1", "caller_thread": True, "median_ms": 0.25,
+         "other_ms": 0.5},
+        {"label": "m/1 serving_default on /device:CPU:0", "rows": "17-32", "caller_thread": False, "median_ms": 7.5,
+         "other_ms": 9.0},
+    ]  # fmt: skip
+    assert logged_choices("") == []
