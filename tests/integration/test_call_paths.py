@@ -335,12 +335,18 @@ def test_small_batches_run_their_ops_on_the_calling_thread_with_the_same_outputs
         pooled.close()
 
 
+def _trial_calls() -> int:
+    """Calls until `auto` decides a bucket: each way needs TRIALS timed calls, BLOCK - 1 per block of BLOCK."""
+    from kerve.server.call_choice import BLOCK, TRIALS
+
+    return 2 * BLOCK * -(-TRIALS // (BLOCK - 1))
+
+
 def test_auto_times_both_ways_on_real_batches_and_keeps_one_per_bucket(
     models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
-    from kerve.server.call_choice import BLOCK, TRIALS
     from kerve.server.model import SavedModelServable
 
     caplog.set_level(logging.INFO, "kerve.server.call_choice")
@@ -351,11 +357,10 @@ def test_auto_times_both_ways_on_real_batches_and_keeps_one_per_bucket(
         want = pooled.signature().run({"image": images[:1]})["output_0"]
         choice = auto.signature().run.choice
         calls = 0
-        while not choice.chosen() and calls < 4 * TRIALS * BLOCK:  # the trials: both ways, in alternating blocks
+        while not choice.chosen() and calls < 2 * _trial_calls():  # the trials: both ways, in alternating blocks
             np.testing.assert_array_equal(auto.signature().run({"image": images[:1]})["output_0"], want)
             calls += 1
-        # each way needs TRIALS timed calls, BLOCK - 1 per block of BLOCK
-        assert list(choice.chosen()) == [1] and calls <= 2 * BLOCK * -(-TRIALS // (BLOCK - 1))
+        assert list(choice.chosen()) == [1] and calls <= _trial_calls()
         assert "cnn/1 serving_default on /device:CPU:0: batches of 1 rows run on" in caplog.text
         np.testing.assert_array_equal(auto.signature().run({"image": images[:1]})["output_0"], want)
         assert choice.choose(5) == (True, False)  # 5-8 rows: not decided yet, its own trials start
@@ -369,11 +374,9 @@ def test_a_server_times_both_ways_by_default_and_0_keeps_every_op_on_the_pool(
 ) -> None:
     """The default (`--caller-thread-max-batch auto`) reaches the replicas through the real server's settings; `0`
     turns the timing off."""
-    from kerve.server.call_choice import BLOCK, TRIALS
-
     images = CASES["cnn"]["serving_default"]["image"][:1]
     want = in_process("cnn", {"image": images})["output_0"]
-    calls = 2 * BLOCK * -(-TRIALS // (BLOCK - 1)) + BLOCK  # one bucket's trials, and a few decided calls
+    calls = _trial_calls() + 4  # one bucket's trials, and a few decided calls
     logs = {}
     for arm, flags in (("auto", ()), ("off", ("--caller-thread-max-batch", "0"))):
         (tmp_path / arm).mkdir()
