@@ -36,6 +36,7 @@ class ServerSettings:
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
     intra_op_threads: int = 0  # TF threads per op; 0: usable cores (server/cpus.py) // (cpu_replicas * processes)
     inter_op_threads: int = 0  # TF threads running independent ops; 0: usable cores
+    tf_thread_spinning: bool = False  # TF's pool threads spin-wait for work between tasks (server/devices.py)
     model_thread_nice: int | None = None  # nice increment of the model threads (server/thread_priority.py); None: auto
     call_path: str = "auto"  # session | function | auto (session on CPU): how models are called (server/model.py)
     caller_thread_max_batch: int | None = None  # session path: batches up to this many rows run ops on the calling
@@ -368,6 +369,16 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         "0 = one per usable core (env KERVE_INTER_OP_THREADS)",
     )
     group.add_argument(
+        "--tf-thread-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=None,  # None: KERVE_TF_THREAD_SPINNING, else off
+        help="let TensorFlow's pool threads spin-wait for the next task before they sleep (TensorFlow's own "
+        "default): a faster hand-off between a model's ops, paid in CPU that the event loop, gRPC and other batches "
+        "need, and that counts against a container's CPU quota. Off by default (ConfigProto.experimental."
+        "disable_thread_spinning); on helps a model whose call is a long chain of small ops (an LSTM's steps) at "
+        "low concurrency (env KERVE_TF_THREAD_SPINNING)",
+    )
+    group.add_argument(
         "--model-thread-nice",
         type=_nice,
         default=_env("MODEL_THREAD_NICE", "auto") or "auto",  # a string: argparse converts and checks it
@@ -450,6 +461,9 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         cpu_replicas=args.cpu_replicas,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
+        tf_thread_spinning=_env_flag("TF_THREAD_SPINNING", False)
+        if args.tf_thread_spinning is None
+        else args.tf_thread_spinning,
         model_thread_nice=args.model_thread_nice,
         call_path=args.call_path,
         caller_thread_max_batch=args.caller_thread_max_batch,

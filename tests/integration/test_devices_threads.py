@@ -26,15 +26,33 @@ devices = configure_devices("cpu", replicas, intra, inter, processes=processes)
 print(json.dumps([list(devices.names), list(thread_counts())]))
 """
 
+SPINNING = """
+import json, logging, sys
+import tensorflow as tf
+from kerve.server.devices import configure_devices, thread_spinning
+from kerve.server.model import _session_config
+spinning, started_before = json.loads(sys.argv[1])
+logging.basicConfig(level=logging.WARNING)
+if started_before:  # something touched TensorFlow's runtime before the server configured it
+    tf.constant(1.0)
+configure_devices("cpu", spinning=spinning)
+print(json.dumps([thread_spinning(), _session_config().experimental.disable_thread_spinning]))
+"""
+
+
+def _run(probe: str, args: list[object]) -> tuple[list, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
 
 def _configure(
     cpu_replicas: int, intra: int = 0, inter: int = 0, processes: int = 1, quota: int = 0
 ) -> tuple[list[str], list[int]]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = json.dumps([cpu_replicas, intra, inter, processes, quota])
-    done = subprocess.run([sys.executable, "-c", PROBE, args], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    names, threads = json.loads(done.stdout.strip().splitlines()[-1])
+    (names, threads), _ = _run(PROBE, [cpu_replicas, intra, inter, processes, quota])
     return names, threads
 
 
@@ -61,3 +79,17 @@ def test_a_cpu_quota_sizes_both_pools() -> None:
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_explicit_thread_counts_win(replicas: int) -> None:
     assert _configure(replicas, 3, 2)[1] == [3, 2]
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_thread_spinning_reaches_the_runtime_and_the_sessions_it_makes(spinning: bool) -> None:
+    # the eager context holds the setting (its op pool is made with it) and the session call path's config copies it
+    (runtime_spins, session_disables), _ = _run(SPINNING, [spinning, False])
+    assert runtime_spins is spinning
+    assert session_disables is not spinning
+
+
+def test_a_runtime_started_before_the_server_keeps_spinning_and_says_so() -> None:
+    (runtime_spins, session_disables), log = _run(SPINNING, [False, True])
+    assert runtime_spins is True and session_disables is False
+    assert "TensorFlow's runtime started before the server configured it: its threads spin" in log

@@ -132,6 +132,20 @@ def test_gc_freeze_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.M
         _settings(tmp_path)
 
 
+def test_tf_thread_spinning_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(tmp_path).tf_thread_spinning is False  # TensorFlow's own default is on
+    assert _settings(tmp_path, "--no-tf-thread-spinning").tf_thread_spinning is False
+    assert _settings(tmp_path, "--tf-thread-spinning").tf_thread_spinning is True
+    monkeypatch.setenv("KERVE_TF_THREAD_SPINNING", "on")
+    assert _settings(tmp_path).tf_thread_spinning is True
+    assert _settings(tmp_path, "--no-tf-thread-spinning").tf_thread_spinning is False  # the flag wins
+    monkeypatch.setenv("KERVE_TF_THREAD_SPINNING", "0")
+    assert _settings(tmp_path).tf_thread_spinning is False
+    monkeypatch.setenv("KERVE_TF_THREAD_SPINNING", "maybe")
+    with pytest.raises(ValueError, match="KERVE_TF_THREAD_SPINNING must be 1/0 .* got 'maybe'"):
+        _settings(tmp_path)
+
+
 def test_shared_memory_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _settings(tmp_path).shared_memory is True
     assert _settings(tmp_path, "--no-shared-memory").shared_memory is False
