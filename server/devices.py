@@ -70,12 +70,11 @@ def configure_spinning(spinning: bool) -> bool:
     runtime starts. Returns whether the runtime has the setting asked for.
 
     Spinning buys a faster hand-off of the next op with CPU that, in a server, belongs to the event loop, gRPC and
-    the other batches (and counts against a container's CPU quota). On the 2-core VM, in process, the light CNN's
-    batch-1 call cost 0.57 ms of CPU without it instead of 0.81 (batch 4: 0.84 instead of 1.20, the call itself
-    0.70 ms instead of 0.91), while the seed LSTM's batch-1 call, a chain of 200 steps handed between threads, took
-    5.0-5.8 ms instead of 4.2. In the server, turning it off cut the CPU per request by 2-28% and served 1.09x the
-    ResNet's samples/s, 1.07x the light CNN's and 0.96x the LSTM's (docs/benchmarks.md, twentieth session), so
-    the server's default is off.
+    the other batches (and counts against a container's CPU quota). On the 2-core VM, in process (`bench.call_paths
+    --gap-ms 1`), the light CNN's calls cost 20-35% less CPU without it and ran 10-20% faster, while the seed LSTM's,
+    a chain of 200 steps handed between threads, took 1.4-1.6x as long. In the server, turning it off cut the CPU
+    per request by 2-28% and served 1.09x the ResNet's samples/s, 1.07x the light CNN's and 0.96x the LSTM's
+    (docs/benchmarks.md, twentieth session), so the server's default is off.
     The eager context is created with the setting, so the process's one intra-op pool is made with it; the session
     call path copies the context's configuration, so the session's inter-op pool gets it too.
     """
