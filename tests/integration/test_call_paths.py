@@ -373,12 +373,13 @@ def test_a_server_times_both_ways_by_default_and_0_keeps_every_op_on_the_pool(
     model_repo: Path, tmp_path: Path, in_process
 ) -> None:
     """The default (`--caller-thread-max-batch auto`) reaches the replicas through the real server's settings; `0`
-    turns the timing off."""
+    turns the timing off. TensorFlow's pool threads sleep between tasks by default; `--tf-thread-spinning` (given
+    to the second server) lets them spin, and either way the answers are the same."""
     images = CASES["cnn"]["serving_default"]["image"][:1]
     want = in_process("cnn", {"image": images})["output_0"]
     calls = _trial_calls() + 4  # one bucket's trials, and a few decided calls
     logs = {}
-    for arm, flags in (("auto", ()), ("off", ("--caller-thread-max-batch", "0"))):
+    for arm, flags in (("auto", ()), ("off", ("--caller-thread-max-batch", "0", "--tf-thread-spinning"))):
         (tmp_path / arm).mkdir()
         with running_server(model_repo, tmp_path / arm, *flags) as (target, _proc), Client(target) as client:
             for _ in range(calls):  # one at a time: each a batch of 1 row, bit-identical either way
@@ -386,3 +387,5 @@ def test_a_server_times_both_ways_by_default_and_0_keeps_every_op_on_the_pool(
         logs[arm] = next((tmp_path / arm).glob("server-*.log")).read_text()
     assert "cnn/1 serving_default on /device:CPU:0: batches of 1 rows run on" in logs["auto"], logs["auto"][-2000:]
     assert "rows run on" not in logs["off"]
+    assert "between tasks they sleep" in logs["auto"], logs["auto"][-2000:]
+    assert "between tasks they spin" in logs["off"], logs["off"][-2000:]
