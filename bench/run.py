@@ -625,10 +625,12 @@ def _other(row: dict[str, dict[str, Any]]) -> float:
 
 
 def print_caller_thread_choices(choices: list[dict[str, Any]]) -> None:
-    """One line per signature and replica: the row buckets kerve runs on the calling thread and on the pool."""
+    """One line per signature and replica: the row buckets kerve runs on the calling thread and on the pool (a
+    bucket whose choice changed when it was timed again: its last choice)."""
+    last = {(choice["label"], choice["rows"]): choice["caller_thread"] for choice in choices}
     ways: dict[str, dict[bool, list[str]]] = {}
-    for choice in choices:
-        ways.setdefault(choice["label"], {True: [], False: []})[choice["caller_thread"]].append(choice["rows"])
+    for (label, rows), caller_thread in last.items():
+        ways.setdefault(label, {True: [], False: []})[caller_thread].append(rows)
     if ways:
         print("\nkerve's small batches (--caller-thread-max-batch auto), by rows: calling thread | inter-op pool")
     for label, by_way in ways.items():

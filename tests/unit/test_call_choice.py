@@ -150,3 +150,64 @@ def test_the_logged_choices_read_back_from_a_servers_log(caplog: pytest.LogCaptu
          "other_ms": 9.0},
     ]  # fmt: skip
     assert logged_choices("") == []
+
+
+def _trials(choice: CallerThreadChoice, rows: int, caller_ms: float, pool_ms: float) -> int:
+    """Run batches until the bucket being timed decides; the number of calls it took."""
+    size = bucket(rows)
+    calls = 0
+    while True:
+        caller_thread, timed = choice.choose(rows)
+        calls += 1
+        if timed:
+            choice.record(rows, caller_thread, (caller_ms if caller_thread else pool_ms) / 1e3)
+            if choice._buckets[size].chosen is not None:  # noqa: SLF001 - the trials' end, not visible from chosen()
+                return calls
+        assert calls < 1000, "the trials never ended"
+
+
+def _kept_calls(choice: CallerThreadChoice, rows: int) -> int:
+    """Run batches until one is timed again (the re-time began); how many ran the chosen way before it."""
+    untimed = 0
+    while not choice.choose(rows)[1]:
+        untimed += 1
+        assert untimed < 10_000, "the bucket was never timed again"
+    return untimed - 1  # the re-time's first call is a block's untimed switch call
+
+
+def test_a_choice_is_timed_again_later_and_the_wait_doubles_while_it_holds(caplog: pytest.LogCaptureFixture) -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=2, block=2, retime_after=10, retime_max=40, label="m")
+    caplog.set_level(logging.DEBUG, "kerve.server.call_choice")
+    _trials(choice, 1, caller_ms=0.2, pool_ms=0.4)
+    assert choice.chosen() == {1: True}
+    waits = []
+    for _ in range(4):
+        waits.append(_kept_calls(choice, 1))
+        assert choice.chosen() == {1: True}  # while the trials run, the standing choice is what is reported
+        _trials(choice, 1, caller_ms=0.2, pool_ms=0.4)
+    assert waits == [10, 20, 40, 40]
+    assert "m: batches of 1 rows still run on the calling thread" in caplog.text
+    assert [c["caller_thread"] for c in logged_choices(caplog.text)] == [True] * 5
+
+
+def test_a_choice_the_load_turned_around_changes_and_its_wait_starts_over(caplog: pytest.LogCaptureFixture) -> None:
+    choice = CallerThreadChoice(max_rows=8, trials=2, block=2, retime_after=10, retime_max=40, label="m")
+    caplog.set_level(logging.INFO, "kerve.server.call_choice")
+    _trials(choice, 3, caller_ms=0.2, pool_ms=0.4)
+    _kept_calls(choice, 3)
+    _trials(choice, 3, caller_ms=0.2, pool_ms=0.4)  # confirmed: the next wait is 20
+    assert _kept_calls(choice, 3) == 20
+    _trials(choice, 3, caller_ms=0.9, pool_ms=0.4)  # the pool is faster now
+    assert choice.chosen() == {4: False}
+    assert [run(choice, 3, 0.9, 0.4) for _ in range(5)] == [False] * 5
+    assert _kept_calls(choice, 3) == 10 - 5
+    # INFO shows the first choice and the change, not the confirmation (DEBUG)
+    assert [c["caller_thread"] for c in logged_choices(caplog.text)] == [True, False]
+    assert "m: batches of 3-4 rows now run on TensorFlow's inter-op pool (median 0.400 ms there, 0.900" in caplog.text
+
+
+def test_retime_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="retime_after must be in 1..retime_max, got 0 and 65536"):
+        CallerThreadChoice(retime_after=0)
+    with pytest.raises(ValueError, match="got 100 and 50"):
+        CallerThreadChoice(retime_after=100, retime_max=50)
