@@ -131,7 +131,7 @@ def configure_devices(
         raise ValueError(f"cpu replicas must be >= 1, got {cpu_replicas}")
     if not configure_spinning(spinning):
         log.warning("TensorFlow's runtime started before the server configured it: its threads %s between tasks",
-                    "spin" if thread_spinning() else "do not spin")  # fmt: skip
+                    "spin" if thread_spinning() else "sleep")  # fmt: skip
     cores = usable_cores()
     default = cores if cores < schedulable_cores() else 0  # under a CPU quota TF's default would oversubscribe
     configure_threads(intra_op_threads or default, inter_op_threads or default)

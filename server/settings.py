@@ -156,6 +156,11 @@ def _env_flag(name: str, default: bool) -> bool:
     raise ValueError(f"KERVE_{name} must be 1/0 (true/false, yes/no, on/off), got {text!r}")
 
 
+def _flag(given: bool | None, name: str, default: bool) -> bool:
+    """A boolean flag: given on the command line (`--x` / `--no-x`), else `KERVE_<name>`, else the default."""
+    return _env_flag(name, default) if given is None else given
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-repository",
@@ -461,9 +466,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         cpu_replicas=args.cpu_replicas,
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
-        tf_thread_spinning=_env_flag("TF_THREAD_SPINNING", False)
-        if args.tf_thread_spinning is None
-        else args.tf_thread_spinning,
+        tf_thread_spinning=_flag(args.tf_thread_spinning, "TF_THREAD_SPINNING", False),
         model_thread_nice=args.model_thread_nice,
         call_path=args.call_path,
         caller_thread_max_batch=args.caller_thread_max_batch,
@@ -476,8 +479,8 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         gil_switch_interval_us=args.gil_switch_interval_us,
         inline_call_max_s=args.inline_call_max_ms / 1000,
         event_loop=args.event_loop,
-        gc_freeze=_env_flag("GC_FREEZE", True) if args.gc_freeze is None else args.gc_freeze,
-        shared_memory=_env_flag("SHARED_MEMORY", True) if args.shared_memory is None else args.shared_memory,
+        gc_freeze=_flag(args.gc_freeze, "GC_FREEZE", True),
+        shared_memory=_flag(args.shared_memory, "SHARED_MEMORY", True),
         trace_file=_path(args.trace_file),
         trace_level=args.trace_level,
         trace_rate=args.trace_rate,
@@ -485,7 +488,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         trace_otel_url=args.trace_otel_url or None,
         trace_otel_resource=tuple(args.trace_otel_resource or ()),
         response_cache_bytes=_cache_bytes(args.response_cache_mb),
-        triton_metrics=_env_flag("TRITON_METRICS", False) if args.triton_metrics is None else args.triton_metrics,
+        triton_metrics=_flag(args.triton_metrics, "TRITON_METRICS", False),
     )
 
 
