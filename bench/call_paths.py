@@ -86,7 +86,7 @@ def main() -> int:
         parser.error("--gap-ms must be >= 0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from kerve.server.devices import configure_spinning
+    from kerve.server.devices import configure_spinning, spinning_text
 
     configure_spinning(args.tf_thread_spinning)  # before anything starts TensorFlow's runtime
 
@@ -95,7 +95,7 @@ def main() -> int:
 
     gap = args.gap_ms / 1e3
     repo = Path(tempfile.mkdtemp(prefix="kerve-call-paths-"))
-    print(f"TensorFlow's pool threads {'spin' if args.tf_thread_spinning else 'sleep'} between tasks; "
+    print(f"TensorFlow's pool threads {spinning_text()} between tasks; "
           f"{args.gap_ms:g} ms between calls")  # fmt: skip
     print(
         f"{'model':11s} {'batch':>5s} {'function ms':>11s} {'(cpu)':>7s} {'session ms':>10s} {'(cpu)':>7s} "

@@ -27,7 +27,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import event_loop, group_settings, heap, host_metrics, processes, tfs_service, thread_priority, warmup
 from .cpus import usable_cores
-from .devices import configure_devices, thread_counts, thread_spinning
+from .devices import configure_devices, spinning_text, thread_counts
 from .group_settings import SettingsJournal
 from .inference import InferenceEngine
 from .log_settings import LogSettings
@@ -112,7 +112,7 @@ class KerveServer:
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core); between tasks they %s",
-                 *thread_counts(), "spin" if thread_spinning() else "sleep")  # fmt: skip
+                 *thread_counts(), spinning_text())  # fmt: skip
         loader = ReplicaLoader(self.devices, settings.call_path, settings.caller_thread_max_batch)
         log.info("models are called through the %s path (--call-path %s)", loader.call_path, settings.call_path)
         if settings.caller_thread_max_batch and loader.call_path != "session":

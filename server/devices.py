@@ -90,6 +90,11 @@ def thread_spinning() -> bool:
     return not context.context().config.experimental.disable_thread_spinning
 
 
+def spinning_text() -> str:
+    """What the pool threads do between tasks, in the words every log line about it uses: "spin" or "sleep"."""
+    return "spin" if thread_spinning() else "sleep"
+
+
 def configure_threads(intra_op: int, inter_op: int) -> None:
     """TensorFlow's thread pools (0 leaves TF's default, one thread per core); only before its runtime starts."""
     if intra_op > 0:
@@ -130,8 +135,10 @@ def configure_devices(
     if cpu_replicas < 1:
         raise ValueError(f"cpu replicas must be >= 1, got {cpu_replicas}")
     if not configure_spinning(spinning):
-        log.warning("TensorFlow's runtime started before the server configured it: its threads %s between tasks",
-                    "spin" if thread_spinning() else "sleep")  # fmt: skip
+        log.warning(
+            "TensorFlow's runtime started before the server configured it: its threads %s between tasks",
+            spinning_text(),
+        )
     cores = usable_cores()
     default = cores if cores < schedulable_cores() else 0  # under a CPU quota TF's default would oversubscribe
     configure_threads(intra_op_threads or default, inter_op_threads or default)
