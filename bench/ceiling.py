@@ -13,6 +13,8 @@ With `--model NAME=PATH` (repeatable) it is instead the bare server **with the m
 request for NAME it runs one batch-1 call of that SavedModel's `serving_default` on fixed inputs in a worker thread
 (`run_in_executor`, the plainest way an asyncio server keeps its loop free): a server with no code of its own
 between gRPC and the model. At concurrency 1 that is the fair reference for kerve's latency (`bench/ideal.py`).
+`bench.run` adds `--as-served` with kerve's arguments, so that the call is kerve's own (its call path, threads and
+small-batch choice: `bench.inprocess.ServedCalls`) and the difference is kerve's code around it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import json
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -72,9 +75,11 @@ class CeilingServicer(pb_grpc.GRPCInferenceServiceServicer):
 class ModelCallServicer(CeilingServicer):
     """The ceiling's answers, each after one batch-1 call of the request's model in a worker thread."""
 
-    def __init__(self, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path]) -> None:
+    def __init__(
+        self, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path], served: Any = None
+    ) -> None:
         super().__init__(responses)
-        self._calls = {name: _batch1_call(name, path) for name, path in models.items()}
+        self._calls = {name: _batch1_call(name, path, served) for name, path in models.items()}
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
 
     async def _run_model(self, request: pb.ModelInferRequest) -> None:
@@ -94,8 +99,9 @@ class ModelCallServicer(CeilingServicer):
             yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
 
 
-def _batch1_call(model: str, path: Path) -> Callable[[], None]:
-    """What bench.inprocess times at batch 1 (its `caller`), on fixed inputs."""
+def _batch1_call(model: str, path: Path, served: Any = None) -> Callable[[], None]:
+    """What bench.inprocess times at batch 1, on fixed inputs: the signature called directly (its `caller`), or
+    with `served` (a `bench.inprocess.ServedCalls`) the model called as kerve calls it."""
     import tensorflow as tf
 
     from bench.inprocess import caller
@@ -103,12 +109,21 @@ def _batch1_call(model: str, path: Path) -> Callable[[], None]:
 
     rng = np.random.default_rng(0)
     inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
-    call = caller(tf.saved_model.load(str(path)).signatures["serving_default"], inputs)
-    call()  # warm: the first call traces and allocates
+    if served is None:
+        call = caller(tf.saved_model.load(str(path)).signatures["serving_default"], inputs)
+        warmup = 1
+    else:
+        runner, _servable = served.load(path)  # the replica's session lives as long as the runner does
+        call = functools.partial(runner, inputs)
+        warmup = served.warmup(1)
+    for _ in range(warmup):  # the first call traces and allocates; kerve's first choose a way for small batches
+        call()
     return call
 
 
-async def serve(port: int, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path] | None = None) -> None:
+async def serve(
+    port: int, responses: dict[str, pb.ModelInferResponse], models: dict[str, Path] | None = None, served: Any = None
+) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -116,7 +131,7 @@ async def serve(port: int, responses: dict[str, pb.ModelInferResponse], models: 
             ("grpc.so_reuseport", 0),
         ]
     )
-    servicer = ModelCallServicer(responses, models) if models else CeilingServicer(responses)
+    servicer = ModelCallServicer(responses, models, served) if models else CeilingServicer(responses)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"could not bind 127.0.0.1:{port}")
@@ -145,7 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=PATH",
         help="run this SavedModel's batch-1 call in a worker thread before answering NAME (repeatable)",
     )
+    parser.add_argument(
+        "--as-served",
+        default=None,
+        metavar="JSON",
+        help="with --model: call the model as `kerve serve` with these arguments (a JSON list) calls it "
+        "(bench.inprocess.ServedCalls), not the signature directly",
+    )
     args = parser.parse_args(argv)
+    served = None
+    if args.model and args.as_served is not None:
+        from bench.inprocess import ServedCalls
+
+        served = ServedCalls(json.loads(args.as_served))  # before the models load start TensorFlow's runtime
     spec = json.loads(args.responses.read_text())
     models = {}
     for item in args.model:
@@ -154,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--model takes NAME=PATH, got {item!r}")
         models[name] = Path(path)
     _name, run = event_loop.runner(args.event_loop)
-    run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}, models))
+    run(serve(args.port, {model: canned_response(model, outputs) for model, outputs in spec.items()}, models, served))
     return 0
 
 

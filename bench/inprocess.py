@@ -1,31 +1,42 @@
 """Build the benchmark models into a repository and measure the in-process limit (run as a child process).
 
     python -m bench.inprocess --repository DIR --models seed_cnn,resnet --batches 1,8,32 --seconds 1.5 --out FILE
+    python -m bench.inprocess ... --reuse-exported --as-served '["--max-batch-size=32"]'   # as the server calls them
 
-For each model: export a SavedModel with random weights, load it the way the server does
-(`tf.saved_model.load(path).signatures["serving_default"]`), then call that signature directly at each batch size:
-numpy in (`tf.convert_to_tensor`), numpy out (`.numpy()`), as the server's model call does, with no RPC and no
-batching queue. The best samples/s over the batch sizes is the "in-process best" that kerve is compared with.
+For each model: export a SavedModel with random weights (or, with `--reuse-exported`, take the one an earlier run
+exported into the repository), load it (`tf.saved_model.load(path).signatures["serving_default"]`), then call that
+signature directly at each batch size: numpy in (`tf.convert_to_tensor`), numpy out (`.numpy()`), with no RPC and
+no batching queue, and TensorFlow's defaults. The best samples/s over the batch sizes is the "in-process best" that
+kerve is compared with.
+
+With `--as-served ARGS` each model is instead loaded and called by the server's own code as `kerve serve ARGS` sets
+it up (`ServedCalls`): its thread counts, its pool threads sleeping between tasks (unless `--tf-thread-spinning`),
+the session call path on CPU and its choice of the calling thread for small batches. The server's model call
+differs from the plain signature call in all four, so what kerve's own cost and its model call in the server are
+measured against (`bench.ideal`) is this run; `bench.run` makes both and joins them (`bench.inprocess_report`).
 
 Kept in its own process so the orchestrator and the load generator never import TensorFlow, and so the
-measurement runs on an otherwise idle machine (no server is up yet).
-"""
+measurement runs on an otherwise idle machine (no server is up yet); a second process for the second run, because
+TensorFlow's threads are set once per process, before its runtime starts."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.loadgen import machine_busy_s
-from bench.models import MODELS
+from bench.models import MODELS, BenchModel
+from kerve.server.call_choice import AUTO_MAX_ROWS, BLOCK, TRIALS
 
 MIN_CALLS = 3
 MAX_CALLS = 100_000
@@ -43,10 +54,10 @@ def caller(fn: Any, inputs: dict[str, np.ndarray]) -> Callable[[], None]:
     return call
 
 
-def measure(fn: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
-    """Call `fn` repeatedly for about `seconds` (at least MIN_CALLS calls) after two warm-up calls."""
-    call = caller(fn, inputs)
-    for _ in range(2):
+def measure(call: Callable[[], None], batch: int, seconds: float, warmup: int = 2) -> dict[str, float]:
+    """Call `call` (one model call on `batch` rows) repeatedly for about `seconds` (at least MIN_CALLS calls) after
+    `warmup` unmeasured calls."""
+    for _ in range(warmup):
         call()
     durations: list[float] = []
     busy_before, own_before = machine_busy_s(), time.process_time()
@@ -57,7 +68,6 @@ def measure(fn: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str,
         durations.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
     other = max(0.0, machine_busy_s() - busy_before - (time.process_time() - own_before)) / elapsed
-    batch = len(next(iter(inputs.values())))
     return {
         "samples_per_s": batch * len(durations) / elapsed,
         "p50_ms": statistics.median(durations) * 1e3,
@@ -69,6 +79,62 @@ def measure(fn: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str,
     }
 
 
+def server_settings(server_args: Sequence[str]) -> Any:
+    """`kerve serve <server_args>`'s settings, read by the server's own parser (and its `KERVE_*` environment rule,
+    from this process's environment): a `kerve.server.settings.ServerSettings`."""
+    from kerve.server import settings
+
+    parser = argparse.ArgumentParser(add_help=False)
+    settings.add_arguments(parser)
+    parsed, _ = parser.parse_known_args(["--model-repository", ".", *server_args])
+    return settings.from_args(parsed)
+
+
+class ServedCalls:
+    """A model called the way `kerve serve <server_args>` calls it, without the server: the same device set up
+    (TensorFlow's thread counts, whether its pool threads spin), the same loader and call path, and on the session
+    path the same choice for small batches between the calling thread and the pool (`--caller-thread-max-batch`).
+    Only one process may set TensorFlow's runtime up, and it must be before anything starts it."""
+
+    def __init__(self, server_args: Sequence[str]) -> None:
+        from kerve.server.devices import configure_devices, thread_counts, thread_spinning
+        from kerve.server.model import ReplicaLoader
+
+        settings = server_settings(server_args)
+        devices = configure_devices(
+            settings.devices, settings.cpu_replicas, settings.intra_op_threads, settings.inter_op_threads,
+            processes=settings.processes, spinning=settings.tf_thread_spinning,
+        )  # fmt: skip
+        self._loader = ReplicaLoader(devices, settings.call_path, settings.caller_thread_max_batch)
+        auto = self._loader.call_path == "session" and settings.caller_thread_max_batch is None
+        self.timed_max_rows = AUTO_MAX_ROWS if auto else 0  # batch sizes whose first calls time both ways
+        intra, inter = thread_counts()
+        self.how = {
+            "server_args": list(server_args),
+            "call_path": self._loader.call_path,
+            "caller_thread_max_batch": "auto" if settings.caller_thread_max_batch is None else
+            settings.caller_thread_max_batch,
+            "intra_op_threads": intra,
+            "inter_op_threads": inter,
+        }  # fmt: skip
+        self.tf_thread_spinning = thread_spinning()
+
+    def load(self, path: Path) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], Any]:
+        """(inputs -> outputs through the first replica, the servable to close when done)."""
+        from kerve.server.model_config import ModelConfig
+
+        servable = self._loader(path, ModelConfig())
+        return servable.runners("serving_default")[0], servable
+
+    def warmup(self, batch: int) -> int:
+        """Unmeasured calls before a batch size is timed: two, and under `auto` enough for its first trials of both
+        ways (TRIALS timed calls each, in blocks of BLOCK whose first call is not timed), as a server has made
+        them long before a benchmark's window."""
+        if not 0 < batch <= self.timed_max_rows:
+            return 2
+        return 2 + 2 * BLOCK * math.ceil(TRIALS / (BLOCK - 1))
+
+
 def run(
     repository: Path,
     names: list[str],
@@ -76,37 +142,70 @@ def run(
     seconds: float,
     max_other_cpu: float = 0.25,
     retries: int = 1,
+    served_args: Sequence[str] | None = None,
+    reuse_exported: bool = False,
 ) -> dict[str, Any]:
+    """The sweep: each signature called directly (`caller`), or with `served_args` as `kerve serve <served_args>`
+    calls it (`ServedCalls`)."""
+    served = ServedCalls(served_args) if served_args is not None else None  # before anything starts TF's runtime
     import keras
     import tensorflow as tf
 
     from bench.models import export
+    from kerve.server.devices import thread_spinning
 
-    report: dict[str, Any] = {"tf_version": tf.__version__, "keras_version": keras.__version__, "models": {}}
+    report: dict[str, Any] = {
+        "tf_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "tf_thread_spinning": thread_spinning(),
+        "models": {},
+    }
+    if served is not None:
+        report["served"] = served.how
     rng = np.random.default_rng(0)
     for name in names:
         model = MODELS[name]
         started = time.monotonic()
-        path = export(model, repository)
+        path = exported(model, repository) if reuse_exported else export(model, repository)
         export_s = time.monotonic() - started
-        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-        one = {spec.name: spec.sample(rng, 1) for spec in model.inputs}
-        outputs = {k: v.numpy() for k, v in fn(**{k: tf.convert_to_tensor(v) for k, v in one.items()}).items()}
+        closing: Any = None
+        if served is None:
+            fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+
+            def make(inputs: dict[str, np.ndarray], fn: Any = fn) -> Callable[[], None]:
+                return caller(fn, inputs)
+
+            def warmup(batch: int) -> int:
+                return 2
+
+            one = {spec.name: spec.sample(rng, 1) for spec in model.inputs}
+            outputs = {k: v.numpy() for k, v in fn(**{k: tf.convert_to_tensor(v) for k, v in one.items()}).items()}
+        else:
+            runner, closing = served.load(path)
+
+            def make(inputs: dict[str, np.ndarray], runner: Any = runner) -> Callable[[], None]:
+                return functools.partial(runner, inputs)
+
+            warmup = served.warmup
+            outputs = runner({spec.name: spec.sample(rng, 1) for spec in model.inputs})
         per_batch: dict[str, dict[str, float]] = {}
         for batch in batches:
-            inputs = {spec.name: spec.sample(rng, batch) for spec in model.inputs}
-            row = measure(fn, inputs, seconds)
+            call = make({spec.name: spec.sample(rng, batch) for spec in model.inputs})
+            row = measure(call, batch, seconds, warmup(batch))
             for _ in range(retries):  # disturbed by other processes: measure again, keep the least disturbed
                 if row["other_cpu_cores"] <= max_other_cpu:
                     break
-                again = measure(fn, inputs, seconds)
+                again = measure(call, batch, seconds)
                 row = again if again["other_cpu_cores"] < row["other_cpu_cores"] else row
             per_batch[str(batch)] = row
             print(
                 f"  in-process {name:9s} batch {batch:4d}: {row['samples_per_s']:10.1f} samples/s, "
-                f"p50 {row['p50_ms']:8.3f} ms/call, {row['ms_per_sample']:.3f} ms/sample",
+                f"p50 {row['p50_ms']:8.3f} ms/call, {row['ms_per_sample']:.3f} ms/sample"
+                f"{' (as served)' if served is not None else ''}",
                 flush=True,
             )
+        if closing is not None:
+            closing.close()
         best_batch = max(per_batch, key=lambda b: per_batch[b]["samples_per_s"])
         report["models"][name] = {
             "description": model.description,
@@ -126,6 +225,14 @@ def run(
     return report
 
 
+def exported(model: BenchModel, repository: Path) -> Path:
+    """The version an earlier run exported (`bench.models.export`'s layout), so both runs call the same weights."""
+    path = repository / model.name / "1"
+    if not (path / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"--reuse-exported: no SavedModel at {path}")
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, required=True)
@@ -134,12 +241,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="measurement time per batch size")
     parser.add_argument("--max-other-cpu", type=float, default=0.25, help="re-measure a batch size above this")
     parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument(
+        "--as-served",
+        default=None,
+        metavar="JSON",
+        help="call each model as `kerve serve` with these arguments (a JSON list) calls it, not the signature directly",
+    )
+    parser.add_argument(
+        "--reuse-exported", action="store_true", help="call the models an earlier run exported into --repository"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     names = [n for n in args.models.split(",") if n]
     batches = [int(b) for b in args.batches.split(",") if b]
-    report = run(args.repository, names, batches, args.seconds, args.max_other_cpu, args.retries)
+    report = run(
+        args.repository, names, batches, args.seconds, args.max_other_cpu, args.retries,
+        None if args.as_served is None else json.loads(args.as_served), args.reuse_exported,
+    )  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2))
     return 0
 

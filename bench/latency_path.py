@@ -21,12 +21,12 @@ one clock for the client and server processes), so each stage below is measured,
 
 The bare server gets the same stamps around its handler, so its round trip splits into `grpc_in`, `handler` and
 `grpc_out` too, and it runs twice: as it is, and with a handler that first runs the model's batch-1 call in a worker
-thread (`run_in_executor`, fixed inputs, no decode, no batching, no metrics; `--server-arg` applies to kerve only,
-so that call runs with TF's default threads). That second one is a server with no code of its own between gRPC and
-the model: `kerve - bare with model` is what kerve's own code costs a c1 request, and `bare with model - in-process`
-is what any asyncio server that keeps its loop free pays on this machine before it does anything (the gRPC stages
-themselves get slower when a request takes a millisecond or more in another thread: the client and the loop sleep
-between events, and waking them costs more on this VM).
+thread (`run_in_executor`, fixed inputs, no decode, no batching, no metrics; the call itself is kerve's, set up as
+`kerve serve` with the `--server-arg`s sets it up: `bench.inprocess.ServedCalls`). That second one is a server with
+no code of its own between gRPC and the model: `kerve - bare with model` is what kerve's own code costs a c1
+request, and `bare with model - in-process` is what any asyncio server that keeps its loop free pays on this machine
+before it does anything (the gRPC stages themselves get slower when a request takes a millisecond or more in another
+thread: the client and the loop sleep between events, and waking them costs more on this VM).
 
 The instrumented servers are `kerve serve` and `bench.ceiling` themselves with wrappers around those methods
 (installed by this module's `--serve-kerve` / `--serve-bare` modes, so nothing in kerve carries tracing code; one
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.models import MODELS
-from bench.run import Server, build_payloads, model_list, run_inprocess
+from bench.run import Server, as_served, build_payloads, model_list, run_inprocess
 from kerve.quickstart import free_port
 
 STAGES = ("grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out")
@@ -190,7 +190,9 @@ def measure_model(
     responses.write_text(json.dumps({model: inprocess["outputs"]}))
 
     bare: dict[str, dict[str, list[float]]] = {}
-    for kind, model_args in (("bare", []), ("bare_model", [f"--model={model}={repo / model / '1'}"])):
+    # the model's call as kerve makes it (its call path, TF threads and small-batch choice)
+    call = [f"--model={model}={repo / model / '1'}", *as_served(args.server_arg)]
+    for kind, model_args in (("bare", []), ("bare_model", call)):
         port = free_port()
         bare_args = ["--", "--port", str(port), "--responses", str(responses), *model_args]
         bare_spans, bare_events = _timed_run(kind, bare_args, port, model, work, payloads, args)
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = argparse.Namespace(
             models=models, batches=[1], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.25, retries=1
         )
-        inprocess = run_inprocess(reference, repo, work)["models"]
+        inprocess = run_inprocess(reference, repo, work / "inprocess.json")["models"]
         results = {m: measure_model(m, repo, work, inprocess[m], args) for m in models}
     print_table(results)
     if args.out is not None:

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         models=args.models, batches=[1, 8, 32, 128], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.5,
         retries=1,
     )  # fmt: skip
-    inprocess = run_inprocess(inprocess_args, repo, work)["models"]
+    inprocess = run_inprocess(inprocess_args, repo, work / "inprocess.json")["models"]
     paths = {name: Path(inprocess[name]["path"]) for name in args.models}
     payloads = {name: build_payloads(name) for name in args.models}
 

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.inprocess_report import sweeps
+
 COMPUTE_BOUND = ("resnet", "resnet_wide", "lstm")
 LIGHT = "seed_cnn"
 
@@ -42,17 +44,19 @@ def machine(results: dict[str, Any]) -> list[str]:
 def inprocess(results: dict[str, Any]) -> list[str]:
     limit = results["config"].get("max_other_cpu", 0.25)
     lines = [
-        "| model | batch | samples/s | p50 ms/call | ms/sample | other CPU |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | run | batch | samples/s | p50 ms/call | ms/sample | CPU | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in results["inprocess"].items():
-        for batch, row in m["batches"].items():
-            best = " **best**" if int(batch) == m["best"]["batch"] else ""
-            lines.append(
-                f"| {name} | {batch}{best} | {row['samples_per_s']:.0f}"
-                f"{' †' if row.get('other_cpu_cores', 0.0) > limit else ''} | {row['p50_ms']:.3f} | "
-                f"{row['ms_per_sample']:.3f} | {_f(row.get('other_cpu_cores'), '.2f')} |"
-            )
+        for run, gave_best, rows in sweeps(m):
+            for batch, row in rows.items():
+                best = " **best**" if gave_best and int(batch) == m["best"]["batch"] else ""
+                lines.append(
+                    f"| {name} | {run} | {batch}{best} | {row['samples_per_s']:.0f}"
+                    f"{' †' if row.get('other_cpu_cores', 0.0) > limit else ''} | {row['p50_ms']:.3f} | "
+                    f"{row['ms_per_sample']:.3f} | {_f(row.get('cpu_cores'), '.2f')} | "
+                    f"{_f(row.get('other_cpu_cores'), '.2f')} |"
+                )
     return lines
 
 

@@ -4,7 +4,9 @@
     .venv/bin/python -m bench.run --quick --models tiny --concurrency 1,4 --out /tmp/bench.json
     .venv/bin/python -m bench.run --server-arg=--max-batch-size=64 --server-arg=--batch-timeout-us=500
 
-1. In process: each model's `serving_default` signature called directly at batch 1..512 (child process).
+1. In process: each model's `serving_default` signature called directly at batch 1..512 (child process), with
+   TensorFlow's defaults, and in a second child the same models called by kerve's own code as the server under
+   test would call them (`bench.inprocess --as-served`: its threads, call path and small-batch choice).
 2. Bare gRPC ceiling: `bench.ceiling`, a trivial grpc.aio server answering ModelInfer/ModelStreamInfer with a canned
    response of the model's output size, driven by the same load generator at the same concurrency. At concurrency
    1 also the c1 floor: the same server running each model's batch-1 call in a worker thread before answering
@@ -43,6 +45,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `kerve`
 import numpy as np
 
 from bench import h2load, ideal, loadgen, profile
+from bench.inprocess_report import batch1_p50_ms, merge_as_served, served_figures, sweeps
 from bench.models import DEFAULT_MODELS, MODELS, compute_bound_warnings
 from kerve.server import event_loop
 from kerve.server.call_choice import logged_choices
@@ -330,15 +333,22 @@ class Server:
         return self.proc.wait()
 
 
-def run_inprocess(args: argparse.Namespace, repo: Path, work: Path) -> dict[str, Any]:
-    out = work / "inprocess.json"
+def run_inprocess(
+    args: argparse.Namespace, repo: Path, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "bench.inprocess", "--repository", str(repo), "--models", ",".join(args.models),
         "--batches", ",".join(map(str, args.batches)), "--seconds", str(args.inprocess_seconds), "--out", str(out),
-        "--max-other-cpu", str(args.max_other_cpu), "--retries", str(args.retries),
+        "--max-other-cpu", str(args.max_other_cpu), "--retries", str(args.retries), *extra,
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, timeout=900)
+    subprocess.run(cmd, check=True, env=_env(env), cwd=ROOT, timeout=900)
     return json.loads(out.read_text())
+
+
+def as_served(server_args: list[str]) -> list[str]:
+    """The `bench.inprocess` / `bench.ceiling --model` arguments that call a model as `kerve serve <server_args>`
+    does (run them with the server's `--server-env` too: its `KERVE_*` variables are settings)."""
+    return ["--as-served", json.dumps(server_args)]
 
 
 def build_payloads(model: str, seed: int = 1) -> list[bytes]:
@@ -389,15 +399,20 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_inprocess(inprocess: dict[str, Any]) -> None:
-    print("\nIn process (signature called directly; numpy in, numpy out)")
-    print(f"  {'model':9s} {'batch':>5s} {'samples/s':>11s} {'p50 ms/call':>12s} {'ms/sample':>10s} {'other':>6s}")
+    print("\nIn process (direct: the signature called with TF's defaults; served: called by kerve's code as it serves)")
+    print(
+        f"  {'model':9s} {'run':>6s} {'batch':>5s} {'samples/s':>11s} {'p50 ms/call':>12s} {'ms/sample':>10s} "
+        f"{'CPU':>5s} {'other':>6s}"
+    )
     for name, m in inprocess.items():
-        for batch, row in m["batches"].items():
-            best = " <- best" if int(batch) == m["best"]["batch"] else ""
-            print(
-                f"  {name:9s} {batch:>5s} {row['samples_per_s']:11.1f} {row['p50_ms']:12.3f} "
-                f"{row['ms_per_sample']:10.3f} {row.get('other_cpu_cores', 0.0):6.2f}{best}"
-            )
+        for run, gave_best, rows in sweeps(m):
+            for batch, row in rows.items():
+                best = " <- best" if gave_best and int(batch) == m["best"]["batch"] else ""
+                print(
+                    f"  {name:9s} {run:>6s} {batch:>5s} {row['samples_per_s']:11.1f} {row['p50_ms']:12.3f} "
+                    f"{row['ms_per_sample']:10.3f} {row.get('cpu_cores', 0.0):5.2f} "
+                    f"{row.get('other_cpu_cores', 0.0):6.2f}{best}"
+                )
 
 
 def print_table(results: dict[str, Any], modes: list[str]) -> None:
@@ -655,12 +670,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/3] building {', '.join(args.models)} into {repo} and measuring in process")
     quiet = Quiet(args.wait_quiet, args.max_other_cpu, [])
     quiet.wait("in-process", "")
-    inprocess_report = run_inprocess(args, repo, work)
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    reference = run_inprocess(args, repo, work / "inprocess.json")
+    print("  again, each model called by kerve's own code as the server under test calls it")
+    quiet.wait("in-process", "as served")
+    served = run_inprocess(
+        args, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served(args.server_arg), env=server_env
+    )
+    inprocess_report = merge_as_served(reference, served)
     inprocess = inprocess_report["models"]
     for name, m in inprocess.items():
         best = m["best"]
         print(f"  {name}: in-process best {best['samples_per_s']:.1f} samples/s at batch {best['batch']}")
-        disturbed = [b for b, row in m["batches"].items() if row.get("other_cpu_cores", 0.0) > args.max_other_cpu]
+        rows = [*m["batches"].items(), *m.get("as_served", {}).get("batches", {}).items()]
+        disturbed = sorted({b for b, row in rows if row.get("other_cpu_cores", 0.0) > args.max_other_cpu}, key=int)
         if disturbed:
             print(f"  warning: {name} in process at batch {', '.join(disturbed)} was disturbed by other processes")
     for warning in compute_bound_warnings({n: m["best"]["ms_per_sample"] for n, m in inprocess.items()}):
@@ -678,7 +701,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.executable, "-m", "kerve", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
         "--metrics-port", str(metrics_port), "--event-loop", loop, *args.server_arg,
     ]  # fmt: skip
-    server_env = dict(item.split("=", 1) for item in args.server_env)
     h2load_exe = h2load.find() if args.h2load else None
     if args.h2load and h2load_exe is None:
         print("warning: --h2load given but no h2load binary found (apt-get install nghttp2-client); skipped")
@@ -706,7 +728,10 @@ def main(argv: list[str] | None = None) -> int:
         if 1 in args.concurrency:  # the c1 floor: the bare server running each model's call in a thread
             port = free_port()
             models = [f"--model={name}={inprocess[name]['path']}" for name in args.models]
-            servers[BARE_MODEL] = Server(BARE_MODEL, bare_cmd(port, *models), port, work / "bare-model.log")
+            models += as_served(args.server_arg)  # the model's call as kerve makes it
+            servers[BARE_MODEL] = Server(
+                BARE_MODEL, bare_cmd(port, *models), port, work / "bare-model.log", env=server_env
+            )
         port = free_port()
         servers["kerve"] = Server(
             "kerve",
@@ -728,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch = ideal.max_batch_size(args.server_arg)
         for model in args.models:
             best = inprocess[model]["best"]["samples_per_s"]
-            b1_p50 = inprocess[model]["batches"].get("1", {}).get("p50_ms")
+            b1_p50 = batch1_p50_ms(inprocess[model])
             for mode in args.modes:
                 for c in args.concurrency:
                     key = f"{model}/c{c}"
@@ -761,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                             floor["p50_minus_inprocess_b1_ms"] = round(floor["p50_ms"] - b1_p50, 4)
                     kerve_row.update(
                         ideal.estimate(
-                            kerve_row, ceiling, inprocess[model], c, machine["cores"], max_batch,
+                            kerve_row, ceiling, served_figures(inprocess[model]), c, machine["cores"], max_batch,
                             floor["samples_per_s"] if floor is not None else None,
                         )
                     )  # fmt: skip
@@ -840,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         "event_loop": loop,
         "server_args": args.server_arg,
         "server_env": args.server_env,
+        "served_call": inprocess_report["served"],  # how kerve calls the models: bench.inprocess --as-served
         "model_config": args.model_config,
         "kerve_commit": _git("rev-parse", "--short", "HEAD"),
         "kerve_dirty": bool(_git("status", "--porcelain", "--", "server", "kerve", "client")),
