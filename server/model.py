@@ -249,6 +249,11 @@ class SavedModelServable:
     With `fallback`, a SavedModel the session path cannot load (the TF1 loader cannot import its graph) is loaded
     through the function path instead, with a warning: `--call-path auto` must not refuse a model that loaded
     before the session path was its default. An explicit `--call-path session` fails the load instead.
+
+    `caller_thread_max_rows` (session path: batches up to that many rows run their ops on the calling thread;
+    None = `auto`, timed per bucket) is 0 here and in `ReplicaLoader` unless given: every op on TensorFlow's pools,
+    TensorFlow's own behaviour, for the tests and benchmarks that build servables to compare call paths. The server
+    always passes its `--caller-thread-max-batch` (default `auto`), and `bench.inprocess.ServedCalls` does the same.
     """
 
     platform = PLATFORM
