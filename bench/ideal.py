@@ -5,7 +5,8 @@ machine) *plus* the model's. Where the model's CPU per sample is a sizeable shar
 bare ceiling" is out of reach for any server in that configuration, however lean. This module estimates, per case:
 
 - ``model_cpu_ms_per_sample``: the model's CPU per sample in process at the batch size kerve formed (the measured
-  in-process batch closest to kerve's mean batch), TF's threads included.
+  in-process batch closest to kerve's mean batch), TF's threads included, called as kerve calls it (`bench.run`
+  passes the `served` sweep: `bench.inprocess_report.served_figures`).
 - ``kerve_own_cpu_ms_per_req``: kerve's server CPU per request minus the bare server's and minus that model CPU:
   what kerve's own request path (decode, validate, batching hand-offs, encode, metrics) costs.
 - ``model_call_vs_inprocess``: the model's wall time per sample inside kerve (``model_ms_per_batch`` from its
@@ -20,7 +21,7 @@ bare ceiling" is out of reach for any server in that configuration, however lean
   ``ideal_limit`` names the one that bound, and ``ideal_ratio_vs_grpc_ceiling`` / ``ideal_ratio_vs_inprocess_best``
   put it on the scale of the targets.
 
-It is an estimate, not a proof: the model CPU comes from the in-process sweep (one caller, TF's default pool), and a
+It is an estimate, not a proof: the model CPU comes from the in-process sweep (one caller, one replica), and a
 server that runs batches side by side on one thread each can use TF more efficiently than that (docs/benchmarks.md,
 "Why one thread per batch"), and the generator's CPU counts only when it shares the server's cores. Pure
 arithmetic on the results dict: no TensorFlow, no gRPC.

@@ -97,7 +97,7 @@ class ServedCalls:
     Only one process may set TensorFlow's runtime up, and it must be before anything starts it."""
 
     def __init__(self, server_args: Sequence[str]) -> None:
-        from kerve.server.devices import configure_devices, thread_counts, thread_spinning
+        from kerve.server.devices import configure_devices, thread_counts
         from kerve.server.model import ReplicaLoader
 
         settings = server_settings(server_args)
@@ -117,7 +117,6 @@ class ServedCalls:
             "intra_op_threads": intra,
             "inter_op_threads": inter,
         }  # fmt: skip
-        self.tf_thread_spinning = thread_spinning()
 
     def load(self, path: Path) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], Any]:
         """(inputs -> outputs through the first replica, the servable to close when done)."""
