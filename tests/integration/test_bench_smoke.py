@@ -178,6 +178,10 @@ def test_latency_path_bench_times_every_stage_of_a_request(tmp_path: Path) -> No
     assert all(
         _positive(figures[k]) for k in ("inprocess_b1_p50_ms", "bare_grpc_p50_ms", "bare_model_p50_ms", "total_p50_ms")
     )
+    # the batch-1 call alone both ways; the target is held to the faster, the model stage to kerve's own call
+    direct, served = figures["inprocess_direct_b1_p50_ms"], figures["inprocess_served_b1_p50_ms"]
+    assert _positive(direct) and _positive(served) and figures["inprocess_b1_p50_ms"] == min(direct, served)
+    assert figures["model_minus_inprocess_ms"] == pytest.approx(stages["model"] - served, abs=1e-3)
     # The two bare servers were matched too, and each split into its three stages.
     assert figures["bare_matched"] == figures["bare_model_matched"] == 60
     for key in ("bare_stages_p50_ms", "bare_model_stages_p50_ms"):
