@@ -8,7 +8,10 @@ bare ceiling" is out of reach for any server in that configuration, however lean
   in-process batch closest to kerve's mean batch), TF's threads included, called as kerve calls it (`bench.run`
   passes the `served` sweep: `bench.inprocess_report.served_figures`).
 - ``kerve_own_cpu_ms_per_req``: kerve's server CPU per request minus the bare server's and minus that model CPU:
-  what kerve's own request path (decode, validate, batching hand-offs, encode, metrics) costs.
+  what kerve's own request path (decode, validate, batching hand-offs, encode, metrics) costs. At concurrency 1,
+  where the run measured the bare server that runs the model's call itself (the c1 floor), kerve's server CPU minus
+  that server's: a call every few milliseconds, each waking threads that slept, costs more CPU than the same calls
+  back to back in process (0.2-3.5 ms more per request on the 2-core VM), and that is not kerve's.
 - ``model_call_vs_inprocess``: the model's wall time per sample inside kerve (``model_ms_per_batch`` from its
   ``/metrics`` over ``mean_batch``) against the in-process call's at the closest measured batch: above 1 when the
   model runs slower beside the server's other threads than alone.
@@ -67,9 +70,10 @@ def estimate(
     concurrency: int,
     cores: float,
     max_batch: int,
-    c1_floor_samples_per_s: float | None = None,
+    c1_floor: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ideal_* and cost-split keys for one kerve case (empty where the inputs are missing)."""
+    """The ideal_* and cost-split keys for one kerve case (empty where the inputs are missing); `c1_floor` is the
+    bare server running the model's call, measured at concurrency 1 only."""
     batches: Mapping[str, Any] = inprocess.get("batches", {})
     allowed = [b for b in batches if int(b) <= min(concurrency, max_batch)] or sorted(batches, key=int)[:1]
     costs = [c for b in allowed if (c := _cpu_ms_per_sample(batches[b])) is not None]
@@ -88,12 +92,14 @@ def estimate(
     if model_cpu is not None:
         out["model_cpu_ms_per_sample"] = round(model_cpu, 4)
         own = kerve["server_cpu_ms_per_req"] - ceiling["server_cpu_ms_per_req"] - model_cpu
+        if concurrency == 1 and c1_floor and c1_floor.get("server_cpu_ms_per_req"):
+            own = kerve["server_cpu_ms_per_req"] - c1_floor["server_cpu_ms_per_req"]
         out["kerve_own_cpu_ms_per_req"] = round(own, 4)
 
     per_request = ceiling["server_cpu_ms_per_req"] + ceiling["client_cpu_ms_per_req"] + min(costs)
     limits = {"cpu": cores * 1e3 / per_request, "ceiling": ceiling_rate}
-    if concurrency == 1 and c1_floor_samples_per_s:
-        limits["latency"] = c1_floor_samples_per_s
+    if concurrency == 1 and c1_floor and c1_floor.get("samples_per_s"):
+        limits["latency"] = c1_floor["samples_per_s"]
     limit = min(limits, key=lambda k: limits[k])
     ideal = limits[limit]
     best = inprocess.get("best", {}).get("samples_per_s")

@@ -787,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                     kerve_row.update(
                         ideal.estimate(
                             kerve_row, ceiling, served_figures(inprocess[model]), c, machine["cores"], max_batch,
-                            floor["samples_per_s"] if floor is not None else None,
+                            floor,
                         )
                     )  # fmt: skip
                     (results if mode == loadgen.UNARY else streaming)[key] = kerve_row

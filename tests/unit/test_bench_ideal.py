@@ -42,12 +42,15 @@ def test_own_cost_takes_out_the_bare_server_and_the_model_at_the_batch_kerve_for
     assert out["model_cpu_ms_per_sample"] == pytest.approx(0.1)  # closest by ratio: 128
 
 
+FLOOR = {"samples_per_s": 500.0, "server_cpu_ms_per_req": 1.6}  # the bare server running the model's call, c1
+
+
 def test_concurrency_one_is_bound_by_the_bare_server_running_the_model() -> None:
-    out = ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64, c1_floor_samples_per_s=500.0)
+    out = ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64, c1_floor=FLOOR)
     assert out["ideal_limit"] == "latency"
     assert out["ideal_samples_per_s"] == pytest.approx(500.0)
     # only at concurrency 1: with requests in flight side by side, one request's latency bounds nothing
-    assert ideal.estimate(kerve(4), CEILING, INPROCESS, 8, 2, 64, c1_floor_samples_per_s=500.0)["ideal_limit"] == "cpu"
+    assert ideal.estimate(kerve(4), CEILING, INPROCESS, 8, 2, 64, c1_floor=FLOOR)["ideal_limit"] == "cpu"
     # not measured (no c1 case in the run): no latency limit
     assert ideal.estimate(kerve(1), CEILING, INPROCESS, 1, 2, 64)["ideal_limit"] != "latency"
 
@@ -80,3 +83,18 @@ def test_model_call_inside_the_server_against_in_process() -> None:
     out = ideal.estimate(row, CEILING, INPROCESS, 64, 2, 64)
     assert out["model_call_vs_inprocess"] == pytest.approx(0.5 / (2.0 / 8))  # batch 8 is closest: 0.25 ms/sample
     assert "model_call_vs_inprocess" not in ideal.estimate(kerve(10), CEILING, INPROCESS, 64, 2, 64)
+
+
+def test_at_concurrency_one_kerves_own_cost_is_taken_against_the_bare_server_running_the_same_call() -> None:
+    # 2.0 ms of kerve's server CPU per request against 1.6 in the bare server that runs the model's call itself:
+    # calls that far apart cost more CPU than the back-to-back in-process one (1.0 ms at batch 1), and not in kerve
+    out = ideal.estimate(kerve(1, server_cpu=2.0), CEILING, INPROCESS, 1, 2, 64, c1_floor=FLOOR)
+    assert out["kerve_own_cpu_ms_per_req"] == pytest.approx(2.0 - 1.6)
+    assert out["model_cpu_ms_per_sample"] == pytest.approx(1.0)  # still reported: the call alone
+    # no floor measured (or no CPU figure for it): the bare ceiling and the model alone, as at higher concurrency
+    without = ideal.estimate(kerve(1, server_cpu=2.0), CEILING, INPROCESS, 1, 2, 64)
+    assert without["kerve_own_cpu_ms_per_req"] == pytest.approx(2.0 - 0.3 - 1.0)
+    no_cpu = {"samples_per_s": 500.0}
+    assert ideal.estimate(kerve(1, server_cpu=2.0), CEILING, INPROCESS, 1, 2, 64, c1_floor=no_cpu)[
+        "kerve_own_cpu_ms_per_req"
+    ] == pytest.approx(0.7)
