@@ -11,7 +11,8 @@ bare ceiling" is out of reach for any server in that configuration, however lean
   what kerve's own request path (decode, validate, batching hand-offs, encode, metrics) costs. At concurrency 1,
   where the run measured the bare server that runs the model's call itself (the c1 floor), kerve's server CPU minus
   that server's: a call every few milliseconds, each waking threads that slept, costs more CPU than the same calls
-  back to back in process (0.2-3.5 ms more per request on the 2-core VM), and that is not kerve's.
+  back to back in process (0.1-2.1 ms more per request in 11 of 12 c1 cases of two full runs on the 2-core VM),
+  and that is not kerve's.
 - ``model_call_vs_inprocess``: the model's wall time per sample inside kerve (``model_ms_per_batch`` from its
   ``/metrics`` over ``mean_batch``) against the in-process call's at the closest measured batch: above 1 when the
   model runs slower beside the server's other threads than alone.
