@@ -18,7 +18,8 @@ Their runtimes (bench/peer_runtimes/) call the model the way kerve's function pa
 ``tf.saved_model.load(path).signatures["serving_default"]``, numpy in through ``tf.convert_to_tensor``, numpy out,
 in a worker thread. kerve runs with its defaults. The same load generator (bench.loadgen: batch-1 unary
 ``ModelInfer`` with ``raw_input_contents``, several processes) drives each server in turn, one case after the
-other, while the others idle; the in-process best (bench.inprocess) is measured first, as in bench.run. Every
+other, while the others idle; the in-process best (bench.inprocess: the better of the direct call and kerve's
+own) is measured first, as in bench.run. Every
 server's answer to the same request is compared with kerve's before the load starts.
 
 Results: a table on stdout (samples/s, p50 and p99 per server, and kerve's throughput over each peer's), and
@@ -42,11 +43,13 @@ if __package__ in (None, ""):
 import numpy as np
 
 from bench import loadgen
+from bench.inprocess_report import merge_as_served
 from bench.run import (
     ROOT,
     Server,
     _entry,
     _int_list,
+    as_served,
     build_payloads,
     known_names,
     machine_info,
@@ -189,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         models=args.models, batches=[1, 8, 32, 128], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.5,
         retries=1,
     )  # fmt: skip
-    inprocess = run_inprocess(inprocess_args, repo, work / "inprocess.json")["models"]
+    direct = run_inprocess(inprocess_args, repo, work / "inprocess.json")
+    served = run_inprocess(inprocess_args, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served([]))
+    inprocess = merge_as_served(direct, served)["models"]  # the best of the direct call and kerve's, as bench.run
     paths = {name: Path(inprocess[name]["path"]) for name in args.models}
     payloads = {name: build_payloads(name) for name in args.models}
 
