@@ -52,9 +52,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.inprocess_report import batch1_p50_ms, merge_as_served
+from bench.inprocess_report import batch1_p50_ms
 from bench.models import MODELS
-from bench.run import Server, as_served, build_payloads, model_list, run_inprocess
+from bench.run import Server, as_served, build_payloads, model_list, run_inprocess_both
 from kerve.quickstart import free_port
 
 STAGES = ("grpc_in", "decode", "dispatch", "to_worker", "model", "to_loop", "respond", "grpc_out")
@@ -326,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = argparse.Namespace(
             models=models, batches=[1], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.25, retries=1
         )
-        direct = run_inprocess(reference, repo, work / "inprocess.json")
-        served = run_inprocess(
-            reference, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served(args.server_arg)
-        )
-        inprocess = merge_as_served(direct, served)["models"]
+        inprocess = run_inprocess_both(reference, repo, work, args.server_arg)["models"]
         results = {m: measure_model(m, repo, work, inprocess[m], args) for m in models}
     print_table(results)
     if args.out is not None:

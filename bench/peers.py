@@ -43,18 +43,16 @@ if __package__ in (None, ""):
 import numpy as np
 
 from bench import loadgen
-from bench.inprocess_report import merge_as_served
 from bench.run import (
     ROOT,
     Server,
     _entry,
     _int_list,
-    as_served,
     build_payloads,
     known_names,
     machine_info,
     model_list,
-    run_inprocess,
+    run_inprocess_both,
 )
 
 RUNTIMES = ROOT / "bench" / "peer_runtimes"
@@ -192,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         models=args.models, batches=[1, 8, 32, 128], inprocess_seconds=args.inprocess_seconds, max_other_cpu=0.5,
         retries=1,
     )  # fmt: skip
-    direct = run_inprocess(inprocess_args, repo, work / "inprocess.json")
-    served = run_inprocess(inprocess_args, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served([]))
-    inprocess = merge_as_served(direct, served)["models"]  # the best of the direct call and kerve's, as bench.run
+    inprocess = run_inprocess_both(inprocess_args, repo, work, [])["models"]  # kerve runs with its defaults
     paths = {name: Path(inprocess[name]["path"]) for name in args.models}
     payloads = {name: build_payloads(name) for name in args.models}
 

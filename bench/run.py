@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,27 @@ def run_inprocess(
     ]  # fmt: skip
     subprocess.run(cmd, check=True, env=_env(env), cwd=ROOT, timeout=900)
     return json.loads(out.read_text())
+
+
+def run_inprocess_both(
+    args: argparse.Namespace,
+    repo: Path,
+    work: Path,
+    server_args: list[str],
+    server_env: dict[str, str] | None = None,
+    between: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Both in-process sweeps as one report (`bench.inprocess_report`): the signature called directly, exporting
+    the models into `repo`, then the same models called as `kerve serve <server_args>` calls them (`between` runs
+    in between)."""
+    direct = run_inprocess(args, repo, work / "inprocess.json")
+    print("  again, each model called by kerve's own code as the server under test calls it")
+    if between is not None:
+        between()
+    served = run_inprocess(
+        args, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served(server_args), env=server_env
+    )
+    return merge_as_served(direct, served)
 
 
 def as_served(server_args: list[str]) -> list[str]:
@@ -671,13 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = Quiet(args.wait_quiet, args.max_other_cpu, [])
     quiet.wait("in-process", "")
     server_env = dict(item.split("=", 1) for item in args.server_env)
-    reference = run_inprocess(args, repo, work / "inprocess.json")
-    print("  again, each model called by kerve's own code as the server under test calls it")
-    quiet.wait("in-process", "as served")
-    served = run_inprocess(
-        args, repo, work / "inprocess-as-served.json", "--reuse-exported", *as_served(args.server_arg), env=server_env
+    inprocess_report = run_inprocess_both(
+        args, repo, work, args.server_arg, server_env, between=lambda: quiet.wait("in-process", "as served")
     )
-    inprocess_report = merge_as_served(reference, served)
     inprocess = inprocess_report["models"]
     for name, m in inprocess.items():
         best = m["best"]
