@@ -99,24 +99,17 @@ class ModelCallServicer(CeilingServicer):
             yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
 
 
-def _batch1_call(model: str, path: Path, served: Any = None) -> Callable[[], None]:
-    """What bench.inprocess times at batch 1, on fixed inputs: the signature called directly (its `caller`), or
+def _batch1_call(model: str, path: Path, served: Any = None) -> Callable[[], object]:
+    """What bench.inprocess times at batch 1, on fixed inputs: the signature called directly (`DirectCalls`), or
     with `served` (a `bench.inprocess.ServedCalls`) the model called as kerve calls it."""
-    import tensorflow as tf
-
-    from bench.inprocess import caller
+    from bench.inprocess import DirectCalls
     from bench.models import MODELS
 
+    calls = served or DirectCalls()
     rng = np.random.default_rng(0)
-    inputs = {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs}
-    if served is None:
-        call = caller(tf.saved_model.load(str(path)).signatures["serving_default"], inputs)
-        warmup = 1
-    else:
-        runner, _servable = served.load(path)  # the replica's session lives as long as the runner does
-        call = functools.partial(runner, inputs)
-        warmup = served.warmup(1)
-    for _ in range(warmup):  # the first call traces and allocates; kerve's first choose a way for small batches
+    runner, _servable = calls.load(path)  # the model's session lives as long as the runner does
+    call = functools.partial(runner, {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs})
+    for _ in range(calls.warmup(1)):  # the first call traces and allocates; kerve's first choose a way for 1 row
         call()
     return call
 

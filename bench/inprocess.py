@@ -42,19 +42,28 @@ MIN_CALLS = 3
 MAX_CALLS = 100_000
 
 
-def caller(fn: Any, inputs: dict[str, np.ndarray]) -> Callable[[], None]:
-    """One call of signature `fn` as the server makes it: numpy in via `tf.convert_to_tensor`, numpy out via
-    `.numpy()`. Every bench that times "the in-process call" uses this one, so they all time the same thing."""
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def signature_runner(fn: Any) -> Runner:
+    """Signature `fn` called directly, as the server's function path calls it: numpy in via `tf.convert_to_tensor`,
+    numpy out via `.numpy()`."""
     import tensorflow as tf
 
-    def call() -> None:
-        for tensor in fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()}).values():
-            tensor.numpy()
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = fn(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
 
-    return call
+    return run
 
 
-def measure(call: Callable[[], None], batch: int, seconds: float, warmup: int = 2) -> dict[str, float]:
+def caller(fn: Any, inputs: dict[str, np.ndarray]) -> Callable[[], object]:
+    """One call of signature `fn` on `inputs` (`signature_runner`). Every bench that times "the in-process call"
+    uses this one, so they all time the same thing."""
+    return functools.partial(signature_runner(fn), inputs)
+
+
+def measure(call: Callable[[], object], batch: int, seconds: float, warmup: int = 2) -> dict[str, float]:
     """Call `call` (one model call on `batch` rows) repeatedly for about `seconds` (at least MIN_CALLS calls) after
     `warmup` unmeasured calls."""
     for _ in range(warmup):
@@ -90,6 +99,22 @@ def server_settings(server_args: Sequence[str]) -> Any:
     return settings.from_args(parsed)
 
 
+class DirectCalls:
+    """The reference: each model's signature called directly with TensorFlow's defaults (`signature_runner`)."""
+
+    how = None
+
+    def load(self, path: Path) -> tuple[Runner, Any]:
+        """(inputs -> outputs, nothing to close)."""
+        import tensorflow as tf
+
+        return signature_runner(tf.saved_model.load(str(path)).signatures["serving_default"]), None
+
+    def warmup(self, batch: int) -> int:
+        """Unmeasured calls before a batch size is timed: the first traces and allocates."""
+        return 2
+
+
 class ServedCalls:
     """A model called the way `kerve serve <server_args>` calls it, without the server: the same device set up
     (TensorFlow's thread counts, whether its pool threads spin), the same loader and call path, and on the session
@@ -118,7 +143,7 @@ class ServedCalls:
             "inter_op_threads": inter,
         }  # fmt: skip
 
-    def load(self, path: Path) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], Any]:
+    def load(self, path: Path) -> tuple[Runner, Any]:
         """(inputs -> outputs through the first replica, the servable to close when done)."""
         from kerve.server.model_config import ModelConfig
 
@@ -144,9 +169,9 @@ def run(
     served_args: Sequence[str] | None = None,
     reuse_exported: bool = False,
 ) -> dict[str, Any]:
-    """The sweep: each signature called directly (`caller`), or with `served_args` as `kerve serve <served_args>`
-    calls it (`ServedCalls`)."""
-    served = ServedCalls(served_args) if served_args is not None else None  # before anything starts TF's runtime
+    """The sweep: each signature called directly (`DirectCalls`), or with `served_args` as `kerve serve
+    <served_args>` calls it (`ServedCalls`)."""
+    calls = ServedCalls(served_args) if served_args is not None else DirectCalls()  # before TF's runtime starts
     import keras
     import tensorflow as tf
 
@@ -159,38 +184,20 @@ def run(
         "tf_thread_spinning": thread_spinning(),
         "models": {},
     }
-    if served is not None:
-        report["served"] = served.how
+    if calls.how is not None:
+        report["served"] = calls.how
     rng = np.random.default_rng(0)
     for name in names:
         model = MODELS[name]
         started = time.monotonic()
         path = exported(model, repository) if reuse_exported else export(model, repository)
         export_s = time.monotonic() - started
-        closing: Any = None
-        if served is None:
-            fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-
-            def make(inputs: dict[str, np.ndarray], fn: Any = fn) -> Callable[[], None]:
-                return caller(fn, inputs)
-
-            def warmup(batch: int) -> int:
-                return 2
-
-            one = {spec.name: spec.sample(rng, 1) for spec in model.inputs}
-            outputs = {k: v.numpy() for k, v in fn(**{k: tf.convert_to_tensor(v) for k, v in one.items()}).items()}
-        else:
-            runner, closing = served.load(path)
-
-            def make(inputs: dict[str, np.ndarray], runner: Any = runner) -> Callable[[], None]:
-                return functools.partial(runner, inputs)
-
-            warmup = served.warmup
-            outputs = runner({spec.name: spec.sample(rng, 1) for spec in model.inputs})
+        runner, closing = calls.load(path)
+        outputs = runner({spec.name: spec.sample(rng, 1) for spec in model.inputs})
         per_batch: dict[str, dict[str, float]] = {}
         for batch in batches:
-            call = make({spec.name: spec.sample(rng, batch) for spec in model.inputs})
-            row = measure(call, batch, seconds, warmup(batch))
+            call = functools.partial(runner, {spec.name: spec.sample(rng, batch) for spec in model.inputs})
+            row = measure(call, batch, seconds, calls.warmup(batch))
             for _ in range(retries):  # disturbed by other processes: measure again, keep the least disturbed
                 if row["other_cpu_cores"] <= max_other_cpu:
                     break
@@ -200,7 +207,7 @@ def run(
             print(
                 f"  in-process {name:9s} batch {batch:4d}: {row['samples_per_s']:10.1f} samples/s, "
                 f"p50 {row['p50_ms']:8.3f} ms/call, {row['ms_per_sample']:.3f} ms/sample"
-                f"{' (as served)' if served is not None else ''}",
+                f"{' (as served)' if calls.how is not None else ''}",
                 flush=True,
             )
         if closing is not None:
