@@ -102,7 +102,7 @@ def server_settings(server_args: Sequence[str]) -> Any:
 class DirectCalls:
     """The reference: each model's signature called directly with TensorFlow's defaults (`signature_runner`)."""
 
-    how = None
+    how: dict[str, Any] | None = None  # ServedCalls says how it calls; the reference needs no words
 
     def load(self, path: Path) -> tuple[Runner, Any]:
         """(inputs -> outputs, nothing to close)."""
