@@ -102,14 +102,14 @@ class ModelCallServicer(CeilingServicer):
 def _batch1_call(model: str, path: Path, served: Any = None) -> Callable[[], object]:
     """What bench.inprocess times at batch 1, on fixed inputs: the signature called directly (`DirectCalls`), or
     with `served` (a `bench.inprocess.ServedCalls`) the model called as kerve calls it."""
-    from bench.inprocess import DirectCalls
+    from bench.inprocess import DirectCalls, warmup_calls
     from bench.models import MODELS
 
     calls = served or DirectCalls()
     rng = np.random.default_rng(0)
     runner, _servable = calls.load(path)  # the model's session lives as long as the runner does
     call = functools.partial(runner, {spec.name: spec.sample(rng, 1) for spec in MODELS[model].inputs})
-    for _ in range(calls.warmup(1)):  # the first call traces and allocates; kerve's first choose a way for 1 row
+    for _ in range(warmup_calls(runner, 1)):  # the first call traces; kerve's first choose a way for 1 row
         call()
     return call
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import statistics
 import time
@@ -36,7 +35,6 @@ import numpy as np
 
 from bench.loadgen import machine_busy_s
 from bench.models import MODELS, BenchModel
-from kerve.server.call_choice import AUTO_MAX_ROWS, BLOCK, TRIALS
 
 MIN_CALLS = 3
 MAX_CALLS = 100_000
@@ -110,10 +108,6 @@ class DirectCalls:
 
         return signature_runner(tf.saved_model.load(str(path)).signatures["serving_default"]), None
 
-    def warmup(self, batch: int) -> int:
-        """Unmeasured calls before a batch size is timed: the first traces and allocates."""
-        return 2
-
 
 class ServedCalls:
     """A model called the way `kerve serve <server_args>` calls it, without the server: the same device set up
@@ -131,8 +125,6 @@ class ServedCalls:
             processes=settings.processes, spinning=settings.tf_thread_spinning,
         )  # fmt: skip
         self._loader = ReplicaLoader(devices, settings.call_path, settings.caller_thread_max_batch)
-        auto = self._loader.call_path == "session" and settings.caller_thread_max_batch is None
-        self.timed_max_rows = AUTO_MAX_ROWS if auto else 0  # batch sizes whose first calls time both ways
         intra, inter = thread_counts()
         self.how = {
             "server_args": list(server_args),
@@ -150,13 +142,15 @@ class ServedCalls:
         servable = self._loader(path, ModelConfig())
         return servable.runners("serving_default")[0], servable
 
-    def warmup(self, batch: int) -> int:
-        """Unmeasured calls before a batch size is timed: two, and under `auto` enough for its first trials of both
-        ways (TRIALS timed calls each, in blocks of BLOCK whose first call is not timed), as a server has made
-        them long before a benchmark's window."""
-        if not 0 < batch <= self.timed_max_rows:
-            return 2
-        return 2 + 2 * BLOCK * math.ceil(TRIALS / (BLOCK - 1))
+
+def warmup_calls(runner: Runner, batch: int) -> int:
+    """Unmeasured calls before a batch size is timed: two (the first traces and allocates), and where the runner
+    times both ways for small batches (the session path under `--caller-thread-max-batch auto`) enough for its
+    first trials at this size, as a server has made them long before a benchmark's window."""
+    choice = getattr(runner, "choice", None)  # server/model.py's _SessionSignature; a plain function has none
+    if choice is None or not 0 < batch <= choice.max_rows:
+        return 2
+    return 2 + choice.trial_calls()
 
 
 def run(
@@ -197,7 +191,7 @@ def run(
         per_batch: dict[str, dict[str, float]] = {}
         for batch in batches:
             call = functools.partial(runner, {spec.name: spec.sample(rng, batch) for spec in model.inputs})
-            row = measure(call, batch, seconds, calls.warmup(batch))
+            row = measure(call, batch, seconds, warmup_calls(runner, batch))
             for _ in range(retries):  # disturbed by other processes: measure again, keep the least disturbed
                 if row["other_cpu_cores"] <= max_other_cpu:
                     break

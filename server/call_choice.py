@@ -25,6 +25,7 @@ unit-tested with made-up durations.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import statistics
 import threading
@@ -158,6 +159,11 @@ class CallerThreadChoice:
             1e3 * max(pool, caller),
         )
 
+    def trial_calls(self) -> int:
+        """The most calls a bucket's first trials take: blocks alternate between the two ways and the first call of
+        each is not timed, so each way needs ceil(trials / (block - 1)) blocks."""
+        return 2 * self.block * math.ceil(self.trials / (self.block - 1))
+
     def chosen(self) -> dict[int, bool]:
         """Bucket (largest row count in it) -> caller's thread, for the buckets decided so far (a bucket being
         timed again reports the choice in force until the trials end)."""
@@ -182,6 +188,10 @@ class FixedCallerThread:
 
     def record(self, rows: int, caller_thread: bool, seconds: float) -> None:
         """Nothing to learn: the choice is fixed."""
+
+    def trial_calls(self) -> int:
+        """No trials."""
+        return 0
 
 
 def policy(max_rows: int | None, label: str = "") -> CallerThreadChoice | FixedCallerThread:

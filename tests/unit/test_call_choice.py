@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kerve.server.call_choice import CallerThreadChoice, bucket, logged_choices
+from kerve.server.call_choice import CallerThreadChoice, FixedCallerThread, bucket, logged_choices
 
 
 def run(choice: CallerThreadChoice, rows: int, caller_ms: float, pool_ms: float) -> bool:
@@ -211,3 +211,12 @@ def test_retime_settings_are_checked() -> None:
         CallerThreadChoice(retime_after=0)
     with pytest.raises(ValueError, match="got 100 and 50"):
         CallerThreadChoice(retime_after=100, retime_max=50)
+
+
+@pytest.mark.parametrize(("trials", "block"), [(8, 4), (2, 2), (3, 4), (5, 3)])
+def test_trial_calls_bounds_the_calls_a_buckets_first_trials_take(trials: int, block: int) -> None:
+    # what a benchmark warms a timed batch size up with (bench.inprocess.warmup_calls): enough, and not a block more
+    choice = CallerThreadChoice(max_rows=8, trials=trials, block=block)
+    took = _trials(choice, 1, caller_ms=0.2, pool_ms=0.4)
+    assert choice.trial_calls() - block < took <= choice.trial_calls()
+    assert FixedCallerThread(4).trial_calls() == 0
