@@ -25,7 +25,17 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
-from . import event_loop, group_settings, heap, host_metrics, processes, tfs_service, thread_priority, warmup
+from . import (
+    event_loop,
+    group_settings,
+    heap,
+    host_metrics,
+    processes,
+    tfs_service,
+    thread_names,
+    thread_priority,
+    warmup,
+)
 from .cpus import usable_cores
 from .devices import configure_devices, spinning_text, thread_counts
 from .group_settings import SettingsJournal
@@ -84,6 +94,12 @@ def _connection_age_options(age_s: float) -> list[tuple[str, int]]:
     return [("grpc.max_connection_age_ms", int(age_s * 1000)), ("grpc.max_connection_age_grace_ms", NO_GRACE_LIMIT_MS)]
 
 
+def _start_worker(nice: int) -> None:
+    """An inference worker's first act: its name at the OS level, then its priority below the loop's."""
+    thread_names.name_current_thread()
+    thread_priority.lower_current_thread(nice)
+
+
 class KerveServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -93,7 +109,7 @@ class KerveServer:
         self.executor = ThreadPoolExecutor(
             settings.workers,
             thread_name_prefix="kerve-infer",
-            initializer=thread_priority.lower_current_thread,
+            initializer=_start_worker,
             initargs=(nice,),
         )
         # before any model loads: TensorFlow fixes its device list when its runtime starts
@@ -212,6 +228,7 @@ class KerveServer:
             await self.manager.load_all(self.settings.load_models)
         self.manager.start_polling(self.settings.poll_interval_s)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        thread_names.name_threads()  # gRPC's poller, the metrics endpoint's: told apart by top -H, ps -L, perf
         ready = [f"{e.model}:{e.version}" for e in self.manager.entries() if e.servable is not None]
         log.info("ready on port %d serving %s", self.port, ", ".join(ready) or "no models")
         if self.settings.model_control == "explicit":

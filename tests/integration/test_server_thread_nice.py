@@ -1,5 +1,6 @@
 """A real server's threads after it answered: TensorFlow's pools and the inference workers below the event loop,
-gRPC's own threads level with it (server/thread_priority.py)."""
+gRPC's own threads level with it (server/thread_priority.py); kerve's Python threads named at the OS level
+(server/thread_names.py)."""
 
 from __future__ import annotations
 
@@ -52,5 +53,10 @@ def test_model_threads_run_below_the_event_loop(server_process: tuple[str, Popen
     assert tf_pool and grpc_io, f"thread names changed: {sorted({name for _t, name, _n in threads})}"
     assert set(tf_pool) == {lowered}, threads
     assert set(grpc_io) == {loop}, threads
-    # TF's pools and at least one inference worker (Python threads show as the process's name)
-    assert sum(nice == lowered for _tid, _name, nice in threads) > len(tf_pool) or lowered == loop, threads
+    workers = [nice for _tid, name, nice in threads if name.startswith("kerve-infer_")]
+    assert workers and set(workers) == {lowered}, threads
+    # grpc.aio's completion-queue poller, a Python thread, by its target's name; level with the loop
+    poller = [nice for _tid, name, nice in threads if name == "_poll_wrapper"]
+    assert poller == [loop], threads
+    main = next(name for tid, name, _nice in threads if tid == proc.pid)
+    assert not main.startswith(("kerve-", "_")), "the main thread keeps the process's name"
