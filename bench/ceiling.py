@@ -35,7 +35,7 @@ import numpy as np
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 from kerve.protos import grpc_service_pb2_grpc as pb_grpc
-from kerve.server import event_loop
+from kerve.server import event_loop, thread_names
 
 
 def canned_response(model: str, outputs: list[dict[str, Any]]) -> pb.ModelInferResponse:
@@ -129,6 +129,7 @@ async def serve(
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"could not bind 127.0.0.1:{port}")
     await server.start()
+    thread_names.name_threads()  # as kerve names its own, so bench.threads tells gRPC's poller from the rest
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -337,6 +337,7 @@ class LoadGenerator:
         max_requests: int = 2_000_000,
         observe_pids: Sequence[int] = (),
         on_window_start: Callable[[], None] | None = None,
+        on_window_end: Callable[[], None] | None = None,
         channels: int = 1,
         stream_depth: int = 1,
     ) -> LoadResult:
@@ -348,7 +349,8 @@ class LoadGenerator:
         self._ensure(procs)
         try:
             return self._run(target, mode, payloads, concurrency, procs, warmup_s, duration_s, timeout_s,
-                             max_requests, observe_pids, on_window_start, channels, stream_depth)  # fmt: skip
+                             max_requests, observe_pids, on_window_start, on_window_end, channels,
+                             stream_depth)  # fmt: skip
         except BaseException:
             self._kill()  # a worker may be mid-job: start afresh next time
             raise
@@ -366,6 +368,7 @@ class LoadGenerator:
         max_requests: int,
         observe_pids: Sequence[int],
         on_window_start: Callable[[], None] | None,
+        on_window_end: Callable[[], None] | None,
         channels: int,
         stream_depth: int,
     ) -> LoadResult:
@@ -389,6 +392,8 @@ class LoadGenerator:
         time.sleep(max(0.0, t_end - time.monotonic()))
         observed = {pid: proc_cpu_s(pid) - before[pid] for pid in observe_pids}
         busy = machine_busy_s() - busy_before
+        if on_window_end is not None:
+            on_window_end()
         results = [self._recv(conn, t_end + timeout_s + 30, "results") for _, conn in workers]
         latencies = np.concatenate([np.frombuffer(r["latencies"], dtype=np.float64) for r in results])
         errors = sum(r["errors"] for r in results)

@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.report bench/results/latest.json > /tmp/tables.md
 
-Prints the machine and configuration, the in-process table, the RPC table (unary, then streaming) and the targets of
-issue 6 checked against this run, so the doc can be refreshed from any run without copying numbers by hand.
+Prints the machine and configuration, the in-process table, the RPC table (unary, then streaming), the targets of
+issue 6 checked against this run and each case's CPU, wake-ups and system calls per request by thread role, so the
+doc can be refreshed from any run without copying numbers by hand.
 """
 
 from __future__ import annotations
@@ -128,6 +129,40 @@ def targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _role(roles: dict[str, Any] | None, role: str | tuple[str, ...], *keys: str) -> str:
+    """A role's (or several roles' summed) figures, ` / `-joined."""
+    found = [roles[r] for r in ((role,) if isinstance(role, str) else role) if r in (roles or {})]
+    if not found:
+        return "–"
+    return " / ".join(format(sum(r[key] for r in found), ".2f") for key in keys)
+
+
+def threads(results: dict[str, Any]) -> list[str]:
+    """Per request, by thread role (bench/threads.py): kerve's and the bare gRPC server's. Empty when the run
+    has no per-thread figures (not Linux, or a results file from before they were recorded)."""
+    lines = [
+        "| model | mode | c | kerve loop CPU / wait ms, wake-ups, syscalls | kerve workers CPU ms, wake-ups "
+        "| kerve TF's threads (pools, native) CPU ms, wake-ups | kerve gRPC threads CPU ms, wake-ups "
+        "| bare loop CPU / wait ms, wake-ups, syscalls | bare gRPC threads CPU ms, wake-ups |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+        ceiling = results.get("grpc_ceiling", {}).get(mode, {})
+        for key, k in rows.items():
+            if "/c" not in key or not isinstance(k, dict) or "threads" not in k:
+                continue
+            model, conc = key.split("/c")
+            kt, ct = k["threads"], ceiling.get(key, {}).get("threads")
+            lines.append(
+                f"| {model} | {mode} | {conc} | {_role(kt, 'loop', 'cpu_ms', 'wait_ms')}, "
+                f"{_role(kt, 'loop', 'wakeups', 'syscalls')} | {_role(kt, 'batch', 'cpu_ms', 'wakeups')} | "
+                f"{_role(kt, ('tf', 'native'), 'cpu_ms', 'wakeups')} | {_role(kt, 'grpc', 'cpu_ms', 'wakeups')} | "
+                f"{_role(ct, 'loop', 'cpu_ms', 'wait_ms')}, {_role(ct, 'loop', 'wakeups', 'syscalls')} | "
+                f"{_role(ct, 'grpc', 'cpu_ms', 'wakeups')} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
 def _ideal(k: dict[str, Any], key: str) -> str:
     value = k.get(key)
     return "" if value is None else f"{value:.2f} ({k['ideal_limit']}-bound)"
@@ -149,6 +184,14 @@ def render(results: dict[str, Any]) -> str:
         "",
         *targets(results),
     ]
+    per_thread = threads(results)
+    if per_thread:
+        parts += [
+            "",
+            "Per request, by thread (bench/threads.py; CPU and waiting for a core in ms, counts per request):",
+            "",
+            *per_thread,
+        ]
     return "\n".join(parts) + "\n"
 
 

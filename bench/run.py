@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `kerve`
 
 import numpy as np
 
-from bench import h2load, ideal, loadgen, profile
+from bench import h2load, ideal, loadgen, profile, report, threads
 from bench.inprocess_report import batch1_p50_ms, merge_as_served, served_figures, sweeps
 from bench.models import DEFAULT_MODELS, MODELS, compute_bound_warnings
 from kerve.server import event_loop
@@ -599,6 +599,21 @@ def _count_into(counted: list[dict[str, float] | None], metrics_url: str | None,
     counted.append(server_counts(metrics_url, model) if metrics_url else None)
 
 
+def _snapshot_into(snapshots: list[threads.Snapshot], pids: list[int]) -> None:
+    snapshots.append(threads.snapshot(pids))
+
+
+def _window_start(
+    snapshots: list[threads.Snapshot],
+    pids: list[int],
+    counted: list[dict[str, float] | None],
+    metrics_url: str | None,
+    model: str,
+) -> None:
+    _snapshot_into(snapshots, pids)
+    _count_into(counted, metrics_url, model)
+
+
 def measure_case(
     args: argparse.Namespace,
     gen: loadgen.LoadGenerator,
@@ -614,13 +629,18 @@ def measure_case(
         if server.proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {server.proc.returncode}\n{server.log_tail()}")
         counted: list[dict[str, float] | None] = []  # the server's counts when the window starts
-        window_started = functools.partial(_count_into, counted, server.metrics_url, model)
+        pids = server.pids()
+        per_thread: list[threads.Snapshot] = []  # the server's threads at the window's start and end
+        window_started = functools.partial(_window_start, per_thread, pids, counted, server.metrics_url, model)
         result = gen.run(
             server.target, mode, payloads, concurrency, args.warmup, args.duration,
-            timeout_s=args.timeout, observe_pids=server.pids(), on_window_start=window_started,
+            timeout_s=args.timeout, observe_pids=pids, on_window_start=window_started,
+            on_window_end=functools.partial(_snapshot_into, per_thread, pids),
             channels=args.channels, stream_depth=args.stream_depth,
         )  # fmt: skip
         row[name] = _entry(result)
+        if len(per_thread) == 2 and threads.available():
+            row[name]["threads"] = threads.per_request(*per_thread, result.requests)
         before = counted[0] if counted else None
         after = None
         if before is not None and server.metrics_url:
@@ -894,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print_inprocess(inprocess)
     print_table(results, args.modes)
+    per_thread = report.threads(results)
+    if per_thread:
+        print("\nPer request, by thread role (bench/threads.py): CPU and waiting for a core in ms, counts per request")
+        print("\n".join(per_thread))
     print_caller_thread_choices(results.get("caller_thread_choices", []))
     print(f"\nnote: {machine['note']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
         out=tmp_path / "bench.json", timeout=110,
     )  # fmt: skip
     assert "vs ceil" in stdout  # the side-by-side table was printed
+    assert "Per request, by thread role" in stdout
     # the server's choice for its batches of 1 row (--caller-thread-max-batch auto, the default), read from its log
     assert any(
         choice["label"].startswith("tiny/1 serving_default") and choice["rows"] == "1"
@@ -67,10 +68,15 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert entry["outside_server_ms_per_req"] == pytest.approx(
                 entry["mean_ms"] - entry["server_ms_per_req"], abs=1e-3
             )
+            # per request by thread role (bench/threads.py): the loops of the group's processes, its workers
+            roles = entry["threads"]
+            assert roles["loop"]["threads"] == 3 and _positive(roles["loop"]["cpu_ms"]), roles
+            assert roles["batch"]["threads"] >= 2 and roles["grpc"]["threads"] >= 2, roles
     for mode in ("unary", "stream"):
         for key in ("tiny/c1", "tiny/c4"):
             ceiling = results["grpc_ceiling"][mode][key]
             assert all(_positive(ceiling[k]) for k in ("samples_per_s", "p50_ms", "p99_ms")), ceiling
+            assert _positive(ceiling["threads"]["loop"]["cpu_ms"]) and "batch" not in ceiling["threads"], ceiling
         # the c1 floor, measured at c1 only: the bare server running the model's call in a thread
         assert set(results["bare_model"][mode]) == {"tiny/c1"}
         floor = results["bare_model"][mode]["tiny/c1"]
