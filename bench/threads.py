@@ -11,9 +11,10 @@ times the event loop wakes per request at c8 against at c64, and against a bare 
 Roles come from the kernel's thread names (server/thread_names.py names kerve's Python threads, and bench.ceiling
 its own): the main thread is the event loop (kerve's and the bare asyncio servers'), `kerve-infer_*` the batch
 workers, `tf_*` TensorFlow's inter-op pools, gRPC's core and poller threads `grpc`. `native` are the threads that
-still carry the process's name once the Python ones are named: native threads that never name themselves, where
-TensorFlow's intra-op pool (Eigen's, which runs a convolution's shards) and OpenBLAS's threads are; the rest is
-`other` (the metrics endpoint, asyncio's default executor). A thread that exits inside the window takes its
+still carry the process's name once the Python ones are named: native threads without a name of their own, where
+TensorFlow's intra-op pool is (Eigen's, which runs a convolution's shards; TF asks for `tf_numa_-1_Eigen`, one
+byte more than the kernel takes, presumably why it stays unnamed), and OpenBLAS's threads; the rest is `other` (the
+metrics endpoint, asyncio's default executor). A thread that exits inside the window takes its
 counts with it (none of the roles' threads does in a steady case). Linux only; elsewhere `available()` is False
 and the bench leaves the figures out.
 """
