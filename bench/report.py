@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,17 @@ def inprocess(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cases(results: dict[str, Any], field: str) -> Iterator[tuple[str, str, str, dict[str, Any], dict[str, Any]]]:
+    """Each kerve case whose entry has `field`, unary then streamed: (mode, model, concurrency, kerve's entry, the
+    bare gRPC server's entry for the same case or {})."""
+    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
+        ceiling = results.get("grpc_ceiling", {}).get(mode, {})
+        for key, k in rows.items():
+            if "/c" in key and isinstance(k, dict) and field in k:
+                model, conc = key.split("/c")
+                yield mode, model, conc, k, ceiling.get(key, {})
+
+
 def rpc(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | mode | c | ceiling samples/s | ceiling p50 / p99 ms | kerve samples/s | kerve p50 / p99 ms "
@@ -68,24 +80,18 @@ def rpc(results: dict[str, Any]) -> list[str]:
         "| ideal vs ceiling | kerve own ms/req | model call vs in-process | in handler / outside ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
-        ceiling = results["grpc_ceiling"].get(mode, {})
-        for key, k in rows.items():
-            if "/c" not in key or not isinstance(k, dict) or "samples_per_s" not in k:
-                continue
-            model, conc = key.split("/c")
-            c = ceiling.get(key, {})
-            mark = " †" if k.get("disturbed") else ""
-            lines.append(
-                f"| {model} | {mode} | {conc} | {_f(c.get('samples_per_s'), '.0f')} | "
-                f"{_f(c.get('p50_ms'), '.2f')} / {_f(c.get('p99_ms'), '.2f')} | {k['samples_per_s']:.0f}{mark} | "
-                f"{k['p50_ms']:.2f} / {k['p99_ms']:.2f} | {_f(k['ratio_vs_grpc_ceiling'], '.2f')} | "
-                f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
-                f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} | "
-                f"{_f(k.get('ideal_ratio_vs_grpc_ceiling'), '.2f')} | {_f(k.get('kerve_own_cpu_ms_per_req'), '.2f')} | "
-                f"{_f(k.get('model_call_vs_inprocess'), '.2f')} | "
-                f"{_f(k.get('server_ms_per_req'), '.2f')} / {_f(k.get('outside_server_ms_per_req'), '.2f')} |"
-            )
+    for mode, model, conc, k, c in _cases(results, "samples_per_s"):
+        mark = " †" if k.get("disturbed") else ""
+        lines.append(
+            f"| {model} | {mode} | {conc} | {_f(c.get('samples_per_s'), '.0f')} | "
+            f"{_f(c.get('p50_ms'), '.2f')} / {_f(c.get('p99_ms'), '.2f')} | {k['samples_per_s']:.0f}{mark} | "
+            f"{k['p50_ms']:.2f} / {k['p99_ms']:.2f} | {_f(k['ratio_vs_grpc_ceiling'], '.2f')} | "
+            f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
+            f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} | "
+            f"{_f(k.get('ideal_ratio_vs_grpc_ceiling'), '.2f')} | {_f(k.get('kerve_own_cpu_ms_per_req'), '.2f')} | "
+            f"{_f(k.get('model_call_vs_inprocess'), '.2f')} | "
+            f"{_f(k.get('server_ms_per_req'), '.2f')} / {_f(k.get('outside_server_ms_per_req'), '.2f')} |"
+        )
     return lines
 
 
@@ -146,20 +152,15 @@ def threads(results: dict[str, Any]) -> list[str]:
         "| bare loop CPU / wait ms, wake-ups, syscalls | bare gRPC threads CPU ms, wake-ups |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, rows in (("unary", results), ("stream", results.get("streaming", {}))):
-        ceiling = results.get("grpc_ceiling", {}).get(mode, {})
-        for key, k in rows.items():
-            if "/c" not in key or not isinstance(k, dict) or "threads" not in k:
-                continue
-            model, conc = key.split("/c")
-            kt, ct = k["threads"], ceiling.get(key, {}).get("threads")
-            lines.append(
-                f"| {model} | {mode} | {conc} | {_role(kt, 'loop', 'cpu_ms', 'wait_ms')}, "
-                f"{_role(kt, 'loop', 'wakeups', 'syscalls')} | {_role(kt, 'batch', 'cpu_ms', 'wakeups')} | "
-                f"{_role(kt, ('tf', 'native'), 'cpu_ms', 'wakeups')} | {_role(kt, 'grpc', 'cpu_ms', 'wakeups')} | "
-                f"{_role(ct, 'loop', 'cpu_ms', 'wait_ms')}, {_role(ct, 'loop', 'wakeups', 'syscalls')} | "
-                f"{_role(ct, 'grpc', 'cpu_ms', 'wakeups')} |"
-            )
+    for mode, model, conc, k, c in _cases(results, "threads"):
+        kt, ct = k["threads"], c.get("threads")
+        lines.append(
+            f"| {model} | {mode} | {conc} | {_role(kt, 'loop', 'cpu_ms', 'wait_ms')}, "
+            f"{_role(kt, 'loop', 'wakeups', 'syscalls')} | {_role(kt, 'batch', 'cpu_ms', 'wakeups')} | "
+            f"{_role(kt, ('tf', 'native'), 'cpu_ms', 'wakeups')} | {_role(kt, 'grpc', 'cpu_ms', 'wakeups')} | "
+            f"{_role(ct, 'loop', 'cpu_ms', 'wait_ms')}, {_role(ct, 'loop', 'wakeups', 'syscalls')} | "
+            f"{_role(ct, 'grpc', 'cpu_ms', 'wakeups')} |"
+        )
     return lines if len(lines) > 2 else []
 
 

@@ -52,25 +52,31 @@ def test_per_request_sums_a_role_over_its_threads_and_counts_new_threads_from_ze
 @pytest.mark.skipif(not threads.available(), reason="per-thread schedstat is Linux-only")
 def test_snapshot_of_this_process_sees_a_busy_thread_run() -> None:
     pid = os.getpid()
-    stop = threading.Event()
+    spun, release = threading.Event(), threading.Event()
     box: list[int] = []
 
     def spin() -> None:
         box.append(threading.get_native_id())
         n = 0
-        while not stop.is_set() and n < 5_000_000:
+        while n < 2_000_000:
             n += 1
+        spun.set()
+        release.wait(30)
 
-    thread = threading.Thread(target=spin)
+    thread = threading.Thread(target=spin)  # unnamed at the OS level: it carries the process's name
     before = threads.snapshot([pid])
     thread.start()
-    thread.join(timeout=60)
-    after = threads.snapshot([pid])
-    stop.set()
-    assert (pid, pid) in before and before[(pid, pid)][0] == "loop"
+    try:
+        assert spun.wait(60)
+        after = threads.snapshot([pid])
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert before[(pid, pid)][0] == "loop"
+    role, counters = after[(pid, box[0])]
+    assert role == "native" and counters.run_ns > 1_000_000  # two million Python steps: well over a millisecond
     totals = threads.by_role(before, after)
-    assert totals["loop"][1].run_ns >= 0 and totals["loop"][0] == 1
-    assert box and (pid, box[0]) not in after  # it exited: its counts left with it
+    assert totals["native"][1].run_ns >= counters.run_ns  # counted from zero: it started inside the window
     assert threads.snapshot([2**22 + 12345]) == {}  # no such process
 
 
