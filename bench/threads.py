@@ -14,15 +14,15 @@ workers, `tf_*` TensorFlow's inter-op pools, gRPC's core and poller threads `grp
 still carry the process's name once the Python ones are named: native threads without a name of their own, where
 TensorFlow's intra-op pool is (Eigen's, which runs a convolution's shards; TF asks for `tf_numa_-1_Eigen`, one
 byte more than the kernel takes, presumably why it stays unnamed), and OpenBLAS's threads; the rest is `other` (the
-metrics endpoint, asyncio's default executor). A thread that exits inside the window takes its
-counts with it (none of the roles' threads does in a steady case). Linux only; elsewhere `available()` is False
-and the bench leaves the figures out.
+metrics endpoint, asyncio's default executor). A thread that exits inside the window takes its counts with it (none
+of the roles' threads does in a steady case). Linux only; elsewhere `available()` is False and the bench leaves the
+figures out.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -145,10 +145,3 @@ def per_request(before: Snapshot, after: Snapshot, requests: int) -> dict[str, d
             "threads": threads,
         }
     return out
-
-
-def summary(roles: Mapping[str, Mapping[str, float]], keys: Iterable[str] = ("loop", "batch", "grpc")) -> str:
-    """`loop 0.31 ms 2.1 w` ...: each role's CPU per request and wake-ups per request, for a table cell."""
-    return " / ".join(
-        f"{role} {roles[role]['cpu_ms']:.2f} ms {roles[role]['wakeups']:.1f} w" for role in keys if role in roles
-    )
