@@ -18,6 +18,7 @@ from typing import Any
 from bench.inprocess_report import sweeps
 
 COMPUTE_BOUND = ("resnet", "resnet_wide", "lstm")
+THREADS_TITLE = "Per request, by thread role (bench/threads.py; CPU and waiting for a core in ms, counts per request)"
 LIGHT = "seed_cnn"
 
 
@@ -189,7 +190,7 @@ def render(results: dict[str, Any]) -> str:
     if per_thread:
         parts += [
             "",
-            "Per request, by thread (bench/threads.py; CPU and waiting for a core in ms, counts per request):",
+            f"{THREADS_TITLE}:",
             "",
             *per_thread,
         ]

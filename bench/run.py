@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, args.modes)
     per_thread = report.threads(results)
     if per_thread:
-        print("\nPer request, by thread role (bench/threads.py): CPU and waiting for a core in ms, counts per request")
+        print(f"\n{report.THREADS_TITLE}")
         print("\n".join(per_thread))
     print_caller_thread_choices(results.get("caller_thread_choices", []))
     print(f"\nnote: {machine['note']}")
