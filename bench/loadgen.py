@@ -69,6 +69,7 @@ class LoadResult:
     client_cpu_s: float  # CPU time of the load generator processes inside the window
     observed_cpu_s: dict[int, float]  # pid -> CPU time inside the window (the server under test)
     machine_busy_s: float  # CPU time of the whole machine inside the window (all processes, /proc/stat)
+    machine_idle_s: float = 0.0  # time the machine's cores sat idle inside the window (idle + iowait, /proc/stat)
 
     @property
     def per_s(self) -> float:
@@ -276,18 +277,30 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_line() -> list[int]:
+    """The machine's `cpu` line of /proc/stat in clock ticks: user, nice, system, idle, iowait, irq, softirq."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:8]]
+    except OSError:
+        return [0] * 7
+    return (values + [0] * 7)[:7]
+
+
 def machine_busy_s() -> float:
     """CPU time the whole machine has been busy (all cores: user, nice, system, irq, softirq), in seconds.
 
     Idle, iowait and steal (time the hypervisor gave to another guest) do not count.
     """
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:8]]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq = (values + [0] * 7)[:7]
+    user, nice, system, _idle, _iowait, irq, softirq = _cpu_line()
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle_s() -> float:
+    """Time the machine's cores have sat idle (idle + iowait, all cores), in seconds. A case that leaves cores idle
+    is not bound by the CPU but by a serial stage (the event loop, the GIL, one replica) or by its closed loop."""
+    values = _cpu_line()
+    return (values[3] + values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class LoadGenerator:
@@ -386,12 +399,12 @@ class LoadGenerator:
             conn.send(("go", t_measure, t_end))
         time.sleep(max(0.0, t_measure - time.monotonic()))
         before = {pid: proc_cpu_s(pid) for pid in observe_pids}
-        busy_before = machine_busy_s()
+        busy_before, idle_before = machine_busy_s(), machine_idle_s()
         if on_window_start is not None:
             on_window_start()
         time.sleep(max(0.0, t_end - time.monotonic()))
         observed = {pid: proc_cpu_s(pid) - before[pid] for pid in observe_pids}
-        busy = machine_busy_s() - busy_before
+        busy, idle = machine_busy_s() - busy_before, machine_idle_s() - idle_before
         if on_window_end is not None:
             on_window_end()
         results = [self._recv(conn, t_end + timeout_s + 30, "results") for _, conn in workers]
@@ -410,6 +423,7 @@ class LoadGenerator:
             client_cpu_s=sum(r["cpu_s"] for r in results),
             observed_cpu_s=observed,
             machine_busy_s=busy,
+            machine_idle_s=idle,
         )
 
     def _kill(self) -> None:

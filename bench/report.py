@@ -77,9 +77,10 @@ def _cases(results: dict[str, Any], field: str) -> Iterator[tuple[str, str, str,
 def rpc(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | mode | c | ceiling samples/s | ceiling p50 / p99 ms | kerve samples/s | kerve p50 / p99 ms "
-        "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | kerve mean batch "
+        "| vs ceiling | vs in-process best | kerve CPU | generator CPU | other CPU | idle cores, kerve / ceiling "
+        "| kerve mean batch | model busy "
         "| ideal vs ceiling | kerve own ms/req | model call vs in-process | in handler / outside ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, model, conc, k, c in _cases(results, "samples_per_s"):
         mark = " †" if k.get("disturbed") else ""
@@ -88,7 +89,9 @@ def rpc(results: dict[str, Any]) -> list[str]:
             f"{_f(c.get('p50_ms'), '.2f')} / {_f(c.get('p99_ms'), '.2f')} | {k['samples_per_s']:.0f}{mark} | "
             f"{k['p50_ms']:.2f} / {k['p99_ms']:.2f} | {_f(k['ratio_vs_grpc_ceiling'], '.2f')} | "
             f"{_f(k['ratio_vs_inprocess_best'], '.2f')} | {k['server_cpu_cores']:.2f} | "
-            f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | {_f(k.get('mean_batch'), '.1f')} | "
+            f"{k['client_cpu_cores']:.2f} | {k['other_cpu_cores']:.2f} | "
+            f"{_f(k.get('idle_cores'), '.2f')} / {_f(c.get('idle_cores'), '.2f')} | {_f(k.get('mean_batch'), '.1f')} | "
+            f"{_f(k.get('model_busy'), '.2f')} | "
             f"{_f(k.get('ideal_ratio_vs_grpc_ceiling'), '.2f')} | {_f(k.get('kerve_own_cpu_ms_per_req'), '.2f')} | "
             f"{_f(k.get('model_call_vs_inprocess'), '.2f')} | "
             f"{_f(k.get('server_ms_per_req'), '.2f')} / {_f(k.get('outside_server_ms_per_req'), '.2f')} |"

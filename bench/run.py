@@ -403,6 +403,9 @@ def _entry(result: loadgen.LoadResult) -> dict[str, Any]:
         # Whatever else kept the cores busy in the window (other processes, the kernel's network stack
         # not charged to either side): near 0 on an otherwise idle machine.
         "other_cpu_cores": round(max(0.0, result.machine_busy_s - result.client_cpu_s - server_cpu_s) / window, 3),
+        # Cores no process used in the window: well above 0 with the server, generator and model all waiting on
+        # each other means a serial stage (the event loop, the GIL, a replica), not the CPU, bounds the case.
+        "idle_cores": round(result.machine_idle_s / window, 3),
         "client_procs": result.procs,
         # CPU time per request: what one request costs each side, whatever the concurrency
         "server_cpu_ms_per_req": round(server_cpu_s / max(1, result.requests) * 1e3, 4),
@@ -440,12 +443,14 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
     header = (
         f"  {'model':9s} {'mode':6s} {'c':>3s} | {'ceiling/s':>9s} {'p50':>7s} {'p99':>7s} | "
         f"{'kerve/s':>9s} {'p50':>7s} {'p99':>7s} | {'vs ceil':>7s} {'vs inproc':>9s} | "
-        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'batch':>5s} | {'ideal':>5s} {'own ms':>6s} | "
+        f"{'srv CPU':>7s} {'gen CPU':>7s} {'other':>5s} {'idle':>5s} {'batch':>5s} {'busy':>5s} | "
+        f"{'ideal':>5s} {'own ms':>6s} | "
         f"{'in srv':>7s} {'outside':>7s}"
     )
     print(
         "\nRPC: batch-1 requests, closed loop (samples/s; latency in ms; CPU in cores busy during the window; "
-        "batch = kerve's mean samples per model execution; ideal = what a server with no cost of its own could "
+        "idle = cores nothing used; batch = kerve's mean samples per model execution; busy = the share of the window "
+        "a model call ran (summed over replicas); ideal = what a server with no cost of its own could "
         "reach, as a ratio to the ceiling; own ms = kerve's own CPU per request, model and bare gRPC taken out: "
         "bench/ideal.py; in srv / outside = a request's mean time inside kerve's handler, decoded to response "
         "built, and the rest of the client's mean latency)"
@@ -466,7 +471,8 @@ def print_table(results: dict[str, Any], modes: list[str]) -> None:
                 f"{k['samples_per_s']:9.0f} {k['p50_ms']:7.3f} {k['p99_ms']:7.3f} | "
                 f"{_fmt(k['ratio_vs_grpc_ceiling'], '7.3f')} {_fmt(k['ratio_vs_inprocess_best'], '9.3f')} | "
                 f"{k['server_cpu_cores']:7.2f} {k['client_cpu_cores']:7.2f} {k['other_cpu_cores']:5.2f} "
-                f"{_fmt(k.get('mean_batch'), '5.1f')} | {_fmt(k.get('ideal_ratio_vs_grpc_ceiling'), '5.2f')} "
+                f"{_fmt(k.get('idle_cores'), '5.2f')} {_fmt(k.get('mean_batch'), '5.1f')} "
+                f"{_fmt(k.get('model_busy'), '5.2f')} | {_fmt(k.get('ideal_ratio_vs_grpc_ceiling'), '5.2f')} "
                 f"{_fmt(k.get('kerve_own_cpu_ms_per_req'), '6.3f')} | "
                 f"{_fmt(k.get('server_ms_per_req'), '7.2f')} {_fmt(k.get('outside_server_ms_per_req'), '7.2f')}"
                 + (f"  ERRORS {k['errors']}" if k["errors"] else "")
@@ -563,7 +569,9 @@ def server_counts(metrics_url: str, model: str) -> dict[str, float] | None:
     return totals
 
 
-def _server_side(before: dict[str, float], after: dict[str, float], client_mean_ms: float) -> dict[str, float]:
+def _server_side(
+    before: dict[str, float], after: dict[str, float], client_mean_ms: float, window_s: float
+) -> dict[str, float]:
     """What the case's counts say about batching and where a request's time went (over the measured window, as
     the client's mean: counted from the window's start, so the warm-up's slower first requests stay out)."""
     out: dict[str, float] = {}
@@ -574,6 +582,9 @@ def _server_side(before: dict[str, float], after: dict[str, float], client_mean_
         # server (against the in-process call at that batch: bench/ideal.py).
         out["mean_batch"] = round(d["kerve_batch_size_sum"] / executions, 2)
         out["model_ms_per_batch"] = round(d["kerve_compute_duration_seconds_sum"] / executions * 1e3, 4)
+        # The share of the window a model call was running, summed over replicas (and processes): near 1 per
+        # replica, the replicas bound the case; well below with idle cores, something serial before them does.
+        out["model_busy"] = round(d["kerve_compute_duration_seconds_sum"] / window_s, 3)
     requests = d["kerve_request_duration_seconds_count"]
     if requests > 0:
         # A request's time inside kerve's handler (decoded -> response built: validation, queue, model, outputs)
@@ -646,7 +657,7 @@ def measure_case(
         if before is not None and server.metrics_url:
             after = _caught_up(server.metrics_url, model, before, row[name]["requests"])
         if before is not None and after is not None:
-            row[name].update(_server_side(before, after, row[name]["mean_ms"]))
+            row[name].update(_server_side(before, after, row[name]["mean_ms"], result.duration_s))
     return row
 
 

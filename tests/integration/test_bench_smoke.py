@@ -63,6 +63,8 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             assert 0 < entry["ideal_ratio_vs_grpc_ceiling"] <= 1
             assert _positive(entry["model_cpu_ms_per_sample"]) and "kerve_own_cpu_ms_per_req" in entry
             assert _positive(entry["model_ms_per_batch"]) and _positive(entry["model_call_vs_inprocess"])
+            # the share of the window a model call ran (over the group's replicas), and the cores left idle
+            assert 0 < entry["model_busy"] <= 2 * 1.1 and 0 <= entry["idle_cores"] <= results["machine"]["cores"]
             # a request's time inside kerve's handler, and the rest of the client's mean latency
             assert 0 < entry["server_ms_per_req"] < entry["mean_ms"]
             assert entry["outside_server_ms_per_req"] == pytest.approx(
@@ -77,6 +79,7 @@ def test_quick_bench_writes_the_documented_schema(tmp_path: Path) -> None:
             ceiling = results["grpc_ceiling"][mode][key]
             assert all(_positive(ceiling[k]) for k in ("samples_per_s", "p50_ms", "p99_ms")), ceiling
             assert _positive(ceiling["threads"]["loop"]["cpu_ms"]) and "batch" not in ceiling["threads"], ceiling
+            assert 0 <= ceiling["idle_cores"] <= results["machine"]["cores"] and "model_busy" not in ceiling
         # the c1 floor, measured at c1 only: the bare server running the model's call in a thread
         assert set(results["bare_model"][mode]) == {"tiny/c1"}
         floor = results["bare_model"][mode]["tiny/c1"]
