@@ -127,6 +127,10 @@ class KerveServer:
             log.info("model threads' nice: +%d relative to the event loop", nice)
         names = ", ".join(self.devices.names)
         log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
+        slots = len(self.devices.names) * (settings.batching.batches_per_replica if settings.batching else 1)
+        if settings.workers < slots:
+            log.warning("--workers %d runs fewer batches at once than the %d a model's replicas take "
+                        "(devices x --batches-per-replica): raise --workers", settings.workers, slots)  # fmt: skip
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core); between tasks they %s",
                  *thread_counts(), spinning_text())  # fmt: skip
         loader = ReplicaLoader(self.devices, settings.call_path, settings.caller_thread_max_batch)

@@ -64,6 +64,8 @@ _Key = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
 
 # --------------------------------------------------------------------------------------------- configuration
 
+MAX_BATCHES_PER_REPLICA = 16  # a bound on a typo, far past what one device overlaps usefully
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchingConfig:
@@ -85,6 +87,9 @@ class BatchingConfig:
     - ``queue_policy``, ``priority_queue_policy``: Triton's queue policies (``queue_policy.QueuePolicy``), the
       first for every level the second (level -> policy) does not name: a timeout per queued request, what happens
       to a request that reaches it (reject or delay), and the most requests a level may hold.
+    - ``batches_per_replica``: batches one replica runs at once (TF Serving's ``num_batch_threads``, Triton's
+      instances per device). A model whose call leaves cores idle (a chain of small ops, as an LSTM's steps; a
+      small batch of a CNN) serves more with two; a second batch also shrinks batches, which costs a light model.
     """
 
     max_batch_size: int = 64
@@ -96,11 +101,17 @@ class BatchingConfig:
     default_priority_level: int = 0
     queue_policy: QueuePolicy = QueuePolicy()
     priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # a mapping is accepted and kept as pairs
+    batches_per_replica: int = 1
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         set_("max_batch_size", positive_int("max_batch_size", self.max_batch_size))
         set_("max_queued", positive_int("max_queued", self.max_queued))
+        set_("batches_per_replica", positive_int("batches_per_replica", self.batches_per_replica))
+        if self.batches_per_replica > MAX_BATCHES_PER_REPLICA:
+            raise ValueError(
+                f"batches_per_replica must be at most {MAX_BATCHES_PER_REPLICA}, got {self.batches_per_replica}"
+            )
         delay = self.max_queue_delay_s
         if isinstance(delay, bool) or not isinstance(delay, numbers.Real):
             raise ValueError(f"max_queue_delay_s must be a number of seconds, got {delay!r}")
@@ -451,8 +462,9 @@ class Batcher:
     - A queue policy's timeout is watched by one timer for the earliest one: a request that reaches it before
       any of its rows started is answered DEADLINE_EXCEEDED (``reject``) or moved behind its level's requests
       that have not timed out (``delay``).
-    - The batch goes to the replica that has been idle longest (each replica runs one batch at a time, so the
-      idle ones are the least loaded), in a worker thread, so the loop goes on decoding and answering requests.
+    - The batch goes to the replica that has been idle longest (each replica runs ``batches_per_replica``
+      batches at a time, one by default; every replica's first slot comes before any second one, so the idle ones
+      are the least loaded), in a worker thread, so the loop goes on decoding and answering requests.
       The exception (``inline_max_s``): a 1-row batch of a request its caller marked ``inline`` (nothing else in
       the server, traffic arriving one request at a time) runs on the loop thread when no other batch of this
       batcher runs and its 1-row calls have averaged at most ``inline_max_s``; the loop had nothing else to do,
@@ -482,16 +494,19 @@ class Batcher:
         self.on_timeout = on_timeout
         """Called with the action ("reject" or "delay") when a request reaches its queue policy's timeout; metrics
         hook, as ``on_batch``."""
+        slots = self._config.batches_per_replica
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._replicas), thread_name_prefix=f"kerve-batch-{name or 'model'}"
+            max_workers=len(self._replicas) * slots, thread_name_prefix=f"kerve-batch-{name or 'model'}"
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # by input key; with priority levels by (level, input key)
         self._queues: dict[Any, deque[_Request]] = {}
         self._queued = 0  # live rows not yet put into a batch
         self._seq = itertools.count()
-        self._idle: deque[int] = deque(range(len(self._replicas)))
+        # a replica's batch slots (batches_per_replica each), every replica's first slot ahead of any second one:
+        # the least loaded replica takes the next batch
+        self._idle: deque[int] = deque(index for _ in range(slots) for index in range(len(self._replicas)))
         self._in_flight = 0
         self._warm_until = -math.inf
         self._expected = 1  # rows worth holding for under load; learned at each batch completion

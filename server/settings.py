@@ -350,6 +350,13 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
         "--allowed-batch-sizes", default="", help="comma-separated sizes to pad batches up to (default: TPU only)"
     )
     group.add_argument("--max-queued", type=int, default=4096, help="queued rows per model before RESOURCE_EXHAUSTED")
+    group.add_argument(
+        "--batches-per-replica",
+        type=int,
+        default=_env("BATCHES_PER_REPLICA") or "1",
+        help="batches one model replica runs at once (TF Serving's --num_batch_threads per model; 1): 2 uses the "
+        "cores a model's call leaves idle, at the cost of smaller batches (env KERVE_BATCHES_PER_REPLICA)",
+    )
     group.add_argument("--devices", default="auto", choices=["auto", "cpu", "gpu", "tpu"], help="serving devices")
     group.add_argument(
         "--cpu-replicas",
@@ -440,6 +447,7 @@ def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
         max_queue_delay_s=args.batch_timeout_us / 1e6,
         allowed_batch_sizes=sizes,
         max_queued=args.max_queued,
+        batches_per_replica=args.batches_per_replica,
     )
 
 

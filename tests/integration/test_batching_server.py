@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
+import shutil
 import threading
 import time
 import urllib.request
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from helpers import running_server
+from helpers import running_server, wait_for
 from kerve.client import Client
 from kerve.quickstart import free_port
 
@@ -80,8 +83,6 @@ def test_two_cpu_replicas_both_serve_batches(model_repo: Path, tmp_path: Path, i
 
 def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_path: Path, in_process) -> None:
     """config.yaml `replicas: 1` keeps a model on one device of a split CPU, and two such models on different ones."""
-    import shutil
-
     repo = tmp_path / "repo"
     for name in ("heavy", "light", "light2"):
         shutil.copytree(model_repo / "cnn", repo / name)
@@ -186,8 +187,6 @@ def test_batching_can_be_turned_off(model_repo: Path, tmp_path: Path, in_process
 
 
 def test_mirrored_device_mode_splits_each_batch_over_devices(model_repo: Path, tmp_path: Path, in_process) -> None:
-    import shutil
-
     repo = tmp_path / "repo"
     shutil.copytree(model_repo / "cnn", repo / "cnn")
     (repo / "cnn" / "config.yaml").write_text("device_mode: mirrored\n")
@@ -289,3 +288,38 @@ def test_mirrored_mode_loads_under_the_device_sets_strategy_and_a_tpu_gets_tpust
     assert servable.strategy.resolver is resolver
     assert servable.runner_devices == ["mirrored:/device:TPU:0,/device:TPU:1"]
     assert tpu.pad_batches
+
+
+def test_a_replica_runs_two_batches_at_once_with_batches_per_replica_2(model_repo: Path, tmp_path: Path) -> None:
+    """config.yaml `batching: {batches_per_replica: 2}`: the one CPU replica's batches overlap in time (read from
+    Triton traces of every request); a value out of range fails that model alone, with the reason."""
+    repo = tmp_path / "repo"
+    for name in ("slots", "bad"):
+        shutil.copytree(model_repo / "cnn", repo / name)
+    # batches of one row, so that each request is its own batch, and no holding for fuller ones
+    (repo / "slots" / "config.yaml").write_text(
+        "batching: {batches_per_replica: 2, max_batch_size: 1, max_queue_delay_s: 0}\n"
+    )
+    (repo / "bad" / "config.yaml").write_text("batching: {batches_per_replica: 0}\n")
+    trace_file = tmp_path / "trace.json"
+    with running_server(repo, tmp_path, "--trace-file", str(trace_file)) as (target, _):
+        client = triton.InferenceServerClient(target)
+        try:
+            settings = {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "log_frequency": "64"}
+            client.update_trace_settings("slots", settings)
+            results = send_concurrently(target, threads=8, rounds=8, model="slots")
+            assert len(results) == 64 and all(version == "1" for _, _, version in results)
+            wait_for(lambda: (tmp_path / "trace.json.0").exists(), "64 traces in one file", timeout_s=30)
+            index = client.get_model_repository_index(as_json=True)["models"]
+        finally:
+            client.close()
+    spans = []
+    for trace in json.loads((tmp_path / "trace.json.0").read_text()):
+        stamps = {stamp["name"]: int(stamp["ns"]) for stamp in trace["timestamps"]}
+        spans.append((stamps["COMPUTE_START"], stamps["COMPUTE_END"]))
+    spans.sort()
+    # with one batch per replica each batch starts after the last one ended; here some start before it ends
+    overlapping = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end)
+    assert overlapping > 0, spans
+    bad = [m for m in index if m["name"] == "bad"]
+    assert bad and bad[0]["state"] == "FAILED" and "batches_per_replica" in bad[0]["reason"], bad
