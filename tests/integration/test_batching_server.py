@@ -323,3 +323,12 @@ def test_a_replica_runs_two_batches_at_once_with_batches_per_replica_2(model_rep
     assert overlapping > 0, spans
     bad = [m for m in index if m["name"] == "bad"]
     assert bad and bad[0]["state"] == "FAILED" and "batches_per_replica" in bad[0]["reason"], bad
+
+
+def test_fewer_workers_than_batch_slots_is_warned_and_still_serves(model_repo: Path, tmp_path: Path) -> None:
+    args = ("--workers", "1", "--batches-per-replica", "2")
+    with running_server(model_repo, tmp_path, *args) as (target, _):
+        results = send_concurrently(target, threads=4, rounds=2)
+    assert len(results) == 8 and all(version == "1" for _, _, version in results)
+    log = "".join(path.read_text() for path in tmp_path.glob("server-*.log"))
+    assert "--workers 1 runs fewer batches at once than the 2" in log

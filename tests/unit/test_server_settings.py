@@ -79,6 +79,18 @@ def test_thread_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Mon
             _settings(tmp_path, flag, "-1")
 
 
+def test_batches_per_replica_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = _settings(tmp_path).batching
+    assert default is not None and default.batches_per_replica == 1
+    chosen = _settings(tmp_path, "--batches-per-replica", "2").batching
+    assert chosen is not None and chosen.batches_per_replica == 2
+    monkeypatch.setenv("KERVE_BATCHES_PER_REPLICA", "3")
+    from_env = _settings(tmp_path).batching
+    assert from_env is not None and from_env.batches_per_replica == 3
+    with pytest.raises(ValueError, match="batches_per_replica must be >= 1, got 0"):
+        _settings(tmp_path, "--batches-per-replica", "0")
+
+
 def test_event_loop_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _settings(tmp_path).event_loop == "asyncio"
     assert _settings(tmp_path, "--event-loop", "auto").event_loop == "auto"
