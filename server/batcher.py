@@ -462,9 +462,9 @@ class Batcher:
     - A queue policy's timeout is watched by one timer for the earliest one: a request that reaches it before
       any of its rows started is answered DEADLINE_EXCEEDED (``reject``) or moved behind its level's requests
       that have not timed out (``delay``).
-    - The batch goes to the replica that has been idle longest (each replica runs ``batches_per_replica``
-      batches at a time, one by default; every replica's first slot comes before any second one, so the idle ones
-      are the least loaded), in a worker thread, so the loop goes on decoding and answering requests.
+    - The batch goes to the replica that has been idle longest (each replica runs one batch at a time by default,
+      so the idle ones are the least loaded; with ``batches_per_replica`` above 1, to the one running the fewest
+      batches, idle longest among equals), in a worker thread, so the loop goes on decoding and answering requests.
       The exception (``inline_max_s``): a 1-row batch of a request its caller marked ``inline`` (nothing else in
       the server, traffic arriving one request at a time) runs on the loop thread when no other batch of this
       batcher runs and its 1-row calls have averaged at most ``inline_max_s``; the loop had nothing else to do,
@@ -494,7 +494,7 @@ class Batcher:
         self.on_timeout = on_timeout
         """Called with the action ("reject" or "delay") when a request reaches its queue policy's timeout; metrics
         hook, as ``on_batch``."""
-        slots = self._config.batches_per_replica
+        self._slots = slots = self._config.batches_per_replica
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self._replicas) * slots, thread_name_prefix=f"kerve-batch-{name or 'model'}"
@@ -504,9 +504,9 @@ class Batcher:
         self._queues: dict[Any, deque[_Request]] = {}
         self._queued = 0  # live rows not yet put into a batch
         self._seq = itertools.count()
-        # a replica's batch slots (batches_per_replica each), every replica's first slot ahead of any second one:
-        # the least loaded replica takes the next batch
+        # free batch slots (batches_per_replica per replica) by replica index, longest idle first
         self._idle: deque[int] = deque(index for _ in range(slots) for index in range(len(self._replicas)))
+        self._running = [0] * len(self._replicas)  # batches in flight per replica (several slots: pick the least)
         self._in_flight = 0
         self._warm_until = -math.inf
         self._expected = 1  # rows worth holding for under load; learned at each batch completion
@@ -859,7 +859,8 @@ class Batcher:
     def _launch(self, batch: _Batch) -> None:
         loop = self._loop
         assert loop is not None
-        batch.replica = replica = self._idle.popleft()
+        batch.replica = replica = self._take_slot()
+        self._running[replica] += 1
         self._in_flight += 1
         if (
             self._inline_max_s
@@ -891,7 +892,20 @@ class Batcher:
 
         future.add_done_callback(done)
 
+    def _take_slot(self) -> int:
+        """The replica of the free slot the next batch takes: of the replicas running the fewest batches, the one
+        idle longest (with one slot per replica, simply the one idle longest)."""
+        idle = self._idle
+        if self._slots == 1 or len(idle) == 1:
+            return idle.popleft()  # one slot each: every idle replica runs nothing
+        running = self._running
+        best = min(range(len(idle)), key=lambda i: running[idle[i]])  # min keeps the first of equals
+        replica = idle[best]
+        del idle[best]
+        return replica
+
     def _on_done(self, batch: _Batch, future: concurrent.futures.Future[_Outcome]) -> None:
+        self._running[batch.replica] -= 1
         self._in_flight -= 1
         self._idle.append(batch.replica)
         self._warm_until = self._clock() + self._config.max_queue_delay_s

@@ -90,6 +90,47 @@ def test_every_replica_takes_a_batch_before_any_takes_a_second() -> None:
     run(main())
 
 
+class Gated:
+    """A replica whose every call waits for its own event: `open(k)` lets the k-th call (in arrival order) return."""
+
+    def __init__(self) -> None:
+        self.calls: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gate = threading.Event()
+        with self._lock:
+            self.calls.append(gate)
+        if not gate.wait(BOUND_S):
+            raise RuntimeError("test call was never let through")
+        return {"y": inputs["x"] * 2}
+
+    def open(self, k: int) -> None:
+        self.calls[k].set()
+
+
+def test_a_batch_goes_to_the_replica_running_fewest_batches_not_the_slot_freed_first() -> None:
+    async def main() -> None:
+        r0, r1 = Gated(), Gated()
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_s=0, batches_per_replica=2)
+        batcher = Batcher([r0, r1], config, clock=FakeClock())
+        running = [await busy(batcher, i) for i in range(4)]  # both slots of both replicas
+        await settle(lambda: (len(r0.calls), len(r1.calls)) == (2, 2))
+        r1.open(0)  # r1 frees a slot first: one batch left on it
+        await settle(lambda: batcher.in_flight_batches == 3)
+        r0.open(0), r0.open(1)  # then r0 frees both, later: it runs nothing
+        await settle(lambda: batcher.in_flight_batches == 1)
+        last = await busy(batcher, 4)
+        await settle(lambda: len(r0.calls) + len(r1.calls) == 5)
+        assert (len(r0.calls), len(r1.calls)) == (3, 2)  # r0, idle, not r1's slot that was freed first
+        r0.open(2), r1.open(1)
+        for i, out in enumerate(await asyncio.gather(*running, last)):
+            np.testing.assert_array_equal(out["y"], rows(i) * 2)
+        await batcher.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("value", [0, -1, MAX_BATCHES_PER_REPLICA + 1, 1.5, "2", True])
 def test_batches_per_replica_must_be_a_small_positive_integer(value: object) -> None:
     with pytest.raises(ValueError, match="batches_per_replica"):
