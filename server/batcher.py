@@ -88,8 +88,8 @@ class BatchingConfig:
       first for every level the second (level -> policy) does not name: a timeout per queued request, what happens
       to a request that reaches it (reject or delay), and the most requests a level may hold.
     - ``batches_per_replica``: batches one replica runs at once (TF Serving's ``num_batch_threads``, Triton's
-      instances per device). A model whose call leaves cores idle (a chain of small ops, as an LSTM's steps; a
-      small batch of a CNN) serves more with two; a second batch also shrinks batches, which costs a light model.
+      instances per device). A model whose call leaves cores idle (a chain of small ops, as an LSTM's steps)
+      serves more with two; a second batch also shrinks batches, which costs a light model.
     """
 
     max_batch_size: int = 64
