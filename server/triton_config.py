@@ -10,8 +10,9 @@ later load without a config goes back to config.yaml alone:
                                             default_priority_level; default_queue_policy -> queue_policy,
                                             priority_queue_policy); no dynamic_batching: batching off, and
                                             max_batch_size (if any) the most rows a request may carry
-    instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group of count 1
-                                            without gpus: every GPU), re-placing loaded versions
+    instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group without
+                                            gpus: every GPU, its count batches at once on each, i.e.
+                                            batching.batches_per_replica), re-placing loaded versions
     response_cache.enable                -> response_cache
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
@@ -29,6 +30,7 @@ from google.protobuf import json_format
 
 from kerve.protos import grpc_service_pb2 as pb
 
+from .batcher import MAX_BATCHES_PER_REPLICA
 from .errors import invalid
 from .v2_codec import BACKEND
 
@@ -56,7 +58,17 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     result: dict[str, Any] = {"batching": _batching(where, config)}
     groups = list(config.instance_group)
     if groups and (current is None or groups != list(current.instance_group)):
-        result.update(_placement(where, groups, current))
+        placement = _placement(where, groups, current)
+        per_gpu = placement.pop("batches_per_replica", None)
+        if per_gpu is not None:
+            if not result["batching"]["enabled"] and per_gpu > 1:
+                raise invalid(
+                    f"{where}: instance_group count {per_gpu} on each GPU is batches at once per GPU, which needs "
+                    "dynamic_batching (without it requests already run side by side, one model call each)"
+                )
+            if result["batching"]["enabled"]:
+                result["batching"]["batches_per_replica"] = per_gpu
+        result.update(placement)
     if config.HasField("version_policy"):
         result["version_policy"] = _version_policy(config.version_policy)
     if config.HasField("response_cache"):
@@ -65,17 +77,24 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
 
 
 def _placement(where: str, groups: list[pb.ModelInstanceGroup], current: pb.ModelConfig | None) -> dict[str, Any]:
-    """An instance group count kerve can honour: one replica on each of N CPU devices (`replicas: N`), or one on
-    every GPU. Triton's `count` is instances per device and `gpus` pins devices; kerve runs one replica per device
-    and picks the least occupied ones itself, so anything else is refused rather than approximated."""
+    """An instance group kerve can honour: one replica on each of N CPU devices (`replicas: N`), or one on every
+    GPU running `count` batches at once (Triton's instances per GPU, which run side by side on the card: kerve's
+    `batches_per_replica`). `gpus` pins devices; kerve picks the least occupied ones itself, so that, and anything
+    else, is refused rather than approximated."""
     kind = pb.ModelInstanceGroup.Kind
     served = {group.kind for group in current.instance_group} if current is not None else set()
     if len(groups) == 1 and not groups[0].gpus:
-        group = groups[0]  # Triton reads a count of 0 as 1
+        group = groups[0]
+        count = max(group.count, 1)  # Triton reads a count of 0 as 1
         if group.kind == kind.KIND_CPU and served == {kind.KIND_CPU}:
-            return {"replicas": max(group.count, 1), "device_mode": "replica"}
-        if group.kind == kind.KIND_GPU and served == {kind.KIND_GPU} and group.count <= 1:
-            return {"replicas": None, "device_mode": "replica"}
+            return {"replicas": count, "device_mode": "replica"}
+        if group.kind == kind.KIND_GPU and served == {kind.KIND_GPU}:
+            if count > MAX_BATCHES_PER_REPLICA:
+                raise invalid(
+                    f"{where}: instance_group count {count} on each GPU is above the {MAX_BATCHES_PER_REPLICA} "
+                    "batches kerve runs at once on one device"
+                )
+            return {"replicas": None, "device_mode": "replica", "batches_per_replica": count}
     raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
 
 
@@ -83,8 +102,9 @@ def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
     why = (
         "comes from the SavedModel's signature"
         if field != "instance_group"
-        else "is kerve's placement: a KIND_CPU group's count on a server of CPU replicas, a KIND_GPU group of "
-        "count 1 without gpus (every GPU), or config.yaml's `replicas` (loaded versions are re-placed)"
+        else "is kerve's placement: a KIND_CPU group's count on a server of CPU replicas, a KIND_GPU group "
+        "without gpus (every GPU, count batches at once on each), or config.yaml's `replicas` (loaded versions "
+        "are re-placed)"
     )
     if current is None:
         return f"{why}: leave it out (no version of the model is loaded to compare it with)"

@@ -364,7 +364,7 @@ def model_config(
             )
             for n, s in sorted(outputs.items())
         ],
-        instance_group=_instance_groups(model, devices),
+        instance_group=_instance_groups(model, devices, batching.batches_per_replica if batching is not None else 1),
     )
     if response_cache:
         config.response_cache.enable = True
@@ -411,9 +411,10 @@ def _version_policy(policy: VersionPolicy) -> pb.ModelVersionPolicy:
 _DEVICE = re.compile(r"(?:/job:[^/,]*/replica:\d+/task:\d+)?/device:(CPU|GPU):(\d+)")  # one device, not a list
 
 
-def _instance_groups(model: str, devices: Sequence[str]) -> list[pb.ModelInstanceGroup]:
-    """One instance per replica: CPU replicas as one KIND_CPU group, GPU replicas as one KIND_GPU group listing
-    their GPUs; a replica that spans devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
+def _instance_groups(model: str, devices: Sequence[str], per_gpu: int = 1) -> list[pb.ModelInstanceGroup]:
+    """CPU replicas as one KIND_CPU group of one instance each; GPU replicas as one KIND_GPU group listing their
+    GPUs, its count the batches each runs at once (`per_gpu`: Triton's instances per GPU); a replica that spans
+    devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
     cpus, gpus, other = 0, [], 0
     for device in devices:
         match = _DEVICE.fullmatch(device)
@@ -426,7 +427,7 @@ def _instance_groups(model: str, devices: Sequence[str]) -> list[pb.ModelInstanc
     kind = pb.ModelInstanceGroup.Kind
     groups = []
     if gpus:
-        groups.append(pb.ModelInstanceGroup(name=f"{model}_gpu", kind=kind.KIND_GPU, count=1, gpus=gpus))
+        groups.append(pb.ModelInstanceGroup(name=f"{model}_gpu", kind=kind.KIND_GPU, count=per_gpu, gpus=gpus))
     if cpus:
         groups.append(pb.ModelInstanceGroup(name=f"{model}_cpu", kind=kind.KIND_CPU, count=cpus))
     if other:

@@ -161,7 +161,6 @@ def test_inputs_and_outputs_may_only_repeat_what_is_reported_instance_groups_a_c
     assert (every["replicas"], every["device_mode"]) == (None, "replica")
     for group, now_ in (
         ({"kind": "KIND_GPU", "count": 1, "gpus": [1]}, gpus),  # pinning a GPU
-        ({"kind": "KIND_GPU", "count": 2}, gpus),  # two instances per GPU
         ({"kind": "KIND_CPU", "count": 2}, gpus),  # CPU replicas on a GPU server
         ({"kind": "KIND_GPU", "count": 1}, now),  # GPU replicas on a CPU server
         ({"kind": "KIND_MODEL", "count": 1}, now),
@@ -216,3 +215,34 @@ def test_a_load_that_changes_batching_applies_it_to_loaded_versions(tmp_path: Pa
             await manager.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_instances_per_gpu_are_batches_at_once_on_each_gpu(tmp_path: Path) -> None:
+    """Triton runs `count` instances of a KIND_GPU group side by side on each card: kerve's batches_per_replica."""
+    gpus = current(devices=["/device:GPU:0", "/device:GPU:1"])
+    group = {"instance_group": [{"kind": "KIND_GPU", "count": 3}]}
+    batched = {"max_batch_size": 8, "dynamic_batching": {}, **group}
+    got = overrides(batched, gpus)
+    assert (got["replicas"], got["device_mode"], got["batching"]["batches_per_replica"]) == (None, "replica", 3)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.yaml").write_text("batching: {batches_per_replica: 2, max_queued: 7}\n")
+    config = load_model_config(tmp_path / "m", got)
+    assert (config.batching["batches_per_replica"], config.batching["max_queued"]) == (3, 7)
+    options = dict(got["batching"])
+    assert options.pop("enabled") is True and BatchingConfig.from_mapping(options).batches_per_replica == 3
+
+    # what ModelConfig reports for two batches per GPU, sent back, changes nothing (no placement key at all)
+    two = current(BatchingConfig(max_batch_size=8, batches_per_replica=2), ["/device:GPU:0", "/device:GPU:1"])
+    assert json.loads(json_format.MessageToJson(two))["instanceGroup"][0]["count"] == 2
+    back = overrides(json_format.MessageToJson(two), two)
+    assert "replicas" not in back and "batches_per_replica" not in back["batching"]
+    # a config without the group keeps config.yaml's count
+    assert "batches_per_replica" not in overrides({"max_batch_size": 8, "dynamic_batching": {}}, two)["batching"]
+    # and one with count 1 takes it back to one batch at a time
+    one = overrides({"max_batch_size": 8, "dynamic_batching": {}, "instance_group": [{"kind": "KIND_GPU"}]}, two)
+    assert one["batching"]["batches_per_replica"] == 1
+
+    assert "needs dynamic_batching" in refused({"max_batch_size": 8, **group}, gpus)  # no batcher, no batches
+    assert overrides({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, gpus)["batching"] == {"enabled": False}
+    assert "above the 16 batches" in refused({**batched, "instance_group": [{"kind": "KIND_GPU", "count": 17}]}, gpus)
+    assert "instance_group is kerve's placement" in refused(group, current())  # GPU instances on a CPU server
