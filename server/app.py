@@ -159,6 +159,7 @@ class KerveServer:
             self.tracer,
             cache,
             inline_call_max_s=settings.inline_call_max_s,
+            workers=settings.workers,
         )
         self.manager.forget = self.engine.forget
         self.manager.check_config = self.engine.check_config

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -31,6 +32,8 @@ from .stats import CANCELED, failure_reason
 from .trace import Tracer
 from .types import InferRequest, InferResponse
 from .validation import select_outputs, validate_inputs
+
+log = logging.getLogger(__name__)
 
 
 class Completion(Protocol):
@@ -71,6 +74,7 @@ class InferenceEngine:
         tracer: Tracer | None = None,
         cache: ResponseCache | None = None,
         inline_call_max_s: float = 0.0,
+        workers: int | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
@@ -84,6 +88,8 @@ class InferenceEngine:
         """The server-wide batching knobs a model without its own `batching:` gets."""
         self._depths: set[str] = set()  # models whose kerve_queue_depth was set
         self._inline_call_max_s = inline_call_max_s
+        self._workers = workers  # the executor's threads: a batch slot beyond them waits for one
+        self._short_of_workers: set[str] = set()  # models warned about it
         self.traffic = SerialTraffic()
         """Requests in flight, and whether they arrive one at a time: a batcher may then run a batch-1 call on the
         event loop thread (`--inline-call-max-ms`)."""
@@ -185,6 +191,7 @@ class InferenceEngine:
         if config is None:
             return None
         per_device = [self.metrics.device_batches(entry.model, device) for device in entry.servable.runner_devices]
+        self._check_workers(entry.model, len(per_device), config)
 
         def on_batch(stats: BatchStats) -> None:
             if stats.ok:
@@ -204,6 +211,21 @@ class InferenceEngine:
         )
         entry.batchers[key] = batcher
         return batcher
+
+    def _check_workers(self, model: str, replicas: int, config: BatchingConfig) -> None:
+        """Warn, once per model, when its config.yaml asks for more batches at once than there are workers: the
+        extra batches wait for a thread, so the setting does less than it says. The server's own flags were
+        checked at startup (app.py); this is for a model's own `batches_per_replica`."""
+        slots = replicas * config.batches_per_replica
+        own = self.batching is None or config.batches_per_replica != self.batching.batches_per_replica
+        if self._workers is None or slots <= self._workers or not own or model in self._short_of_workers:
+            return
+        self._short_of_workers.add(model)
+        log.warning(
+            "model %r runs up to %d batches at once (%d replica(s) x batches_per_replica %d) on --workers %d: "
+            "the rest wait for a worker; raise --workers",
+            model, slots, replicas, config.batches_per_replica, self._workers,
+        )  # fmt: skip
 
     def batching_for(self, entry: ModelVersion, signature: Any) -> BatchingConfig | None:
         """The knobs a version's signature is batched with; None when its requests run one by one (batching off

@@ -326,9 +326,18 @@ def test_a_replica_runs_two_batches_at_once_with_batches_per_replica_2(model_rep
 
 
 def test_fewer_workers_than_batch_slots_is_warned_and_still_serves(model_repo: Path, tmp_path: Path) -> None:
+    """The flag is checked at startup; a model's own config.yaml count when its batcher is made, once."""
+    repo = tmp_path / "repo"
+    for name in ("cnn", "three"):
+        shutil.copytree(model_repo / "cnn", repo / name)
+    (repo / "three" / "config.yaml").write_text("batching: {batches_per_replica: 3}\n")
     args = ("--workers", "1", "--batches-per-replica", "2")
-    with running_server(model_repo, tmp_path, *args) as (target, _):
+    with running_server(repo, tmp_path, *args) as (target, _):
         results = send_concurrently(target, threads=4, rounds=2)
-    assert len(results) == 8 and all(version == "1" for _, _, version in results)
+        results += send_concurrently(target, threads=4, rounds=2, model="three")
+    assert len(results) == 16 and all(version == "1" for _, _, version in results)
     log = "".join(path.read_text() for path in tmp_path.glob("server-*.log"))
     assert "--workers 1 runs fewer batches at once than the 2" in log
+    warned = "model 'three' runs up to 3 batches at once (1 replica(s) x batches_per_replica 3) on --workers 1"
+    assert log.count(warned) == 1, log
+    assert "model 'cnn' runs up to" not in log  # the flag's count: warned about at startup already
