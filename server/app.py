@@ -47,7 +47,7 @@ from .model import ReplicaLoader
 from .otel import OtelExporter, parse_resource
 from .response_cache import ResponseCache
 from .security import SecurityConfigError, server_credentials, server_interceptors
-from .settings import ServerSettings, apply_gil_switch_interval
+from .settings import ServerSettings, apply_gil_switch_interval, workers_for
 from .shared_memory import SystemSharedMemory
 from .trace import Tracer
 from .triton_metrics import TritonMetrics
@@ -106,12 +106,6 @@ class KerveServer:
         self.metrics = Metrics()
         # the threads that run models (these workers, TF's pools) yield the cores to the event loop first
         nice = thread_priority.resolve(settings.model_thread_nice, usable_cores())
-        self.executor = ThreadPoolExecutor(
-            settings.workers,
-            thread_name_prefix="kerve-infer",
-            initializer=_start_worker,
-            initargs=(nice,),
-        )
         # before any model loads: TensorFlow fixes its device list when its runtime starts
         self.devices = configure_devices(
             settings.devices,
@@ -126,11 +120,16 @@ class KerveServer:
         if thread_priority.supported():
             log.info("model threads' nice: +%d relative to the event loop", nice)
         names = ", ".join(self.devices.names)
-        log.info("serving on %d %s device(s): %s", len(self.devices.names), self.devices.kind, names)
+        workers = workers_for(settings, len(self.devices.names))
+        log.info("serving on %d %s device(s): %s; %d inference workers", len(self.devices.names), self.devices.kind,
+                 names, workers)  # fmt: skip
         slots = len(self.devices.names) * (settings.batching.batches_per_replica if settings.batching else 1)
-        if settings.workers < slots:
+        if workers < slots:
             log.warning("--workers %d runs fewer batches at once than the %d a model's replicas take "
-                        "(devices x --batches-per-replica): raise --workers", settings.workers, slots)  # fmt: skip
+                        "(devices x --batches-per-replica): raise --workers", workers, slots)  # fmt: skip
+        self.executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="kerve-infer", initializer=_start_worker, initargs=(nice,)
+        )
         log.info("TensorFlow threads per op: %d, for independent ops: %d (0: one per core); between tasks they %s",
                  *thread_counts(), spinning_text())  # fmt: skip
         loader = ReplicaLoader(self.devices, settings.call_path, settings.caller_thread_max_batch)
@@ -159,7 +158,7 @@ class KerveServer:
             self.tracer,
             cache,
             inline_call_max_s=settings.inline_call_max_s,
-            workers=settings.workers,
+            workers=workers,
         )
         self.manager.forget = self.engine.forget
         self.manager.check_config = self.engine.check_config

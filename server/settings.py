@@ -23,7 +23,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8500
     metrics_port: int = 8501  # 0 disables the Prometheus endpoint
-    workers: int = max(2, os.cpu_count() or 2)
+    workers: int | None = None  # None: workers_for(...) once the devices are known
     grace_s: float = 15.0
     max_connection_age_s: float = 0.0  # >0: close connections this old (with a grace) so clients re-resolve DNS
     max_message_bytes: int = 256 * 1024 * 1024
@@ -66,7 +66,7 @@ class ServerSettings:
             raise ValueError(f"ports must be in 0..65535, got port={self.port} metrics_port={self.metrics_port}")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError("--metrics-port must differ from --port")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.devices not in ("auto", "cpu", "gpu", "tpu"):
             raise ValueError(f"--devices must be auto, cpu, gpu or tpu, got {self.devices!r}")
@@ -177,7 +177,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("METRICS_PORT") or "8501",
         help="Prometheus port; 0 = off",
     )
-    parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2), help="inference threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="inference threads (default: the larger of the cores, 2, and devices x --batches-per-replica)",
+    )
     parser.add_argument("--grace-period", type=float, default=15.0, help="seconds to drain on SIGTERM")
     parser.add_argument(
         "--max-connection-age-s",
@@ -453,6 +458,16 @@ def batching_from_args(args: argparse.Namespace) -> BatchingConfig | None:
 
 def _path(value: str | Path | None) -> Path | None:
     return None if value is None or str(value) == "" else Path(value)
+
+
+def workers_for(settings: ServerSettings, devices: int) -> int:
+    """The inference threads: --workers, or by default one per core (at least two) and enough for every batch slot
+    the server's flags give its replicas (devices x --batches-per-replica), so that asking for batches at once
+    does not also take a second flag."""
+    if settings.workers is not None:
+        return settings.workers
+    slots = devices * (settings.batching.batches_per_replica if settings.batching is not None else 1)
+    return max(2, os.cpu_count() or 2, slots)
 
 
 def from_args(args: argparse.Namespace) -> ServerSettings:

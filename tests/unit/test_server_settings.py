@@ -91,6 +91,19 @@ def test_batches_per_replica_flag_env_and_validation(tmp_path: Path, monkeypatch
         _settings(tmp_path, "--batches-per-replica", "0")
 
 
+def test_workers_default_to_the_cores_and_every_batch_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings.os, "cpu_count", lambda: 4)
+    assert settings.workers_for(_settings(tmp_path), devices=1) == 4  # one per core
+    assert settings.workers_for(_settings(tmp_path, "--batches-per-replica", "3"), devices=2) == 6  # every slot
+    assert settings.workers_for(_settings(tmp_path, "--no-batching", "--batches-per-replica", "3"), devices=2) == 4
+    monkeypatch.setattr(settings.os, "cpu_count", lambda: None)
+    assert settings.workers_for(_settings(tmp_path), devices=1) == 2  # at least two
+    given = _settings(tmp_path, "--workers", "1", "--batches-per-replica", "3")
+    assert given.workers == 1 and settings.workers_for(given, devices=2) == 1  # as asked (the server warns)
+    with pytest.raises(ValueError, match="--workers must be >= 1, got 0"):
+        _settings(tmp_path, "--workers", "0")
+
+
 def test_event_loop_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _settings(tmp_path).event_loop == "asyncio"
     assert _settings(tmp_path, "--event-loop", "auto").event_loop == "auto"
