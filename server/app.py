@@ -47,7 +47,7 @@ from .model import ReplicaLoader
 from .otel import OtelExporter, parse_resource
 from .response_cache import ResponseCache
 from .security import SecurityConfigError, server_credentials, server_interceptors
-from .settings import ServerSettings, apply_gil_switch_interval, workers_for
+from .settings import ServerSettings, apply_gil_switch_interval, batch_slots, workers_for
 from .shared_memory import SystemSharedMemory
 from .trace import Tracer
 from .triton_metrics import TritonMetrics
@@ -123,7 +123,7 @@ class KerveServer:
         workers = workers_for(settings, len(self.devices.names))
         log.info("serving on %d %s device(s): %s; %d inference workers", len(self.devices.names), self.devices.kind,
                  names, workers)  # fmt: skip
-        slots = len(self.devices.names) * (settings.batching.batches_per_replica if settings.batching else 1)
+        slots = batch_slots(settings, len(self.devices.names))
         if workers < slots:
             log.warning("--workers %d runs fewer batches at once than the %d a model's replicas take "
                         "(devices x --batches-per-replica): raise --workers", workers, slots)  # fmt: skip

@@ -460,14 +460,17 @@ def _path(value: str | Path | None) -> Path | None:
     return None if value is None or str(value) == "" else Path(value)
 
 
+def batch_slots(settings: ServerSettings, devices: int) -> int:
+    """The batches a model's replicas run at once under the server's flags: devices x --batches-per-replica."""
+    return devices * (settings.batching.batches_per_replica if settings.batching is not None else 1)
+
+
 def workers_for(settings: ServerSettings, devices: int) -> int:
     """The inference threads: --workers, or by default one per core (at least two) and enough for every batch slot
-    the server's flags give its replicas (devices x --batches-per-replica), so that asking for batches at once
-    does not also take a second flag."""
+    the server's flags give its replicas, so that asking for batches at once does not also take a second flag."""
     if settings.workers is not None:
         return settings.workers
-    slots = devices * (settings.batching.batches_per_replica if settings.batching is not None else 1)
-    return max(2, os.cpu_count() or 2, slots)
+    return max(2, os.cpu_count() or 2, batch_slots(settings, devices))
 
 
 def from_args(args: argparse.Namespace) -> ServerSettings:

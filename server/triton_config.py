@@ -60,14 +60,13 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     if groups and (current is None or groups != list(current.instance_group)):
         placement = _placement(where, groups, current)
         per_gpu = placement.pop("batches_per_replica", None)
-        if per_gpu is not None:
-            if not result["batching"]["enabled"] and per_gpu > 1:
-                raise invalid(
-                    f"{where}: instance_group count {per_gpu} on each GPU is batches at once per GPU, which needs "
-                    "dynamic_batching (without it requests already run side by side, one model call each)"
-                )
-            if result["batching"]["enabled"]:
-                result["batching"]["batches_per_replica"] = per_gpu
+        if per_gpu is not None and result["batching"]["enabled"]:
+            result["batching"]["batches_per_replica"] = per_gpu
+        elif per_gpu is not None and per_gpu > 1:
+            raise invalid(
+                f"{where}: instance_group count {per_gpu} on each GPU is batches at once per GPU, which needs "
+                "dynamic_batching (without it requests already run side by side, one model call each)"
+            )
         result.update(placement)
     if config.HasField("version_policy"):
         result["version_policy"] = _version_policy(config.version_policy)
