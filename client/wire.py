@@ -74,8 +74,9 @@ class TensorConfig:
 
 @dataclass(frozen=True)
 class InstanceGroup:
-    """Replicas of the model: `kind` is "CPU", "GPU" (on the devices in `gpus`), "MODEL" (a replica spanning
-    devices, or a TPU core) or "AUTO"."""
+    """Triton's model instances, which kerve counts as batches run at once: `kind` is "CPU" (`count` in all),
+    "GPU" (`count` on each of the devices in `gpus`), "MODEL" (a replica spanning devices, or a TPU core) or
+    "AUTO"."""
 
     name: str
     kind: str

@@ -189,9 +189,10 @@ class KerveServer:
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         logs = LogSettings(log_format(settings.process_index))
         self.journal = _journal(settings, logs, self.tracer)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            V2Servicer(self.manager, self.engine, self.ready, self.shared_memory, logs, self.journal), self.server
+        v2 = V2Servicer(
+            self.manager, self.engine, self.ready, self.shared_memory, logs, self.journal, len(self.devices.names)
         )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(v2, self.server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tfs_service.PredictionServicer(self.manager, self.engine), self.server
         )

@@ -10,9 +10,10 @@ later load without a config goes back to config.yaml alone:
                                             default_priority_level; default_queue_policy -> queue_policy,
                                             priority_queue_policy); no dynamic_batching: batching off, and
                                             max_batch_size (if any) the most rows a request may carry
-    instance_group                       -> replicas (one KIND_CPU group's count; one KIND_GPU group without
-                                            gpus: every GPU, its count batches at once on each, i.e.
-                                            batching.batches_per_replica), re-placing loaded versions
+    instance_group                       -> replicas and batching.batches_per_replica (one KIND_CPU group's
+                                            count: replicas on up to that many CPU devices, the rest batches
+                                            at once on each; one KIND_GPU group without gpus: every GPU, its
+                                            count batches at once on each), re-placing loaded versions
     response_cache.enable                -> response_cache
 
 The rest of a ModelConfig describes what kerve takes from the SavedModel (inputs, outputs, platform) or decides
@@ -35,9 +36,10 @@ from .errors import invalid
 from .v2_codec import BACKEND
 
 
-def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | None) -> dict[str, Any]:
+def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | None, devices: int = 1) -> dict[str, Any]:
     """config.yaml keys for a load of `model` with Triton config JSON `text`; INVALID_ARGUMENT when kerve cannot
-    apply it. `current` is what ModelConfig reports for the model now (None when no version is loaded)."""
+    apply it. `current` is what ModelConfig reports for the model now (None when no version is loaded); `devices`,
+    the server's devices (a KIND_CPU count is spread over its CPU devices)."""
     where = f"load config for model {model!r}"
     try:
         config = json_format.Parse(text, pb.ModelConfig())
@@ -58,14 +60,14 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     result: dict[str, Any] = {"batching": _batching(where, config)}
     groups = list(config.instance_group)
     if groups and (current is None or groups != list(current.instance_group)):
-        placement = _placement(where, groups, current)
-        per_gpu = placement.pop("batches_per_replica", None)
-        if per_gpu is not None and result["batching"]["enabled"]:
-            result["batching"]["batches_per_replica"] = per_gpu
-        elif per_gpu is not None and per_gpu > 1:
+        placement = _placement(where, groups, current, devices)
+        per_replica = placement.pop("batches_per_replica")
+        if result["batching"]["enabled"]:
+            result["batching"]["batches_per_replica"] = per_replica
+        elif per_replica > 1:
             raise invalid(
-                f"{where}: instance_group count {per_gpu} on each GPU is batches at once per GPU, which needs "
-                "dynamic_batching (without it requests already run side by side, one model call each)"
+                f"{where}: instance_group count {groups[0].count} runs {per_replica} batches at once on each device, "
+                "which needs dynamic_batching (without it requests already run side by side, one model call each)"
             )
         result.update(placement)
     if config.HasField("version_policy"):
@@ -75,35 +77,51 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     return result
 
 
-def _placement(where: str, groups: list[pb.ModelInstanceGroup], current: pb.ModelConfig | None) -> dict[str, Any]:
-    """An instance group kerve can honour: one replica on each of N CPU devices (`replicas: N`), or one on every
-    GPU running `count` batches at once (Triton's instances per GPU, which run side by side on the card: kerve's
-    `batches_per_replica`). `gpus` pins devices; kerve picks the least occupied ones itself, so that, and anything
-    else, is refused rather than approximated."""
+def _placement(
+    where: str, groups: list[pb.ModelInstanceGroup], current: pb.ModelConfig | None, devices: int
+) -> dict[str, Any]:
+    """An instance group kerve can honour, as replicas and batches at once on each (`batches_per_replica`).
+    Triton runs `count` instances side by side: on "the CPU" in all, on each GPU of a KIND_GPU group. So a
+    KIND_CPU count on a server of `devices` CPU devices is one replica on each of up to `devices` of them, each
+    running an equal share of the count; a KIND_GPU count is one replica on every GPU running `count` batches.
+    KIND_AUTO is the kind the server serves on. `gpus` pins devices; kerve picks the least occupied ones itself, so
+    that, and anything else, is refused rather than approximated."""
     kind = pb.ModelInstanceGroup.Kind
     served = {group.kind for group in current.instance_group} if current is not None else set()
-    if len(groups) == 1 and not groups[0].gpus:
-        group = groups[0]
-        count = max(group.count, 1)  # Triton reads a count of 0 as 1
-        if group.kind == kind.KIND_CPU and served == {kind.KIND_CPU}:
-            return {"replicas": count, "device_mode": "replica"}
-        if group.kind == kind.KIND_GPU and served == {kind.KIND_GPU}:
-            if count > MAX_BATCHES_PER_REPLICA:
-                raise invalid(
-                    f"{where}: instance_group count {count} on each GPU is above the {MAX_BATCHES_PER_REPLICA} "
-                    "batches kerve runs at once on one device"
-                )
-            return {"replicas": None, "device_mode": "replica", "batches_per_replica": count}
-    raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
+    group = groups[0]
+    count = max(group.count, 1)  # Triton reads a count of 0 as 1
+    if len(groups) != 1 or group.gpus:
+        raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
+    chosen = group.kind
+    if chosen == kind.KIND_AUTO and served in ({kind.KIND_CPU}, {kind.KIND_GPU}):
+        (chosen,) = served  # Triton's AUTO: the GPUs where there are any, else the CPU; kerve serves on one kind
+    if chosen == kind.KIND_CPU and served == {kind.KIND_CPU}:
+        replicas = min(count, max(devices, 1))
+        if count % replicas:
+            raise invalid(
+                f"{where}: instance_group count {count} on {devices} CPU devices: kerve runs the same number of "
+                f"batches on each replica, so a KIND_CPU count is at most {devices} or a multiple of it"
+            )
+        placement = {"replicas": replicas, "device_mode": "replica", "batches_per_replica": count // replicas}
+    elif chosen == kind.KIND_GPU and served == {kind.KIND_GPU}:
+        placement = {"replicas": None, "device_mode": "replica", "batches_per_replica": count}
+    else:
+        raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
+    if placement["batches_per_replica"] > MAX_BATCHES_PER_REPLICA:
+        raise invalid(
+            f"{where}: instance_group count {count} is {placement['batches_per_replica']} batches at once on each "
+            f"device, above the {MAX_BATCHES_PER_REPLICA} kerve runs on one"
+        )
+    return placement
 
 
 def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
     why = (
         "comes from the SavedModel's signature"
         if field != "instance_group"
-        else "is kerve's placement: a KIND_CPU group's count on a server of CPU replicas, a KIND_GPU group "
-        "without gpus (every GPU, count batches at once on each), or config.yaml's `replicas` (loaded versions "
-        "are re-placed)"
+        else "is kerve's placement: a KIND_CPU group's count on a CPU server (replicas x batches at once), a "
+        "KIND_GPU group without gpus (every GPU, count batches at once on each), or config.yaml's `replicas` and "
+        "`batching: {batches_per_replica}` (loaded versions are re-placed)"
     )
     if current is None:
         return f"{why}: leave it out (no version of the model is loaded to compare it with)"

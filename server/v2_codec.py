@@ -411,10 +411,10 @@ def _version_policy(policy: VersionPolicy) -> pb.ModelVersionPolicy:
 _DEVICE = re.compile(r"(?:/job:[^/,]*/replica:\d+/task:\d+)?/device:(CPU|GPU):(\d+)")  # one device, not a list
 
 
-def _instance_groups(model: str, devices: Sequence[str], per_gpu: int = 1) -> list[pb.ModelInstanceGroup]:
-    """CPU replicas as one KIND_CPU group of one instance each; GPU replicas as one KIND_GPU group listing their
-    GPUs, its count the batches each runs at once (`per_gpu`: Triton's instances per GPU); a replica that spans
-    devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
+def _instance_groups(model: str, devices: Sequence[str], per_replica: int = 1) -> list[pb.ModelInstanceGroup]:
+    """Triton's instances are batches at once (`per_replica` on each replica): CPU replicas as one KIND_CPU group
+    counting them all (Triton's count on "the CPU"), GPU replicas as one KIND_GPU group listing their GPUs, its
+    count per GPU; a replica that spans devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
     cpus, gpus, other = 0, [], 0
     for device in devices:
         match = _DEVICE.fullmatch(device)
@@ -427,9 +427,9 @@ def _instance_groups(model: str, devices: Sequence[str], per_gpu: int = 1) -> li
     kind = pb.ModelInstanceGroup.Kind
     groups = []
     if gpus:
-        groups.append(pb.ModelInstanceGroup(name=f"{model}_gpu", kind=kind.KIND_GPU, count=per_gpu, gpus=gpus))
+        groups.append(pb.ModelInstanceGroup(name=f"{model}_gpu", kind=kind.KIND_GPU, count=per_replica, gpus=gpus))
     if cpus:
-        groups.append(pb.ModelInstanceGroup(name=f"{model}_cpu", kind=kind.KIND_CPU, count=cpus))
+        groups.append(pb.ModelInstanceGroup(name=f"{model}_cpu", kind=kind.KIND_CPU, count=cpus * per_replica))
     if other:
         groups.append(pb.ModelInstanceGroup(name=model, kind=kind.KIND_MODEL, count=other))
     return groups

@@ -49,8 +49,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         shared_memory: SystemSharedMemory | None = None,
         logs: log_settings.LogSettings | None = None,
         journal: SettingsJournal | None = None,
+        devices: int = 1,
     ) -> None:
         self.manager = manager
+        self.devices = devices  # the server's: a load config's KIND_CPU count is spread over its CPU devices
         self.journal = journal  # a --processes group's: settings changes reach the other processes through it
         self.engine = engine
         self._is_ready = is_ready
@@ -277,7 +279,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             current: pb.ModelConfig | None = self._model_config(request.model_name, "")
         except ServingError:  # not loaded (or not at all): nothing to compare a config's inputs with
             current = None
-        return triton_config.overrides(request.model_name, parameter.string_param, PLATFORM, current)
+        return triton_config.overrides(request.model_name, parameter.string_param, PLATFORM, current, self.devices)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext

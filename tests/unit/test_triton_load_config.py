@@ -35,14 +35,14 @@ def current(
     return model_config("m", PLATFORM, SPEC, SPEC, batching, VersionPolicy(), devices or ["/device:CPU:0"])
 
 
-def overrides(config: dict[str, Any] | str, now: Any = None) -> dict[str, Any]:
+def overrides(config: dict[str, Any] | str, now: Any = None, devices: int = 1) -> dict[str, Any]:
     text = config if isinstance(config, str) else json.dumps(config)
-    return triton_config.overrides("m", text, PLATFORM, now)
+    return triton_config.overrides("m", text, PLATFORM, now, devices)
 
 
-def refused(config: dict[str, Any] | str, now: Any = None) -> str:
+def refused(config: dict[str, Any] | str, now: Any = None, devices: int = 1) -> str:
     with pytest.raises(ServingError) as info:
-        overrides(config, now)
+        overrides(config, now, devices)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     return info.value.message
 
@@ -150,12 +150,14 @@ def test_inputs_and_outputs_may_only_repeat_what_is_reported_instance_groups_a_c
     assert "input comes from the SavedModel's signature" in refused({"input": changed}, now)
     assert "no version of the model is loaded" in refused({"output": reported["output"]}, None)
 
-    # instance groups: a CPU count becomes replicas; on GPUs, only "every GPU" (kerve picks devices itself)
+    # instance groups: a CPU count up to the CPU devices becomes replicas; on GPUs, only "every GPU" (kerve picks
+    # devices itself); counts beyond that are batches at once (the next test)
     cpu = [{"count": 3, "kind": "KIND_CPU"}]
-    assert overrides({"instance_group": cpu}, now) == {**overrides({}), "replicas": 3, "device_mode": "replica"}
-    assert "no version of the model is loaded" in refused({"instance_group": cpu}, None)
+    expected = {**overrides({}), "replicas": 3, "device_mode": "replica"}
+    assert overrides({"instance_group": cpu}, now, devices=3) == expected
+    assert "no version of the model is loaded" in refused({"instance_group": cpu}, None, devices=3)
     (tmp_path / "m").mkdir()
-    assert load_model_config(tmp_path / "m", overrides({"instance_group": cpu}, now)).replicas == 3
+    assert load_model_config(tmp_path / "m", overrides({"instance_group": cpu}, now, devices=3)).replicas == 3
     gpus = current(devices=["/device:GPU:0", "/device:GPU:1"])
     every = overrides({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, gpus)
     assert (every["replicas"], every["device_mode"]) == (None, "replica")
@@ -167,7 +169,7 @@ def test_inputs_and_outputs_may_only_repeat_what_is_reported_instance_groups_a_c
     ):
         message = refused({"instance_group": [group]}, now_)
         assert "instance_group is kerve's placement" in message and "KIND_CPU group's count" in message, group
-    assert "instance_group" in refused({"instance_group": cpu * 2}, now)  # two groups
+    assert "instance_group" in refused({"instance_group": cpu * 2}, now, devices=3)  # two groups
 
 
 def test_batching_overrides_keep_the_files_other_batching_options(tmp_path: Path) -> None:
@@ -244,5 +246,41 @@ def test_instances_per_gpu_are_batches_at_once_on_each_gpu(tmp_path: Path) -> No
 
     assert "needs dynamic_batching" in refused({"max_batch_size": 8, **group}, gpus)  # no batcher, no batches
     assert overrides({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, gpus)["batching"] == {"enabled": False}
-    assert "above the 16 batches" in refused({**batched, "instance_group": [{"kind": "KIND_GPU", "count": 17}]}, gpus)
+    too_many = {**batched, "instance_group": [{"kind": "KIND_GPU", "count": 17}]}
+    assert "17 batches at once on each device, above the 16" in refused(too_many, gpus)
     assert "instance_group is kerve's placement" in refused(group, current())  # GPU instances on a CPU server
+
+
+def test_a_cpu_count_is_replicas_on_the_cpu_devices_then_batches_at_once_on_each(tmp_path: Path) -> None:
+    """Triton runs a KIND_CPU group's `count` instances side by side on the CPU: kerve spreads them over its CPU
+    devices (--cpu-replicas), one replica on each, and runs the rest as batches at once on each replica."""
+    now = current()
+    batched = {"max_batch_size": 8, "dynamic_batching": {}}
+
+    def placed(count: int, devices: int) -> tuple[int, str, int]:
+        got = overrides({**batched, "instance_group": [{"kind": "KIND_CPU", "count": count}]}, now, devices)
+        return got["replicas"], got["device_mode"], got["batching"]["batches_per_replica"]
+
+    assert placed(2, devices=1) == (1, "replica", 2)  # the default CPU server: two batches at once
+    assert placed(2, devices=2) == (2, "replica", 1)  # --cpu-replicas 2: one on each
+    assert placed(4, devices=2) == (2, "replica", 2)
+    assert placed(1, devices=2) == (1, "replica", 1)
+    three = {**batched, "instance_group": [{"kind": "KIND_CPU", "count": 3}]}
+    assert "count 3 on 2 CPU devices" in refused(three, now, devices=2)  # 2 + 1 is not one count per replica
+    assert "at most 2 or a multiple of it" in refused(three, now, devices=2)
+    assert "needs dynamic_batching" in refused({"instance_group": [{"kind": "KIND_CPU", "count": 2}]}, now)
+    too_many = {**batched, "instance_group": [{"kind": "KIND_CPU", "count": 34}]}
+    assert "17 batches at once on each device, above the 16" in refused(too_many, now, devices=2)
+
+    # reported: every batch at once on the CPU (replicas x batches_per_replica); sent back, nothing changes
+    cpus = ["/device:CPU:0", "/device:CPU:1"]
+    four = current(BatchingConfig(max_batch_size=8, batches_per_replica=2), cpus)
+    assert json.loads(json_format.MessageToJson(four))["instanceGroup"][0]["count"] == 4
+    back = overrides(json_format.MessageToJson(four), four, devices=2)
+    assert "replicas" not in back and "batches_per_replica" not in back["batching"]
+    (tmp_path / "m").mkdir()
+    config = load_model_config(tmp_path / "m", overrides(three | {"instance_group": [{"count": 4}]}, four, 2))
+    assert (config.replicas, config.batching["batches_per_replica"]) == (2, 2)  # KIND_AUTO: the CPU here
+    gpus = current(devices=["/device:GPU:0"])
+    auto = overrides({**batched, "instance_group": [{"count": 3}]}, gpus)  # KIND_AUTO on a GPU server
+    assert (auto["replicas"], auto["batching"]["batches_per_replica"]) == (None, 3)

@@ -77,7 +77,7 @@ def test_version_policies() -> None:
     assert as_dict(policy=specific)["version_policy"] == {"specific": {"versions": ["1", "3"]}}
 
 
-def test_instances_grouped_by_device_kind_a_gpu_count_is_batches_at_once() -> None:
+def test_instances_are_batches_at_once_grouped_by_device_kind() -> None:
     gpus = ["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:2"]
     assert as_dict(devices=gpus)["instance_group"] == [
         {"name": "m_gpu", "kind": "KIND_GPU", "count": 1, "gpus": [0, 2]}
@@ -87,8 +87,8 @@ def test_instances_grouped_by_device_kind_a_gpu_count_is_batches_at_once() -> No
     assert as_dict(devices=gpus, batching=None)["instance_group"][0]["count"] == 1  # no batcher: 1, as before
     cpus = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(3)]
     assert as_dict(devices=cpus)["instance_group"] == [{"name": "m_cpu", "kind": "KIND_CPU", "count": 3}]
-    two = as_dict(devices=cpus, batching=BatchingConfig(batches_per_replica=2))  # a CPU count is replicas
-    assert two["instance_group"] == [{"name": "m_cpu", "kind": "KIND_CPU", "count": 3}]
+    two = as_dict(devices=cpus, batching=BatchingConfig(batches_per_replica=2))  # every batch at once on the CPU
+    assert two["instance_group"] == [{"name": "m_cpu", "kind": "KIND_CPU", "count": 6}]
     mirrored = ["mirrored:/device:GPU:0,/device:GPU:1"]
     assert as_dict(devices=mirrored)["instance_group"] == [{"name": "m", "kind": "KIND_MODEL", "count": 1}]
     tpu = ["/job:worker/replica:0/task:0/device:TPU:0"]
