@@ -88,10 +88,10 @@ def _placement(
     that, and anything else, is refused rather than approximated."""
     kind = pb.ModelInstanceGroup.Kind
     served = {group.kind for group in current.instance_group} if current is not None else set()
+    if len(groups) != 1 or groups[0].gpus:
+        raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
     group = groups[0]
     count = max(group.count, 1)  # Triton reads a count of 0 as 1
-    if len(groups) != 1 or group.gpus:
-        raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
     chosen = group.kind
     if chosen == kind.KIND_AUTO and served in ({kind.KIND_CPU}, {kind.KIND_GPU}):
         (chosen,) = served  # Triton's AUTO: the GPUs where there are any, else the CPU; kerve serves on one kind
