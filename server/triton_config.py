@@ -60,8 +60,7 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
     result: dict[str, Any] = {"batching": _batching(where, config)}
     groups = list(config.instance_group)
     if groups and (current is None or groups != list(current.instance_group)):
-        placement = _placement(where, groups, current, devices)
-        per_replica = placement.pop("batches_per_replica")
+        placement, per_replica = _placement(where, groups, current, devices)
         if result["batching"]["enabled"]:
             result["batching"]["batches_per_replica"] = per_replica
         elif per_replica > 1:
@@ -79,8 +78,9 @@ def overrides(model: str, text: str, platform: str, current: pb.ModelConfig | No
 
 def _placement(
     where: str, groups: list[pb.ModelInstanceGroup], current: pb.ModelConfig | None, devices: int
-) -> dict[str, Any]:
-    """An instance group kerve can honour, as replicas and batches at once on each (`batches_per_replica`).
+) -> tuple[dict[str, Any], int]:
+    """An instance group kerve can honour: its placement keys, and the batches at once on each replica
+    (`batches_per_replica`).
     Triton runs `count` instances side by side: on "the CPU" in all, on each GPU of a KIND_GPU group. So a
     KIND_CPU count on a server of `devices` CPU devices is one replica on each of up to `devices` of them, each
     running an equal share of the count; a KIND_GPU count is one replica on every GPU running `count` batches.
@@ -102,17 +102,17 @@ def _placement(
                 f"{where}: instance_group count {count} on {devices} CPU devices: kerve runs the same number of "
                 f"batches on each replica, so a KIND_CPU count is at most {devices} or a multiple of it"
             )
-        placement = {"replicas": replicas, "device_mode": "replica", "batches_per_replica": count // replicas}
+        placement, per_replica = {"replicas": replicas, "device_mode": "replica"}, count // replicas
     elif chosen == kind.KIND_GPU and served == {kind.KIND_GPU}:
-        placement = {"replicas": None, "device_mode": "replica", "batches_per_replica": count}
+        placement, per_replica = {"replicas": None, "device_mode": "replica"}, count
     else:
         raise invalid(f"{where}: instance_group {_unchangeable('instance_group', current)}")
-    if placement["batches_per_replica"] > MAX_BATCHES_PER_REPLICA:
+    if per_replica > MAX_BATCHES_PER_REPLICA:
         raise invalid(
-            f"{where}: instance_group count {count} is {placement['batches_per_replica']} batches at once on each "
-            f"device, above the {MAX_BATCHES_PER_REPLICA} kerve runs on one"
+            f"{where}: instance_group count {count} is {per_replica} batches at once on each device, above the "
+            f"{MAX_BATCHES_PER_REPLICA} kerve runs on one"
         )
-    return placement
+    return placement, per_replica
 
 
 def _unchangeable(field: str, current: pb.ModelConfig | None) -> str:
