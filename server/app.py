@@ -28,6 +28,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from . import (
     event_loop,
     group_settings,
+    group_stats,
     heap,
     host_metrics,
     processes,
@@ -39,9 +40,10 @@ from . import (
 from .cpus import usable_cores
 from .devices import configure_devices, spinning_text, thread_counts
 from .group_settings import SettingsJournal
+from .group_stats import GroupStats
 from .inference import InferenceEngine
 from .log_settings import LogSettings
-from .manager import ModelManager
+from .manager import ModelManager, VersionState
 from .metrics import Metrics
 from .model import ReplicaLoader
 from .otel import OtelExporter, parse_resource
@@ -172,6 +174,7 @@ class KerveServer:
         self.port = 0
         self._metrics_pusher: asyncio.Task[None] | None = None
         self._journal_reader: asyncio.Task[None] | None = None
+        self._stats_publisher: asyncio.Task[None] | None = None
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -189,8 +192,16 @@ class KerveServer:
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         logs = LogSettings(log_format(settings.process_index))
         self.journal = _journal(settings, logs, self.tracer)
+        self.group_stats = _group_stats(settings)
         v2 = V2Servicer(
-            self.manager, self.engine, self.ready, self.shared_memory, logs, self.journal, len(self.devices.names)
+            self.manager,
+            self.engine,
+            self.ready,
+            self.shared_memory,
+            logs,
+            self.journal,
+            len(self.devices.names),
+            self.group_stats,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(v2, self.server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -259,6 +270,8 @@ class KerveServer:
         self._metrics_pusher = asyncio.create_task(self.metrics.push_every(METRICS_PUSH_S))
         if self.journal is not None:
             self._journal_reader = asyncio.create_task(_every(METRICS_PUSH_S, self.journal.catch_up))
+        if self.group_stats is not None:
+            self._stats_publisher = asyncio.create_task(_every(METRICS_PUSH_S, self._publish_stats))
         if self.settings.metrics_port:
             try:
                 self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -300,9 +313,14 @@ class KerveServer:
             self.shared_memory.close()
         log.info("stopped")
 
+    def _publish_stats(self) -> None:
+        assert self.group_stats is not None
+        ready = (e for e in self.manager.entries() if e.state is VersionState.READY)
+        self.group_stats.publish((e.model, e.version, e.stats) for e in ready)
+
     def _stop_metrics_pusher(self) -> None:
         """After the last request: push what it counted (a group's parent reads it after this process exits)."""
-        for task in (self._metrics_pusher, self._journal_reader):
+        for task in (self._metrics_pusher, self._journal_reader, self._stats_publisher):
             if task is not None:
                 task.cancel()
         self.metrics.push()
@@ -342,6 +360,14 @@ def _journal(settings: ServerSettings, logs: LogSettings, tracer: Tracer) -> Set
         return None
     appliers = {"log": lambda _model, changes: logs.update(changes), "trace": tracer.update}
     return SettingsJournal(Path(path), settings.process_index, appliers)
+
+
+def _group_stats(settings: ServerSettings) -> GroupStats | None:
+    """A --processes group's process shares its ModelStatistics counts with the others (group_stats.py)."""
+    directory = os.environ.get(group_stats.ENV)
+    if settings.process_index is None or not directory:
+        return None
+    return GroupStats(Path(directory), settings.process_index)
 
 
 async def _every(interval_s: float, action: Any) -> None:

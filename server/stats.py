@@ -16,7 +16,9 @@ nanoseconds when reported, which keeps the per-request update free of calls.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ErrorCode
 
@@ -27,6 +29,9 @@ BACKEND = "BACKEND"  # the model's execution failed
 OTHER = "OTHER"  # anything else: bad inputs, the version unloading
 FAILURE_REASONS = (REJECTED, CANCELED, BACKEND, OTHER)
 _MODEL_ERRORS = (ErrorCode.INTERNAL, ErrorCode.INVALID_ARGUMENT, ErrorCode.RESOURCE_EXHAUSTED)
+
+PHASES = ("compute_input", "compute_infer", "compute_output")  # a batch's execution, in order
+DURATIONS = ("success", "fail", "queue", *PHASES, "cache_hit", "cache_miss")  # VersionStats' Duration fields
 
 
 def failure_reason(code: ErrorCode, from_model: bool, shed: bool = False) -> str:
@@ -128,9 +133,61 @@ class VersionStats:
         durations.compute_infer.add(infer_s)
         durations.compute_output.add(output_s)
 
+    def to_record(self) -> dict[str, Any]:
+        """These counts as JSON values, for the other processes of a --processes group (group_stats.py).
+        `last_inference_monotonic` travels as it is: CLOCK_MONOTONIC is one clock for every process on a host."""
+        return {
+            "durations": {name: [getattr(self, name).count, getattr(self, name).seconds] for name in DURATIONS},
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "last_inference_monotonic": self.last_inference_monotonic,
+            "batch_sizes": {
+                str(size): [[getattr(d, phase).count, getattr(d, phase).seconds] for phase in PHASES]
+                for size, d in self.batch_sizes.items()
+            },
+            "fail_reasons": dict(self.fail_reasons),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> VersionStats:
+        stats = cls(
+            inference_count=int(record["inference_count"]),
+            execution_count=int(record["execution_count"]),
+            last_inference_monotonic=record["last_inference_monotonic"],
+        )
+        for name, (count, seconds) in record["durations"].items():
+            setattr(stats, name, Duration(int(count), float(seconds)))
+        for size, phases in record["batch_sizes"].items():
+            stats.batch_sizes[int(size)] = BatchDurations(*(Duration(int(c), float(s)) for c, s in phases))
+        stats.fail_reasons.update({reason: int(n) for reason, n in record["fail_reasons"].items()})
+        return stats
+
     @property
     def last_inference_ms(self) -> int:
         """Triton's last_inference: milliseconds since the epoch of the last successful request (0: none yet)."""
         if self.last_inference_monotonic is None:
             return 0
         return int(1000 * (time.time() - (time.monotonic() - self.last_inference_monotonic)))
+
+
+def summed(parts: Iterable[VersionStats]) -> VersionStats:
+    """One version's counts over several processes: every count and time added, the latest last inference."""
+    total = VersionStats()
+    for part in parts:
+        for name in DURATIONS:
+            mine, theirs = getattr(total, name), getattr(part, name)
+            mine.count += theirs.count
+            mine.seconds += theirs.seconds
+        total.inference_count += part.inference_count
+        total.execution_count += part.execution_count
+        latest, theirs = total.last_inference_monotonic, part.last_inference_monotonic
+        if theirs is not None and (latest is None or theirs > latest):
+            total.last_inference_monotonic = theirs
+        for size, durations in part.batch_sizes.items():
+            into = total.batch_sizes.setdefault(size, BatchDurations())
+            for phase in PHASES:
+                getattr(into, phase).count += getattr(durations, phase).count
+                getattr(into, phase).seconds += getattr(durations, phase).seconds
+        for reason, count in part.fail_reasons.items():
+            total.fail_reasons[reason] = total.fail_reasons.get(reason, 0) + count
+    return total

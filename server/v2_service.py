@@ -16,11 +16,12 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from . import log_settings, triton_config, v2_codec
 from .errors import ErrorCode, ServingError
 from .group_settings import SettingsJournal
+from .group_stats import GroupStats
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
 from .model import PLATFORM
 from .shared_memory import SystemSharedMemory
-from .stats import Duration
+from .stats import DURATIONS, PHASES, Duration, summed
 from .stream_pipeline import Pipeline, Slot
 from .trace import FIXED_KEYS as FIXED_TRACE_KEYS
 from .trace import trace_context
@@ -50,8 +51,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         logs: log_settings.LogSettings | None = None,
         journal: SettingsJournal | None = None,
         devices: int = 1,
+        group_stats: GroupStats | None = None,
     ) -> None:
         self.manager = manager
+        self.group_stats = group_stats  # a --processes group's: ModelStatistics counts every process's requests
         self.devices = devices  # the server's: a load config's KIND_CPU count is spread over its CPU devices
         self.journal = journal  # a --processes group's: settings changes reach the other processes through it
         self.engine = engine
@@ -226,9 +229,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             if not entries:
                 message = f"requested model version is not available for model '{request.name}'"
                 await abort(context, ServingError(ErrorCode.INVALID_ARGUMENT, message))
+        others = self.group_stats.others() if self.group_stats is not None else {}
         response = pb.ModelStatisticsResponse()
         for entry in entries:
-            s = entry.stats
+            theirs = others.get((entry.model, entry.version))
+            s = summed([entry.stats, *theirs]) if theirs else entry.stats
             stats = response.model_stats.add(
                 name=entry.model,
                 version=str(entry.version),
@@ -236,11 +241,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 inference_count=s.inference_count,
                 execution_count=s.execution_count,
             )
-            for field_name in ("success", "fail", "queue", *_COMPUTE_PHASES, "cache_hit", "cache_miss"):
+            for field_name in DURATIONS:
                 _set_duration(getattr(stats.inference_stats, field_name), getattr(s, field_name))
             for size, durations in sorted(s.batch_sizes.items()):
                 batch = stats.batch_stats.add(batch_size=size)
-                for field_name in _COMPUTE_PHASES:
+                for field_name in PHASES:
                     _set_duration(getattr(batch, field_name), getattr(durations, field_name))
         return response
 
@@ -400,9 +405,6 @@ def _check_repository_request(
             f"parameters {unsupported} are not supported (only {list(allowed)}): model files come from the "
             f"repository, model settings from <repository>/<model>/config.yaml",
         )
-
-
-_COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
 
 
 def _set_duration(target: pb.StatisticDuration, duration: Duration) -> None:

@@ -29,7 +29,8 @@ def group(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     metrics_port = free_port()
     logs = tmp_path_factory.mktemp("processes-logs")
     flags = ("--processes", "2", "--metrics-port", str(metrics_port), "--triton-metrics")
-    with running_server(model_repo, logs, *flags) as (target, proc):
+    # a trace file (tracing off) tells the processes apart: each reports its own in TraceSetting (_process)
+    with running_server(model_repo, logs, *flags, "--trace-file", str(logs / "trace.json")) as (target, proc):
         yield target, f"http://127.0.0.1:{metrics_port}/metrics", proc
 
 
@@ -50,35 +51,47 @@ def _served_rows(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
     return sum(s.inference_count for s in stats.model_stats)
 
 
+def _process(stub: pb_grpc.GRPCInferenceServiceStub) -> str:
+    """Which process holds the stub's connection: each writes its own trace file (<file>.pN), which TraceSetting
+    reports (the group runs with --trace-file and tracing off)."""
+    settings = stub.TraceSetting(pb.TraceSettingRequest(), timeout=10).settings
+    return settings["trace_file"].value[0].rsplit(".", 1)[1]
+
+
+def _connections(target: str) -> list[grpc.Channel]:
+    # one TCP connection per channel: without a local subchannel pool, grpc would share one between them
+    return [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)]
+
+
+def _by_process(channels: list[grpc.Channel]) -> dict[str, list[grpc.Channel]]:
+    found: dict[str, list[grpc.Channel]] = {}
+    for channel in channels:
+        found.setdefault(_process(pb_grpc.GRPCInferenceServiceStub(channel)), []).append(channel)
+    return found
+
+
+def _stubs(target: str, channels: list[grpc.Channel]) -> tuple[pb_grpc.GRPCInferenceServiceStub, ...]:
+    """A V2 stub on a connection to each process (p0, p1)."""
+    by_process = _by_process(channels)
+    assert sorted(by_process) == ["p0", "p1"], by_process
+    return tuple(pb_grpc.GRPCInferenceServiceStub(by_process[p][0]) for p in ("p0", "p1"))
+
+
 def test_connections_are_spread_over_both_processes(group, in_process) -> None:
     target, metrics_url, proc = group
     assert len(children(proc)) == 2
-    # one TCP connection per channel: without a local subchannel pool, grpc would share one between them
-    channels = [
-        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)
-    ]
+    channels = _connections(target)
     try:
-        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
         before = value(scrape(metrics_url)[0], "kerve_requests_total", model="cnn", code="OK")
         triton_before = value(scrape(metrics_url)[0], "nv_inference_request_success", model="cnn", version="1")
-        # ModelStatistics is per process: a request on one connection moves the count seen through the
-        # connections to the same process only, which sorts the connections into processes.
-        groups: list[list[int]] = []
-        unassigned = list(range(len(stubs)))
         sent = 0
-        while unassigned:
-            counts = {i: _served_rows(stubs[i]) for i in unassigned}
+        for stub in _stubs(target, channels):  # a request answered by each process
             request = _infer_request(2)
-            response = stubs[unassigned[0]].ModelInfer(request, timeout=30)
+            response = stub.ModelInfer(request, timeout=30)
             sent += 1
             got = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
             images = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(2, 8, 8, 1)
             np.testing.assert_array_equal(got, in_process("cnn", {"image": images})["output_0"])
-            same = [i for i in unassigned if _served_rows(stubs[i]) == counts[i] + 2]
-            assert unassigned[0] in same
-            groups.append(same)
-            unassigned = [i for i in unassigned if i not in same]
-        assert len(groups) == 2, f"connections by process: {groups}"
 
         # the parent's /metrics adds up both processes, each pushing its figures every METRICS_PUSH_S
         def counted() -> float:
@@ -102,13 +115,35 @@ def test_connections_are_spread_over_both_processes(group, in_process) -> None:
             channel.close()
 
 
+def test_model_statistics_count_every_process(group) -> None:
+    """ModelStatistics through either process counts the requests both answered (perf_analyzer divides the
+    server's times by it): a process's own at once, the other's within about a second."""
+    target, _metrics_url, _proc = group
+    channels = _connections(target)
+    try:
+        p0, p1 = _stubs(target, channels)
+        # The two answers agree once each process's latest counts are in its file. 3 rows through p0 first make
+        # them agree only then: p0's file is 0, 3 or 5 rows behind, p1's (an earlier test's 2) 0 or 2.
+        p0.ModelInfer(_infer_request(3), timeout=30)
+        settled = wait_for(lambda: (n := _served_rows(p0)) == _served_rows(p1) and (n,), "the same count both ways")[0]
+        for _ in range(2):
+            p1.ModelInfer(_infer_request(5), timeout=30)
+        assert _served_rows(p1) == settled + 10  # its own rows at once, p0's from its file
+        wait_for(lambda: _served_rows(p0) == settled + 10, "p1's rows through p0", timeout_s=30)
+        stats = p0.ModelStatistics(pb.ModelStatisticsRequest(name="cnn", version="1"), timeout=10).model_stats[0]
+        assert stats.inference_stats.success.count >= 3  # requests, not rows
+        assert stats.inference_stats.success.count == stats.inference_stats.compute_infer.count
+        assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count
+    finally:
+        for channel in channels:
+            channel.close()
+
+
 def test_settings_changed_through_one_process_reach_the_others(group) -> None:
     """TraceSetting and LogSettings reach one process (the one holding the caller's connection); the group's
     journal carries the change to the others within a second or so, so every connection reads it back."""
     target, _metrics_url, _proc = group
-    channels = [
-        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)
-    ]
+    channels = _connections(target)
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
         trace = pb.TraceSettingRequest(model_name="cnn")
