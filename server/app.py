@@ -39,6 +39,7 @@ from . import (
 )
 from .cpus import usable_cores
 from .devices import configure_devices, spinning_text, thread_counts
+from .group_control import ModelControl
 from .group_settings import SettingsJournal
 from .group_stats import GroupStats
 from .inference import InferenceEngine
@@ -193,6 +194,7 @@ class KerveServer:
         logs = LogSettings(log_format(settings.process_index))
         self.journal = _journal(settings, logs, self.tracer)
         self.group_stats = _group_stats(settings)
+        control = ModelControl(self.manager, self.journal, settings.processes)
         v2 = V2Servicer(
             self.manager,
             self.engine,
@@ -202,12 +204,15 @@ class KerveServer:
             self.journal,
             len(self.devices.names),
             self.group_stats,
+            control,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(v2, self.server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tfs_service.PredictionServicer(self.manager, self.engine), self.server
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(tfs_service.ModelServicer(self.manager), self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            tfs_service.ModelServicer(self.manager, control), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [V2_SERVICE, *tfs_service.SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME],
@@ -236,7 +241,7 @@ class KerveServer:
             # One of several processes on the port: the kernel hands each new connection to any process that
             # listens, and a connection stays where it landed. So every process loads first and all start
             # listening together: no connection lands on a loading process, none piles onto the first one ready.
-            await self.manager.load_all()
+            await self.manager.load_all(self.settings.load_models)
             if self.settings.group_fds is not None:
                 await processes.wait_for_group(*self.settings.group_fds, self.settings.process_index or 0)
         await self._listen()

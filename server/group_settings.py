@@ -1,4 +1,5 @@
-"""Run-time settings shared by a `--processes` group: a LogSettings or TraceSetting change reaches every process.
+"""Run-time settings shared by a `--processes` group: a LogSettings or TraceSetting change reaches every process
+(and a model load or unload: group_control.py).
 
 The processes of a group share one port, and an RPC reaches whichever process holds the caller's connection, so
 without this `update_trace_settings` would change one process of N and a client reading the settings back through
@@ -32,13 +33,22 @@ class SettingsJournal:
     def __init__(self, path: Path, origin: int, appliers: Appliers) -> None:
         self.path = path
         self.origin = origin
-        self._appliers = appliers
+        self._appliers = dict(appliers)
+        self._in_order: set[str] = set()
         self._offset = 0
         self._partial = b""
 
-    def share(self, kind: str, model: str | None, changes: Any) -> None:
-        """A change this process has just applied: append it for the others (a failure is logged, not raised:
-        the change stands here, and the caller has been answered)."""
+    def register(self, kind: str, applier: Callable[[str | None, Any], object], in_order: bool = False) -> None:
+        """Apply changes of `kind` with `applier`; `in_order`: this process's own too, as it reads them, so that
+        every process applies them in the journal's one order (model control: group_control.py)."""
+        self._appliers[kind] = applier
+        if in_order:
+            self._in_order.add(kind)
+
+    def share(self, kind: str, model: str | None, changes: Any) -> bool:
+        """A change this process has just applied (or, for an in-order kind, will apply when it reads it): append
+        it for the others. A failure is logged and returns False, not raised: a settings change stands here, and
+        the caller has been answered."""
         line = json.dumps({"origin": self.origin, "kind": kind, "model": model, "changes": changes}) + "\n"
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -47,7 +57,9 @@ class SettingsJournal:
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.error("cannot share a %s settings change with the group's other processes: %s", kind, exc)
+            log.error("cannot share a %s change with the group's other processes: %s", kind, exc)
+            return False
+        return True
 
     def catch_up(self) -> int:
         """Apply the other processes' changes appended since the last call; how many were applied."""
@@ -64,7 +76,7 @@ class SettingsJournal:
         for line in lines:
             try:
                 entry = json.loads(line)
-                if entry["origin"] == self.origin:
+                if entry["origin"] == self.origin and entry["kind"] not in self._in_order:
                     continue
                 self._appliers[entry["kind"]](entry["model"], entry["changes"])
                 applied += 1

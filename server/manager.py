@@ -295,14 +295,17 @@ class ModelManager:
         """Explicit control: (re)load a model from disk with its current config and versions."""
         await self.apply_models({name: dict(overrides or {})}, exclusive=False)
 
-    async def unload_model(self, name: str) -> None:
-        """Explicit control: unload every version of a model (after in-flight requests drain)."""
+    def check_unload(self, name: str) -> None:
+        """Refuse an unload that cannot be (ServingError), before anything changes."""
         self.require_explicit("unloading a model")
         self._checked_name(name)
-        record = self._models.get(name)
-        if record is None:
+        if name not in self._models:
             self._require_on_disk(name)
-            record = self._models.setdefault(name, _Model(name))
+
+    async def unload_model(self, name: str) -> None:
+        """Explicit control: unload every version of a model (after in-flight requests drain)."""
+        self.check_unload(name)
+        record = self._models.setdefault(name, _Model(name))
         record.wanted = False
         record.overrides = {}
         await self._to_the_end(self._sync_many([name]))  # through _sync_many: an unload is a change (after_change)
@@ -313,15 +316,7 @@ class ModelManager:
         Everything is validated before anything changes. Raises FAILED_PRECONDITION naming the models that
         ended up with no ready version.
         """
-        self.require_explicit("loading models")
-        for name, overrides in models.items():
-            self._checked_name(name)
-            self._require_on_disk(name)
-            try:
-                self._read_config(self.repository / name, overrides)
-            except ModelConfigError as exc:
-                if overrides:
-                    raise invalid(f"model {name!r}: {exc}") from None
+        self.check_models(models)
         for name, overrides in models.items():
             record = self._models.setdefault(name, _Model(name))
             record.wanted, record.overrides = True, dict(overrides)
@@ -339,6 +334,20 @@ class ModelManager:
                 failed.append(f"{name!r} ({'; '.join(reasons) or 'no servable version'})")
         if failed:
             raise ServingError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {', '.join(failed)}")
+
+    def check_models(self, models: Mapping[str, Mapping[str, Any]]) -> None:
+        """Refuse a load that cannot be (ServingError), before anything changes: a name that is not a model's, a
+        model not on disk, overrides that make its config invalid (a config.yaml broken on its own loads, and
+        fails, as Triton's)."""
+        self.require_explicit("loading models")
+        for name, overrides in models.items():
+            self._checked_name(name)
+            self._require_on_disk(name)
+            try:
+                self._read_config(self.repository / name, overrides)
+            except ModelConfigError as exc:
+                if overrides:
+                    raise invalid(f"model {name!r}: {exc}") from None
 
     async def _to_the_end(self, change: Coroutine[Any, Any, None]) -> None:
         """Run a change an RPC asked for to its end, even if the RPC goes away (its deadline passes, the client

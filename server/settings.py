@@ -92,11 +92,6 @@ class ServerSettings:
             raise ValueError(f"--processes must be >= 1, got {self.processes}")
         if self.load_models is not None and self.model_control != "explicit":
             raise ValueError("--load-model needs --model-control explicit (poll mode serves the whole repository)")
-        if self.processes > 1 and self.model_control == "explicit":
-            raise ValueError(
-                "--model-control explicit needs --processes 1: a load or unload RPC reaches only the process that "
-                "got the call, so the processes would serve different models"
-            )
         event_loop.resolve(self.event_loop)  # unknown, or uvloop without uvloop installed: ValueError
         levels = self.trace_level.split(",")
         if not set(levels) <= {"TIMESTAMPS", "TENSORS"} and levels != ["OFF"]:
@@ -219,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_env("PROCESSES") or "1",
         help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop and model "
-        "replicas: Python gRPC uses about one core per process; needs --model-control poll (env KERVE_PROCESSES)",
+        "replicas: Python gRPC uses about one core per process (env KERVE_PROCESSES)",
     )
     parser.add_argument(
         "--inline-call-max-ms",

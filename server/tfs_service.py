@@ -43,6 +43,7 @@ from kerve import repository
 
 from . import tfs_codec
 from .errors import ErrorCode, ServingError, first_line, invalid, not_found
+from .group_control import ModelControl
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState
 from .trace import trace_context
@@ -423,8 +424,9 @@ def _checked_tasks(tasks: list[inference_pb2.InferenceTask]) -> list[inference_p
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, control: ModelControl | None = None) -> None:
         self.manager = manager
+        self.control = control if control is not None else ModelControl(manager)  # loads reach a whole group
         self._target = _Target(manager)
 
     async def GetModelStatus(
@@ -478,7 +480,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             self.manager.require_explicit("HandleReloadConfigRequest")
             models = self._model_list(request.config)
             await asyncio.to_thread(self._check_labels_on_disk, models)
-            await self.manager.apply_models(models)
+            await self.control.apply(models, exclusive=True)
             self._check_labels_moved(models)
         except ServingError as exc:
             await _abort(context, exc)

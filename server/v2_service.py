@@ -15,6 +15,7 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 
 from . import log_settings, triton_config, v2_codec
 from .errors import ErrorCode, ServingError
+from .group_control import ModelControl
 from .group_settings import SettingsJournal
 from .group_stats import GroupStats
 from .inference import InferenceEngine
@@ -52,8 +53,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         journal: SettingsJournal | None = None,
         devices: int = 1,
         group_stats: GroupStats | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self.manager = manager
+        self.control = control if control is not None else ModelControl(manager)  # loads reach a whole group
         self.group_stats = group_stats  # a --processes group's: ModelStatistics counts every process's requests
         self.devices = devices  # the server's: a load config's KIND_CPU count is spread over its CPU devices
         self.journal = journal  # a --processes group's: settings changes reach the other processes through it
@@ -269,7 +272,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self.manager.require_explicit("RepositoryModelLoad")
             _check_repository_request(request, allowed=("config",))
-            await self.manager.load_model(request.model_name, self._load_overrides(request))
+            await self.control.load(request.model_name, self._load_overrides(request))
         except ServingError as exc:
             await abort(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -293,7 +296,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self.manager.require_explicit("RepositoryModelUnload")
             _check_repository_request(request, allowed=("unload_dependents",))  # tritonclient sends it
-            await self.manager.unload_model(request.model_name)
+            await self.control.unload(request.model_name)
         except ServingError as exc:
             await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()

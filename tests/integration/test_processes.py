@@ -264,12 +264,50 @@ def test_port_held_by_another_process_fails_the_start(model_repo: Path, tmp_path
     assert f"cannot bind 127.0.0.1:{port}" in (tmp_path / "server.log").read_text()
 
 
-def test_explicit_model_control_needs_one_process(model_repo: Path, tmp_path: Path) -> None:
-    proc = start_server(
-        model_repo, free_port(), tmp_path / "server.log", extra_args=("--processes", "2", "--model-control", "explicit")
-    )
-    assert proc.wait(timeout=60) == 2
-    assert "--model-control explicit needs --processes 1" in (tmp_path / "server.log").read_text()
+def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> bool:
+    return stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=10).ready
+
+
+def test_explicit_loads_and_unloads_reach_every_process_before_the_answer(model_repo: Path, tmp_path: Path) -> None:
+    """--model-control explicit in a group: a load, an unload or TF Serving's reload config through one connection
+    has changed every process when it is answered, so the next call through any connection sees it; a refused one
+    changes nothing anywhere."""
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    flags = ("--processes", "2", "--model-control", "explicit", "--load-model", "cnn")
+    with running_server(model_repo, tmp_path, *flags, "--trace-file", str(tmp_path / "trace.json")) as (target, _):
+        channels = _connections(target)
+        try:
+            by_process = _by_process(channels)
+            p0, p1 = _stubs(target, channels)
+            assert _ready(p0, "cnn") and _ready(p1, "cnn")  # --load-model: in both processes
+            assert not _ready(p0, "pair") and not _ready(p1, "pair")
+
+            p0.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="pair"), timeout=120)
+            assert _ready(p1, "pair")
+            p1.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="cnn"), timeout=120)
+            assert not _ready(p0, "cnn") and not _ready(p1, "cnn")
+
+            load = pb.RepositoryModelLoadRequest(model_name="cnn")
+            load.parameters["config"].string_param = '{"max_batch_size": 4, "dynamic_batching": {}}'
+            p1.RepositoryModelLoad(load, timeout=120)
+            configs = [stub.ModelConfig(pb.ModelConfigRequest(name="cnn"), timeout=10).config for stub in (p0, p1)]
+            assert [c.max_batch_size for c in configs] == [4, 4]
+
+            with pytest.raises(grpc.RpcError) as refused:
+                p0.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"), timeout=120)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            assert _ready(p0, "cnn") and _ready(p1, "pair")
+
+            # TF Serving's ModelService: serve exactly these models, through p1; p0 has unloaded the rest too
+            reload = model_management_pb2.ReloadConfigRequest()
+            reload.config.model_config_list.config.add(name="pair", model_platform="tensorflow")
+            model_service_pb2_grpc.ModelServiceStub(by_process["p1"][0]).HandleReloadConfigRequest(reload, timeout=120)
+            assert [_ready(stub, "cnn") for stub in (p0, p1)] == [False, False]
+            assert [_ready(stub, "pair") for stub in (p0, p1)] == [True, True]
+        finally:
+            for channel in channels:
+                channel.close()
 
 
 def test_an_unloaded_versions_series_leave_the_groups_metrics(model_repo: Path, tmp_path: Path) -> None:

@@ -56,8 +56,23 @@ def test_a_partial_line_waits_and_a_bad_line_is_skipped(tmp_path: Path, caplog: 
 def test_a_journal_that_cannot_be_written_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     p0, _ = process(tmp_path / "missing-dir" / "settings.jsonl", 0)
     with caplog.at_level(logging.ERROR, logger="kerve.server.group_settings"):
-        p0.share("log", None, {"log_info": False})
-    assert "cannot share a log settings change" in caplog.text
+        assert p0.share("log", None, {"log_info": False}) is False
+    assert "cannot share a log change" in caplog.text
+
+
+def test_an_in_order_kind_applies_in_its_origin_too_in_the_journals_order(tmp_path: Path) -> None:
+    """Model control (group_control.py) applies its own changes as it reads them back, so that every process
+    applies them in one order; other kinds stay the others' only."""
+    path = tmp_path / "settings.jsonl"
+    p0, seen0 = process(path, 0)
+    p1, seen1 = process(path, 1)
+    for journal, seen in ((p0, seen0), (p1, seen1)):
+        journal.register("model", lambda model, changes, seen=seen: seen.append(("model", model, changes)), True)
+    assert p1.share("model", None, {"n": 1}) and p0.share("log", None, {"log_info": False})
+    assert p0.share("model", None, {"n": 2})
+    assert p0.catch_up() == 2 and p1.catch_up() == 3  # p0 skips its own log change
+    assert seen0 == [("model", None, {"n": 1}), ("model", None, {"n": 2})]
+    assert seen1 == [("model", None, {"n": 1}), ("log", None, {"log_info": False}), ("model", None, {"n": 2})]
 
 
 def test_a_trace_change_that_repeats_this_processs_own_file_shares_the_rest(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ def test_processes_flag_is_validated(tmp_path: Path) -> None:
     assert _settings(tmp_path, "--processes", "3").processes == 3
     with pytest.raises(ValueError, match="--processes must be >= 1"):
         _settings(tmp_path, "--processes", "0")
-    with pytest.raises(ValueError, match="explicit needs --processes 1"):
-        _settings(tmp_path, "--processes", "2", "--model-control", "explicit")
+    # a group's processes apply model loads and unloads together (group_control.py)
+    assert _settings(tmp_path, "--processes", "2", "--model-control", "explicit").model_control == "explicit"
 
 
 def test_child_command_overrides_the_group_flags_last(tmp_path: Path) -> None:
