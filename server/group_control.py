@@ -100,7 +100,7 @@ class ModelControl:
         while not others <= done.keys():
             if loop.time() > deadline:
                 missing = ", ".join(f"p{i}" for i in sorted(others - done.keys()))
-                message = f"process {missing} has not ended the change after {DONE_TIMEOUT_S:.0f}s; it may still"
+                message = f"server process {missing} has not ended the change after {DONE_TIMEOUT_S:.0f}s (it may yet)"
                 return [ServingError(ErrorCode.UNAVAILABLE, message)]
             await asyncio.sleep(DONE_POLL_S)
             journal.catch_up()
@@ -119,7 +119,8 @@ class ModelControl:
         journal = self.journal
         assert journal is not None
         if change["from"] == journal.origin:
-            self._changes[change["id"]] = task  # the RPC that asked for it awaits it
+            self._changes[change["id"]] = task  # the RPC that asked for it awaits it, unless it is cancelled first:
+            task.add_done_callback(_retrieved)  # then its failure must not be logged as never retrieved
             return
 
         def report(ended: asyncio.Future[None]) -> None:
@@ -141,3 +142,8 @@ class ModelControl:
         if done["id"] in self._done:  # a change this process asked for and still waits on
             failure = done["failure"]
             self._done[done["id"]][int(done["process"])] = tuple(failure) if failure is not None else None
+
+
+def _retrieved(ended: asyncio.Future[None]) -> None:
+    if not ended.cancelled():
+        ended.exception()
