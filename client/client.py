@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -78,8 +79,34 @@ def _may_have_registered(exc: BaseException) -> bool:
     return isinstance(exc, DeadlineExceededError | UnavailableError | CancelledError)
 
 
-class Client:
-    """Blocking client. One channel per instance; gRPC multiplexes concurrent calls over it.
+class _Connections:
+    """A client's connections (`connections=N`: N channels, each its own connection) and which one a call takes.
+    Calls take them in turn. Against a `--processes` server group each connection may reach another process, so
+    what names a shared memory region goes over the first connection, where regions are registered."""
+
+    def _connect(self, channels: Iterable[Any]) -> None:
+        self._channels = list(channels)
+        self._stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
+        self._turns = itertools.cycle(self._stubs)
+        self._regions: set[str] = set()  # names of the regions open, registered through the first connection
+
+    @property
+    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+        """The next connection's stub, in turn (`connections`; one connection: always it)."""
+        return next(self._turns)
+
+    def _infer_stub(self, request: pb.ModelInferRequest) -> pb_grpc.GRPCInferenceServiceStub:
+        """A request naming shared memory goes where its regions were registered, the first connection: against
+        a `--processes` group each connection may reach another process, which would not know them."""
+        return self._stubs[0] if wire.uses_shared_memory(request) else self._stub
+
+    def _stream_stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+        """A stream stays on one connection: the first while regions are open (its calls may name them)."""
+        return self._stubs[0] if self._regions else self._stub
+
+
+class Client(_Connections):
+    """Blocking client. One channel per instance by default; gRPC multiplexes concurrent calls over it.
 
     - `target`: `host:port`, or `dns:///host:port` for every address a name resolves to (a headless Service:
       one per pod), or `ipv4:a:p,b:q`; `load_balancing="round_robin"` (default) spreads calls over them.
@@ -89,6 +116,9 @@ class Client:
     - `tls`: a TLSConfig (root CA, client certificate and key for mutual TLS, server name override), or True
       for TLS with the system roots. `token`: sent as `authorization: Bearer <token>` on every call.
     - `keepalive`: a Keepalive to ping idle connections and notice dead peers early.
+    - `connections`: channels to open (each with its own connection), which calls take in turn. A server run with
+      `kerve serve --processes N` gets each connection's calls in one of its processes, so one client needs N or
+      more to reach them all. Shared memory regions, and calls or streams that name them, use the first.
     """
 
     def __init__(
@@ -102,6 +132,7 @@ class Client:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         keepalive: Keepalive | None = None,
         load_balancing: str = "round_robin",
+        connections: int = 1,
     ) -> None:
         self.options = client_config(
             target,
@@ -112,12 +143,12 @@ class Client:
             retry=retry,
             keepalive=keepalive,
             load_balancing=load_balancing,
+            connections=connections,
         )
         self.target = target
         self.timeout = timeout
         self._rng = random.Random()
-        self._channel = self.options.sync_channel()
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._connect(self.options.sync_channel() for _ in range(self.options.connections))
         self._closed = False
         self._closing = threading.Event()  # set by close(): wakes a retry's backoff, so it ends at once
 
@@ -209,7 +240,7 @@ class Client:
         per request rather than per client: a W3C `traceparent` from `opentelemetry.propagate.inject`, a routing
         key. tritonclient's `headers=`; checked first (see `options.header_metadata`), a bad one is a ValueError."""
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = self._call(self._stub.ModelInfer, request, timeout, headers=headers)
+        response = self._call(self._infer_stub(request).ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     def predict(
@@ -290,19 +321,23 @@ class Client:
         message (kerve.client.shared_memory). Only for a server on this host. Close it (a `with` block): that
         unregisters the region and removes the object."""
 
+        stub = self._stubs[0]  # the first connection's process holds the region (see _infer_stub)
+
         def unregister(region: SharedMemoryRegion) -> None:
-            self._call(self._stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
+            self._regions.discard(region.name)
+            self._call(stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
 
         region = BlockingRegion(byte_size, name, unregister)
         try:  # not retried: a registration that did land would make the retry ALREADY_EXISTS
-            self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
+            self._call(stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
         except BaseException as exc:
             if _may_have_registered(exc):  # else the server holds the region (and its memory) for good
                 with contextlib.suppress(Exception):
                     request = region.unregister_request
-                    self._call(self._stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
+                    self._call(stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
+        self._regions.add(region.name)
         return region
 
     def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
@@ -365,7 +400,7 @@ class Client:
         breaks."""
         _check_open(self._closed)
         return InferStream(
-            self._stub,
+            self._stream_stub(),
             model,
             version,
             outputs,
@@ -378,7 +413,8 @@ class Client:
     def close(self) -> None:
         self._closed = True
         self._closing.set()
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -387,7 +423,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Connections):
     """asyncio twin of Client, with the same method names, arguments and options."""
 
     def __init__(
@@ -401,6 +437,7 @@ class AsyncClient:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         keepalive: Keepalive | None = None,
         load_balancing: str = "round_robin",
+        connections: int = 1,
     ) -> None:
         self.options = client_config(
             target,
@@ -411,12 +448,12 @@ class AsyncClient:
             retry=retry,
             keepalive=keepalive,
             load_balancing=load_balancing,
+            connections=connections,
         )
         self.target = target
         self.timeout = timeout
         self._rng = random.Random()
-        self._channel = self.options.aio_channel()
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._connect(self.options.aio_channel() for _ in range(self.options.connections))
         self._closed = False
         self._closing = asyncio.Event()  # set by close(): wakes a retry's backoff, so it ends at once
 
@@ -504,7 +541,7 @@ class AsyncClient:
         headers: Headers | None = None,
     ) -> InferResult:
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = await self._call(self._stub.ModelInfer, request, timeout, headers=headers)
+        response = await self._call(self._infer_stub(request).ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     async def predict(
@@ -562,19 +599,23 @@ class AsyncClient:
     async def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> AsyncRegion:
         """As `Client.shared_memory`; ``async with await client.shared_memory(n) as region:``."""
 
+        stub = self._stubs[0]  # as in Client.shared_memory
+
         async def unregister(region: SharedMemoryRegion) -> None:
-            await self._call(self._stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
+            self._regions.discard(region.name)
+            await self._call(stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
 
         region = AsyncRegion(byte_size, name, unregister)
         try:
-            await self._call(self._stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
+            await self._call(stub.SystemSharedMemoryRegister, region.register_request, timeout, retry=False)
         except BaseException as exc:
             if _may_have_registered(exc):  # as in Client.shared_memory
                 with contextlib.suppress(Exception):
                     request = region.unregister_request
-                    await self._call(self._stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
+                    await self._call(stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
+        self._regions.add(region.name)
         return region
 
     async def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
@@ -623,7 +664,7 @@ class AsyncClient:
         Call it inside a running event loop."""
         _check_open(self._closed)
         return AsyncInferStream(
-            self._stub,
+            self._stream_stub(),
             model,
             version,
             outputs,
@@ -636,7 +677,8 @@ class AsyncClient:
     async def close(self) -> None:
         self._closed = True
         self._closing.set()
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

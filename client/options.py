@@ -30,6 +30,7 @@ from .errors import KerveError
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 LOAD_BALANCING_POLICIES = ("round_robin", "pick_first")
+MAX_CONNECTIONS = 64  # a client's connections to one target (`connections=`)
 MIN_KEEPALIVE_S = 10.0  # kerve serve accepts pings this often; most servers reject more frequent ones
 
 T = TypeVar("T")
@@ -332,11 +333,15 @@ class ClientConfig:
     retry: RetryPolicy = NO_RETRY
     keepalive: Keepalive | None = None
     load_balancing: str = "round_robin"
+    connections: int = 1  # channels, each with its own connection(s); calls take them in turn
 
     def __post_init__(self) -> None:
         if not self.target:
             raise ValueError("target is empty: pass host:port or dns:///host:port")
         check_timeout(self.timeout)
+        connections = self.connections
+        if isinstance(connections, bool) or not isinstance(connections, int) or not 1 <= connections <= MAX_CONNECTIONS:
+            raise ValueError(f"connections must be an integer in [1, {MAX_CONNECTIONS}], got {connections!r}")
         service_config(self.load_balancing)  # validates the policy name
         call_metadata(self.token)  # validates the token
 
@@ -352,13 +357,16 @@ class ClientConfig:
         return (self.metadata or ()) + header_metadata(headers, has_token=self.token is not None)
 
     def channel_options(self) -> list[tuple[str, Any]]:
-        return channel_options(
+        options = channel_options(
             self.max_message_bytes,
             load_balancing=self.load_balancing,
             keepalive=self.keepalive,
             retry=self.retry if self.retry.max_attempts > 1 else None,
             tls=self.tls,
         )
+        if self.connections > 1:  # else gRPC gives channels to one target one shared connection
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        return options
 
     def sync_channel(self) -> grpc.Channel:
         if self.tls is None:
@@ -381,6 +389,7 @@ def client_config(
     retry: RetryPolicy | None,
     keepalive: Keepalive | None,
     load_balancing: str,
+    connections: int = 1,
 ) -> ClientConfig:
     """The keyword arguments of Client/AsyncClient -> ClientConfig (`tls=True`: TLS with the system roots)."""
     if tls is True:
@@ -396,4 +405,5 @@ def client_config(
         retry=retry if retry is not None else NO_RETRY,
         keepalive=keepalive,
         load_balancing=load_balancing,
+        connections=connections,
     )

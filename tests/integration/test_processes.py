@@ -139,6 +139,44 @@ def test_model_statistics_count_every_process(group) -> None:
             channel.close()
 
 
+def test_one_sdk_client_with_several_connections_reaches_every_process(group, in_process) -> None:
+    """kerve.client's `connections=N`: calls take N connections in turn, so one client spreads over the group;
+    shared memory regions, and the calls and streams naming them, stay on the first connection's process."""
+    import asyncio
+
+    from kerve.client import AsyncClient, Client
+
+    target, _metrics_url, _proc = group
+    images = np.random.default_rng(5).random((3, 8, 8, 1), dtype=np.float32)
+    expected = in_process("cnn", {"image": images})["output_0"]
+
+    def process_of(settings: dict[str, list[str]]) -> str:
+        return settings["trace_file"][0].rsplit(".", 1)[1]
+
+    with Client(target, connections=CONNECTIONS) as client:
+        assert {process_of(client.trace_settings()) for _ in range(CONNECTIONS)} == {"p0", "p1"}
+        for _ in range(CONNECTIONS):
+            np.testing.assert_array_equal(client.predict("cnn", {"image": images})["output_0"], expected)
+        with client.shared_memory(images.nbytes) as region:
+            placed = region.put(images)
+            for _ in range(CONNECTIONS):  # each through the first connection, whose process knows the region
+                np.testing.assert_array_equal(client.predict("cnn", {"image": placed})["output_0"], expected)
+            with client.stream("cnn") as stream:
+                np.testing.assert_array_equal(stream.predict({"image": placed})["output_0"], expected)
+
+    async def main() -> set[str]:
+        async with AsyncClient(target, connections=CONNECTIONS) as aclient:
+            seen = {process_of(await aclient.trace_settings()) for _ in range(CONNECTIONS)}
+            async with await aclient.shared_memory(images.nbytes) as region:
+                placed = region.put(images)
+                for _ in range(CONNECTIONS):
+                    got = await aclient.predict("cnn", {"image": placed})
+                    np.testing.assert_array_equal(got["output_0"], expected)
+            return seen
+
+    assert asyncio.run(main()) == {"p0", "p1"}
+
+
 def test_settings_changed_through_one_process_reach_the_others(group) -> None:
     """TraceSetting and LogSettings reach one process (the one holding the caller's connection); the group's
     journal carries the change to the others within a second or so, so every connection reads it back."""

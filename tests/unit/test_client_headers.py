@@ -5,6 +5,7 @@ bad headers refused before anything is sent, and a retried call resending them."
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,14 +148,18 @@ def test_without_headers_calls_send_what_they_sent_before(
 
             return call
 
+    def spy_on(client: Client | AsyncClient) -> None:  # its one connection's stub, which every call takes
+        client._stubs = [Spy(client._stubs[0])]
+        client._turns = itertools.cycle(client._stubs)
+
     with Client(target, token=token) as client:
-        client._stub = Spy(client._stub)
+        spy_on(client)
         sync_calls(client, **({} if headers is None else {"headers": headers}))
         sync_calls(client)
 
     async def main() -> None:
         async with AsyncClient(target, token=token) as aclient:
-            aclient._stub = Spy(aclient._stub)
+            spy_on(aclient)
             await async_calls(aclient, headers=headers)
 
     asyncio.run(main())

@@ -253,6 +253,51 @@ def test_clients_accept_cluster_targets_and_options_without_connecting() -> None
         Client("localhost:1", timeout=0)
 
 
+def test_connections_open_that_many_channels_with_their_own_connections_taken_in_turn() -> None:
+    """`connections=N`: N channels, each with its own subchannel pool (gRPC would share one connection between
+    channels to one target otherwise); calls take them in turn (a --processes group's processes each get some)."""
+    with Client("localhost:1") as one:
+        assert len(one._channels) == 1 and ("grpc.use_local_subchannel_pool", 1) not in one.options.channel_options()
+        assert one._stub is one._stub
+    with Client("localhost:1", connections=3) as client:
+        assert ("grpc.use_local_subchannel_pool", 1) in client.options.channel_options()
+        assert [client._stub for _ in range(6)] == client._stubs * 2
+        assert len({id(stub) for stub in client._stubs}) == 3
+
+    async def main() -> None:
+        async with AsyncClient("localhost:1", connections=2) as aclient:
+            assert [aclient._stub for _ in range(4)] == aclient._stubs * 2
+
+    asyncio.run(main())
+    for bad in (0, 65, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="connections must be an integer"):
+            Client("localhost:1", connections=bad)  # type: ignore[arg-type]
+
+
+def test_shared_memory_calls_and_streams_go_over_the_first_connection() -> None:
+    """A region is registered through the first connection, so a request naming one, and a stream opened while
+    one is open, go there too: in a --processes group another connection may reach a process that does not know
+    it. Other requests take the connections in turn."""
+    from kerve.client import wire
+    from kerve.protos import grpc_service_pb2 as pb
+
+    plain = pb.ModelInferRequest(model_name="m")
+    plain.inputs.add(name="x", datatype="FP32", shape=[1])
+    placed = pb.ModelInferRequest(model_name="m")
+    placed.inputs.add(name="x", datatype="FP32", shape=[1]).parameters["shared_memory_region"].string_param = "r"
+    out_placed = pb.ModelInferRequest(model_name="m")
+    out_placed.outputs.add(name="y").parameters["shared_memory_region"].string_param = "r"
+    assert not wire.uses_shared_memory(plain)
+    assert wire.uses_shared_memory(placed) and wire.uses_shared_memory(out_placed)
+    with Client("localhost:1", connections=3) as client:
+        first = client._stubs[0]
+        assert [client._infer_stub(placed) for _ in range(3)] == [first] * 3
+        assert {id(client._infer_stub(plain)) for _ in range(3)} == {id(s) for s in client._stubs}
+        assert {id(client._stream_stub()) for _ in range(3)} == {id(s) for s in client._stubs}
+        client._regions.add("r")  # as Client.shared_memory after registering
+        assert [client._stream_stub() for _ in range(3)] == [first] * 3
+
+
 def test_client_imports_neither_tensorflow_nor_server_code() -> None:
     script = (
         "import sys\n"
