@@ -80,29 +80,17 @@ def _may_have_registered(exc: BaseException) -> bool:
 
 
 class _Connections:
-    """A client's connections (`connections=N`: N channels, each its own connection) and which one a call takes.
-    Calls take them in turn. Against a `--processes` server group each connection may reach another process, so
-    what names a shared memory region goes over the first connection, where regions are registered."""
+    """A client's connections (`connections=N`: N channels, each its own connection), which calls take in turn."""
 
     def _connect(self, channels: Iterable[Any]) -> None:
         self._channels = list(channels)
         self._stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
         self._turns = itertools.cycle(self._stubs)
-        self._regions: set[str] = set()  # names of the regions open, registered through the first connection
 
     @property
     def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
         """The next connection's stub, in turn (`connections`; one connection: always it)."""
         return next(self._turns)
-
-    def _infer_stub(self, request: pb.ModelInferRequest) -> pb_grpc.GRPCInferenceServiceStub:
-        """A request naming shared memory goes where its regions were registered, the first connection: against
-        a `--processes` group each connection may reach another process, which would not know them."""
-        return self._stubs[0] if wire.uses_shared_memory(request) else self._stub
-
-    def _stream_stub(self) -> pb_grpc.GRPCInferenceServiceStub:
-        """A stream stays on one connection: the first while regions are open (its calls may name them)."""
-        return self._stubs[0] if self._regions else self._stub
 
 
 class Client(_Connections):
@@ -118,7 +106,7 @@ class Client(_Connections):
     - `keepalive`: a Keepalive to ping idle connections and notice dead peers early.
     - `connections`: channels to open (each with its own connection), which calls take in turn. A server run with
       `kerve serve --processes N` gets each connection's calls in one of its processes, so one client needs N or
-      more to reach them all. Shared memory regions, and calls or streams that name them, use the first.
+      more to reach them all.
     """
 
     def __init__(
@@ -240,7 +228,7 @@ class Client(_Connections):
         per request rather than per client: a W3C `traceparent` from `opentelemetry.propagate.inject`, a routing
         key. tritonclient's `headers=`; checked first (see `options.header_metadata`), a bad one is a ValueError."""
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = self._call(self._infer_stub(request).ModelInfer, request, timeout, headers=headers)
+        response = self._call(self._stub.ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     def predict(
@@ -321,10 +309,9 @@ class Client(_Connections):
         message (kerve.client.shared_memory). Only for a server on this host. Close it (a `with` block): that
         unregisters the region and removes the object."""
 
-        stub = self._stubs[0]  # the first connection's process holds the region (see _infer_stub)
+        stub = self._stub  # one connection for the registration and its clean-up
 
         def unregister(region: SharedMemoryRegion) -> None:
-            self._regions.discard(region.name)
             self._call(stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
 
         region = BlockingRegion(byte_size, name, unregister)
@@ -337,7 +324,6 @@ class Client(_Connections):
                     self._call(stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
-        self._regions.add(region.name)
         return region
 
     def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
@@ -400,7 +386,7 @@ class Client(_Connections):
         breaks."""
         _check_open(self._closed)
         return InferStream(
-            self._stream_stub(),
+            self._stub,
             model,
             version,
             outputs,
@@ -541,7 +527,7 @@ class AsyncClient(_Connections):
         headers: Headers | None = None,
     ) -> InferResult:
         request = wire.build_infer_request(model, inputs, version, outputs, request_id, class_counts, priority=priority)
-        response = await self._call(self._infer_stub(request).ModelInfer, request, timeout, headers=headers)
+        response = await self._call(self._stub.ModelInfer, request, timeout, headers=headers)
         return wire.parse_infer_response(response, wire.shared_outputs(outputs))
 
     async def predict(
@@ -599,10 +585,9 @@ class AsyncClient(_Connections):
     async def shared_memory(self, byte_size: int, name: str | None = None, timeout: float | None = None) -> AsyncRegion:
         """As `Client.shared_memory`; ``async with await client.shared_memory(n) as region:``."""
 
-        stub = self._stubs[0]  # as in Client.shared_memory
+        stub = self._stub  # as in Client.shared_memory
 
         async def unregister(region: SharedMemoryRegion) -> None:
-            self._regions.discard(region.name)
             await self._call(stub.SystemSharedMemoryUnregister, region.unregister_request, timeout, retry=False)
 
         region = AsyncRegion(byte_size, name, unregister)
@@ -615,7 +600,6 @@ class AsyncClient(_Connections):
                     await self._call(stub.SystemSharedMemoryUnregister, request, _CLEANUP_S, retry=False)
             region.release()
             raise
-        self._regions.add(region.name)
         return region
 
     async def config(self, model: str, version: int | str | None = None, timeout: float | None = None) -> ModelConfig:
@@ -664,7 +648,7 @@ class AsyncClient(_Connections):
         Call it inside a running event loop."""
         _check_open(self._closed)
         return AsyncInferStream(
-            self._stream_stub(),
+            self._stub,
             model,
             version,
             outputs,

@@ -323,12 +323,6 @@ def _output_name(output: str | SharedOutput) -> str:
     return output.name if isinstance(output, SharedOutput) else output
 
 
-def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
-    """Whether a request names a shared memory region for an input or an output."""
-    tensors = (*request.inputs, *request.outputs)
-    return any(SHM_REGION in tensor.parameters for tensor in tensors)
-
-
 def _set_place(params: Any, region: str, offset: int, byte_size: int) -> None:
     """A tensor's place in a registered region, as Triton's parameters name it (an offset of 0 is left out)."""
     params[SHM_REGION].string_param = region

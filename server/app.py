@@ -39,7 +39,7 @@ from . import (
 )
 from .cpus import usable_cores
 from .devices import configure_devices, spinning_text, thread_counts
-from .group_control import ModelControl
+from .group_control import JOURNAL_READ_S, GroupChanges, ModelControl
 from .group_settings import SettingsJournal
 from .group_stats import GroupStats
 from .inference import InferenceEngine
@@ -194,7 +194,8 @@ class KerveServer:
         logs = LogSettings(log_format(settings.process_index))
         self.journal = _journal(settings, logs, self.tracer)
         self.group_stats = _group_stats(settings)
-        control = ModelControl(self.manager, self.journal, settings.processes)
+        group = GroupChanges(self.journal, settings.processes) if self.journal is not None else None
+        control = ModelControl(self.manager, group)
         v2 = V2Servicer(
             self.manager,
             self.engine,
@@ -274,7 +275,7 @@ class KerveServer:
         await self.server.start()
         self._metrics_pusher = asyncio.create_task(self.metrics.push_every(METRICS_PUSH_S))
         if self.journal is not None:
-            self._journal_reader = asyncio.create_task(_every(METRICS_PUSH_S, self.journal.catch_up))
+            self._journal_reader = asyncio.create_task(_every(JOURNAL_READ_S, self.journal.catch_up))
         if self.group_stats is not None:
             self._stats_publisher = asyncio.create_task(_every(METRICS_PUSH_S, self._publish_stats))
         if self.settings.metrics_port:

@@ -1,15 +1,17 @@
 """Run-time settings shared by a `--processes` group: a LogSettings or TraceSetting change reaches every process
-(and a model load or unload: group_control.py).
+(and, applied in one order everywhere, model loads and shared memory registrations: group_control.py).
 
 The processes of a group share one port, and an RPC reaches whichever process holds the caller's connection, so
 without this `update_trace_settings` would change one process of N and a client reading the settings back through
 another connection would see the old ones. Each process applies a change it receives itself (which validates it:
 a refused change is never shared), then appends it to a journal file the supervisor made for the group (one JSON
-line: origin, kind, model, changes; O_APPEND writes of a line land whole). Every second each process reads the
-lines it has not seen and applies the others' changes, in the journal's order.
+line: origin, kind, model, changes; O_APPEND writes of a line land whole). Every tenth of a second
+(group_control.JOURNAL_READ_S) each process reads the lines it has not seen and applies the others' changes, in the
+journal's order.
 
-Limits, said where they apply (README): changes made through two processes within the same second can apply in
-different orders in different processes; `trace_count` counts per process; the journal lives as long as the group.
+Limits, said where they apply (README): settings changes made through two processes within that tenth of a second
+can apply in different orders in different processes; `trace_count` counts per process; the journal lives as long
+as the group.
 """
 
 from __future__ import annotations

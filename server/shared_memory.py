@@ -9,8 +9,9 @@ loop after checking the object's size: a client that shrinks its object (where t
 the server with SIGBUS) gets INVALID_ARGUMENT, and one that rewrites a region cannot change a queued request. As
 with Triton, a client leaves an output region alone until the request that names it has been answered.
 
-Pure Python (mmap), used on the event loop thread only. The registry is per server process: with ``--processes N``
-a client registers and infers over one connection (one channel), which the kernel keeps on one process.
+Pure Python (mmap), used on the event loop thread only. The registry is per server process; the processes of a
+``--processes`` group register and unregister every region alike (group_control.py), so a client may register
+through one connection and infer through another.
 """
 
 from __future__ import annotations

@@ -57,6 +57,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self.manager = manager
         self.control = control if control is not None else ModelControl(manager)  # loads reach a whole group
+        # a --processes group's processes register and unregister every region alike
+        self._group = self.control.group if shared_memory is not None else None
+        if self._group is not None:
+            self._group.add("shm_register", self._register_region)
+            self._group.add("shm_unregister", self._unregister_region)
         self.group_stats = group_stats  # a --processes group's: ModelStatistics counts every process's requests
         self.devices = devices  # the server's: a load config's KIND_CPU count is spread over its CPU devices
         self.journal = journal  # a --processes group's: settings changes reach the other processes through it
@@ -360,20 +365,35 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
+        region = {"name": request.name, "key": request.key, "offset": request.offset, "byte_size": request.byte_size}
         try:
-            self._regions().register(request.name, request.key, request.offset, request.byte_size)
+            self._regions()
+            if self._group is None:
+                await self._register_region(region)
+            else:
+                await self._group.run("shm_register", region)
         except ServingError as exc:
             await abort(context, exc)
-        log.info("registered shared memory region %r (%s, %d bytes at %d)", request.name, request.key,
-                 request.byte_size, request.offset)  # fmt: skip
         return pb.SystemSharedMemoryRegisterResponse()
+
+    async def _register_region(self, region: Mapping[str, Any]) -> None:
+        self._regions().register(region["name"], region["key"], region["offset"], region["byte_size"])
+        log.info("registered shared memory region %r (%s, %d bytes at %d)", region["name"], region["key"],
+                 region["byte_size"], region["offset"])  # fmt: skip
+
+    async def _unregister_region(self, region: Mapping[str, Any]) -> None:
+        self._regions().unregister(region["name"])
 
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         """One region, or all of them when no name is given (as Triton)."""
         try:
-            self._regions().unregister(request.name)
+            self._regions()
+            if self._group is None:
+                await self._unregister_region({"name": request.name})
+            else:
+                await self._group.run("shm_unregister", {"name": request.name})
         except ServingError as exc:
             await abort(context, exc)
         return pb.SystemSharedMemoryUnregisterResponse()

@@ -140,8 +140,8 @@ def test_model_statistics_count_every_process(group) -> None:
 
 
 def test_one_sdk_client_with_several_connections_reaches_every_process(group, in_process) -> None:
-    """kerve.client's `connections=N`: calls take N connections in turn, so one client spreads over the group;
-    shared memory regions, and the calls and streams naming them, stay on the first connection's process."""
+    """kerve.client's `connections=N`: calls take N connections in turn, so one client spreads over the group,
+    shared memory regions included (registered through one connection, used through all)."""
     import asyncio
 
     from kerve.client import AsyncClient, Client
@@ -159,7 +159,7 @@ def test_one_sdk_client_with_several_connections_reaches_every_process(group, in
             np.testing.assert_array_equal(client.predict("cnn", {"image": images})["output_0"], expected)
         with client.shared_memory(images.nbytes) as region:
             placed = region.put(images)
-            for _ in range(CONNECTIONS):  # each through the first connection, whose process knows the region
+            for _ in range(CONNECTIONS):  # through every connection: both processes know the region
                 np.testing.assert_array_equal(client.predict("cnn", {"image": placed})["output_0"], expected)
             with client.stream("cnn") as stream:
                 np.testing.assert_array_equal(stream.predict({"image": placed})["output_0"], expected)
@@ -175,6 +175,46 @@ def test_one_sdk_client_with_several_connections_reaches_every_process(group, in
             return seen
 
     assert asyncio.run(main()) == {"p0", "p1"}
+
+
+def test_a_region_registered_through_one_process_is_every_processs(group, in_process) -> None:
+    """System shared memory in a group: registering or unregistering through one connection has changed every
+    process when it is answered; a second registration of the name through the other process is ALREADY_EXISTS."""
+    from multiprocessing import shared_memory
+
+    target, _metrics_url, _proc = group
+    images = np.random.default_rng(9).random((2, 8, 8, 1), dtype=np.float32)
+    memory = shared_memory.SharedMemory(create=True, size=images.nbytes)
+    channels = _connections(target)
+    try:
+        memory.buf[: images.nbytes] = images.tobytes()
+        p0, p1 = _stubs(target, channels)
+        register = pb.SystemSharedMemoryRegisterRequest(
+            name="images", key=f"/{memory.name}", offset=0, byte_size=images.nbytes
+        )
+        p0.SystemSharedMemoryRegister(register, timeout=30)
+        status = p1.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="images"), timeout=10)
+        assert status.regions["images"].byte_size == images.nbytes
+        request = pb.ModelInferRequest(model_name="cnn")
+        tensor = request.inputs.add(name="image", datatype="FP32", shape=list(images.shape))
+        tensor.parameters["shared_memory_region"].string_param = "images"
+        tensor.parameters["shared_memory_byte_size"].int64_param = images.nbytes
+        response = p1.ModelInfer(request, timeout=30)
+        got = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
+        np.testing.assert_array_equal(got, in_process("cnn", {"image": images})["output_0"])
+        with pytest.raises(grpc.RpcError) as twice:
+            p1.SystemSharedMemoryRegister(register, timeout=30)
+        assert twice.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        p1.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="images"), timeout=30)
+        with pytest.raises(grpc.RpcError) as gone:
+            p0.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="images"), timeout=10)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for channel in channels:
+            channel.close()
+        memory.close()
+        memory.unlink()
 
 
 def test_settings_changed_through_one_process_reach_the_others(group) -> None:

@@ -274,30 +274,6 @@ def test_connections_open_that_many_channels_with_their_own_connections_taken_in
             Client("localhost:1", connections=bad)  # type: ignore[arg-type]
 
 
-def test_shared_memory_calls_and_streams_go_over_the_first_connection() -> None:
-    """A region is registered through the first connection, so a request naming one, and a stream opened while
-    one is open, go there too: in a --processes group another connection may reach a process that does not know
-    it. Other requests take the connections in turn."""
-    from kerve.client import wire
-    from kerve.protos import grpc_service_pb2 as pb
-
-    plain = pb.ModelInferRequest(model_name="m")
-    plain.inputs.add(name="x", datatype="FP32", shape=[1])
-    placed = pb.ModelInferRequest(model_name="m")
-    placed.inputs.add(name="x", datatype="FP32", shape=[1]).parameters["shared_memory_region"].string_param = "r"
-    out_placed = pb.ModelInferRequest(model_name="m")
-    out_placed.outputs.add(name="y").parameters["shared_memory_region"].string_param = "r"
-    assert not wire.uses_shared_memory(plain)
-    assert wire.uses_shared_memory(placed) and wire.uses_shared_memory(out_placed)
-    with Client("localhost:1", connections=3) as client:
-        first = client._stubs[0]
-        assert [client._infer_stub(placed) for _ in range(3)] == [first] * 3
-        assert {id(client._infer_stub(plain)) for _ in range(3)} == {id(s) for s in client._stubs}
-        assert {id(client._stream_stub()) for _ in range(3)} == {id(s) for s in client._stubs}
-        client._regions.add("r")  # as Client.shared_memory after registering
-        assert [client._stream_stub() for _ in range(3)] == [first] * 3
-
-
 def test_client_imports_neither_tensorflow_nor_server_code() -> None:
     script = (
         "import sys\n"

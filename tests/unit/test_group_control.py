@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kerve.server.errors import ErrorCode, ServingError
-from kerve.server.group_control import ModelControl
+from kerve.server.group_control import GroupChanges, ModelControl
 from kerve.server.group_settings import SettingsJournal
 
 
@@ -43,7 +43,8 @@ class FakeManager:
 def group(tmp_path: Path, broken: str = "") -> tuple[list[ModelControl], list[FakeManager]]:
     managers = [FakeManager(), FakeManager(broken)]
     path = tmp_path / "settings.jsonl"
-    controls = [ModelControl(m, SettingsJournal(path, i, {}), processes=2) for i, m in enumerate(managers)]  # type: ignore[arg-type]
+    groups = [GroupChanges(SettingsJournal(path, i, {}), processes=2) for i in range(2)]
+    controls = [ModelControl(m, g) for m, g in zip(managers, groups, strict=True)]  # type: ignore[arg-type]
     return controls, managers
 
 
@@ -51,8 +52,8 @@ async def reading(controls: list[ModelControl]) -> None:
     """Each process's periodic read of the journal (every second in a server; faster here)."""
     while True:
         for control in controls:
-            assert control.journal is not None
-            control.journal.catch_up()
+            assert control.group is not None
+            control.group.journal.catch_up()
         await asyncio.sleep(0.005)
 
 
@@ -75,7 +76,7 @@ def test_a_load_is_answered_once_every_process_has_applied_it(tmp_path: Path) ->
     run_with_readers(controls, controls[1].apply({"pair": {}}, exclusive=True))  # TF Serving's reload config
     assert managers[0].calls == managers[1].calls
     assert managers[0].calls[1:] == [("unload", "cnn"), ("apply", {"pair": {}}, True)]
-    assert controls[0]._done == controls[1]._done == {}  # nothing left waiting
+    assert all(c.group is not None and c.group._done == {} for c in controls)  # nothing left waiting
 
 
 def test_another_processs_failure_is_the_answer_naming_it(tmp_path: Path) -> None:
