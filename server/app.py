@@ -192,7 +192,7 @@ class KerveServer:
         self.server = grpc.aio.server(options=options, interceptors=server_interceptors(settings.auth_token_file))
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         logs = LogSettings(log_format(settings.process_index))
-        self.journal = _journal(settings, logs, self.tracer)
+        self.journal = _journal(settings)
         self.group_stats = _group_stats(settings)
         group = GroupChanges(self.journal, settings.processes) if self.journal is not None else None
         control = ModelControl(self.manager, group)
@@ -202,7 +202,6 @@ class KerveServer:
             self.ready,
             self.shared_memory,
             logs,
-            self.journal,
             len(self.devices.names),
             self.group_stats,
             control,
@@ -358,14 +357,13 @@ async def serve(settings: ServerSettings) -> int:
     return 0
 
 
-def _journal(settings: ServerSettings, logs: LogSettings, tracer: Tracer) -> SettingsJournal | None:
-    """A --processes group's process shares its LogSettings / TraceSetting changes through the supervisor's
-    journal (group_settings.py); a lone server has none."""
+def _journal(settings: ServerSettings) -> SettingsJournal | None:
+    """A --processes group's process shares its model, shared memory and settings changes through the supervisor's
+    journal (group_settings.py, group_control.py); a lone server has none."""
     path = os.environ.get(group_settings.ENV)
     if settings.process_index is None or not path:
         return None
-    appliers = {"log": lambda _model, changes: logs.update(changes), "trace": tracer.update}
-    return SettingsJournal(Path(path), settings.process_index, appliers)
+    return SettingsJournal(Path(path), settings.process_index, {})
 
 
 def _group_stats(settings: ServerSettings) -> GroupStats | None:

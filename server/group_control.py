@@ -1,5 +1,5 @@
 """Changes every process of a `--processes` group must make alike, answered once all have: explicit model control
-(load, unload, TF Serving's reload config) and system shared memory registrations.
+(load, unload, TF Serving's reload config), system shared memory registrations, LogSettings and TraceSetting.
 
 An RPC reaches the one process that holds the caller's connection, yet every process must serve the same models and
 know the same regions, or a client would see a model loaded through one connection and missing through the next. In

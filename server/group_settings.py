@@ -1,17 +1,13 @@
-"""Run-time settings shared by a `--processes` group: a LogSettings or TraceSetting change reaches every process
-(and, applied in one order everywhere, model loads and shared memory registrations: group_control.py).
+"""The journal a `--processes` group's processes share: changes one process appends, every process reads.
 
-The processes of a group share one port, and an RPC reaches whichever process holds the caller's connection, so
-without this `update_trace_settings` would change one process of N and a client reading the settings back through
-another connection would see the old ones. Each process applies a change it receives itself (which validates it:
-a refused change is never shared), then appends it to a journal file the supervisor made for the group (one JSON
-line: origin, kind, model, changes; O_APPEND writes of a line land whole). Every tenth of a second
-(group_control.JOURNAL_READ_S) each process reads the lines it has not seen and applies the others' changes, in the
-journal's order.
-
-Limits, said where they apply (README): settings changes made through two processes within that tenth of a second
-can apply in different orders in different processes; `trace_count` counts per process; the journal lives as long
-as the group.
+The processes of a group share one port, and an RPC reaches whichever process holds the caller's connection, so a
+change made through one connection (a model load, a shared memory region, a LogSettings or TraceSetting change) must
+reach the others. The process that takes it appends it to a journal file the supervisor made for the group (one
+JSON line: origin, kind, model, changes; O_APPEND writes of a line land whole); every JOURNAL_READ_S
+(group_control.py) each process reads the lines it has not seen and applies them, in the journal's order: the
+others' changes, and, for the kinds registered `in_order`, its own too (group_control.GroupChanges: every process
+applies them in one order, and the process that took the call answers once all have). The journal lives as long as
+the group.
 """
 
 from __future__ import annotations

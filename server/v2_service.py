@@ -16,7 +16,6 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from . import log_settings, triton_config, v2_codec
 from .errors import ErrorCode, ServingError
 from .group_control import ModelControl
-from .group_settings import SettingsJournal
 from .group_stats import GroupStats
 from .inference import InferenceEngine
 from .manager import ModelManager, ModelVersion, VersionState, parse_version
@@ -50,21 +49,21 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         is_ready: Callable[[], bool],
         shared_memory: SystemSharedMemory | None = None,
         logs: log_settings.LogSettings | None = None,
-        journal: SettingsJournal | None = None,
         devices: int = 1,
         group_stats: GroupStats | None = None,
         control: ModelControl | None = None,
     ) -> None:
         self.manager = manager
         self.control = control if control is not None else ModelControl(manager)  # loads reach a whole group
-        # a --processes group's processes register and unregister every region alike
-        self._group = self.control.group if shared_memory is not None else None
+        # a --processes group's: every process registers each region and applies each settings change alike
+        self._group = self.control.group
         if self._group is not None:
             self._group.add("shm_register", self._register_region)
             self._group.add("shm_unregister", self._unregister_region)
+            self._group.add("log", self._apply_log_settings)
+            self._group.add("trace", self._apply_trace_settings)
         self.group_stats = group_stats  # a --processes group's: ModelStatistics counts every process's requests
         self.devices = devices  # the server's: a load config's KIND_CPU count is spread over its CPU devices
-        self.journal = journal  # a --processes group's: settings changes reach the other processes through it
         self.engine = engine
         self._is_ready = is_ready
         self.shared_memory = shared_memory  # None: the extension is off (--no-shared-memory)
@@ -317,13 +316,13 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 await abort(context, ServingError(ErrorCode.INVALID_ARGUMENT, f"log setting {key!r} has no value"))
             changes[key] = getattr(value, choice)
         try:
-            current = self.logs.update(changes)
+            current = self.logs.update(changes)  # checks them: a refused change reaches no other process
+            if changes and self._group is not None:  # each applies it (this one again) in the group's one order
+                await self._group.run("log", {"changes": changes})
         except ServingError as exc:
             await abort(context, exc)
         if changes:
             log.info("log settings changed: %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
-            if self.journal is not None:
-                self.journal.share("log", None, changes)
         response = pb.LogSettingsResponse()
         for key, value in current.items():
             setattr(response.settings[key], _SETTING_FIELDS[type(value)], value)
@@ -341,15 +340,15 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise ServingError(ErrorCode.NOT_FOUND, f"model {model!r} not found")
             changes = {key: list(value.value) for key, value in request.settings.items()}
             current = tracer.update(model, changes) if changes else tracer.settings(model)
+            # the fixed keys (accepted only as this process's own value) stay here: each has its own file
+            shared = {k: v for k, v in changes.items() if k not in FIXED_TRACE_KEYS}
+            if shared and self._group is not None:  # as LogSettings
+                await self._group.run("trace", {"model": model, "changes": shared})
         except ServingError as exc:
             await abort(context, exc)
         if changes:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
             log.info("trace settings of %s changed: %s", model or "every model", shown)
-            if self.journal is not None:  # the fixed keys (accepted only as this process's own value) stay here:
-                shared = {k: v for k, v in changes.items() if k not in FIXED_TRACE_KEYS}  # each has its own file
-                if shared:
-                    self.journal.share("trace", model, shared)
         response = pb.TraceSettingResponse()
         for key, values in current.items():
             response.settings[key].value.extend(values)
@@ -383,6 +382,12 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _unregister_region(self, region: Mapping[str, Any]) -> None:
         self._regions().unregister(region["name"])
+
+    async def _apply_log_settings(self, change: Mapping[str, Any]) -> None:
+        self.logs.update(change["changes"])
+
+    async def _apply_trace_settings(self, change: Mapping[str, Any]) -> None:
+        self.engine.tracer.update(change["model"], change["changes"])
 
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext

@@ -83,17 +83,23 @@ def test_a_trace_change_that_repeats_this_processs_own_file_shares_the_rest(tmp_
     from types import SimpleNamespace
 
     from kerve.protos import grpc_service_pb2 as pb
+    from kerve.server.group_control import ModelControl
     from kerve.server.trace import Tracer
     from kerve.server.v2_service import V2Servicer
 
     own = tmp_path / "t.json.p0"
-    shared: list[tuple[str, str | None, Any]] = []
-    journal = SimpleNamespace(share=lambda kind, model, changes: shared.append((kind, model, changes)))
+    shared: list[tuple[str, Any]] = []
+
+    async def run(op: str, payload: Any) -> None:
+        shared.append((op, payload))
+
+    group = SimpleNamespace(add=lambda op, action: None, run=run)  # group_control.GroupChanges' surface
     engine = SimpleNamespace(tracer=Tracer(trace_file=own))
-    servicer = V2Servicer(SimpleNamespace(), engine, lambda: True, journal=journal)  # type: ignore[arg-type]
+    control = ModelControl(SimpleNamespace(), group)  # type: ignore[arg-type]
+    servicer = V2Servicer(SimpleNamespace(), engine, lambda: True, control=control)  # type: ignore[arg-type]
     request = pb.TraceSettingRequest()
     request.settings["trace_file"].value.append(str(own))
     request.settings["trace_level"].value.append("TIMESTAMPS")
     answer = asyncio.run(servicer.TraceSetting(request, SimpleNamespace()))  # type: ignore[arg-type]
     assert list(answer.settings["trace_level"].value) == ["TIMESTAMPS"]
-    assert shared == [("trace", None, {"trace_level": ["TIMESTAMPS"]})]
+    assert shared == [("trace", {"model": None, "changes": {"trace_level": ["TIMESTAMPS"]}})]
