@@ -28,7 +28,6 @@ from kerve.protos import grpc_service_pb2_grpc as pb_grpc
 from . import (
     event_loop,
     group_settings,
-    group_stats,
     heap,
     host_metrics,
     processes,
@@ -193,7 +192,10 @@ class KerveServer:
         self.shared_memory = SystemSharedMemory() if settings.shared_memory else None
         logs = LogSettings(log_format(settings.process_index))
         self.journal = _journal(settings)
-        self.group_stats = _group_stats(settings)
+        # a --processes group's process shares its ModelStatistics counts with the others, beside the journal
+        self.group_stats = (
+            GroupStats(self.journal.path.parent, self.journal.origin) if self.journal is not None else None
+        )
         group = GroupChanges(self.journal, settings.processes) if self.journal is not None else None
         control = ModelControl(self.manager, group)
         v2 = V2Servicer(
@@ -364,14 +366,6 @@ def _journal(settings: ServerSettings) -> SettingsJournal | None:
     if settings.process_index is None or not path:
         return None
     return SettingsJournal(Path(path), settings.process_index, {})
-
-
-def _group_stats(settings: ServerSettings) -> GroupStats | None:
-    """A --processes group's process shares its ModelStatistics counts with the others (group_stats.py)."""
-    directory = os.environ.get(group_stats.ENV)
-    if settings.process_index is None or not directory:
-        return None
-    return GroupStats(Path(directory), settings.process_index)
 
 
 async def _every(interval_s: float, action: Any) -> None:

@@ -19,14 +19,12 @@ from .stats import VersionStats
 
 log = logging.getLogger("kerve.server.group_stats")
 
-ENV = "KERVE_GROUP_STATS"  # the group's directory, set by the supervisor in its children
 _PREFIX = "stats.p"
 
 
 class GroupStats:
     def __init__(self, directory: Path, index: int) -> None:
-        self.directory = directory
-        self.index = index
+        self.directory = directory  # the group's, where its journal is (group_settings.py)
         self._path = directory / f"{_PREFIX}{index}.json"
         self._written = ""
 

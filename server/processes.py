@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
-from . import group_stats
 from .group_settings import ENV
 from .settings import ServerSettings
 
@@ -158,14 +157,9 @@ def supervise(settings: ServerSettings, argv: Sequence[str]) -> int:
         return 2
     port = reservation.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="kerve-metrics-")
-    # the metrics files, the journal of run-time settings changes the processes share (group_settings.py) and
-    # their ModelStatistics counts (group_stats.py)
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-        ENV: os.path.join(metrics_dir, "settings.jsonl"),
-        group_stats.ENV: metrics_dir,
-    }
+    # the metrics files, and the journal of changes the processes share (group_settings.py), beside which each
+    # writes its ModelStatistics counts (group_stats.py)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, ENV: os.path.join(metrics_dir, "settings.jsonl")}
     exits: queue.Queue[tuple[int, int]] = queue.Queue()
     children: list[subprocess.Popen[bytes]] = []
     stopping = threading.Event()
