@@ -365,7 +365,7 @@ def _journal(settings: ServerSettings) -> SettingsJournal | None:
     path = os.environ.get(group_settings.ENV)
     if settings.process_index is None or not path:
         return None
-    return SettingsJournal(Path(path), settings.process_index, {})
+    return SettingsJournal(Path(path), settings.process_index)
 
 
 async def _every(interval_s: float, action: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,12 @@ log = logging.getLogger("kerve.server.group_settings")
 
 ENV = "KERVE_GROUP_SETTINGS"  # the journal's path, set by the supervisor in its children
 
-# kind -> how a process applies a change of that kind: (model, changes) -> None
-Appliers = Mapping[str, Callable[[str | None, Any], object]]
-
 
 class SettingsJournal:
-    def __init__(self, path: Path, origin: int, appliers: Appliers) -> None:
+    def __init__(self, path: Path, origin: int) -> None:
         self.path = path
         self.origin = origin
-        self._appliers = dict(appliers)
+        self._appliers: dict[str, Callable[[str | None, Any], object]] = {}  # kind -> (model, changes) -> None
         self._in_order: set[str] = set()
         self._offset = 0
         self._partial = b""

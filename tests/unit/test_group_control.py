@@ -43,7 +43,7 @@ class FakeManager:
 def group(tmp_path: Path, broken: str = "") -> tuple[list[ModelControl], list[FakeManager]]:
     managers = [FakeManager(), FakeManager(broken)]
     path = tmp_path / "settings.jsonl"
-    groups = [GroupChanges(SettingsJournal(path, i, {}), processes=2) for i in range(2)]
+    groups = [GroupChanges(SettingsJournal(path, i), processes=2) for i in range(2)]
     controls = [ModelControl(m, g) for m, g in zip(managers, groups, strict=True)]  # type: ignore[arg-type]
     return controls, managers
 

@@ -15,11 +15,10 @@ from kerve.server.group_settings import SettingsJournal
 
 def process(path: Path, origin: int) -> tuple[SettingsJournal, list[tuple[str, str | None, Any]]]:
     seen: list[tuple[str, str | None, Any]] = []
-    appliers = {
-        "log": lambda model, changes: seen.append(("log", model, changes)),
-        "trace": lambda model, changes: seen.append(("trace", model, changes)),
-    }
-    return SettingsJournal(path, origin, appliers), seen
+    journal = SettingsJournal(path, origin)
+    for kind in ("log", "trace"):
+        journal.register(kind, lambda model, changes, kind=kind: seen.append((kind, model, changes)))
+    return journal, seen
 
 
 def test_changes_reach_the_other_processes_in_order_and_not_their_origin(tmp_path: Path) -> None:
