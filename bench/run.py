@@ -47,7 +47,7 @@ import numpy as np
 from bench import h2load, ideal, loadgen, profile, report, threads
 from bench.inprocess_report import batch1_p50_ms, merge_as_served, served_figures, sweeps
 from bench.models import DEFAULT_MODELS, MODELS, compute_bound_warnings
-from kerve.server import event_loop
+from kerve.server import event_loop, slot_choice
 from kerve.server.call_choice import logged_choices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -705,6 +705,19 @@ def print_caller_thread_choices(choices: list[dict[str, Any]]) -> None:
         print(f"  {label}: {caller or '-'} | {pool or '-'}")
 
 
+def print_slot_choices(choices: list[dict[str, Any]]) -> None:
+    """One line per signature: the batches at once per replica `auto` chose, in order (the last is in force)."""
+    by_label: dict[str, list[str]] = {}
+    for choice in choices:
+        by_label.setdefault(choice["label"], []).append(
+            f"{choice['batches_per_replica']} ({choice['more_rows_per_s']} / {choice['one_rows_per_s']} rows/s)"
+        )
+    if by_label:
+        print("\nkerve's batches at once per replica (--batches-per-replica auto), in order (rows/s with 2 / 1):")
+    for label, chosen in by_label.items():
+        print(f"  {label}: {', '.join(chosen)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
     from kerve.quickstart import free_port
@@ -882,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     results["streaming"] = streaming
     results["inprocess"] = inprocess
     if "kerve" in servers:  # which way each replica runs its small batches (--caller-thread-max-batch auto)
-        results["caller_thread_choices"] = logged_choices(servers["kerve"].log_path.read_text(errors="replace"))
+        log_text = servers["kerve"].log_path.read_text(errors="replace")
+        results["caller_thread_choices"] = logged_choices(log_text)
+        results["slot_choices"] = slot_choice.logged_choices(log_text)  # --batches-per-replica auto
     results["grpc_ceiling"] = ceiling_results
     if any(floor_results.values()):
         results[BARE_MODEL] = floor_results
@@ -930,6 +945,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{report.THREADS_TITLE}")
         print("\n".join(per_thread))
     print_caller_thread_choices(results.get("caller_thread_choices", []))
+    print_slot_choices(results.get("slot_choices", []))
     print(f"\nnote: {machine['note']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

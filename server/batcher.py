@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import slot_choice
 from .errors import ErrorCode, ServingError, invalid, unavailable
 from .queue_policy import QueuePolicy, level_policies
 
@@ -65,6 +66,7 @@ _Key = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
 # --------------------------------------------------------------------------------------------- configuration
 
 MAX_BATCHES_PER_REPLICA = 16  # a bound on a typo, far past what one device overlaps usefully
+AUTO = "auto"  # batches_per_replica learned per batcher (slot_choice)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,9 @@ class BatchingConfig:
       to a request that reaches it (reject or delay), and the most requests a level may hold.
     - ``batches_per_replica``: batches one replica runs at once (TF Serving's ``num_batch_threads``, Triton's
       instances per device). A model whose call leaves cores idle (a chain of small ops, as an LSTM's steps)
-      serves more with two; a second batch also shrinks batches, which costs a light model.
+      serves more with two; a second batch also shrinks batches, which costs a light model. ``"auto"``: one or
+      two, whichever the batcher measures serving more (``slot_choice``; the batcher needs a SlotChoice for it,
+      without one it runs one).
     """
 
     max_batch_size: int = 64
@@ -101,14 +105,17 @@ class BatchingConfig:
     default_priority_level: int = 0
     queue_policy: QueuePolicy = QueuePolicy()
     priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # a mapping is accepted and kept as pairs
-    batches_per_replica: int = 1
+    batches_per_replica: int | str = 1  # or "auto"
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         set_("max_batch_size", positive_int("max_batch_size", self.max_batch_size))
         set_("max_queued", positive_int("max_queued", self.max_queued))
-        set_("batches_per_replica", positive_int("batches_per_replica", self.batches_per_replica))
-        if self.batches_per_replica > MAX_BATCHES_PER_REPLICA:
+        if isinstance(self.batches_per_replica, str) and self.batches_per_replica != AUTO:
+            raise ValueError(f"batches_per_replica must be an integer or {AUTO!r}, got {self.batches_per_replica!r}")
+        if self.batches_per_replica != AUTO:
+            set_("batches_per_replica", positive_int("batches_per_replica", self.batches_per_replica))
+        if self.most_batches_per_replica > MAX_BATCHES_PER_REPLICA:
             raise ValueError(
                 f"batches_per_replica must be at most {MAX_BATCHES_PER_REPLICA}, got {self.batches_per_replica}"
             )
@@ -167,6 +174,11 @@ class BatchingConfig:
                     raise ValueError(f"max_queue_delay_s must be a number of seconds, got {value!r}") from None
             values[key] = value
         return cls(**values)
+
+    @property
+    def most_batches_per_replica(self) -> int:
+        """The most batches one replica runs at once: what threads and Triton's instance count are sized for."""
+        return slot_choice.MOST if self.batches_per_replica == AUTO else int(self.batches_per_replica)
 
     def policy(self, level: int) -> QueuePolicy:
         """The queue policy of priority level ``level`` (0 on a model without levels)."""
@@ -465,6 +477,8 @@ class Batcher:
     - The batch goes to the replica that has been idle longest (each replica runs one batch at a time by default,
       so the idle ones are the least loaded; with ``batches_per_replica`` above 1, to the one running the fewest
       batches, idle longest among equals), in a worker thread, so the loop goes on decoding and answering requests.
+      With ``batches_per_replica: auto`` the count is ``slots``'s (a SlotChoice fed every completed batch), 1 or 2,
+      and changes while the batcher runs.
       The exception (``inline_max_s``): a 1-row batch of a request its caller marked ``inline`` (nothing else in
       the server, traffic arriving one request at a time) runs on the loop thread when no other batch of this
       batcher runs and its 1-row calls have averaged at most ``inline_max_s``; the loop had nothing else to do,
@@ -482,6 +496,7 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_timeout: Callable[[str], None] | None = None,
         inline_max_s: float = 0.0,
+        slots: slot_choice.SlotChoice | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a Batcher needs at least one replica")
@@ -494,10 +509,15 @@ class Batcher:
         self.on_timeout = on_timeout
         """Called with the action ("reject" or "delay") when a request reaches its queue policy's timeout; metrics
         hook, as ``on_batch``."""
-        self._slots = slots = self._config.batches_per_replica
+        per_replica = self._config.batches_per_replica
+        auto = per_replica == AUTO
+        # batches_per_replica "auto" learns its limit with `slots`; without one it runs a batch at a time
+        self._slot_choice = slots if auto else None
+        self._limit = limit = (slots.limit if slots is not None else 1) if auto else int(per_replica)
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._replicas) * slots, thread_name_prefix=f"kerve-batch-{name or 'model'}"
+            max_workers=len(self._replicas) * self._config.most_batches_per_replica,
+            thread_name_prefix=f"kerve-batch-{name or 'model'}",
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # by input key; with priority levels by (level, input key)
@@ -505,7 +525,7 @@ class Batcher:
         self._queued = 0  # live rows not yet put into a batch
         self._seq = itertools.count()
         # free batch slots (batches_per_replica per replica) by replica index, longest idle first
-        self._idle: deque[int] = deque(index for _ in range(slots) for index in range(len(self._replicas)))
+        self._idle: deque[int] = deque(index for _ in range(limit) for index in range(len(self._replicas)))
         self._running = [0] * len(self._replicas)  # batches in flight per replica (several slots: pick the least)
         self._in_flight = 0
         self._warm_until = -math.inf
@@ -896,7 +916,7 @@ class Batcher:
         """The replica of the free slot the next batch takes: of the replicas running the fewest batches, the one
         idle longest (with one slot per replica, simply the one idle longest)."""
         idle = self._idle
-        if self._slots == 1 or len(idle) == 1:
+        if self._limit == 1 or len(idle) == 1:
             return idle.popleft()  # one slot each: every idle replica runs nothing
         running = self._running
         best = min(range(len(idle)), key=lambda i: running[idle[i]])  # min keeps the first of equals
@@ -905,10 +925,13 @@ class Batcher:
         return replica
 
     def _on_done(self, batch: _Batch, future: concurrent.futures.Future[_Outcome]) -> None:
-        self._running[batch.replica] -= 1
+        replica = batch.replica
+        self._running[replica] -= 1
         self._in_flight -= 1
-        self._idle.append(batch.replica)
-        self._warm_until = self._clock() + self._config.max_queue_delay_s
+        if self._slot_choice is None or self._running[replica] + self._idle.count(replica) < self._limit:
+            self._idle.append(replica)  # (a slot above a lowered limit ends with its batch)
+        now = self._clock()
+        self._warm_until = now + self._config.max_queue_delay_s
         # Before delivering: the callers of this batch have not come back yet, the queued ones already have.
         self._expected = min(self._config.max_batch_size, batch.rows + self._queued)
 
@@ -926,6 +949,10 @@ class Batcher:
                     took = span[2] - span[1]
                     solo = self._solo_s
                     self._solo_s = took if solo == math.inf else 0.8 * solo + 0.2 * took
+                if self._slot_choice is not None and parts is not None:
+                    limit = self._slot_choice.observe(now, batch.rows, span[2] - span[1])
+                    if limit is not None:
+                        self._set_limit(limit)
         if parts is not None:
             # The next batch first: delivering runs each caller's completion (a sink finishes its request right
             # there), and the replica need not sit idle meanwhile.
@@ -951,6 +978,21 @@ class Batcher:
                 hook(stats)
             except Exception:
                 logger.exception("on_batch hook of %s failed", self._label)
+
+    def _set_limit(self, limit: int) -> None:
+        """Run up to ``limit`` batches at once per replica from now on: new slots are free at once, slots above a
+        lowered limit go now if free, else when their batch ends (``_on_done``)."""
+        old, self._limit = self._limit, limit
+        if limit > old:
+            self._idle.extend(index for _ in range(limit - old) for index in range(len(self._replicas)))
+            return
+        free = [0] * len(self._replicas)
+        kept: deque[int] = deque()
+        for index in self._idle:
+            if self._running[index] + free[index] < limit:
+                kept.append(index)
+                free[index] += 1
+        self._idle = kept
 
     def _deliver(self, batch: _Batch, parts: list[dict[str, np.ndarray] | ServingError]) -> None:
         for (req, start, stop), out in zip(batch.slices, parts, strict=True):

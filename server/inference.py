@@ -28,6 +28,7 @@ from .metrics import UNKNOWN_MODEL, Metrics
 from .model_config import ModelConfig
 from .response_cache import Owner, ResponseCache
 from .serial_traffic import SerialTraffic
+from .slot_choice import SlotChoice, learns_slots
 from .stats import CANCELED, failure_reason
 from .trace import Tracer
 from .types import InferRequest, InferResponse
@@ -190,8 +191,10 @@ class InferenceEngine:
         config = self.batching_for(entry, signature)
         if config is None:
             return None
-        per_device = [self.metrics.device_batches(entry.model, device) for device in entry.servable.runner_devices]
+        devices = entry.servable.runner_devices
+        per_device = [self.metrics.device_batches(entry.model, device) for device in devices]
         self._check_workers(entry.model, len(per_device), config)
+        name = f"{entry.model}:{entry.version}:{key}"
 
         def on_batch(stats: BatchStats) -> None:
             if stats.ok:
@@ -204,10 +207,11 @@ class InferenceEngine:
             entry.servable.runners(key),
             config,
             executor=self._executor,
-            name=f"{entry.model}:{entry.version}:{key}",
+            name=name,
             on_batch=on_batch,
             on_timeout=functools.partial(self.metrics.count_queue_timeout, entry.model),
             inline_max_s=self._inline_call_max_s,
+            slots=SlotChoice(len(devices), name) if learns_slots(devices) else None,
         )
         entry.batchers[key] = batcher
         return batcher
@@ -216,13 +220,13 @@ class InferenceEngine:
         """Warn, once per model, when its config.yaml asks for more batches at once than there are workers: the
         extra batches wait for a thread, so the setting does less than it says. The server's own flags were
         checked at startup (app.py); this is for a model's own `batches_per_replica`."""
-        slots = replicas * config.batches_per_replica
+        slots = replicas * config.most_batches_per_replica
         own = self.batching is None or config.batches_per_replica != self.batching.batches_per_replica
         if self._workers is None or slots <= self._workers or not own or model in self._short_of_workers:
             return
         self._short_of_workers.add(model)
         log.warning(
-            "model %r runs up to %d batches at once (%d replica(s) x batches_per_replica %d) on --workers %d: "
+            "model %r runs up to %d batches at once (%d replica(s) x batches_per_replica %s) on --workers %d: "
             "the rest wait for a worker; raise --workers",
             model, slots, replicas, config.batches_per_replica, self._workers,
         )  # fmt: skip

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import event_loop, otel, thread_priority
-from .batcher import BatchingConfig
+from .batcher import AUTO, BatchingConfig
 from .call_choice import AUTO_MAX_ROWS
 from .event_loop import EVENT_LOOPS
 from .types import CALL_PATHS
@@ -352,10 +352,11 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-queued", type=int, default=4096, help="queued rows per model before RESOURCE_EXHAUSTED")
     group.add_argument(
         "--batches-per-replica",
-        type=int,
+        type=_batches_per_replica,
         default=_env("BATCHES_PER_REPLICA") or "1",
         help="batches one model replica runs at once (TF Serving's --num_batch_threads per model; 1): 2 uses the "
-        "cores a model's call leaves idle, at the cost of smaller batches (env KERVE_BATCHES_PER_REPLICA)",
+        "cores a model's call leaves idle, at the cost of smaller batches; auto: 1 or 2 on CPU replicas, whichever "
+        "each model's batcher measures serving more, 1 on GPU and TPU (env KERVE_BATCHES_PER_REPLICA)",
     )
     group.add_argument("--devices", default="auto", choices=["auto", "cpu", "gpu", "tpu"], help="serving devices")
     group.add_argument(
@@ -455,9 +456,19 @@ def _path(value: str | Path | None) -> Path | None:
     return None if value is None or str(value) == "" else Path(value)
 
 
+def _batches_per_replica(value: str) -> int | str:
+    """`auto` or a number (checked by BatchingConfig, whose message names the setting)."""
+    if value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO!r}, got {value!r}") from None
+
+
 def batch_slots(settings: ServerSettings, devices: int) -> int:
-    """The batches a model's replicas run at once under the server's flags: devices x --batches-per-replica."""
-    return devices * (settings.batching.batches_per_replica if settings.batching is not None else 1)
+    """The most batches a model's replicas run at once under the server's flags: devices x --batches-per-replica."""
+    return devices * (settings.batching.most_batches_per_replica if settings.batching is not None else 1)
 
 
 def workers_for(settings: ServerSettings, devices: int) -> int:

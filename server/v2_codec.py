@@ -16,12 +16,13 @@ import numpy as np
 from kerve import codecs
 from kerve.protos import grpc_service_pb2 as pb
 
-from .batcher import BatchingConfig
+from .batcher import AUTO, BatchingConfig
 from .errors import ErrorCode, ServingError, invalid
 from .manager import parse_version
 from .model_config import VersionPolicy
 from .queue_policy import QueuePolicy
 from .shared_memory import Place, SystemSharedMemory
+from .slot_choice import learns_slots
 from .types import InferRequest, InferResponse, TensorSpec
 from .validation import DtypeMismatch
 
@@ -344,6 +345,9 @@ def model_config(
     max_batch_size without dynamic_batching): reported as max_batch_size, with dims that leave the batch out.
     """
     batched = batching is not None or row_limit is not None
+    per_replica = 1
+    if batching is not None and (batching.batches_per_replica != AUTO or learns_slots(devices)):
+        per_replica = batching.most_batches_per_replica  # `auto`: the two it may run on CPU replicas
     label_files = label_files or {}
     config = pb.ModelConfig(
         name=model,
@@ -364,7 +368,7 @@ def model_config(
             )
             for n, s in sorted(outputs.items())
         ],
-        instance_group=_instance_groups(model, devices, batching.batches_per_replica if batching is not None else 1),
+        instance_group=_instance_groups(model, devices, per_replica),
     )
     if response_cache:
         config.response_cache.enable = True

@@ -207,6 +207,27 @@ def build_whole_call_outputs_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_sleeping_model(path: Path, sleep_us: int) -> None:
+    """x [batch, 2] -> y = 2x, after sleeping `sleep_us` per call whatever the batch: a model whose call leaves the
+    CPU idle, so a second batch at once doubles what a replica serves of batches of one row."""
+    import tensorflow as tf
+
+    class Sleeping(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            # tf.data's sleep, through raw ops (its Python wrapper is not public): a one-element dataset of x
+            shapes, types = [tf.TensorShape([None, 2])], [tf.float32]
+            dataset = tf.raw_ops.TensorDataset(components=[x], output_shapes=shapes)
+            dataset = tf.raw_ops.SleepDataset(
+                input_dataset=dataset, sleep_microseconds=sleep_us, output_types=types, output_shapes=shapes
+            )
+            (slept,) = tf.raw_ops.DatasetToSingleElement(dataset=dataset, output_types=types, output_shapes=shapes)
+            return {"y": slept * 2.0}
+
+    module = Sleeping()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 def build_constant_model(path: Path) -> None:
     """A signature without inputs (a lookup table's contents, a model's own constants): serving_default -> y."""
     import tensorflow as tf

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from helpers import running_server, wait_for
+from helpers import build_sleeping_model, running_server, wait_for
 from kerve.client import Client
 from kerve.quickstart import free_port
 
@@ -323,6 +323,43 @@ def test_a_replica_runs_two_batches_at_once_with_batches_per_replica_2(model_rep
     assert overlapping > 0, spans
     bad = [m for m in index if m["name"] == "bad"]
     assert bad and bad[0]["state"] == "FAILED" and "batches_per_replica" in bad[0]["reason"], bad
+
+
+def test_batches_per_replica_auto_learns_that_two_batches_at_once_serve_more(tmp_path: Path) -> None:
+    """`--batches-per-replica auto` on a model that sleeps 20 ms per call (the CPU idle, as an LSTM's call leaves a
+    core), batches of one row: the batcher times one and two batches at once under load and keeps two, which serve
+    twice the rows; Triton's model config counts the two. A word other than auto fails that model alone."""
+    repo = tmp_path / "repo"
+    build_sleeping_model(repo / "sleepy" / "1", sleep_us=20_000)
+    (repo / "sleepy" / "config.yaml").write_text("batching: {max_batch_size: 1, max_queue_delay_s: 0}\n")
+    shutil.copytree(repo / "sleepy", repo / "bad")
+    (repo / "bad" / "config.yaml").write_text("batching: {batches_per_replica: two}\n")
+    chosen = re.compile(r"slot_choice: sleepy:1:serving_default: (\d) batch\(es\) at once per replica")
+    x = np.array([[1.0, -2.0]], np.float32)
+    with running_server(repo, tmp_path, "--batches-per-replica", "auto") as (target, _):
+        client = triton.InferenceServerClient(target)
+        try:
+            with Client(target) as sdk, ThreadPoolExecutor(8) as pool:
+
+                def one(_: int) -> np.ndarray:
+                    return sdk.infer("sleepy", {"x": x}).outputs["y"]
+
+                deadline = time.monotonic() + 60
+                for _ in range(100):  # rounds of 64 calls: 1.3 s each with one batch at a time, 0.65 s with two
+                    outputs = list(pool.map(one, range(64)))
+                    assert all(np.array_equal(y, 2 * x) for y in outputs)
+                    log = "".join(path.read_text() for path in tmp_path.glob("server-*.log"))
+                    if chosen.search(log) or time.monotonic() > deadline:
+                        break
+            config = client.get_model_config("sleepy", as_json=True)["config"]
+            index = client.get_model_repository_index(as_json=True)["models"]
+        finally:
+            client.close()
+    assert [m[1] for m in chosen.finditer(log)] == ["2"], log
+    assert config["instance_group"] == [{"name": "sleepy_cpu", "kind": "KIND_CPU", "count": 2}]
+    bad = [m for m in index if m["name"] == "bad"]
+    assert bad and bad[0]["state"] == "FAILED", bad
+    assert "batches_per_replica must be an integer or 'auto', got 'two'" in bad[0]["reason"]
 
 
 def test_fewer_workers_than_batch_slots_is_warned_and_still_serves(model_repo: Path, tmp_path: Path) -> None:

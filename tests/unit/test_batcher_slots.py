@@ -131,6 +131,115 @@ def test_a_batch_goes_to_the_replica_running_fewest_batches_not_the_slot_freed_f
     run(main())
 
 
+class Scripted:
+    """A SlotChoice stand-in: after each completed batch, the next limit of `script` (None: no change)."""
+
+    def __init__(self, *script: int | None) -> None:
+        self.limit = 1
+        self.script = list(script)
+        self.rows: list[int] = []
+
+    def observe(self, now: float, rows: int, call_s: float) -> int | None:
+        self.rows.append(rows)
+        limit = self.script.pop(0) if self.script else None
+        if limit is not None:
+            self.limit = limit
+        return limit
+
+
+def test_auto_applies_its_choices_limit_at_once_both_ways() -> None:
+    """Raised: the queued batch starts beside the running one. Lowered while two run: the slot of the first to end
+    goes with it, so a request queued meanwhile waits for the second."""
+
+    async def main() -> None:
+        r = Gated()
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_s=0, batches_per_replica="auto")
+        choice = Scripted(2, 1)
+        batcher = Batcher([r], config, clock=FakeClock(), slots=choice)  # type: ignore[arg-type]
+        first = await busy(batcher, 0)
+        second = submit(batcher, rows(1))
+        await spin(lambda: batcher.queued_samples == 1)  # one slot to begin with
+        r.open(0)  # the choice raises the limit to two as the first batch ends
+        await settle(lambda: len(r.calls) == 2)
+        third = await busy(batcher, 2)  # starts beside the second at once
+        assert batcher.in_flight_batches == 2 and len(r.calls) == 3
+        r.open(1)  # the second ends and the choice lowers the limit: its slot goes
+        await settle(lambda: choice.rows == [1, 1])
+        fourth = submit(batcher, rows(3))
+        await spin(lambda: batcher.queued_samples == 1)
+        assert batcher.in_flight_batches == 1
+        r.open(2)  # the third ends: its slot, the one left, takes the fourth
+        await settle(lambda: len(r.calls) == 4)
+        r.open(3)
+        for i, out in enumerate(await asyncio.gather(first, second, third, fourth)):
+            np.testing.assert_array_equal(out["y"], rows(i) * 2)
+        await batcher.close()
+
+    run(main())
+
+
+def test_auto_lowered_keeps_free_slots_only_up_to_the_limit() -> None:
+    """Two replicas at two slots each, all free but one: lowered to one, each replica keeps one slot in all, so
+    the replica still running a batch has none free and the other takes the next batch."""
+
+    async def main() -> None:
+        r0, r1 = Gated(), Gated()
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_s=0, batches_per_replica="auto")
+        choice = Scripted(2, None, 1)
+        batcher = Batcher([r0, r1], config, clock=FakeClock(), slots=choice)  # type: ignore[arg-type]
+        running = [await busy(batcher, i) for i in range(2)]  # one on each replica
+        r0.open(0)  # limit two: r0 free twice, r1 once
+        await settle(lambda: choice.limit == 2 and batcher.in_flight_batches == 1)
+        running.append(await busy(batcher, 2))  # the replica running fewest: r0
+        await settle(lambda: len(r0.calls) == 2)
+        r0.open(1)  # no change
+        await settle(lambda: len(choice.rows) == 2 and batcher.in_flight_batches == 1)
+        r1.open(0)  # limit one: r1 keeps its freed slot, r0 one of its two
+        await settle(lambda: choice.limit == 1 and batcher.in_flight_batches == 0)
+        running += [await busy(batcher, 3), await busy(batcher, 4)]
+        extra = submit(batcher, rows(5))
+        await spin(lambda: batcher.queued_samples == 1)  # two slots in all now, both taken
+        await settle(lambda: (len(r0.calls), len(r1.calls)) == (3, 2))
+        assert batcher.in_flight_batches == 2
+        r0.open(2), r1.open(1)
+        await settle(lambda: len(r0.calls) + len(r1.calls) == 6)
+        for gate in (r0, r1):
+            for k in range(len(gate.calls)):
+                gate.open(k)
+        for i, out in enumerate(await asyncio.gather(*running, extra)):
+            np.testing.assert_array_equal(out["y"], rows(i) * 2)
+        await batcher.close()
+
+    run(main())
+
+
+def test_auto_without_a_choice_runs_one_batch_at_a_time() -> None:
+    """What a batcher on a GPU or TPU gets (slot_choice.learns_slots): `auto` is one batch there."""
+
+    async def main() -> None:
+        model = FakeModel(block=True)
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_s=0, batches_per_replica="auto")
+        batcher = Batcher([model], config, clock=FakeClock())
+        first = await busy(batcher, 0)
+        second = submit(batcher, rows(1))
+        await spin(lambda: batcher.queued_samples == 1)
+        assert batcher.in_flight_batches == 1
+        model.release.set()
+        await asyncio.gather(first, second)
+        await batcher.close()
+
+    run(main())
+
+
+def test_auto_is_sized_for_two_and_other_words_are_refused() -> None:
+    assert BatchingConfig(batches_per_replica="auto").most_batches_per_replica == 2
+    assert BatchingConfig(batches_per_replica=3).most_batches_per_replica == 3
+    config = parse_model_config({"batching": {"batches_per_replica": "auto"}})
+    assert BatchingConfig.from_mapping(config.batching).batches_per_replica == "auto"
+    with pytest.raises(ValueError, match="batches_per_replica must be an integer or 'auto', got 'two'"):
+        BatchingConfig(batches_per_replica="two")
+
+
 @pytest.mark.parametrize("value", [0, -1, MAX_BATCHES_PER_REPLICA + 1, 1.5, "2", True])
 def test_batches_per_replica_must_be_a_small_positive_integer(value: object) -> None:
     with pytest.raises(ValueError, match="batches_per_replica"):

@@ -89,12 +89,17 @@ def test_batches_per_replica_flag_env_and_validation(tmp_path: Path, monkeypatch
     assert from_env is not None and from_env.batches_per_replica == 3
     with pytest.raises(ValueError, match="batches_per_replica must be >= 1, got 0"):
         _settings(tmp_path, "--batches-per-replica", "0")
+    auto = _settings(tmp_path, "--batches-per-replica", "Auto").batching
+    assert auto is not None and auto.batches_per_replica == "auto"
+    with pytest.raises(SystemExit):
+        _settings(tmp_path, "--batches-per-replica", "two")
 
 
 def test_workers_default_to_the_cores_and_every_batch_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings.os, "cpu_count", lambda: 4)
     assert settings.workers_for(_settings(tmp_path), devices=1) == 4  # one per core
     assert settings.workers_for(_settings(tmp_path, "--batches-per-replica", "3"), devices=2) == 6  # every slot
+    assert settings.workers_for(_settings(tmp_path, "--batches-per-replica", "auto"), devices=3) == 6  # two each
     assert settings.workers_for(_settings(tmp_path, "--no-batching", "--batches-per-replica", "3"), devices=2) == 4
     monkeypatch.setattr(settings.os, "cpu_count", lambda: None)
     assert settings.workers_for(_settings(tmp_path), devices=1) == 2  # at least two
