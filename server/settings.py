@@ -31,7 +31,7 @@ class ServerSettings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # PEM CA bundle: require and verify client certificates (mutual TLS)
     auth_token_file: Path | None = None  # accepted bearer tokens, one per line
-    batching: BatchingConfig | None = BatchingConfig()  # server-wide defaults; None turns dynamic batching off
+    batching: BatchingConfig | None = BatchingConfig(batches_per_replica=AUTO)  # None turns dynamic batching off
     devices: str = "auto"  # auto | cpu | gpu | tpu
     cpu_replicas: int = 1  # >1 splits the CPU into that many logical devices, one replica each
     intra_op_threads: int = 0  # TF threads per op; 0: usable cores (server/cpus.py) // (cpu_replicas * processes)
@@ -353,10 +353,10 @@ def _add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--batches-per-replica",
         type=_batches_per_replica,
-        default=_env("BATCHES_PER_REPLICA") or "1",
-        help="batches one model replica runs at once (TF Serving's --num_batch_threads per model; 1): 2 uses the "
-        "cores a model's call leaves idle, at the cost of smaller batches; auto: 1 or 2 on CPU replicas, whichever "
-        "each model's batcher measures serving more, 1 on GPU and TPU (env KERVE_BATCHES_PER_REPLICA)",
+        default=_env("BATCHES_PER_REPLICA") or AUTO,
+        help="batches one model replica runs at once (TF Serving's --num_batch_threads per model): 2 uses the cores "
+        "a model's call leaves idle, at the cost of smaller batches; auto (default): 1 or 2 on CPU replicas, "
+        "whichever each model's batcher measures serving more, 1 on GPU and TPU (env KERVE_BATCHES_PER_REPLICA)",
     )
     group.add_argument("--devices", default="auto", choices=["auto", "cpu", "gpu", "tpu"], help="serving devices")
     group.add_argument(

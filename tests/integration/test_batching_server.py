@@ -98,11 +98,12 @@ def test_a_model_can_ask_for_fewer_replicas_than_devices(model_repo: Path, tmp_p
         configs = {name: triton_config(target, name) for name in ("heavy", "light")}
         replaced = place_again_under_load(target, repo / "light2", "replicas: 2\n")
         after = scrape(metrics_port)
-    assert replaced["instance_group"] == [{"name": "light2_cpu", "kind": "KIND_CPU", "count": 2}]
+    # Triton's instances are batches at once: replicas x the two that `auto` (the default) may run on each
+    assert replaced["instance_group"] == [{"name": "light2_cpu", "kind": "KIND_CPU", "count": 4}]
     assert metric(after, "kerve_model_state", model="light2", version="1", state="READY") == 1
     # what tritonclient learns: one instance per replica, the server's batching flags
-    assert configs["heavy"]["instance_group"] == [{"name": "heavy_cpu", "kind": "KIND_CPU", "count": 2}]
-    assert configs["light"]["instance_group"] == [{"name": "light_cpu", "kind": "KIND_CPU", "count": 1}]
+    assert configs["heavy"]["instance_group"] == [{"name": "heavy_cpu", "kind": "KIND_CPU", "count": 4}]
+    assert configs["light"]["instance_group"] == [{"name": "light_cpu", "kind": "KIND_CPU", "count": 2}]
     assert configs["heavy"]["max_batch_size"] == 8
     assert configs["heavy"]["dynamic_batching"] == {"max_queue_delay_microseconds": "3000"}
     reference = in_process("cnn", {"image": IMAGES})["output_0"]

@@ -100,16 +100,17 @@ def test_load_and_unload_flip_readiness_and_apply_a_config(explicit: str) -> Non
         assert client.config("cnn") == dataclasses.replace(edited, default_priority_level=2)  # the server's default
         client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
 
-        # Triton's instance count (no kind: KIND_AUTO, the CPU here): two batches at once on the one CPU replica
-        client.load_model("cnn", config={"max_batch_size": 2, "dynamic_batching": {}, "instance_group": [{"count": 2}]})
+        # Triton's instance count (no kind: KIND_AUTO, the CPU here): three batches at once on the one CPU replica
+        client.load_model("cnn", config={"max_batch_size": 2, "dynamic_batching": {}, "instance_group": [{"count": 3}]})
         (group,) = client.config("cnn").instance_groups
-        assert (group.kind, group.count) == ("CPU", 2)
+        assert (group.kind, group.count) == ("CPU", 3)
         assert client.predict("cnn", images(2))["output_0"].shape == (2, 10)
         with pytest.raises(InvalidArgumentError, match="needs dynamic_batching"):
             client.load_model("cnn", config={"instance_group": [{"kind": "KIND_CPU", "count": 3}]})
         assert client.config("cnn").instance_groups == (group,)  # refused whole: nothing changed
         client.load_model("cnn", config=json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
-        assert client.config("cnn").instance_groups[0].count == 1  # config.yaml's one batch at a time again
+        # the server's default again, `auto`: up to two batches at once
+        assert client.config("cnn").instance_groups[0].count == 2
 
         # Triton's max_batch_size without dynamic_batching: no batcher, but no request over 3 rows; the config
         # read back loads again as it is

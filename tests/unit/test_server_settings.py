@@ -81,7 +81,7 @@ def test_thread_flags_env_and_validation(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_batches_per_replica_flag_env_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     default = _settings(tmp_path).batching
-    assert default is not None and default.batches_per_replica == 1
+    assert default is not None and default.batches_per_replica == "auto"
     chosen = _settings(tmp_path, "--batches-per-replica", "2").batching
     assert chosen is not None and chosen.batches_per_replica == 2
     monkeypatch.setenv("KERVE_BATCHES_PER_REPLICA", "3")
