@@ -950,7 +950,7 @@ class Batcher:
                     solo = self._solo_s
                     self._solo_s = took if solo == math.inf else 0.8 * solo + 0.2 * took
                 if self._slot_choice is not None and parts is not None:
-                    limit = self._slot_choice.observe(now, batch.rows, span[2] - span[1])
+                    limit = self._slot_choice.observe(now, batch.rows, span[2] - span[1], self._queued)
                     if limit is not None:
                         self._set_limit(limit)
         if parts is not None:

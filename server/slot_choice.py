@@ -4,11 +4,12 @@ A second batch at once on a replica uses the cores its call leaves idle (the see
 on one core) and costs a model whose bound lies elsewhere (the light CNN's is the event loop and the GIL), whose
 batches only halve: over four alternating pairs on the 2-core VM two batches per replica served the LSTM 1.17x,
 the ResNet 1.06x and the light CNN 0.97x (docs/benchmarks.md, twenty-fourth session). Nothing known when a model
-loads says which kind it is, so its batcher measures it on the traffic it serves. While the replicas are busy (a
-window in which they ran batches at least `busy_min` of the time), it alternates windows of two and one batch at
-once and keeps the setting with the higher median rows per second over `trials` windows each; two must win by
-`gain`, since one batch at a time makes larger batches and holds less memory. A model whose replicas idle between
-batches never pays for trials: a second slot could not help it.
+loads says which kind it is, so its batcher measures it on the traffic it serves. While work waits for the replicas
+(a window in which they ran batches at least `busy_min` of the time, and at least half its batches ended with rows
+queued), it alternates windows of two and one batch at once and keeps the setting with the higher median rows per
+second over `trials` windows each; two must win by `gain`, since one batch at a time makes larger batches and holds
+less memory. A model whose replicas idle between batches, or whose callers wait for each answer before they send
+again (one at a time: a second slot would find nothing to run), never pays for trials.
 
 A window opens and closes at batch completions, so its rows are exactly those of the batches completed in it. After
 a switch the completions of batches that started under the old setting are skipped (at most replicas x the old
@@ -109,6 +110,8 @@ class SlotChoice:
         self._opened = math.nan  # when the current window opened (a completion's time); nan: not open yet
         self._rows = 0
         self._busy_s = 0.0
+        self._batches = 0
+        self._backlogged = 0  # batches of the window that ended with rows queued
         self._blocks: list[int] = []  # limits still to measure in the running trial
         self._rates: dict[int, list[float]] = {}  # rows/s by limit in the running trial; empty: no trial
         self._standing = 0  # the limit in force when the running trial began
@@ -120,8 +123,9 @@ class SlotChoice:
         """Whether a trial is running (the limit alternates)."""
         return bool(self._rates)
 
-    def observe(self, now: float, rows: int, call_s: float) -> int | None:
-        """A batch of `rows` rows whose model call took `call_s` completed at `now`: the new limit, or None."""
+    def observe(self, now: float, rows: int, call_s: float, queued: int) -> int | None:
+        """A batch of `rows` rows whose model call took `call_s` completed at `now` with `queued` rows waiting for a
+        batch: the new limit, or None."""
         if self._skip:
             self._skip -= 1
             if not self._skip:
@@ -132,16 +136,19 @@ class SlotChoice:
             return None
         self._rows += rows
         self._busy_s += call_s
+        self._batches += 1
+        self._backlogged += queued > 0
         elapsed = now - self._opened
         if elapsed < self.window_s:
             return None
         rate = self._rows / elapsed
         busy = self._busy_s / (elapsed * self.replicas)
+        waiting = 2 * self._backlogged >= self._batches
         self._open(now)
         if self._rates:
             self._rates[self.limit].append(rate)
             return self._switch(self._blocks.pop(0)) if self._blocks else self._decide(now)
-        if now < self._next_trial or (self.limit == 1 and busy < self.busy_min):
+        if now < self._next_trial or not waiting or (self.limit == 1 and busy < self.busy_min):
             return None
         other = self.most if self.limit == 1 else 1
         self._standing = self.limit
@@ -154,6 +161,8 @@ class SlotChoice:
         self._opened = now
         self._rows = 0
         self._busy_s = 0.0
+        self._batches = 0
+        self._backlogged = 0
 
     def _switch(self, limit: int) -> int:
         self._skip = self.replicas * self.limit  # batches possibly in flight under the old limit

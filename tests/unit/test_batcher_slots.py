@@ -139,7 +139,7 @@ class Scripted:
         self.script = list(script)
         self.rows: list[int] = []
 
-    def observe(self, now: float, rows: int, call_s: float) -> int | None:
+    def observe(self, now: float, rows: int, call_s: float, queued: int) -> int | None:
         self.rows.append(rows)
         limit = self.script.pop(0) if self.script else None
         if limit is not None:

@@ -13,20 +13,22 @@ STEP_S = 0.05  # one completion every 50 ms
 
 
 class Feed:
-    """Completions from a made-up model: each STEP_S, a batch whose rows give `rate(limit)` rows/s and whose call
-    kept the replicas `busy` of the time. Records every limit the choice returns, with its time."""
+    """Completions from a made-up model: each STEP_S, a batch whose rows give `rate(limit)` rows/s, whose call
+    kept the replicas `busy` of the time, and that ended with `queued` rows waiting. Records every limit the choice
+    returns, with its time."""
 
     def __init__(self, choice: SlotChoice) -> None:
         self.choice = choice
         self.now = 0.0
         self.changes: list[tuple[float, int]] = []
 
-    def run(self, seconds: float, rate: Callable[[int], float], busy: float = 1.0) -> None:
+    def run(self, seconds: float, rate: Callable[[int], float], busy: float = 1.0, queued: int = 4) -> None:
         end = self.now + seconds
         while self.now < end:
             self.now += STEP_S
             limit = self.choice.limit
-            changed = self.choice.observe(self.now, round(rate(limit) * STEP_S), busy * STEP_S * self.choice.replicas)
+            rows, call_s = round(rate(limit) * STEP_S), busy * STEP_S * self.choice.replicas
+            changed = self.choice.observe(self.now, rows, call_s, queued)
             if changed is not None:
                 assert changed == self.choice.limit
                 self.changes.append((round(self.now, 3), changed))
@@ -44,6 +46,16 @@ def test_replicas_that_idle_between_batches_are_never_tried_with_two() -> None:
     feed = Feed(SlotChoice())
     feed.run(60.0, two_faster, busy=0.5)
     assert feed.changes == [] and feed.choice.limit == 1 and not feed.choice.trying
+
+
+def test_callers_that_wait_for_each_answer_are_never_tried_with_two() -> None:
+    """One request at a time (concurrency 1) keeps a replica busy with nothing queued behind it: no trial, whose
+    windows could only tie, and whose choice of one would hold until the re-time when the load grows."""
+    feed = Feed(SlotChoice())
+    feed.run(60.0, two_faster, queued=0)
+    assert feed.changes == [] and feed.choice.limit == 1
+    feed.run(10.0, two_faster)  # then work queues: tried at once
+    assert feed.choice.limit == 2
 
 
 def test_busy_replicas_try_two_and_keep_them_when_they_serve_more(caplog: pytest.LogCaptureFixture) -> None:
@@ -78,16 +90,16 @@ def test_a_window_skips_the_batches_started_under_the_old_limit() -> None:
     t = 0.0
     for _ in range(20):  # busy: the first window ends a trial's first switch, to two
         t += 0.05
-        if choice.observe(t, 10, 0.1) is not None:
+        if choice.observe(t, 10, 0.1, 1) is not None:
             break
     assert choice.limit == 2 and choice.trying
     for _ in range(2):  # two replicas x one old slot: skipped, however many rows they carry
         t += 0.05
-        assert choice.observe(t, 10_000, 0.1) is None
+        assert choice.observe(t, 10_000, 0.1, 1) is None
     # the window opened at the second skipped completion; five more close it after 0.25 s, 40 rows each
     for _ in range(5):
         t += 0.05
-        changed = choice.observe(t, 40, 0.1)
+        changed = choice.observe(t, 40, 0.1, 1)
     assert changed == 1 and choice._rates[2] == [pytest.approx(800.0)]
 
 
