@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,11 @@ def test_every_thread_but_the_main_one_is_named() -> None:
 def test_a_thread_that_has_gone_is_not_named() -> None:
     box: list[int] = []
     _run(lambda: box.append(threading.get_native_id()), "short-lived")
+    # join() returns once the thread's Python part ended; the kernel task leaves /proc a moment later
+    task = Path(f"/proc/self/task/{box[0]}")
+    deadline = time.monotonic() + 30
+    while task.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
     assert thread_names.set_name(box[0], "gone") is False
 
 
