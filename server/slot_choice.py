@@ -26,6 +26,8 @@ import re
 import statistics
 from collections.abc import Sequence
 
+from .types import device_kind
+
 log = logging.getLogger("kerve.server.slot_choice")
 
 MOST = 2  # batches at once per replica that `auto` tries: past two, batches shrink further for no core to gain
@@ -58,14 +60,11 @@ def logged_choices(log_text: str) -> list[dict[str, object]]:
     ]
 
 
-_CPU = re.compile(r"(?:/job:[^/]+/replica:\d+/task:\d+)?/device:CPU:\d+", re.IGNORECASE)
-
-
 def learns_slots(devices: Sequence[str]) -> bool:
     """Whether `auto` measures its limit on replicas on these devices: CPUs only. On a GPU or TPU a second batch at
     once doubles the device memory batches take and contends for one stream of kernels, and no session has measured
     it there (no GPU was lent), so `auto` runs one batch at a time on them; a number asks for more."""
-    return bool(devices) and all(_CPU.fullmatch(device) for device in devices)
+    return bool(devices) and all((kind := device_kind(device)) is not None and kind[0] == "CPU" for device in devices)
 
 
 class SlotChoice:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,15 @@ from typing import Any
 import numpy as np
 
 CALL_PATHS = ("auto", "session", "function")  # how a model is called: server/model.py, --call-path
+
+_DEVICE = re.compile(r"(?:/job:[^/,]*/replica:\d+/task:\d+)?/device:(CPU|GPU):(\d+)")  # one device, not a list
+
+
+def device_kind(name: str) -> tuple[str, int] | None:
+    """A replica's device as ("CPU" or "GPU", index); None for what is not one CPU or GPU device (a TPU core, a
+    mirrored replica's list, a test's "default")."""
+    match = _DEVICE.fullmatch(name)
+    return None if match is None else (match[1], int(match[2]))
 
 
 @dataclass(frozen=True)

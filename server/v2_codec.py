@@ -7,7 +7,6 @@ raises INVALID_ARGUMENT naming the input.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Mapping, Sequence
 
@@ -23,7 +22,7 @@ from .model_config import VersionPolicy
 from .queue_policy import QueuePolicy
 from .shared_memory import Place, SystemSharedMemory
 from .slot_choice import learns_slots
-from .types import InferRequest, InferResponse, TensorSpec
+from .types import InferRequest, InferResponse, TensorSpec, device_kind
 from .validation import DtypeMismatch
 
 
@@ -412,22 +411,19 @@ def _version_policy(policy: VersionPolicy) -> pb.ModelVersionPolicy:
     return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=policy.latest))
 
 
-_DEVICE = re.compile(r"(?:/job:[^/,]*/replica:\d+/task:\d+)?/device:(CPU|GPU):(\d+)")  # one device, not a list
-
-
 def _instance_groups(model: str, devices: Sequence[str], per_replica: int = 1) -> list[pb.ModelInstanceGroup]:
     """Triton's instances are batches at once (`per_replica` on each replica): CPU replicas as one KIND_CPU group
     counting them all (Triton's count on "the CPU"), GPU replicas as one KIND_GPU group listing their GPUs, its
     count per GPU; a replica that spans devices (mirrored mode) or sits on a TPU core is KIND_MODEL."""
     cpus, gpus, other = 0, [], 0
     for device in devices:
-        match = _DEVICE.fullmatch(device)
-        if match is None:
+        kind = device_kind(device)
+        if kind is None:
             other += 1
-        elif match[1] == "CPU":
+        elif kind[0] == "CPU":
             cpus += 1
         else:
-            gpus.append(int(match[2]))
+            gpus.append(kind[1])
     kind = pb.ModelInstanceGroup.Kind
     groups = []
     if gpus:
