@@ -513,7 +513,6 @@ class Batcher:
         auto = per_replica == AUTO
         # batches_per_replica "auto" learns its limit with `slots`; without one it runs a batch at a time
         self._slot_choice = slots if auto else None
-        self._limit = limit = (slots.limit if slots is not None else 1) if auto else int(per_replica)
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self._replicas) * self._config.most_batches_per_replica,
@@ -525,8 +524,10 @@ class Batcher:
         self._queued = 0  # live rows not yet put into a batch
         self._seq = itertools.count()
         # free batch slots (batches_per_replica per replica) by replica index, longest idle first
-        self._idle: deque[int] = deque(index for _ in range(limit) for index in range(len(self._replicas)))
+        self._idle: deque[int] = deque()
         self._running = [0] * len(self._replicas)  # batches in flight per replica (several slots: pick the least)
+        self._limit = 0
+        self._set_limit((slots.limit if slots is not None else 1) if auto else int(per_replica))
         self._in_flight = 0
         self._warm_until = -math.inf
         self._expected = 1  # rows worth holding for under load; learned at each batch completion
